@@ -1,0 +1,5 @@
+"""``python -m almond_cli`` is the ``almond`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""The ``almond`` command: argparse subcommands that hand over to Hydra.
+
+``almond train [hydra overrides]`` composes ``configs/train.yaml`` (shipped in the package as
+``almond_cli.configs``), checks it, and runs ``trainer.train`` in a timestamped run folder.
+Bad input is one paragraph on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import EXIT_USAGE, UsageError
+
+CONFIG_MODULE = "almond_cli.configs"
+CONFIG_NAME = "train"
+HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                          "--experimental-rerun", "--info", "-i", "--cfg", "-c", "--package", "-p"}
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Prints ``message`` as one paragraph and exits with ``code``."""
+    paragraph = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"almond: error: {paragraph}", file=sys.stderr)
+    sys.exit(code)
+
+
+def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separates Hydra's flags (``--multirun``, ``--cfg job``, ...) from the key=value overrides."""
+    flags, overrides = [], []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in HYDRA_FLAGS_WITH_VALUE and "=" not in arg and index + 1 < len(args):
+                flags.append(args[index + 1])
+                index += 1
+        else:
+            overrides.append(arg)
+        index += 1
+    return flags, overrides
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Composes the config once per sweep combination and validates it; exits 2 on the first problem.
+
+    Hydra accepts ``+group.key=value`` for keys no schema knows and drops nothing it then ignores, so such
+    additions are refused here too (groups and ``hydra.*`` keys excepted).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import register_schemas, validate
+
+    register_schemas()
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as error:  # Hydra's parse errors carry the offending text
+        fail(f"cannot parse the overrides: {error}")
+    combinations = [overrides]
+    if multirun and all(not o.is_sweep_override() or o.value_type is not None for o in parsed):
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        try:
+            batches = BasicSweeper.split_arguments(parsed, None)
+            combinations = [list(job) for batch in batches for job in batch] or [overrides]
+        except Exception:
+            combinations = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        groups = {"data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
+                  "hparams_search", "logger"}
+        for override in parsed:
+            key = override.key_or_group
+            if override.is_add() and not key.startswith("hydra") and key.split("/")[0] not in groups:
+                fail(f"{key}: '+{key}' adds a key that almond does not know, and it would be ignored. "
+                     f"Check the spelling, or drop the '+' to set an existing key (see `almond train --cfg job`).")
+        for combination in combinations:
+            try:
+                cfg = compose(CONFIG_NAME, overrides=combination)
+            except Exception as error:
+                fail(f"the configuration does not compose: {error}")
+            try:
+                validate(cfg)
+            except UsageError as error:
+                fail(f"{error}")
+
+
+def run_train(args: list[str]) -> None:
+    """``almond train``: checks the overrides, then runs the Hydra application with them."""
+    flags, overrides = split_hydra_args(args)
+    multirun = "--multirun" in flags or "-m" in flags
+    informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+                                                   "--shell-completion", "-sc"))
+    if not informational:
+        overrides = resolve_resume(overrides)
+        check_overrides(overrides, multirun)
+    from .app import hydra_app
+
+    sys.argv = ["almond-train", *flags, *overrides]
+    hydra_app()
+
+
+def resolve_resume(overrides: list[str]) -> list[str]:
+    """``resume=<run folder or file>`` continues that run in its own folder (see ``resume.py``)."""
+    from .resume import resume_overrides
+
+    return resume_overrides(overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="almond",
+        description="Fit deep latent-variable models with ALMOND (Qiu & Wang, JASA 2019).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        sys.exit(0 if argv else EXIT_USAGE)
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        run_train(rest)
+    else:
+        parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
+
+
+if __name__ == "__main__":
+    main()

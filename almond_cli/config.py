@@ -1,0 +1,180 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and the range checks types cannot express.
+
+The YAML options in ``configs/`` extend these schemas, so a wrong type or an unknown key fails when the
+config is composed; ``validate`` then checks ranges and cross-field rules before anything is built.
+Validation is pure: it builds no objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from .errors import UsageError
+from .networks import ACTIVATIONS
+
+
+class ConfigError(UsageError):
+    """A config value is out of range; ``key`` names it, the message says what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class PriorName(Enum):
+    normal = "normal"
+    exponential = "exponential"
+    mixture = "mixture"
+
+
+@dataclass
+class NormalMeansDataConfig:
+    name: str = "normal_means"
+    n: int = 1000
+    prior: PriorName = PriorName.exponential
+    noise_sd: float = 1.0
+
+
+@dataclass
+class MLPNetworkConfig:
+    _target_: str = MISSING
+    hidden_sizes: List[int] = field(default_factory=lambda: [10])
+    activation: str = "softplus"
+
+
+@dataclass
+class GaussianLikelihoodConfig:
+    _target_: str = "almond_cli.likelihoods.Gaussian"
+    sigma: float = 1.0
+
+
+@dataclass
+class SamplerConfig:
+    step_size: float = 0.01
+    step_size_decay: str = "inv_sqrt"
+    min_step_size_fraction: float = 0.1
+    num_steps: int = 10
+    burn_in: int = 9
+    num_chains: int = 100
+
+
+@dataclass
+class ScheduleConfig:
+    batch_size: Optional[int] = None
+    vae_epochs: int = 1000
+    vae_lr: float = 0.01
+    vae_draws: int = 10
+    almond_epochs: int = 1000
+    warmup_epochs: int = 100
+    adam_lr: float = 0.01
+    sgd_lr: float = 0.01
+    sgd_momentum: float = 0.1
+    weight_decay: float = 0.001
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 100
+    every_minutes: float = 10.0
+    keep: int = 1
+
+
+@dataclass
+class EvaluationConfig:
+    num_draws: int = 10_000
+    seed: int = 12345
+
+
+@dataclass
+class TrainConfig:
+    data: Any = MISSING
+    likelihood: Any = MISSING
+    encoder: Any = MISSING
+    decoder: Any = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment_name: str = "custom"
+    latent_dim: int = 1
+    seed: int = 1
+    device: str = "auto"
+    threads: Optional[int] = None
+    progress: str = "auto"
+    resume: Optional[str] = None
+
+
+STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+PROGRESS_MODES = ("auto", "rich", "plain", "quiet")
+
+
+def register_schemas() -> None:
+    """Stores the schemas under the names the YAML options list in their defaults."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(group="data", name="normal_means_schema", node=NormalMeansDataConfig)
+    store.store(group="encoder", name="mlp_schema", node=MLPNetworkConfig)
+    store.store(group="decoder", name="mlp_schema", node=MLPNetworkConfig)
+    store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
+    store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
+    store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def validate(cfg) -> None:
+    """Checks ranges and cross-field rules of a composed config; raises ``ConfigError`` naming the key."""
+    sampler, schedule = cfg.sampler, cfg.schedule
+    _require(sampler.step_size > 0, "sampler.step_size", f"must be > 0, got {sampler.step_size}; the paper uses 0.01")
+    _require(sampler.step_size_decay in STEP_SIZE_DECAYS, "sampler.step_size_decay",
+             f"must be one of {list(STEP_SIZE_DECAYS)}, got {sampler.step_size_decay!r}")
+    _require(0 < sampler.min_step_size_fraction <= 1, "sampler.min_step_size_fraction",
+             f"must be in (0, 1], got {sampler.min_step_size_fraction}")
+    _require(sampler.num_steps >= 1, "sampler.num_steps", f"must be >= 1, got {sampler.num_steps}")
+    _require(0 <= sampler.burn_in < sampler.num_steps, "sampler.burn_in",
+             f"must satisfy 0 <= burn_in < num_steps ({sampler.num_steps}), got {sampler.burn_in}; "
+             "at least one Langevin state must be kept")
+    _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
+    _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
+    _require(schedule.almond_epochs >= 0, "schedule.almond_epochs", f"must be >= 0, got {schedule.almond_epochs}")
+    _require(schedule.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {schedule.warmup_epochs}")
+    _require(schedule.vae_draws >= 1, "schedule.vae_draws", f"must be >= 1, got {schedule.vae_draws}")
+    for key in ("vae_lr", "adam_lr", "sgd_lr"):
+        _require(schedule[key] > 0, f"schedule.{key}", f"must be > 0, got {schedule[key]}")
+    _require(0 <= schedule.sgd_momentum < 1, "schedule.sgd_momentum", f"must be in [0, 1), got {schedule.sgd_momentum}")
+    _require(schedule.weight_decay >= 0, "schedule.weight_decay", f"must be >= 0, got {schedule.weight_decay}")
+    _require(schedule.batch_size is None or schedule.batch_size >= 1, "schedule.batch_size",
+             f"must be >= 1 or null (full batch), got {schedule.batch_size}")
+    _require(cfg.latent_dim >= 1, "latent_dim", f"must be >= 1, got {cfg.latent_dim}")
+    _require(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device",
+             f"must be one of {list(DEVICES)} or cuda:N, got {cfg.device!r}")
+    _require(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}")
+    _require(cfg.progress in PROGRESS_MODES, "progress", f"must be one of {list(PROGRESS_MODES)}, got {cfg.progress!r}")
+    _require(cfg.evaluation.num_draws >= 100, "evaluation.num_draws",
+             f"must be >= 100, got {cfg.evaluation.num_draws}")
+    ckpt = cfg.checkpoint
+    _require(ckpt.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0 (0 = off), got {ckpt.every_epochs}")
+    _require(ckpt.every_minutes >= 0, "checkpoint.every_minutes", f"must be >= 0 (0 = off), got {ckpt.every_minutes}")
+    _require(ckpt.keep >= 0, "checkpoint.keep", f"must be >= 0, got {ckpt.keep}")
+    for group in ("encoder", "decoder"):
+        network = cfg[group]
+        if "hidden_sizes" in network:
+            _require(all(int(width) >= 1 for width in network.hidden_sizes), f"{group}.hidden_sizes",
+                     f"every width must be >= 1, got {list(network.hidden_sizes)}")
+        if "activation" in network:
+            _require(network.activation in ACTIVATIONS, f"{group}.activation",
+                     f"must be one of {sorted(ACTIVATIONS)}, got {network.activation!r}")
+    if cfg.data.name == "normal_means":
+        _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
+        _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")
+    if "sigma" in cfg.likelihood:
+        _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")

@@ -1,0 +1,50 @@
+"""Observation models f(x | u): the log-density of data given the decoder's output u = h(z).
+
+Every likelihood maps a batch of observations x of shape (B, D) and decoder outputs u of shape (B, C, P)
+(C chains or draws per data point) to log f(x | u) of shape (B, C), summed over the data dimensions.
+Likelihoods are modules because some carry parameters that are learned with the decoder (theta).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Likelihood(nn.Module):
+    """Base class. Subclasses define ``param_dim`` and ``log_prob``.
+
+    ``param_dim(data_dim)`` is the size P of the decoder output the likelihood needs for data of
+    dimension D, so the decoder can be built to match the data.
+    """
+
+    def param_dim(self, data_dim: int) -> int:
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        """Args: x (B, D) observations; u (B, C, P) decoder outputs. Returns: (B, C) log f(x | u)."""
+        raise NotImplementedError
+
+
+class Gaussian(Likelihood):
+    """x | u ~ N(u, sigma² I) with known noise standard deviation ``sigma`` (many normal means).
+
+    Args:
+        sigma: the known noise standard deviation, > 0.
+    """
+
+    def __init__(self, sigma: float = 1.0):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"likelihood.sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        residual = (x.unsqueeze(1) - u) / self.sigma
+        normaliser = math.log(self.sigma) + 0.5 * math.log(2.0 * math.pi)
+        return -(0.5 * residual.square() + normaliser).sum(-1)

@@ -1,0 +1,75 @@
+"""Encoder and decoder networks.
+
+Contract: networks return natural parameters, never samples.
+- An encoder maps x (B, D) to the mean and log-variance of a diagonal Gaussian q(z | x), each (B, d).
+- A decoder maps z (..., d) to u = h(z) of shape (..., P), the parameter the likelihood reads
+  (a mean, a logit, a random effect). Leading dimensions are arbitrary: (B, C, d) for chains.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def make_mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str) -> nn.Sequential:
+    """A fully connected network in_dim → hidden_sizes → out_dim with ``activation`` between layers."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for hidden in hidden_sizes:
+        layers += [nn.Linear(width, int(hidden)), ACTIVATIONS[activation]()]
+        width = int(hidden)
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Base class: ``forward(x (B, D)) -> (mean (B, d), log_var (B, d))`` of q(z | x)."""
+
+
+class Decoder(nn.Module):
+    """Base class: ``forward(z (..., d)) -> u (..., P)``, the likelihood's parameter h(z)."""
+
+
+class MLPEncoder(Encoder):
+    """An MLP from x to the mean and log-variance of q(z | x).
+
+    Args:
+        data_dim: D, the width of one observation.
+        latent_dim: d.
+        hidden_sizes: widths of the hidden layers.
+        activation: name from ``ACTIVATIONS``.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden_sizes: Sequence[int], activation: str = "softplus"):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = make_mlp(data_dim, hidden_sizes, 2 * latent_dim, activation)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_var = self.net(x).chunk(2, dim=-1)
+        return mean, log_var
+
+
+class MLPDecoder(Decoder):
+    """An MLP from z to u = h(z).
+
+    Args:
+        latent_dim: d.
+        output_dim: P, set from the likelihood and the data.
+        hidden_sizes: widths of the hidden layers.
+        activation: name from ``ACTIVATIONS``.
+    """
+
+    def __init__(self, latent_dim: int, output_dim: int, hidden_sizes: Sequence[int], activation: str = "softplus"):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = make_mlp(latent_dim, hidden_sizes, output_dim, activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)

@@ -1,0 +1,64 @@
+"""One parameter update of each training phase (Qiu & Wang 2019, Algorithm 1).
+
+- VAE warm start: maximise the ELBO over encoder and decoder with reparameterised draws.
+- ALMOND: run the persistent Langevin chains of a batch under the current decoder, then step the
+  generative parameters along the average of ∇_beta log f(x | h(z)) over the kept states of all chains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import sampler
+from .chains import PersistentChains
+from .model import LatentVariableModel
+
+
+def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: Tensor, num_draws: int,
+               generator: torch.Generator) -> Tensor:
+    """One Adam step on −ELBO of the batch ``x`` (B, D); returns the detached loss (per data point)."""
+    optimiser.zero_grad(set_to_none=True)
+    loss = -model.elbo(x, num_draws, generator).mean()
+    loss.backward()
+    optimiser.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, generator: torch.Generator,
+                   batch_size: int) -> PersistentChains:
+    """Starts C chains per data point at draws from the encoder's q(z | x). Args: x (n, D)."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
+                 for start in range(0, x.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return PersistentChains(torch.cat(parts))
+
+
+def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
+                  indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
+                  generator: torch.Generator) -> tuple[Tensor, sampler.StepInfo]:
+    """One ALMOND update of the generative parameters on the batch ``indices`` (B,) with data ``x`` (B, D).
+
+    The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
+    −mean over batch, kept states and chains of log f(x | h(z)).
+
+    Returns:
+        (detached loss, Langevin diagnostics of the batch).
+    """
+    start = chains.gather(indices)
+    with model.frozen():
+        kept, info = sampler.run(start, lambda z: model.log_joint(x, z), step_size, num_steps, burn_in, generator)
+    chains.scatter(indices, kept[-1])
+    num_kept, batch, num_chains, latent_dim = kept.shape
+    # Kept states of all chains form one (B, K'·C) axis of particles per data point.
+    particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
+    optimiser.zero_grad(set_to_none=True)
+    loss = -model.log_lik(x, particles).mean()
+    loss.backward()
+    optimiser.step()
+    return loss.detach(), info
