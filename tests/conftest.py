@@ -1,0 +1,60 @@
+"""Shared test helpers: the installed ``almond`` command in a subprocess, and small configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def almond_executable() -> str:
+    """The ``almond`` script installed beside this Python (a venv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "almond"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("almond")
+    if found is None:
+        pytest.fail("the almond command is not installed: run `pip install -e .` first")
+    return found
+
+
+def run_almond(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
+               check: bool = False) -> subprocess.CompletedProcess:
+    """Runs ``almond *args`` in ``cwd`` and returns the finished process (text output captured)."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
+    process = subprocess.run([almond_executable(), *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=timeout, env=full_env)
+    if check and process.returncode != 0:
+        raise AssertionError(f"almond {' '.join(args)} failed ({process.returncode}):\n{process.stdout}\n{process.stderr}")
+    return process
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Unit tests run on one thread so two test processes do not oversubscribe a 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
