@@ -8,6 +8,7 @@ Bad input is one paragraph on stderr and exit code 2, before anything is written
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
             overrides.append(arg)
         index += 1
     return flags, overrides
+
+
+def composition_message(error: Exception) -> str:
+    """Hydra's composition error in one line: the override, the reason, the valid options (schemas hidden)."""
+    text = str(error).split("Config search path")[0]
+    text = re.sub(r"To append to your config use \S+", "", text)  # almond refuses unknown keys anyway
+    cause = error.__cause__
+    if cause is not None:
+        text += ": " + str(cause).splitlines()[0]
+    words = [word for word in text.split() if not word.endswith("_schema")]
+    return " ".join(words).rstrip(" .:") + "."
 
 
 def check_overrides(overrides: list[str], multirun: bool) -> None:
@@ -81,7 +93,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
             try:
                 cfg = compose(CONFIG_NAME, overrides=combination)
             except Exception as error:
-                fail(f"the configuration does not compose: {error}")
+                fail(f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
+                     f"the options of each group are the files in configs/<group>/)")
             try:
                 validate(cfg)
             except UsageError as error:

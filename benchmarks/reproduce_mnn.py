@@ -1,0 +1,105 @@
+"""Reproduces the paper's many-normal-means table (Qiu & Wang 2019, Table 1) with the product itself.
+
+Runs ``almond train experiment=mnn_<prior> seed=<s>`` for each prior and seed (each seed draws new data),
+reads every run's ``summary.json`` and prints the medians over seeds beside the issue's bars and the
+paper's values. Usage:
+
+    python benchmarks/reproduce_mnn.py                       # priors exponential, mixture, normal; seeds 1-5
+    python benchmarks/reproduce_mnn.py --priors exponential --seeds 1 2 3 --out outputs/bench
+    python benchmarks/reproduce_mnn.py --collect outputs/bench   # only re-read finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PAPER = {  # medians over 100 replications, paper Table 1 (ALMOND, VAE)
+    "exponential": {"almond": (0.05, 0.10), "vae": (0.09, 0.22)},
+    "mixture": {"almond": (0.09, 0.21), "vae": (0.13, 0.33)},
+    "normal": {"almond": (None, None), "vae": (None, None)},
+}
+
+
+def almond_command() -> list[str]:
+    beside = Path(sys.executable).parent / "almond"
+    return [str(beside)] if beside.exists() else [shutil.which("almond") or "almond"]
+
+
+def run_one(prior: str, seed: int, out: Path, extra: list[str]) -> dict:
+    run_dir = out / f"{prior}-seed{seed}"
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        started = time.time()
+        command = [*almond_command(), "train", f"experiment=mnn_{prior}", f"seed={seed}", "progress=quiet",
+                   f"hydra.run.dir={run_dir}", *extra]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        print(f"  {prior} seed {seed}: {time.time() - started:.0f} s wall", file=sys.stderr, flush=True)
+    return json.loads(summary_path.read_text())
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def bars(prior: str, table: dict) -> list[tuple[str, bool]]:
+    """The foundation issue's acceptance bars for one prior, as (description, met)."""
+    almond, vae, eb = table["almond"], table["vae"], table["normal_eb"]
+    if prior == "exponential":
+        return [("ALMOND KS <= 0.06", almond["ks"] <= 0.06), ("ALMOND W1 <= 0.13", almond["w1"] <= 0.13),
+                ("VAE KS >= 1.4 x ALMOND KS", vae["ks"] >= 1.4 * almond["ks"])]
+    if prior == "mixture":
+        return [("ALMOND KS <= 0.10", almond["ks"] <= 0.10), ("ALMOND W1 <= 0.25", almond["w1"] <= 0.25),
+                ("ALMOND KS < VAE KS", almond["ks"] < vae["ks"]), ("ALMOND W1 < VAE W1", almond["w1"] < vae["w1"])]
+    return [("|ALMOND KS - EB KS| <= 0.015", abs(almond["ks"] - eb["ks"]) <= 0.015)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--priors", nargs="+", default=["exponential", "mixture", "normal"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark-mnn"))
+    parser.add_argument("--collect", action="store_true", help="only read runs that already finished")
+    parser.add_argument("extra", nargs="*", help="further hydra overrides for every run")
+    args = parser.parse_args()
+    lines = ["| prior | method | KS (median) | W1 (median) | paper KS | paper W1 | seeds | s/run (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for prior in args.priors:
+        summaries = []
+        for seed in args.seeds:
+            if args.collect:
+                path = args.out / f"{prior}-seed{seed}" / "summary.json"
+                if path.exists():
+                    summaries.append(json.loads(path.read_text()))
+            else:
+                summaries.append(run_one(prior, seed, args.out, args.extra))
+        if not summaries:
+            continue
+        table = {}
+        for method in ("vae", "almond", "normal_eb"):
+            rows = [s["baselines"][method] if method == "normal_eb" else s[method] for s in summaries]
+            table[method] = {key: median([row[key] for row in rows]) for key in ("ks", "w1")}
+        seconds = median([s["timing"]["vae_seconds"] + s["timing"]["almond_seconds"] for s in summaries])
+        for method in ("vae", "almond", "normal_eb"):
+            paper_ks, paper_w1 = PAPER[prior].get(method, (None, None))
+            lines.append(
+                f"| {prior} | {method} | {table[method]['ks']:.3f} | {table[method]['w1']:.3f} | "
+                f"{'-' if paper_ks is None else paper_ks} | {'-' if paper_w1 is None else paper_w1} | "
+                f"{len(summaries)} | {seconds:.0f} |"
+            )
+        verdicts += [(prior, text, met) for text, met in bars(prior, table)]
+    print("\n".join(lines))
+    print()
+    for prior, text, met in verdicts:
+        print(f"{'PASS' if met else 'FAIL'}  {prior}: {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Every option of every config group composes, validates and (where it builds objects) instantiates."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from almond_cli.config import ConfigError, register_schemas, validate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_with(overrides):
+    register_schemas()
+    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_the_default_is_the_papers_exponential_experiment():
+    cfg = compose_with([])
+    assert cfg.experiment_name == "mnn_exponential"
+    assert cfg.data.name == "normal_means" and cfg.data.n == 1000 and cfg.data.prior.value == "exponential"
+    assert list(cfg.encoder.hidden_sizes) == [10] and list(cfg.decoder.hidden_sizes) == [10]
+    assert cfg.decoder.activation == "softplus" and cfg.latent_dim == 1
+    assert (cfg.sampler.step_size, cfg.sampler.num_steps, cfg.sampler.burn_in, cfg.sampler.num_chains) == (0.01, 10, 9, 100)
+    schedule = cfg.schedule
+    assert (schedule.vae_epochs, schedule.almond_epochs, schedule.warmup_epochs) == (1000, 1000, 100)
+    assert (schedule.vae_lr, schedule.adam_lr, schedule.sgd_lr, schedule.sgd_momentum, schedule.weight_decay) == (
+        0.01, 0.01, 0.01, 0.1, 0.001)
+    assert schedule.vae_draws == 10 and schedule.batch_size is None
+
+
+@pytest.mark.parametrize("group", [g for g in GROUPS if g != "experiment"])
+def test_every_group_option_composes_and_validates(group):
+    for option in options(group):
+        cfg = compose_with([f"{group}={option}"])
+        validate(cfg)
+        OmegaConf.to_yaml(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_validates_and_builds(experiment):
+    from almond_cli.trainer import build_model
+
+    cfg = compose_with([f"experiment={experiment}"])
+    validate(cfg)
+    assert cfg.experiment_name == experiment
+    if cfg.data.name == "normal_means":
+        from almond_cli.data import build_dataset
+
+        dataset = build_dataset(cfg.data, 0)
+        model = build_model(cfg, dataset)
+        assert model.decoder.latent_dim == cfg.latent_dim
+
+
+def test_mixture_experiment_pins_the_papers_sizes():
+    cfg = compose_with(["experiment=mnn_mixture"])
+    assert list(cfg.decoder.hidden_sizes) == [50, 100, 50] and cfg.schedule.vae_draws == 100
+    assert cfg.data.prior.value == "mixture"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("sampler.step_size=-0.1", "sampler.step_size"),
+    ("sampler.num_chains=0", "sampler.num_chains"),
+    ("sampler.burn_in=10", "sampler.burn_in"),
+    ("sampler.num_steps=0", "sampler.num_steps"),
+    ("schedule.vae_lr=0", "schedule.vae_lr"),
+    ("decoder.activation=sigmoidish", "decoder.activation"),
+    ("decoder.hidden_sizes=[10,0]", "decoder.hidden_sizes"),
+    ("device=tpu", "device"),
+])
+def test_validation_names_the_key(override, key):
+    cfg = compose_with([override])
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert error.value.key == key and key in str(error.value)

@@ -1,0 +1,92 @@
+"""The Langevin sampler on a conjugate Gaussian target whose posterior is known in closed form."""
+
+import math
+
+import pytest
+import torch
+
+from almond_cli import sampler
+
+# Target: z ~ N(0, 1), x | z ~ N(z, noise_var): posterior N(x / (1 + noise_var), noise_var / (1 + noise_var)).
+NOISE_VAR = 0.5
+POST_VAR = NOISE_VAR / (1 + NOISE_VAR)
+
+
+def log_joint_fn(x):
+    def fn(z):  # z (B, C, 1) -> (B, C)
+        return (-0.5 * (x.view(-1, 1, 1) - z).square() / NOISE_VAR - 0.5 * z.square()).sum(-1)
+
+    return fn
+
+
+def ula_stationary_variance(variance: float, step_size: float) -> float:
+    """ULA on N(m, v) is the AR(1) chain z' = (1 - s/v) z + sqrt(2s) eps: variance v / (1 - s / (2v))."""
+    return variance / (1.0 - step_size / (2.0 * variance))
+
+
+def test_ula_reaches_the_closed_form_posterior_of_a_conjugate_gaussian():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.linspace(-3, 3, 50)
+    num_chains, step_size = 400, 0.05
+    z = torch.zeros(50, num_chains, 1)
+    kept, _ = sampler.run(z, log_joint_fn(x), step_size, num_steps=400, burn_in=399, generator=generator)
+    final = kept[-1, ..., 0]  # (B, C): after 400 steps of contraction (1 - s/v)^400 ~ 1e-26, start forgotten
+    post_mean = x / (1 + NOISE_VAR)
+    post_var = ula_stationary_variance(POST_VAR, step_size)
+    # Mean over C = 400 independent chains has SE sqrt(v / C) = 0.029; 5 SE bounds a max over 50 points
+    # (two-sided per-point tail 6e-7, times 50 points).
+    se_mean = math.sqrt(post_var / num_chains)
+    assert (final.mean(1) - post_mean).abs().max() < 5 * se_mean
+    # Pooled variance over 50 x 400 draws: SE of a Gaussian sample variance is v sqrt(2 / N) = 0.0036.
+    pooled = (final - final.mean(1, keepdim=True)).square().sum() / (final.numel() - 50)
+    assert abs(float(pooled) - post_var) < 5 * post_var * math.sqrt(2 / final.numel())
+    # The discretisation bias is visible: the exact posterior variance is off by far more than 5 SE.
+    assert abs(float(pooled) - POST_VAR) > 5 * post_var * math.sqrt(2 / final.numel())
+
+
+def test_run_keeps_the_states_after_burn_in_and_is_reproducible():
+    x = torch.randn(7)
+    z = torch.randn(7, 3, 1)
+    first, info = sampler.run(z, log_joint_fn(x), 0.01, 5, 2, torch.Generator().manual_seed(3))
+    second, _ = sampler.run(z, log_joint_fn(x), 0.01, 5, 2, torch.Generator().manual_seed(3))
+    assert first.shape == (3, 7, 3, 1)
+    assert torch.equal(first, second)
+    assert float(info.nonfinite_fraction) == 0.0 and math.isfinite(float(info.mean_log_joint))
+
+
+def test_run_matches_repeated_steps():
+    x = torch.randn(4)
+    z = torch.randn(4, 2, 1)
+    kept, _ = sampler.run(z, log_joint_fn(x), 0.02, 3, 0, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    state = sampler.evaluate(z, log_joint_fn(x))
+    for index in range(3):
+        state, _ = sampler.step(state, log_joint_fn(x), 0.02, generator)
+        assert torch.allclose(state.z, kept[index])
+
+
+def test_one_step_is_the_langevin_update():
+    x = torch.tensor([1.0])
+    z = torch.tensor([[[0.5]]])
+    generator = torch.Generator().manual_seed(9)
+    state = sampler.evaluate(z, log_joint_fn(x))
+    noise = torch.randn((1, 1, 1), generator=torch.Generator().manual_seed(9))
+    grad = (1.0 - 0.5) / NOISE_VAR - 0.5
+    new_state, _ = sampler.step(state, log_joint_fn(x), 0.1, generator)
+    assert torch.allclose(new_state.z, z + 0.1 * grad + math.sqrt(0.2) * noise)
+    assert torch.allclose(state.grad, torch.tensor([[[grad]]]))
+
+
+@pytest.mark.parametrize("burn_in,num_steps", [(3, 3), (-1, 3), (0, 0)])
+def test_run_refuses_a_burn_in_that_keeps_nothing(burn_in, num_steps):
+    with pytest.raises(ValueError):
+        sampler.run(torch.zeros(1, 1, 1), log_joint_fn(torch.zeros(1)), 0.1, num_steps, burn_in)
+
+
+def test_nonfinite_targets_are_reported():
+    def broken(z):
+        return torch.where(z[..., 0] > 0, torch.full_like(z[..., 0], float("nan")), -z[..., 0].square())
+
+    z = torch.tensor([[[1.0], [-1.0]]])
+    state = sampler.evaluate(z, broken)
+    assert float(sampler.diagnose(state).nonfinite_fraction) == 0.5
