@@ -108,8 +108,11 @@ def run_train(args: list[str]) -> None:
     informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
                                                    "--shell-completion", "-sc"))
     if not informational:
-        overrides = resolve_resume(overrides)
-        check_overrides(overrides, multirun)
+        try:
+            overrides = resolve_resume(overrides)
+            check_overrides(overrides, multirun)
+        except UsageError as error:
+            fail(str(error))
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]

@@ -262,6 +262,7 @@ class TrainingRun:
 
     def run(self) -> dict:
         """Advances the run to its end and returns the summary."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.reporter = ProgressReporter(self.cfg.progress)
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

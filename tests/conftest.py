@@ -58,3 +58,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def compose_config(overrides: list[str]):
+    """The config ``almond train <overrides>`` would run, composed in-process."""
+    from hydra import compose, initialize_config_module
+
+    from almond_cli.config import register_schemas
+
+    register_schemas()
+    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def assert_same_final_state(first_run: Path, second_run: Path) -> None:
+    """Bitwise equality of the final parameters and chains of two run folders, and the same epochs logged."""
+    from almond_cli.checkpoint import load_checkpoint
+
+    first = load_checkpoint(first_run / "checkpoints" / "last.pt")
+    second = load_checkpoint(second_run / "checkpoints" / "last.pt")
+    assert first["model"].keys() == second["model"].keys()
+    for name in first["model"]:
+        assert torch.equal(first["model"][name], second["model"][name]), name
+    if first["chains"] is not None or second["chains"] is not None:
+        assert torch.equal(first["chains"]["positions"], second["chains"]["positions"])
+    strip = lambda records: [{k: v for k, v in r.items() if k not in ("seconds", "elapsed")} for r in records]  # noqa: E731
+    assert strip(read_metrics(first_run)) == strip(read_metrics(second_run))

@@ -1,0 +1,194 @@
+"""Exact resume: a run interrupted anywhere and resumed ends bitwise equal to the run left alone (CPU)."""
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from almond_cli.checkpoint import CheckpointError, load_checkpoint
+from almond_cli.trainer import Interrupted, TrainingRun, train
+from conftest import almond_executable, assert_same_final_state, compose_config, read_metrics, run_almond
+
+# 200 points in batches of 64: 4 updates per epoch, so an interruption can fall mid-epoch.
+SMALL = ["debug=tiny", "progress=quiet", "schedule.batch_size=64", "schedule.vae_epochs=6",
+         "schedule.almond_epochs=6", "schedule.warmup_epochs=2", "checkpoint.every_epochs=2",
+         "checkpoint.every_minutes=0"]
+
+
+def interrupt_at(monkeypatch, global_step: int) -> None:
+    """Makes the run behave as if SIGTERM arrived during update number ``global_step``."""
+    original = TrainingRun._update
+
+    def update(self):
+        result = original(self)
+        if self.position.global_step + 1 == global_step:
+            self.stop_signal = signal.SIGTERM
+        return result
+
+    monkeypatch.setattr(TrainingRun, "_update", update)
+
+
+@pytest.mark.parametrize("stop_step", [
+    10,   # VAE phase, mid-epoch (epoch 3, update 2 of 4)
+    31,   # ALMOND phase, mid-epoch (ALMOND epoch 2, update 3 of 4)
+    32,   # exactly at a checkpoint boundary (end of ALMOND epoch 2, checkpoint.every_epochs=2)
+])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, stop_step):
+    cfg = compose_config(SMALL)
+    train(cfg, tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, stop_step)
+        with pytest.raises(Interrupted):
+            train(cfg, tmp_path / "resumed")
+    checkpoint = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert checkpoint["position"]["global_step"] == stop_step
+    train(cfg, tmp_path / "resumed", checkpoint=checkpoint)
+    assert_same_final_state(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_resume_from_the_vae_checkpoint_replays_the_almond_phase(tmp_path):
+    cfg = compose_config(SMALL)
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "again", checkpoint=load_checkpoint(tmp_path / "straight" / "checkpoints" / "vae.pt"))
+    first = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    second = load_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+
+
+def test_a_checkpoint_holds_everything_needed_to_continue(tmp_path):
+    cfg = compose_config(SMALL)
+    train(cfg, tmp_path / "run")
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert {"model", "vae_optimiser", "almond_optimisers", "chains", "order", "rng", "position",
+            "config_yaml", "format_version"} <= set(checkpoint)
+    assert {"noise", "order", "torch"} <= set(checkpoint["rng"])
+    assert checkpoint["chains"]["positions"].shape == (200, 4, 1)
+    assert checkpoint["position"]["phase"] == "done"
+
+
+def test_sigterm_writes_a_checkpoint_and_the_printed_command_resumes(tmp_path):
+    args = ["train", "debug=tiny", "threads=1", "schedule.almond_epochs=4000", "checkpoint.every_epochs=0",
+            "checkpoint.every_minutes=0", "progress=plain"]
+    process = subprocess.Popen([almond_executable(), *args, "hydra.run.dir=run"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoints" / "vae.pt").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    command = next(line.strip() for line in stderr.splitlines() if "almond train resume=" in line)
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
+    assert stopped["phase"] == "almond" and stopped["global_step"] > 20
+    resume_args = command.split()[1:] + ["schedule.almond_epochs=4000"]
+    resumed = run_almond(resume_args[:1] + resume_args[1:] + ["schedule.almond_epochs=" + str(stopped["epoch"] + 3)],
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    records = read_metrics(run_dir)
+    almond_epochs = [r["epoch"] for r in records if r["phase"] == "almond"]
+    assert almond_epochs == list(range(1, stopped["epoch"] + 4))
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_almond(["train", *SMALL, "threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()  # last.pt is a hard link of the newest numbered checkpoint: damage both copies
+    newest = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+    newest.write_bytes(data[: len(data) // 2])
+    last.write_bytes(data[: len(data) // 2])
+    resumed = run_almond(["train", f"resume={run_dir}", "schedule.almond_epochs=8"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning" in resumed.stderr and "damaged" in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(run_dir) if r["phase"] == "almond"] == list(range(1, 9))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_changes(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    evil = run_dir / "checkpoints" / "last.pt"
+    torch.save({"format": "almond-checkpoint", "payload": _RunsCode()}, evil)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    process = run_almond(["train", f"resume={run_dir}"], cwd=tmp_path)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "refuses" in process.stderr or "unpickling" in process.stderr
+    assert not (tmp_path / "pwned.txt").exists()
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"not a zip file at all", "damaged"),
+])
+def test_damaged_or_foreign_files_are_refused_in_words(tmp_path, content, needle):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=needle):
+        load_checkpoint(path)
+
+
+def test_foreign_and_future_checkpoints_are_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an almond checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"format": "almond-checkpoint", "format_version": 999}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 999"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_resume_refuses_overrides_that_change_the_model(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_almond(["train", *SMALL, "threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    process = run_almond(["train", f"resume={run_dir}", "sampler.step_size=0.5", "decoder.hidden_sizes=[3]"],
+                         cwd=tmp_path)
+    assert process.returncode == 2
+    assert "sampler.step_size" in process.stderr and "decoder.hidden_sizes" in process.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_divergence_stops_cleanly_and_leaves_the_checkpoint_resumable(tmp_path):
+    run_dir = tmp_path / "run"
+    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=1e6", f"hydra.run.dir={run_dir}"],
+                         cwd=tmp_path)
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert "diverged" in process.stderr and "almond epoch 1" in process.stderr and "step size" in process.stderr
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert checkpoint["position"]["phase"] == "almond" and checkpoint["position"]["global_step"] == 20
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(tmp_path):
+    args = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=300", "schedule.almond_epochs=300",
+            "checkpoint.every_epochs=7", "checkpoint.every_minutes=0"]
+    straight = run_almond([*args, "hydra.run.dir=straight"], cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    process = subprocess.Popen([almond_executable(), *args, "hydra.run.dir=killed"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (tmp_path / "killed" / "checkpoints" / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
+    process.kill()
+    process.wait()
+    resumed = run_almond(["train", f"resume={tmp_path / 'killed'}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_final_state(tmp_path / "straight", tmp_path / "killed")
