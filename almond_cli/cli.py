@@ -8,6 +8,7 @@ Bad input is one paragraph on stderr and exit code 2, before anything is written
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import sys
 from pathlib import Path
@@ -113,6 +114,7 @@ def run_train(args: list[str]) -> None:
             check_overrides(overrides, multirun)
         except UsageError as error:
             fail(str(error))
+        overrides = overrides + fresh_output_dir(overrides, multirun)
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]
@@ -124,6 +126,27 @@ def resolve_resume(overrides: list[str]) -> list[str]:
     from .resume import resume_overrides
 
     return resume_overrides(overrides)
+
+
+def fresh_output_dir(overrides: list[str], multirun: bool) -> list[str]:
+    """Names the run (or sweep) folder now, so two runs started in the same second never share one.
+
+    The folder is Hydra's ``outputs/YYYY-MM-DD/HH-MM-SS`` (``outputs/multirun/...`` for a sweep), created here;
+    if it exists already, ``-1``, ``-2``, ... is appended. A folder given on the command line is used as is.
+    """
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(o.startswith(key + "=") for o in overrides):
+        return []
+    now = datetime.datetime.now()
+    base = Path("outputs") / ("multirun" if multirun else "") / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    candidate, suffix = base, 0
+    while True:
+        try:
+            candidate.mkdir(parents=True)  # atomic: of two processes only one creates a given name
+            return [f"{key}={candidate}"]
+        except FileExistsError:
+            suffix += 1
+            candidate = base.with_name(f"{base.name}-{suffix}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,3 +63,23 @@ def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
                               "hydra.run.dir=run"], cwd=workdir, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
     assert json.loads((workdir / "run" / "summary.json").read_text())["almond"]["ks"] > 0
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    import datetime
+
+    from almond_cli import cli
+
+    class FrozenClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 24, 10, 31, 7)
+
+    monkeypatch.setattr(cli.datetime, "datetime", FrozenClock)
+    monkeypatch.chdir(tmp_path)
+    first = cli.fresh_output_dir(["seed=1"], multirun=False)
+    second = cli.fresh_output_dir(["seed=1"], multirun=False)
+    assert first == ["hydra.run.dir=outputs/2026-11-24/10-31-07"]
+    assert second == ["hydra.run.dir=outputs/2026-11-24/10-31-07-1"]
+    assert cli.fresh_output_dir(["hydra.run.dir=mine"], multirun=False) == []
+    assert cli.fresh_output_dir([], multirun=True) == ["hydra.sweep.dir=outputs/multirun/2026-11-24/10-31-07"]
