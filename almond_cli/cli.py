@@ -53,6 +53,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .config import register_schemas, validate
+    from .data_files import check_data_file
 
     register_schemas()
     parser = OverridesParser.create()
@@ -84,6 +85,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                 fail(f"the configuration does not compose: {error}")
             try:
                 validate(cfg)
+                check_data_file(cfg)  # reads the user's data file now, so bad data leaves no run folder
             except UsageError as error:
                 fail(f"{error}")
 
@@ -94,6 +96,7 @@ def run_train(args: list[str]) -> None:
     multirun = "--multirun" in flags or "-m" in flags
     informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
                                                    "--shell-completion", "-sc"))
+    overrides = drop_default_experiment(overrides)
     if not informational:
         overrides = resolve_resume(overrides)
         check_overrides(overrides, multirun)
@@ -101,6 +104,19 @@ def run_train(args: list[str]) -> None:
 
     sys.argv = ["almond-train", *flags, *overrides]
     hydra_app()
+
+
+def drop_default_experiment(overrides: list[str]) -> list[str]:
+    """``data=<not normal_means>`` with no ``experiment=`` drops (``~experiment``) the embedded default experiment.
+
+    The default experiment (mnn_exponential) sets keys of the normal-means simulation (``data.prior``), which
+    another data option does not have; ``almond train data=file data.path=...`` must work as it reads.
+    """
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in overrides)
+    if chosen and chosen[-1] != "normal_means" and not has_experiment:
+        return [*overrides, "~experiment"]
+    return overrides
 
 
 def resolve_resume(overrides: list[str]) -> list[str]:
