@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
                    add_help=False)
+    sub.add_parser("evaluate", help="score a run again: almond evaluate <run folder> [k=... n_samples=... seed=...]",
+                   add_help=False)
+    sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
+                   "[n=... out=...]", add_help=False)
     return parser
 
 
@@ -146,6 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "train":
         run_train(rest)
+    elif command == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(rest)
+    elif command == "sample":
+        from .sample import main as sample_main
+
+        sample_main(rest)
     else:
         parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
 
