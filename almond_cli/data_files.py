@@ -46,11 +46,13 @@ class Table:
     """A numeric table read from a file.
 
     Attributes:
-        values: (n, k) float64 cells.
+        values: (n, k) float64 cells (NaN where a text cell is not a number; see ``unparsed``).
         names: the k column names from a header row, or None.
         rows: (n,) how each row is named in messages: file line numbers (CSV) or 0-based indices (arrays).
         path: the file.
         is_text: CSV/TSV (rows are line numbers) rather than an array file.
+        cells: (n, k) the text cells of a CSV/TSV table.
+        unparsed: (n, k) True where a text cell is not a number (allowed in columns that are not used).
     """
 
     values: np.ndarray
@@ -58,6 +60,26 @@ class Table:
     rows: np.ndarray
     path: Path
     is_text: bool
+    cells: np.ndarray | None = None
+    unparsed: np.ndarray | None = None
+
+    def head(self, limit: int) -> "Table":
+        """The first ``limit`` rows."""
+        cut = lambda array: None if array is None else array[:limit]  # noqa: E731
+        return Table(self.values[:limit], self.names, self.rows[:limit], self.path, self.is_text,
+                     cut(self.cells), cut(self.unparsed))
+
+    def check_numeric(self, chosen: list[int]) -> None:
+        """Refuses a cell of the ``chosen`` columns that is not a number, naming the first."""
+        if self.unparsed is None or not self.unparsed[:, chosen].any():
+            return
+        row, column = _first_bad(self, self.unparsed[:, chosen], chosen)
+        cell = str(self.cells[row, column])
+        problem = "is empty" if cell == "" else f"holds '{cell[:40]}', which is not a number"
+        raise DataFileError(f"{self.path}: {self.row_label(row)}, {self.column_label(column)} {problem}; every "
+                            "cell of the selected columns must be a number (missing values are not supported: "
+                            "drop or impute that row; a column of labels or ids can be left out by listing the "
+                            "observation columns in data.columns)")
 
     def row_label(self, index: int) -> str:
         return f"row {int(self.rows[index])} (line {int(self.rows[index])} of the file)" if self.is_text \
@@ -107,7 +129,11 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
         rows.append([cell.strip() for cell in fields])
         lines.append(reader.line_num)
     first = rows[0]
-    has_header = header if header is not None else not all(_is_number(cell) for cell in first if cell)
+    if header is None:  # a header is a first row with text where the next row has a number (as csv.Sniffer)
+        second = rows[1] if len(rows) > 1 else None
+        header = any(not _is_number(cell) and (second is None or (j < len(second) and _is_number(second[j])))
+                     for j, cell in enumerate(first) if cell)
+    has_header = header
     names = None
     if has_header:
         names = first
@@ -121,21 +147,19 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
             raise DataFileError(
                 f"{path}: row {line} (line {line} of the file) has {len(fields)} columns but {what} has {width}; "
                 f"every row needs the same number of '{delimiter_name(delimiter)}'-separated cells")
-    try:
-        values = np.asarray(rows, dtype=str).astype(np.float64)
-    except ValueError:
-        values = None
-    if values is None:  # find the first cell that is not a number, for the message
-        for fields, line in zip(rows, lines):
-            for column, cell in enumerate(fields):
-                if not _is_number(cell):
-                    label = f"column '{names[column]}' (index {column})" if names else f"column index {column} (0-based)"
-                    problem = "is empty" if cell == "" else f"holds '{cell[:40]}', which is not a number"
-                    raise DataFileError(
-                        f"{path}: row {line} (line {line} of the file), {label} {problem}; every cell must be a "
-                        "number (missing values are not supported: drop or impute that row)")
-        raise DataFileError(f"{path}: some cells could not be read as numbers")  # pragma: no cover
-    return Table(values.reshape(len(rows), width), names, np.asarray(lines), path, True)
+    cells = np.asarray(rows, dtype=str).reshape(len(rows), width)
+    values = np.empty(cells.shape, dtype=np.float64)
+    unparsed = np.zeros(cells.shape, dtype=bool)
+    for column in range(width):  # columns that are not observations (ids, labels) may hold text
+        try:
+            values[:, column] = cells[:, column].astype(np.float64)
+        except ValueError:
+            for row, cell in enumerate(cells[:, column]):
+                try:
+                    values[row, column] = float(cell)
+                except ValueError:
+                    values[row, column], unparsed[row, column] = np.nan, True
+    return Table(values, names, np.asarray(lines), path, True, cells, unparsed)
 
 
 def delimiter_name(delimiter: str) -> str:
@@ -334,7 +358,7 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
     table = read_table(data_cfg.path, data_cfg.format, data_cfg.header, data_cfg.array)
     limit = data_cfg.get("n")
     if limit is not None and limit < table.values.shape[0]:  # a quick trial on the first rows
-        table = Table(table.values[:limit], table.names, table.rows[:limit], table.path, table.is_text)
+        table = table.head(limit)
     sd_column = None
     if data_cfg.sd_column is not None:
         sd_column = _column_index(table, data_cfg.sd_column, "data.sd_column")
@@ -343,6 +367,7 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
     if sd_column is not None and sd_column in chosen:
         raise DataFileError(f"data.sd_column: {table.column_label(sd_column)} is also listed in data.columns; "
                             "the sd column cannot be an observation too")
+    table.check_numeric(chosen + ([sd_column] if sd_column is not None else []))
     check_finite(table, chosen + ([sd_column] if sd_column is not None else []))
     if sd_column is not None:
         bad = table.values[:, [sd_column]] <= 0
@@ -356,11 +381,11 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
         truth_table = read_table(data_cfg.truth_path, "auto", None, data_cfg.truth_array, key="data.truth_path",
                                  array_key="data.truth_array")
         truth_columns = select_columns(truth_table, data_cfg.truth_columns, "data.truth_columns")
+        truth_table.check_numeric(truth_columns)
         check_finite(truth_table, truth_columns)
         n, n_truth = table.values.shape[0], truth_table.values.shape[0]
         if limit is not None and limit < n_truth and limit == n:
-            truth_table = Table(truth_table.values[:limit], truth_table.names, truth_table.rows[:limit],
-                                truth_table.path, truth_table.is_text)
+            truth_table = truth_table.head(limit)
             n_truth = limit
         if n_truth != n:
             raise DataFileError(f"data.truth_path: {truth_table.path} has {n_truth} rows of true values but "

@@ -159,7 +159,8 @@ def _names(dataset, cfg, width: int) -> tuple[list[str], list[str]]:
 
 
 def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
-    """The per-row table: row, observations, [sd], [truth], post_mean, post_sd, interval bounds."""
+    """The per-row table: row, observations, [sd], [truth], post_mean, post_sd, interval bounds, and for
+    Poisson/Bernoulli the posterior mean of the rate exp(u) / probability sigmoid(u)."""
     kind = likelihood_kind(cfg.likelihood)
     x = dataset.x.double()
     has_sd = kind == "gaussian_hetero"
@@ -175,6 +176,8 @@ def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
         header += [f"truth{s}" for s in suffixes]
     for s in suffixes:
         header += [f"post_mean{s}", f"post_sd{s}", f"{lower_name}{s}", f"{upper_name}{s}"]
+        if "natural_mean" in stats:
+            header.append(f"post_mean_{'rate' if kind == 'poisson' else 'prob'}{s}")
     rows = dataset.extras.get("rows", list(range(x.shape[0])))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -187,6 +190,8 @@ def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
             line += [f"{v:.6g}" for v in dataset.truth[i].tolist()]
         for p in range(num_latent):
             line += [f"{float(stats[key][i, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
+            if "natural_mean" in stats:
+                line.append(f"{float(stats['natural_mean'][i, p]):.6g}")
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -249,6 +254,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
         raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g}; "
                          f"retry with a smaller step_size (for example {step_size / 10:.3g})")
     stats = summarise(draws, level)
+    natural = {"poisson": torch.exp, "bernoulli": torch.sigmoid}.get(likelihood_kind(run.cfg.likelihood))
+    if natural is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
+        stats["natural_mean"] = natural(draws.double()).mean(1)
     path = _output_path(out, run.run_dir, "posterior.csv")
     write_text_atomic(path, posterior_csv(run.dataset, run.cfg, stats, level))
     if draws_out is not None:

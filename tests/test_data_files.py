@@ -36,6 +36,16 @@ def test_csv_header_is_detected_and_columns_pick_by_name_or_index(tmp_path):
     assert hetero.x.tolist() == [[0.5, 1.0], [-1.25, 2.0], [3.0, 0.5]]  # the sd travels as the last column
 
 
+def test_text_columns_that_are_not_selected_are_allowed(tmp_path):
+    path = write(tmp_path / "m.csv", "unit,estimate,se\nu1,0.5,1\nu2,1.5,2\n")
+    dataset = load_file_dataset(data_cfg(path, columns=["estimate"], sd_column="se"))
+    assert dataset.x.tolist() == [[0.5, 1.0], [1.5, 2.0]] and dataset.extras["column_names"] == ["estimate"]
+    headerless = write(tmp_path / "h.csv", "u1,0.5\nu2,1.5\n")  # text in a column of numbers' place: no header
+    assert read_table(headerless).names is None
+    with pytest.raises(DataFileError, match=r"row 2 \(line 2 of the file\), column 'unit' .* 'u1'.*data.columns"):
+        load_file_dataset(data_cfg(path))
+
+
 def test_headerless_tsv_and_forced_header(tmp_path):
     path = write(tmp_path / "m.tsv", "1\t2\n3\t4\n\n")
     table = read_table(path)
