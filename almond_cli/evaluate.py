@@ -20,7 +20,7 @@ from .atomic import write_text_atomic
 from .checkpoint import CheckpointError, load_checkpoint
 from .console import print_summary
 from .model import LOG_2PI, reparameterise, standard_normal_log_prob
-from .run_folder import Argument, at_least, fail_on_usage_error, load_model_state, load_run, new_output_folder, \
+from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_model_state, load_run, new_output_folder, \
     optional_int, parse_arguments
 from .tasks import task_for
 
@@ -29,7 +29,7 @@ ARGUMENTS = {
     "n_samples": Argument(int, None, at_least(100), "draws of u = h(z) for the distribution metrics, >= 100"),
     "seed": Argument(int, None, help="seed of the evaluation draws, an integer"),
     "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
-                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}"),
+                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N"),
     "threads": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
                         "CPU threads, an integer >= 1"),
 }
@@ -108,6 +108,9 @@ def evaluate(run_dir: Path, k: int = 100, n_samples: int | None = None, seed: in
 
 def main(args: list[str]) -> None:
     """``almond evaluate``: parses the arguments, evaluates, prints the summary table."""
+
+    if help_requested("evaluate", args, ARGUMENTS, "Reloads the run's last checkpoint and writes the summary metrics and figures again into <run folder>/eval/<timestamp>/, leaving the run's own files as they are."):
+        return
 
     def command() -> None:
         run_dir, values = parse_arguments("evaluate", args, ARGUMENTS)

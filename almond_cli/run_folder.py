@@ -173,3 +173,14 @@ def fail_on_usage_error(function: Callable[[], None]) -> None:
         function()
     except UsageError as error:
         fail(str(error))
+
+
+def help_requested(command: str, args: list[str], spec: dict[str, Argument], description: str) -> bool:
+    """Prints the command's usage and arguments for ``-h``/``--help`` and returns True."""
+    if not any(arg in ("-h", "--help") for arg in args):
+        return False
+    print(f"usage: almond {command} <run folder> " + " ".join(f"[{key}=...]" for key in spec))
+    print(f"\n{description}\n")
+    for key, argument in spec.items():
+        print(f"  {key:<11} {argument.help or ''} (default: {argument.default})")
+    return True

@@ -25,7 +25,7 @@ from . import sampler
 from .atomic import write_atomic, write_text_atomic
 from .data_files import likelihood_kind
 from .errors import UsageError
-from .run_folder import Argument, at_least, fail_on_usage_error, load_run, new_output_folder, optional_int, \
+from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, optional_int, \
     parse_arguments, positive
 from .schedules import langevin_step_size
 from .task_normal_means import normal_empirical_bayes
@@ -38,14 +38,14 @@ ARGUMENTS = {
     "draws_out": Argument(str, None, help="optional .npy file for all posterior draws, shape (rows, draws, P)"),
     "seed": Argument(int, 0, help="seed of the draws, an integer"),
     "num_chains": Argument(int, 20, at_least(1), "Langevin chains per data point, an integer >= 1"),
-    "num_draws": Argument(int, 50, at_least(1), "draws kept per chain, an integer >= 1"),
-    "thin": Argument(int, 5, at_least(1), "Langevin steps between kept draws, an integer >= 1"),
+    "num_draws": Argument(int, 100, at_least(1), "draws kept per chain, an integer >= 1"),
+    "thin": Argument(int, 10, at_least(1), "Langevin steps between kept draws, an integer >= 1"),
     "burn_in": Argument(int, 200, at_least(0), "Langevin steps before the first kept draw, an integer >= 0"),
-    "step_size": Argument(float, None, positive, "Langevin step size > 0 (default: the run's final one)"),
+    "step_size": Argument(float, None, positive, "Langevin step size > 0; None = the run's final training step size"),
     "level": Argument(float, 0.9, lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
                       "central interval probability in (0, 1)"),
     "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
-                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}"),
+                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N"),
     "threads": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
                         "CPU threads, an integer >= 1"),
 }
@@ -211,7 +211,7 @@ def _output_path(out: str | None, run_dir: Path, default_name: str) -> Path:
 
 # ----- the command -------------------------------------------------------------------------------------------------
 def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | None = None,
-           draws_out: str | None = None, seed: int = 0, num_chains: int = 20, num_draws: int = 50, thin: int = 5,
+           draws_out: str | None = None, seed: int = 0, num_chains: int = 20, num_draws: int = 100, thin: int = 10,
            burn_in: int = 200, step_size: float | None = None, level: float = 0.9, device: str = "auto",
            threads: int | None = None) -> dict:
     """Runs ``almond sample`` and returns what it printed as numbers (see module docstring)."""
@@ -311,6 +311,9 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
 
 def main(args: list[str]) -> None:
     """``almond sample``: parses the arguments and draws."""
+
+    if help_requested("sample", args, ARGUMENTS, 'Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out (.csv).'):
+        return
 
     def command() -> None:
         run_dir, values = parse_arguments("sample", args, ARGUMENTS)
