@@ -51,6 +51,7 @@ class FileDataConfig:
     array: Optional[str] = None
     columns: Optional[List[str]] = None
     sd_column: Optional[str] = None
+    id_column: Optional[str] = None
     truth_path: Optional[str] = None
     truth_array: Optional[str] = None
     truth_columns: Optional[List[str]] = None

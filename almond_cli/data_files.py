@@ -333,6 +333,16 @@ class FileData:
     sd_column: int | None
     truth: np.ndarray | None
     truth_path: Path | None
+    id_column: int | None = None
+
+    @property
+    def ids(self) -> list[str] | None:
+        """The row labels of ``data.id_column`` as text, or None."""
+        if self.id_column is None:
+            return None
+        if self.table.cells is not None:
+            return [str(cell) for cell in self.table.cells[:, self.id_column]]
+        return [f"{value:g}" for value in self.table.values[:, self.id_column]]
 
     @property
     def column_names(self) -> list[str]:
@@ -362,8 +372,11 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
     sd_column = None
     if data_cfg.sd_column is not None:
         sd_column = _column_index(table, data_cfg.sd_column, "data.sd_column")
+    id_column = None
+    if data_cfg.get("id_column") is not None:
+        id_column = _column_index(table, data_cfg.id_column, "data.id_column")
     chosen = select_columns(table, data_cfg.columns, "data.columns",
-                            exclude=(sd_column,) if sd_column is not None else ())
+                            exclude=tuple(j for j in (sd_column, id_column) if j is not None))
     if sd_column is not None and sd_column in chosen:
         raise DataFileError(f"data.sd_column: {table.column_label(sd_column)} is also listed in data.columns; "
                             "the sd column cannot be an observation too")
@@ -396,7 +409,7 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
                 f"are {len(chosen)} observation column(s); give one true latent value per observation column "
                 "(select them with data.truth_columns)")
         truth, truth_path = truth_table.values[:, truth_columns], truth_table.path
-    return FileData(table, chosen, sd_column, truth, truth_path)
+    return FileData(table, chosen, sd_column, truth, truth_path, id_column)
 
 
 # ----- the data set ---------------------------------------------------------------------------------------------
@@ -439,7 +452,8 @@ def load_file_dataset(data_cfg, kind: str | None = None) -> Dataset:
     prior = EmpiricalPrior(data.truth[:, 0]) if data.truth is not None and data.truth.shape[1] == 1 else None
     extras = {"path": str(data.table.path), "column_names": data.column_names,
               "has_sd_column": data.sd_column is not None, "rows": data.table.rows.tolist(),
-              "row_is_line": data.table.is_text}
+              "row_is_line": data.table.is_text, "ids": data.ids,
+              "id_name": None if data.id_column is None or data.table.names is None else data.table.names[data.id_column]}
     return Dataset(x=torch.as_tensor(data.x, dtype=torch.float32), name="file", truth=truth, prior=prior,
                    extras=extras)
 

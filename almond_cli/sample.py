@@ -171,7 +171,9 @@ def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
         else [f"_{j}" for j in range(num_latent)]
     tail = 100 * (1 - level) / 2
     lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
-    header = ["row", *observed] + (["sd"] if has_sd else [])
+    ids = dataset.extras.get("ids")
+    header = ["row"] + ([dataset.extras.get("id_name") or "id"] if ids is not None else []) + [*observed]
+    header += ["sd"] if has_sd else []
     if dataset.truth is not None:
         header += [f"truth{s}" for s in suffixes]
     for s in suffixes:
@@ -183,7 +185,7 @@ def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for i in range(x.shape[0]):
-        line = [rows[i], *[f"{v:.6g}" for v in values[i].tolist()]]
+        line = [rows[i]] + ([ids[i]] if ids is not None else []) + [f"{v:.6g}" for v in values[i].tolist()]
         if has_sd:
             line.append(f"{float(x[i, -1]):.6g}")
         if dataset.truth is not None:
@@ -287,7 +289,8 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
     if stats["mean"].shape[1] == 1 and values.shape[1] == 1:
         scale = {"bernoulli": " (u is a logit)", "poisson": " (u is a log-rate)"}.get(kind, "")
         table = Table(title=f"first rows{scale}")
-        for name in ("row", "x", "post_mean", "post_sd", f"{100 * level:g}% interval"):
+        observed, _ = _names(run.dataset, run.cfg, 1)
+        for name in ("row", observed[0], "post_mean", "post_sd", f"{100 * level:g}% interval"):
             table.add_column(name, justify="right")
         rows = run.dataset.extras.get("rows", list(range(values.shape[0])))
         for i in range(min(5, values.shape[0])):

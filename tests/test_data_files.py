@@ -14,7 +14,7 @@ from conftest import run_almond
 
 def data_cfg(path, **keys):
     base = {"name": "file", "path": str(path), "format": "auto", "header": None, "array": None, "columns": None,
-            "sd_column": None, "truth_path": None, "truth_array": None, "truth_columns": None, "n": None}
+            "sd_column": None, "id_column": None, "truth_path": None, "truth_array": None, "truth_columns": None, "n": None}
     return OmegaConf.create({**base, **keys})
 
 
@@ -40,6 +40,8 @@ def test_text_columns_that_are_not_selected_are_allowed(tmp_path):
     path = write(tmp_path / "m.csv", "unit,estimate,se\nu1,0.5,1\nu2,1.5,2\n")
     dataset = load_file_dataset(data_cfg(path, columns=["estimate"], sd_column="se"))
     assert dataset.x.tolist() == [[0.5, 1.0], [1.5, 2.0]] and dataset.extras["column_names"] == ["estimate"]
+    labelled = load_file_dataset(data_cfg(path, sd_column="se", id_column="unit"))  # ids left out of x
+    assert labelled.x.tolist() == dataset.x.tolist() and labelled.extras["ids"] == ["u1", "u2"]
     headerless = write(tmp_path / "h.csv", "u1,0.5\nu2,1.5\n")  # text in a column of numbers' place: no header
     assert read_table(headerless).names is None
     with pytest.raises(DataFileError, match=r"row 2 \(line 2 of the file\), column 'unit' .* 'u1'.*data.columns"):
