@@ -118,16 +118,21 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
                             "save it as UTF-8 CSV, or set data.format if it is a .npy/.npz file") from None
     if not text.strip():
         raise DataFileError(f"{path} is empty: it has no rows; point data.path at the file with your measurements")
-    if delimiter is None:  # .txt: the first line decides between comma, tab, semicolon
+    if delimiter is None:  # .txt: the first line decides between comma, tab, semicolon and spaces (np.savetxt)
         first = text.lstrip().splitlines()[0]
-        delimiter = max([",", "\t", ";"], key=first.count) if any(c in first for c in ",\t;") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        delimiter = max([",", "\t", ";"], key=first.count) if any(c in first for c in ",\t;") else " "
     rows, lines = [], []
-    for fields in reader:
+    if delimiter == " ":
+        numbered = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1)]
+        source = ((fields, number) for number, fields in numbered)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        source = ((fields, reader.line_num) for fields in reader)
+    for fields, line_number in source:
         if not fields or all(not cell.strip() for cell in fields):
             continue  # blank lines, including the usual trailing one
         rows.append([cell.strip() for cell in fields])
-        lines.append(reader.line_num)
+        lines.append(line_number)
     first = rows[0]
     if header is None:  # a header is a first row with text where the next row has a number (as csv.Sniffer)
         second = rows[1] if len(rows) > 1 else None
@@ -163,7 +168,7 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
 
 
 def delimiter_name(delimiter: str) -> str:
-    return {"\t": "tab", ",": "comma", ";": "semicolon"}.get(delimiter, delimiter)
+    return {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}.get(delimiter, delimiter)
 
 
 def _array_table(array: np.ndarray, path: Path, what: str) -> Table:

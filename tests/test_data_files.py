@@ -54,6 +54,9 @@ def test_headerless_tsv_and_forced_header(tmp_path):
     assert table.names is None and table.values.tolist() == [[1, 2], [3, 4]]
     forced = read_table(path, header=True)
     assert forced.names == ["1", "2"] and forced.values.tolist() == [[3, 4]]
+    np.savetxt(tmp_path / "s.txt", np.array([[1.5, 2.0], [3.0, -4.0]]))  # space-separated, as np.savetxt writes
+    assert read_table(tmp_path / "s.txt").values.tolist() == [[1.5, 2.0], [3.0, -4.0]]
+    assert read_table(write(tmp_path / "c.txt", "a;b\n1;2\n")).names == ["a", "b"]
 
 
 def test_npy_and_npz_with_array_name(tmp_path):
