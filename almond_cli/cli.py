@@ -66,6 +66,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .config import register_schemas, validate
+    from .data_files import check_data_file
 
     register_schemas()
     parser = OverridesParser.create()
@@ -98,6 +99,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                      f"the options of each group are the files in configs/<group>/)")
             try:
                 validate(cfg)
+                check_data_file(cfg)  # reads the user's data file now, so bad data leaves no run folder
             except UsageError as error:
                 fail(f"{error}")
 
@@ -108,6 +110,7 @@ def run_train(args: list[str]) -> None:
     multirun = "--multirun" in flags or "-m" in flags
     informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
                                                    "--shell-completion", "-sc"))
+    overrides = drop_default_experiment(overrides)
     if not informational:
         try:
             overrides = resolve_resume(overrides)
@@ -119,6 +122,19 @@ def run_train(args: list[str]) -> None:
 
     sys.argv = ["almond-train", *flags, *overrides]
     hydra_app()
+
+
+def drop_default_experiment(overrides: list[str]) -> list[str]:
+    """``data=<not normal_means>`` with no ``experiment=`` drops (``~experiment``) the embedded default experiment.
+
+    The default experiment (mnn_exponential) sets keys of the normal-means simulation (``data.prior``), which
+    another data option does not have; ``almond train data=file data.path=...`` must work as it reads.
+    """
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in overrides)
+    if chosen and chosen[-1] != "normal_means" and not has_experiment:
+        return [*overrides, "~experiment"]
+    return overrides
 
 
 def resolve_resume(overrides: list[str]) -> list[str]:
@@ -157,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
                    add_help=False)
+    sub.add_parser("evaluate", help="score a run again: almond evaluate <run folder> [k=... n_samples=... seed=...]",
+                   add_help=False)
+    sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
+                   "[n=... out=...]", add_help=False)
     return parser
 
 
@@ -169,6 +189,14 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "train":
         run_train(rest)
+    elif command == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(rest)
+    elif command == "sample":
+        from .sample import main as sample_main
+
+        sample_main(rest)
     else:
         parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
 

@@ -41,6 +41,24 @@ class NormalMeansDataConfig:
 
 
 @dataclass
+class FileDataConfig:
+    """``data=file``: the user's own measurements (see ``data_files.py``)."""
+
+    name: str = "file"
+    path: Optional[str] = None
+    format: str = "auto"
+    header: Optional[bool] = None
+    array: Optional[str] = None
+    columns: Optional[List[str]] = None
+    sd_column: Optional[str] = None
+    id_column: Optional[str] = None
+    truth_path: Optional[str] = None
+    truth_array: Optional[str] = None
+    truth_columns: Optional[List[str]] = None
+    n: Optional[int] = None
+
+
+@dataclass
 class MLPNetworkConfig:
     _target_: str = MISSING
     hidden_sizes: List[int] = field(default_factory=lambda: [10])
@@ -51,6 +69,13 @@ class MLPNetworkConfig:
 class GaussianLikelihoodConfig:
     _target_: str = "almond_cli.likelihoods.Gaussian"
     sigma: float = 1.0
+
+
+@dataclass
+class TargetOnlyLikelihoodConfig:
+    """A likelihood with no settings (bernoulli, poisson, gaussian_hetero)."""
+
+    _target_: str = MISSING
 
 
 @dataclass
@@ -122,6 +147,8 @@ def register_schemas() -> None:
     store.store(group="encoder", name="mlp_schema", node=MLPNetworkConfig)
     store.store(group="decoder", name="mlp_schema", node=MLPNetworkConfig)
     store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
+    store.store(group="data", name="file_schema", node=FileDataConfig)
+    store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
     store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
     store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
 
@@ -176,5 +203,10 @@ def validate(cfg) -> None:
     if cfg.data.name == "normal_means":
         _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
         _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")
+    if cfg.data.name == "file":
+        from .data_files import validate_file_config
+
+        validate_file_config(cfg)
+        _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
     if "sigma" in cfg.likelihood:
         _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")

@@ -54,4 +54,8 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
     if data_cfg.name == "normal_means":
         prior = getattr(data_cfg.prior, "value", data_cfg.prior)  # a typed config holds an Enum
         return make_normal_means(data_cfg.n, str(prior), data_cfg.noise_sd, generator)
+    if data_cfg.name == "file":
+        from .data_files import load_file_dataset
+
+        return load_file_dataset(data_cfg)
     raise ValueError(f"unknown data set {data_cfg.name!r}")

@@ -48,3 +48,47 @@ class Gaussian(Likelihood):
         residual = (x.unsqueeze(1) - u) / self.sigma
         normaliser = math.log(self.sigma) + 0.5 * math.log(2.0 * math.pi)
         return -(0.5 * residual.square() + normaliser).sum(-1)
+
+
+class Bernoulli(Likelihood):
+    """x | u ~ Bernoulli(sigmoid(u)) per coordinate, u the logits; x in {0, 1} or grey levels in [0, 1].
+
+    ``-softplus(-u)·x - softplus(u)·(1-x)`` is the binary cross-entropy in a form that stays finite for any
+    logit, and is the continuous-pixel form used for MNIST intensities in [0, 1] as well.
+    """
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        x = x.unsqueeze(1)
+        return -(x * nn.functional.softplus(-u) + (1.0 - x) * nn.functional.softplus(u)).sum(-1)
+
+
+class Poisson(Likelihood):
+    """x | u ~ Poisson(exp(u)) per coordinate, u the log-rates; x non-negative integer counts."""
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        x = x.unsqueeze(1)
+        return (x * u - u.exp() - torch.lgamma(x + 1.0)).sum(-1)
+
+
+class HeteroscedasticGaussian(Likelihood):
+    """x_i | u_i ~ N(u_i, sd_i² I) with a known noise sd per data point (the heteroscedastic normal means).
+
+    The data carry the sd as their last column: x is (B, D + 1) = (measurements, sd), so the encoder sees
+    each point's precision too, and the decoder outputs P = D means.
+    """
+
+    def param_dim(self, data_dim: int) -> int:
+        if data_dim < 2:
+            raise ValueError("a heteroscedastic Gaussian needs at least one measurement column and the sd column")
+        return data_dim - 1
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        values, sd = x[:, :-1].unsqueeze(1), x[:, -1:].unsqueeze(1)
+        residual = (values - u) / sd
+        return -(0.5 * residual.square() + sd.log() + 0.5 * math.log(2.0 * math.pi)).sum(-1)

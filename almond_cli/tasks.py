@@ -37,4 +37,8 @@ def task_for(dataset: Dataset) -> Task:
         from .task_normal_means import NormalMeansTask
 
         return NormalMeansTask()
+    if dataset.name == "file":
+        from .task_file import FileTask
+
+        return FileTask()
     return Task()
