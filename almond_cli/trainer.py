@@ -26,6 +26,7 @@ from .chains import PersistentChains
 from .console import ProgressReporter, print_summary
 from .data import Dataset, build_dataset
 from .model import LatentVariableModel
+from .run_lock import RunFolderLock
 from .runtime import pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
 from .tasks import task_for
@@ -340,9 +341,10 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
         checkpoint: a loaded checkpoint of this run to continue from, or None for a new run.
     """
     run = TrainingRun(cfg, Path(run_dir))
-    if checkpoint is not None:
-        run.resume_from(checkpoint)
-    summary = run.run()
+    with RunFolderLock(Path(run_dir)):
+        if checkpoint is not None:
+            run.resume_from(checkpoint)
+        summary = run.run()
     if cfg.progress != "quiet":
         print_summary(summary, run_dir)
     return summary

@@ -37,8 +37,11 @@ def run_one(prior: str, seed: int, out: Path, extra: list[str]) -> dict:
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         started = time.time()
-        command = [*almond_command(), "train", f"experiment=mnn_{prior}", f"seed={seed}", "progress=quiet",
-                   f"hydra.run.dir={run_dir}", *extra]
+        if (run_dir / "checkpoints" / "last.pt").exists():  # an interrupted benchmark continues its runs
+            command = [*almond_command(), "train", f"resume={run_dir}", *extra]
+        else:
+            command = [*almond_command(), "train", f"experiment=mnn_{prior}", f"seed={seed}", "progress=quiet",
+                       f"hydra.run.dir={run_dir}", *extra]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         print(f"  {prior} seed {seed}: {time.time() - started:.0f} s wall", file=sys.stderr, flush=True)
     return json.loads(summary_path.read_text())

@@ -192,3 +192,18 @@ def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(tmp_
     resumed = run_almond(["train", f"resume={tmp_path / 'killed'}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_final_state(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
+    from almond_cli.errors import UsageError
+    from almond_cli.run_lock import RunFolderLock
+
+    with RunFolderLock(tmp_path):
+        with pytest.raises(UsageError, match="being written by almond pid"):
+            with RunFolderLock(tmp_path):
+                pass
+        process = run_almond(["train", "debug=tiny", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+        assert process.returncode == 2 and "being written" in process.stderr
+        assert not (tmp_path / "metrics.jsonl").exists()
+    with RunFolderLock(tmp_path):  # released on exit
+        pass
