@@ -53,8 +53,13 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .config import register_schemas, validate
+    from .extras import check_extras
 
     register_schemas()
+    try:
+        check_extras(overrides)
+    except UsageError as error:
+        fail(str(error))
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -118,7 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
                    add_help=False)
+    compare = sub.add_parser("compare", help="table of a sweep's jobs sorted by the objective, also as CSV")
+    compare.add_argument("sweep_dir", help="a sweep folder written by `almond train --multirun`")
+    compare.add_argument("--csv", default=None, help="where the CSV goes (default: <sweep_dir>/compare.csv)")
     return parser
+
+
+def run_compare(args: list[str]) -> None:
+    """``almond compare <sweep folder>``: see ``compare.py``."""
+    from .compare import compare
+
+    namespace = build_parser().parse_args(["compare", *args])
+    try:
+        compare(namespace.sweep_dir, namespace.csv)
+    except UsageError as error:
+        fail(str(error))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,8 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(0 if argv else EXIT_USAGE)
     command, rest = argv[0], argv[1:]
+    from .extras import quiet_plugin_warnings
+
+    quiet_plugin_warnings()
     if command == "train":
         run_train(rest)
+    elif command == "compare":
+        run_compare(rest)
     else:
         parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
 
