@@ -73,8 +73,8 @@ def read_job(sweep_dir: Path, job_dir: Path) -> JobRow:
     summary_path = job_dir / "summary.json"
     name = str(job_dir.relative_to(sweep_dir)) if job_dir != sweep_dir else "."
     if not summary_path.is_file():
-        # Hydra 1.3 leaves a failed job's log empty; a job with epochs but no summary failed or still runs.
-        status = "unfinished" if (job_dir / "metrics.jsonl").is_file() else "failed"
+        # Without summary.json the job failed, was stopped or still runs; its own train.log says which.
+        status = "incomplete"
         return JobRow(name, job_dir, status, math.inf, overrides)
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
