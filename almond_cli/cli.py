@@ -102,10 +102,22 @@ def run_train(args: list[str]) -> None:
     if not informational:
         overrides = resolve_resume(overrides)
         check_overrides(overrides, multirun)
+        overrides = agree_with_other_ranks(overrides, multirun)
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]
     hydra_app()
+
+
+def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:
+    """Under torchrun: joins the process group and takes rank 0's run folder (see ``distributed.py``)."""
+    from .distributed import agree_on_overrides, init_from_env
+
+    init_from_env()
+    try:
+        return agree_on_overrides(overrides, multirun)
+    except UsageError as error:
+        fail(str(error))
 
 
 def resolve_resume(overrides: list[str]) -> list[str]:
