@@ -38,7 +38,11 @@ def init_from_env() -> None:
     if dist.is_initialized() or not launched_with_several_processes():
         return
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # CPU tensors (and object collectives) go through gloo, CUDA tensors through NCCL; a CPU-only run on
+        # a machine with fewer GPUs than processes never touches NCCL.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"
@@ -86,6 +90,16 @@ def _resolved_run_dir(overrides: list[str]) -> str:
         except Exception as error:  # an interpolation only a running job can resolve
             raise UsageError(f"hydra.run.dir: cannot decide the run folder before the job starts ({error}); "
                              "give it explicitly, e.g. hydra.run.dir=outputs/ddp-run") from None
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
 
 
 class DataParallel:
@@ -200,7 +214,8 @@ class DataParallel:
         """On rank 0, ``state`` plus every rank's chains, data order and generators; None on other ranks."""
         if not self.active:
             return state
-        part = {key: state[key] for key in RANK_STATE_KEYS}
+        # On the host, so rank 0 can hold other ranks' GPU chains (a GPU index of another node may not exist here).
+        part = _to_cpu({key: state[key] for key in RANK_STATE_KEYS})
         parts = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(part, parts, dst=0)
         if self.rank != 0:

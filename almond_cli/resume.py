@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
 from .errors import UsageError
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
-                   "device", "resume", "evaluation")
+                   "device", "resume", "evaluation", "logger", "diagnostics")
 
 
 def _is_run_length(key: str) -> bool:
