@@ -37,6 +37,14 @@ def _stop(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _sweeper_needs_a_number() -> bool:
+    """True under a sweeper that searches on the returned value (Optuna), where a raise ends the search."""
+    try:
+        return "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+    except ValueError:
+        return False
+
+
 def objective(summary: dict) -> float:
     """The number a sweeper minimises: ALMOND's ``w1`` where the truth is known, else its ``test_nll``."""
     almond = summary.get("almond", {})
@@ -54,7 +62,7 @@ def task(cfg) -> float:
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        cfg, checkpoint = effective_config(cfg, HydraConfig.get().overrides.task)
+        cfg, checkpoint = effective_config(cfg, HydraConfig.get().overrides.task, run_dir)
         validate(cfg)
         configure_process(cfg.threads)
         summary = train(cfg, run_dir, checkpoint=checkpoint)
@@ -63,6 +71,10 @@ def task(cfg) -> float:
             raise
         _stop(str(error), EXIT_USAGE)
     except DivergenceError as error:
+        if _is_multirun() and _sweeper_needs_a_number():
+            # Optuna stops the whole search on a raising trial and crashes on NaN; +inf ranks it last.
+            log.error("%s; this trial scores +inf", error)
+            return math.inf
         if _is_multirun():
             raise
         _stop(str(error), 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import sys
 from pathlib import Path
@@ -67,8 +68,13 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
 
     from .config import register_schemas, validate
     from .data_files import check_data_file
+    from .extras import check_extras
 
     register_schemas()
+    try:
+        check_extras(overrides)
+    except UsageError as error:
+        fail(str(error))
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -113,11 +119,13 @@ def run_train(args: list[str]) -> None:
     overrides = drop_default_experiment(overrides)
     if not informational:
         try:
-            overrides = resolve_resume(overrides)
+            overrides = resolve_resume(overrides, multirun)
             check_overrides(overrides, multirun)
         except UsageError as error:
             fail(str(error))
-        overrides = overrides + fresh_output_dir(overrides, multirun)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 names the folder and tells the others
+            overrides = overrides + fresh_output_dir(overrides, multirun)
+        overrides = agree_with_other_ranks(overrides, multirun)
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]
@@ -137,11 +145,22 @@ def drop_default_experiment(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def resolve_resume(overrides: list[str]) -> list[str]:
-    """``resume=<run folder or file>`` continues that run in its own folder (see ``resume.py``)."""
+def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:
+    """Under torchrun: joins the process group and takes rank 0's run folder (see ``distributed.py``)."""
+    from .distributed import agree_on_overrides, init_from_env
+
+    init_from_env()
+    try:
+        return agree_on_overrides(overrides, multirun)
+    except UsageError as error:
+        fail(str(error))
+
+
+def resolve_resume(overrides: list[str], multirun: bool) -> list[str]:
+    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``resume.py``)."""
     from .resume import resume_overrides
 
-    return resume_overrides(overrides)
+    return resume_overrides(overrides, multirun)
 
 
 def fresh_output_dir(overrides: list[str], multirun: bool) -> list[str]:
@@ -177,7 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
                    "[n=... out=...]", add_help=False)
+    compare = sub.add_parser("compare", help="table of a sweep's jobs sorted by the objective, also as CSV")
+    compare.add_argument("sweep_dir", help="a sweep folder written by `almond train --multirun`")
+    compare.add_argument("--csv", default=None, help="where the CSV goes (default: <sweep_dir>/compare.csv)")
     return parser
+
+
+def run_compare(args: list[str]) -> None:
+    """``almond compare <sweep folder>``: see ``compare.py``."""
+    from .compare import compare
+
+    namespace = build_parser().parse_args(["compare", *args])
+    try:
+        compare(namespace.sweep_dir, namespace.csv)
+    except UsageError as error:
+        fail(str(error))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(0 if argv else EXIT_USAGE)
     command, rest = argv[0], argv[1:]
+    from .extras import quiet_plugin_warnings
+
+    quiet_plugin_warnings()
     if command == "train":
         run_train(rest)
     elif command == "evaluate":
@@ -197,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         from .sample import main as sample_main
 
         sample_main(rest)
+    elif command == "compare":
+        run_compare(rest)
     else:
         parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
 

@@ -116,6 +116,21 @@ class EvaluationConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    name: str = "tensorboard"
+    subdir: str = "tensorboard"
+    flush_seconds: float = 30.0
+    figures: bool = True
+
+
+@dataclass
+class DiagnosticsConfig:
+    rhat_every_epochs: int = 10
+    rhat_draws: int = 20
+    rhat_points: int = 64
+
+
+@dataclass
 class TrainConfig:
     data: Any = MISSING
     likelihood: Any = MISSING
@@ -125,6 +140,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    logger: Any = None
     experiment_name: str = "custom"
     latent_dim: int = 1
     seed: int = 1
@@ -151,6 +168,7 @@ def register_schemas() -> None:
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
     store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
     store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
+    store.store(group="logger", name="tensorboard_schema", node=TensorBoardLoggerConfig)
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -192,6 +210,14 @@ def validate(cfg) -> None:
     _require(ckpt.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0 (0 = off), got {ckpt.every_epochs}")
     _require(ckpt.every_minutes >= 0, "checkpoint.every_minutes", f"must be >= 0 (0 = off), got {ckpt.every_minutes}")
     _require(ckpt.keep >= 0, "checkpoint.keep", f"must be >= 0, got {ckpt.keep}")
+    diag = cfg.diagnostics
+    _require(diag.rhat_every_epochs >= 0, "diagnostics.rhat_every_epochs",
+             f"must be >= 0 (0 = off), got {diag.rhat_every_epochs}")
+    _require(diag.rhat_draws >= 4, "diagnostics.rhat_draws",
+             f"must be >= 4 (split-R-hat halves each chain), got {diag.rhat_draws}")
+    _require(diag.rhat_points >= 1, "diagnostics.rhat_points", f"must be >= 1, got {diag.rhat_points}")
+    if cfg.logger is not None:
+        _require(cfg.logger.flush_seconds > 0, "logger.flush_seconds", f"must be > 0, got {cfg.logger.flush_seconds}")
     for group in ("encoder", "decoder"):
         network = cfg[group]
         if "hidden_sizes" in network:

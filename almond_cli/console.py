@@ -22,10 +22,17 @@ def resolve_mode(mode: str) -> str:
 
 
 class ProgressReporter:
-    """Reports epochs of a phase: a rich bar with loss and time left, or a log line every ~10%."""
+    """Reports epochs of a phase: a rich bar with loss, throughput and time left, or a log line every ~10%.
 
-    def __init__(self, mode: str):
+    Args:
+        mode: auto, rich, plain or quiet (nothing at all).
+        updates_per_epoch: parameter updates in one epoch, for the throughput in updates per second.
+    """
+
+    def __init__(self, mode: str, updates_per_epoch: int = 1):
         self.mode = resolve_mode(mode)
+        self.updates_per_epoch = updates_per_epoch
+        self._rate = Throughput()
         self._progress: Progress | None = None
         self._task = None
         self._phase = ""
@@ -34,35 +41,59 @@ class ProgressReporter:
 
     def start_phase(self, phase: str, total_epochs: int, done_epochs: int) -> None:
         self._phase, self._total = phase, total_epochs
+        self._rate = Throughput()
         if self.mode == "rich":
             if self._progress is None:
                 self._progress = Progress(
                     TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("left"),
+                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} upd/s"),
+                    TimeElapsedColumn(), TextColumn("left"),
                     TimeRemainingColumn(), transient=False,
                 )
                 self._progress.start()
             self._task = self._progress.add_task(
-                phase, total=total_epochs, completed=done_epochs, phase=phase, loss="-"
+                phase, total=total_epochs, completed=done_epochs, phase=phase, loss="-", rate="-"
             )
         elif self.mode == "plain":
             log.info("%s phase: epochs %d to %d", phase, done_epochs + 1, total_epochs)
 
     def end_epoch(self, epoch: int, loss: float) -> None:
         """Called after epoch index ``epoch`` (0-based) finished with mean loss ``loss``."""
+        rate = self._rate.tick(self.updates_per_epoch)
         if self.mode == "rich" and self._progress is not None:
-            self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}")
+            self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}", rate=_rate_text(rate))
         elif self.mode == "plain":
             every = max(1, self._total // 10)
             now = time.monotonic()
             if (epoch + 1) % every == 0 or epoch + 1 == self._total or now - self._last_line > 60:
                 self._last_line = now
-                log.info("%s epoch %d/%d loss %.5f", self._phase, epoch + 1, self._total, loss)
+                log.info("%s epoch %d/%d loss %.5f, %s updates/s", self._phase, epoch + 1, self._total, loss,
+                         _rate_text(rate))
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class Throughput:
+    """Updates per second, smoothed over the last ~30 epochs' wall time (0 before the second tick)."""
+
+    def __init__(self, window: int = 30):
+        self.window = window
+        self._ticks: list[tuple[float, int]] = []
+
+    def tick(self, updates: int, now: float | None = None) -> float:
+        """Records ``updates`` done since the last tick at time ``now`` (monotonic seconds); returns the rate."""
+        now = time.monotonic() if now is None else now
+        self._ticks = (self._ticks + [(now, updates)])[-(self.window + 1):]
+        if len(self._ticks) < 2 or now <= self._ticks[0][0]:
+            return 0.0
+        return sum(count for _, count in self._ticks[1:]) / (now - self._ticks[0][0])
+
+
+def _rate_text(rate: float) -> str:
+    return "-" if rate <= 0 else f"{rate:.3g}"
 
 
 def print_summary(summary: dict, run_dir) -> None:

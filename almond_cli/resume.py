@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
 from .errors import UsageError
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
-                   "device", "resume", "evaluation")
+                   "device", "resume", "evaluation", "logger", "diagnostics")
 
 
 def _is_run_length(key: str) -> bool:
@@ -82,7 +82,7 @@ def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
         f"{path} (checkpoint: {old!r}, command line: {new!r})"]
 
 
-def resume_overrides(overrides: list[str]) -> list[str]:
+def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
     """Rewrites ``resume=...`` into the checkpoint file and the run folder Hydra must reuse.
 
     Refuses (exit 2 via ``UsageError``) a missing or unusable checkpoint and overrides that contradict the
@@ -94,7 +94,16 @@ def resume_overrides(overrides: list[str]) -> list[str]:
     from .config import register_schemas
 
     resume_values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
-    if not resume_values or resume_values[-1] in ("", "null"):
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if resume_values and resume_values[-1] == "auto" and not multirun:
+        if run_dirs and holds_a_run(run_dirs[-1]):
+            resume_values[-1] = run_dirs[-1]
+            overrides = [o for o in overrides if not o.startswith(("resume=", "hydra.run.dir="))]
+        else:
+            return [o for o in overrides if not o.startswith("resume=")]
+    if not resume_values or resume_values[-1] in ("", "null", "auto"):
+        if run_dirs and not multirun and holds_a_run(run_dirs[-1]):
+            raise _already_a_run(run_dirs[-1])
         return overrides
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
     others = [o for o in overrides if not o.startswith("resume=")]
@@ -122,12 +131,34 @@ def _is_group(key: str) -> bool:
                    "hparams_search", "logger")
 
 
-def effective_config(cfg, task_overrides) -> tuple[object, dict | None]:
+def holds_a_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already has checkpoints (so training into it would overwrite a run)."""
+    checkpoint_dir = Path(run_dir) / "checkpoints"
+    return (checkpoint_dir / "last.pt").exists() or bool(numbered_checkpoints(checkpoint_dir))
+
+
+def _already_a_run(run_dir) -> UsageError:
+    return UsageError(
+        f"hydra.run.dir: {run_dir} already holds a run (checkpoints/); continue it with resume={run_dir} "
+        f"(or resume=auto), or choose another folder: almond never trains over an existing run"
+    )
+
+
+def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, dict | None]:
     """The config a (resumed) run uses and the checkpoint it continues from (None for a new run).
 
-    For a resume, the checkpoint's config with the run-length keys the command line set.
+    For a resume, the checkpoint's config with the run-length keys the command line set. ``resume=auto``
+    continues ``run_dir`` if it holds a checkpoint and starts afresh otherwise: what a requeued cluster job
+    (same arguments, same folder) needs to find its own checkpoint.
     """
-    if not cfg.resume:
+    if cfg.resume == "auto":
+        if not holds_a_run(run_dir):
+            cfg.resume = None
+            return cfg, None
+        cfg.resume = str(find_checkpoint(run_dir)[1])
+    elif not cfg.resume:
+        if holds_a_run(run_dir):
+            raise _already_a_run(run_dir)
         return cfg, None
     payload = load_checkpoint(cfg.resume)
     resumed = OmegaConf.create(payload["config_yaml"])

@@ -11,6 +11,9 @@ import torch
 from .errors import UsageError
 
 STREAMS = ("data", "init", "noise", "order")
+# torch's thread count when this process started: a job with threads=null gets it back, because a joblib
+# (loky) worker runs several sweep jobs in one process and an earlier job's setting would otherwise leak.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def seed_streams(seed: int) -> dict[str, int]:
@@ -39,8 +42,7 @@ def configure_process(threads: int | None) -> None:
     Langevin steps allocate the same large temporaries again and again; with glibc's defaults every step pays
     fresh page faults for them (measured 1.1–3.4x slower per step on the workloads here).
     """
-    if threads is not None:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(threads) if threads is not None else DEFAULT_THREADS)
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return

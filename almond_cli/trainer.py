@@ -7,6 +7,7 @@ every optimiser and every random generator are saved together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,6 +26,9 @@ from .atomic import write_text_atomic
 from .chains import PersistentChains
 from .console import ProgressReporter, print_summary
 from .data import Dataset, build_dataset
+from .diagnostics import periodic_rhat
+from .distributed import DataParallel
+from .loggers import NullLogger, build_logger
 from .model import LatentVariableModel
 from .run_lock import RunFolderLock
 from .runtime import pick_device, seed_streams
@@ -66,23 +70,20 @@ class Position:
 
 
 def truncate_metrics(path: Path, position: Position) -> None:
-    """Keeps the metrics lines of the epochs a checkpoint has finished, so a resume neither repeats nor
-    skips an epoch; a line cut off by a kill is dropped too."""
+    """Keeps the metrics lines of the epochs a checkpoint has finished (those whose ``step`` it has reached),
+    once each, so a resume neither repeats nor skips an epoch; a line cut off by a kill is dropped too."""
     if not path.exists():
         return
-    kept = []
+    by_step: dict[int, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if position.phase == "vae":
-            keep = record.get("phase") == "vae" and record.get("epoch", 0) <= position.epoch
-        else:
-            keep = record.get("phase") == "vae" or record.get("epoch", 0) <= position.epoch
-        if keep:
-            kept.append(line + "\n")
-    write_text_atomic(path, "".join(kept))
+        step = record.get("step")
+        if isinstance(step, int) and step <= position.global_step:
+            by_step[step] = line + "\n"  # a later line for the same update replaces an earlier one
+    write_text_atomic(path, "".join(by_step[step] for step in sorted(by_step)))
 
 
 def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
@@ -100,25 +101,30 @@ class TrainingRun:
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = pick_device(cfg.device)
+        self.dist = DataParallel()  # data-parallel hooks; all no-ops in a single process
+        self.device = self.dist.device(pick_device(cfg.device))
         streams = seed_streams(cfg.seed)
         self.dataset = build_dataset(cfg.data, streams["data"])
         torch.manual_seed(streams["init"])
         self.model = build_model(cfg, self.dataset).to(self.device)
-        self.x = self.dataset.x.to(self.device)
+        self.dist.broadcast_parameters(self.model)
+        self.x = self.dist.shard(self.dataset.x).to(self.device)  # this rank's rows (all of them in one process)
         self.vae_optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.schedule.vae_lr)
         self.almond_optimisers = AlmondOptimisers(self.model.generative_parameters, cfg.schedule)
-        self.noise_generator = torch.Generator(device=self.device).manual_seed(streams["noise"])
-        self.order_generator = torch.Generator().manual_seed(streams["order"])
+        self.dist.average_gradients_before_step(self.vae_optimiser, self.almond_optimisers.adam,
+                                                self.almond_optimisers.sgd)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(self.dist.rank_seed(streams["noise"]))
+        self.order_generator = torch.Generator().manual_seed(self.dist.rank_seed(streams["order"]))
         self.chains: PersistentChains | None = None
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
         self.vae_metrics: dict = {}
         self.vae_snapshot: dict | None = None
-        size = cfg.schedule.batch_size or self.dataset.num_points
-        self.batch_size = min(size, self.dataset.num_points)
-        self.num_batches = math.ceil(self.dataset.num_points / self.batch_size)
+        size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_points)
+        self.batch_size = min(size, self.x.shape[0])
+        self.num_batches = math.ceil(self.x.shape[0] / self.batch_size)
+        self.logger: NullLogger = NullLogger()
         self.stop_signal: int | None = None
         self.last_save_time = time.monotonic()
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -159,6 +165,7 @@ class TrainingRun:
 
     def resume_from(self, state: dict) -> None:
         """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
+        state = self.dist.local_state(state)  # this rank's chains and generators; refuses another world size
         if state.get("num_batches") != self.num_batches:
             raise ckpt.CheckpointError(
                 f"the checkpoint was written with {state.get('num_batches')} batches per epoch, this run has "
@@ -173,12 +180,16 @@ class TrainingRun:
             )
         if position.phase == "done" and position.epoch < self.cfg.schedule.almond_epochs:
             position.phase = "almond"
-        truncate_metrics(self.metrics_path, position)
+        if self.dist.is_writer:
+            truncate_metrics(self.metrics_path, position)
 
     def save(self, extra_name: str | None = None) -> Path:
         """Writes ``last.pt`` (and keeps up to ``checkpoint.keep`` older ones); returns its path."""
+        state = self.dist.gather_state(self.state_dict())  # every rank's chains; None except on rank 0
+        if state is None:
+            self.last_save_time = time.monotonic()
+            return self.checkpoint_dir / "last.pt"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
         position = self.position
         named = self.checkpoint_dir / f"step-{position.global_step:09d}-{position.phase}.pt"
         ckpt.save_checkpoint(state, named)
@@ -195,7 +206,7 @@ class TrainingRun:
 
     def _batch_indices(self) -> torch.Tensor:
         if self.order is None:
-            self.order = torch.randperm(self.dataset.num_points, generator=self.order_generator)
+            self.order = torch.randperm(self.x.shape[0], generator=self.order_generator)
         start = self.position.batch * self.batch_size
         return self.order[start:start + self.batch_size]
 
@@ -218,13 +229,18 @@ class TrainingRun:
 
     def _end_epoch(self, loss_mean: float, diagnostics: dict, fields: dict) -> None:
         position = self.position
-        if not math.isfinite(loss_mean) or (self.chains is not None and not torch.isfinite(self.chains.positions).all()):
+        chains_finite = self.chains is None or bool(torch.isfinite(self.chains.positions).all())
+        loss_mean, diagnostics = self.dist.average_epoch(loss_mean, diagnostics, chains_finite)
+        if not math.isfinite(loss_mean) or not chains_finite:
             self._diverged(loss_mean, fields)
+        diagnostics = {**diagnostics, **periodic_rhat(self)}  # split-R-hat every diagnostics.rhat_every_epochs
         record = {"phase": position.phase, "epoch": position.epoch + 1, "step": position.global_step,
                   "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
                   "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.dist.is_writer:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.logger.log_epoch(record)
         self.reporter.end_epoch(position.epoch, loss_mean)
         position.epoch += 1
         position.batch = 0
@@ -263,13 +279,17 @@ class TrainingRun:
 
     def run(self) -> dict:
         """Advances the run to its end and returns the summary."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.reporter = ProgressReporter(self.cfg.progress)
+        if self.dist.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.reporter = ProgressReporter(self.cfg.progress if self.dist.is_writer else "quiet",
+                                         updates_per_epoch=self.num_batches)
+        self.logger = build_logger(self.cfg, self.run_dir, self.position.global_step, enabled=self.dist.is_writer)
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._loop()
         finally:
             self.reporter.close()
+            self.logger.flush()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self._finish()
@@ -309,13 +329,14 @@ class TrainingRun:
                 self._end_epoch(position.loss_sum / count,
                                 {k: v / count for k, v in position.diagnostics_sum.items()}, fields)
             self._maybe_save_on_time()
+            self.stop_signal = self.dist.agree_on_signal(self.stop_signal)  # all ranks stop at the same update
             if self.stop_signal is not None:
                 path = self.save()
                 raise Interrupted(self.stop_signal, path)
 
     def _maybe_save_on_time(self) -> None:
         minutes = self.cfg.checkpoint.every_minutes
-        if minutes and time.monotonic() - self.last_save_time >= 60.0 * minutes:
+        if self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes):
             self.save()
 
     def _finish(self) -> dict:
@@ -327,8 +348,11 @@ class TrainingRun:
             "baselines": self.task.baselines(self.dataset, self.cfg, self.device),
             "timing": {"vae_seconds": self.position.vae_seconds, "almond_seconds": self.position.almond_seconds},
         }
-        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
+        if self.dist.is_writer:
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
+        self.logger.log_summary(summary, self.run_dir, self.position.global_step)
+        self.logger.close()
         return summary
 
 
@@ -341,10 +365,11 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
         checkpoint: a loaded checkpoint of this run to continue from, or None for a new run.
     """
     run = TrainingRun(cfg, Path(run_dir))
-    with RunFolderLock(Path(run_dir)):
+    # Rank 0 alone writes the folder, so it alone holds the lock.
+    with RunFolderLock(Path(run_dir)) if run.dist.is_writer else contextlib.nullcontext():
         if checkpoint is not None:
             run.resume_from(checkpoint)
         summary = run.run()
-    if cfg.progress != "quiet":
+    if cfg.progress != "quiet" and run.dist.is_writer:
         print_summary(summary, run_dir)
     return summary

@@ -1,6 +1,7 @@
 """A two-job sweep writes two run folders; the command works from an installed wheel, outside the tree."""
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -47,6 +48,7 @@ def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                     "-w", str(wheel_dir), str(REPO_ROOT)], check=True, cwd=tmp_path)
+    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)  # setuptools builds in the source tree
     (wheel,) = wheel_dir.glob("almond-*.whl")
     env_dir = tmp_path / "env"
     # System site-packages provide torch, Hydra and the rest; almond itself comes only from the wheel.

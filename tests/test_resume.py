@@ -207,3 +207,32 @@ def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
         assert not (tmp_path / "metrics.jsonl").exists()
     with RunFolderLock(tmp_path):  # released on exit
         pass
+
+
+def test_truncate_metrics_keeps_each_finished_epoch_once(tmp_path):
+    from almond_cli.trainer import Position, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"phase": "vae", "epoch": 1, "step": 4}, {"phase": "vae", "epoch": 2, "step": 8},
+             {"phase": "almond", "epoch": 1, "step": 12}, {"phase": "almond", "epoch": 2, "step": 16},
+             {"phase": "almond", "epoch": 2, "step": 16, "again": True}, {"phase": "almond", "epoch": 3, "step": 20}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"phase": "alm')
+    truncate_metrics(path, Position(phase="almond", epoch=2, batch=1, global_step=17))
+    kept = read_metrics(tmp_path)
+    assert [r["step"] for r in kept] == [4, 8, 12, 16] and kept[-1].get("again")
+
+
+def test_an_existing_run_is_never_trained_over_and_resume_auto_continues_it(tmp_path):
+    run_dir = tmp_path / "run"
+    short = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=4", "schedule.almond_epochs=4",
+             f"hydra.run.dir={run_dir}"]
+    first = run_almond([*short, "resume=auto"], cwd=tmp_path)  # nothing there yet: a fresh run
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    again = run_almond(short, cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    extended = run_almond([*short[:-2], "schedule.almond_epochs=6", f"hydra.run.dir={run_dir}", "resume=auto"],
+                          cwd=tmp_path)
+    assert extended.returncode == 0, extended.stderr
+    assert [r["epoch"] for r in read_metrics(run_dir) if r["phase"] == "almond"] == list(range(1, 7))
