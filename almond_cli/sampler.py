@@ -54,7 +54,14 @@ def evaluate(z: Tensor, log_joint_fn: LogJointFn) -> LangevinState:
 
     The gradient is taken with ``torch.autograd.grad`` with respect to ``z`` alone, so no parameter
     gradient is accumulated; callers freeze the decoder's parameters to skip their backward work too.
+    A target that carries its own ``value_and_grad(z) -> (log_joint, grad)`` (a hand-written gradient,
+    ``fast_gradients.MLPTarget``) is used instead of autograd; it must agree with autograd on its
+    ``__call__`` (tests/test_fast_gradients.py).
     """
+    value_and_grad = getattr(log_joint_fn, "value_and_grad", None)
+    if value_and_grad is not None:
+        log_joint, grad = value_and_grad(z.detach())
+        return LangevinState(z.detach(), log_joint, grad)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         log_joint = log_joint_fn(z)
