@@ -59,9 +59,16 @@ def run_once(experiment: str, seed: int, threads: int, extra: list[str], workdir
             "progress=quiet", "checkpoint.every_epochs=0", "checkpoint.every_minutes=0",
             f"hydra.run.dir={run_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    process = subprocess.run(args, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
+    for attempt in range(3):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.perf_counter()
+        process = subprocess.run(args, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - started
+        # On a shared machine a run may be stopped from outside (SIGTERM/SIGKILL: 143, 137): time it afresh.
+        if process.returncode not in (143, 137, -15, -9):
+            break
+        print(f"  {experiment} seed {seed}: stopped by a signal from outside ({process.returncode}); "
+              f"running it again", flush=True)
     if process.returncode != 0:
         raise SystemExit(f"almond train failed ({process.returncode}) for {experiment} seed {seed}:\n"
                          f"{process.stderr[-2000:]}")
