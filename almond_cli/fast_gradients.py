@@ -145,7 +145,9 @@ class MLPTarget:
                         g.mul_(derivatives[index - 1])
                 grad = g
             grad = grad.view(batch, chains, latent_dim).sub_(z)
-            log_joint = log_lik - 0.5 * (z.square().sum(-1) + latent_dim * LOG_2PI)
+            # A sum over a length-1 axis is a reduction kernel (~50 µs on 100k chains); a view is free.
+            squared = z.view(batch, chains).square() if latent_dim == 1 else z.square().sum(-1)
+            log_joint = log_lik - 0.5 * (squared + latent_dim * LOG_2PI)
         return log_joint, grad
 
     @staticmethod

@@ -54,5 +54,8 @@ class Gaussian(Likelihood):
         residual = x.unsqueeze(1) - u
         scaled = residual / self.sigma
         normaliser = math.log(self.sigma) + 0.5 * math.log(2.0 * math.pi)
-        log_prob = -(0.5 * scaled.square() + normaliser).sum(-1)
+        terms = scaled.squeeze(-1) if u.shape[-1] == 1 else scaled  # no reduction kernel over one column
+        log_prob = -(0.5 * terms.square() + normaliser)
+        if u.shape[-1] != 1:
+            log_prob = log_prob.sum(-1)
         return log_prob, residual.div_(self.sigma**2)
