@@ -210,7 +210,7 @@ class TrainingRun:
         optimiser = self.almond_optimisers.for_epoch(position.epoch)
         loss, info = phases.almond_update(
             self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
-            cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.method,
+            cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
         )
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
