@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from . import sampler
-from .fast_gradients import target_for
 from .chains import PersistentChains
+from .fast_gradients import target_for
 from .model import LatentVariableModel
 
 
