@@ -29,7 +29,8 @@ def differences(left, right, prefix=""):
 
 @pytest.mark.parametrize("paper,fast,changed", [
     ("mnn_exponential", "mnn_exponential_fast",
-     {"sampler.num_chains", "sampler.burn_in", "schedule.almond_epochs", "schedule.warmup_epochs"}),
+     {"sampler.num_chains", "sampler.burn_in", "schedule.vae_epochs", "schedule.almond_epochs",
+      "schedule.warmup_epochs"}),
     ("mnn_mixture", "mnn_mixture_fast",
      {"sampler.num_chains", "sampler.burn_in", "schedule.vae_draws", "schedule.vae_epochs",
       "schedule.almond_epochs", "schedule.warmup_epochs"}),
