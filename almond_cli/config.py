@@ -86,6 +86,7 @@ class SamplerConfig:
     num_steps: int = 10
     burn_in: int = 9
     num_chains: int = 100
+    method: str = "ula"
 
 
 @dataclass
@@ -152,6 +153,7 @@ class TrainConfig:
 
 
 STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
+SAMPLER_METHODS = ("ula", "mala")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_MODES = ("auto", "rich", "plain", "quiet")
 
@@ -188,6 +190,8 @@ def validate(cfg) -> None:
     _require(0 <= sampler.burn_in < sampler.num_steps, "sampler.burn_in",
              f"must satisfy 0 <= burn_in < num_steps ({sampler.num_steps}), got {sampler.burn_in}; "
              "at least one Langevin state must be kept")
+    method = sampler.get("method", "ula")  # a checkpoint written before the key existed resumes as ULA
+    _require(method in SAMPLER_METHODS, "sampler.method", f"must be one of {list(SAMPLER_METHODS)}, got {method!r}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
     _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
     _require(schedule.almond_epochs >= 0, "schedule.almond_epochs", f"must be >= 0, got {schedule.almond_epochs}")

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from . import sampler
 from .chains import PersistentChains
+from .fast_gradients import target_for
 from .model import LatentVariableModel
 
 
@@ -41,18 +42,22 @@ def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, gener
 
 def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
                   indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
-                  generator: torch.Generator) -> tuple[Tensor, sampler.StepInfo]:
+                  generator: torch.Generator, fast: bool = True,
+                  method: str = "ula") -> tuple[Tensor, sampler.StepInfo]:
     """One ALMOND update of the generative parameters on the batch ``indices`` (B,) with data ``x`` (B, D).
 
     The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
-    −mean over batch, kept states and chains of log f(x | h(z)).
+    −mean over batch, kept states and chains of log f(x | h(z)). With ``fast`` the target's gradient is the
+    hand-written one of ``fast_gradients`` where the model allows it (same chains to float rounding).
+    ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
 
     Returns:
         (detached loss, Langevin diagnostics of the batch).
     """
     start = chains.gather(indices)
     with model.frozen():
-        kept, info = sampler.run(start, lambda z: model.log_joint(x, z), step_size, num_steps, burn_in, generator)
+        kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in, generator,
+                                 method)
     chains.scatter(indices, kept[-1])
     num_kept, batch, num_chains, latent_dim = kept.shape
     # Kept states of all chains form one (B, K'·C) axis of particles per data point.

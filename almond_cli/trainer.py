@@ -222,9 +222,9 @@ class TrainingRun:
         optimiser = self.almond_optimisers.for_epoch(position.epoch)
         loss, info = phases.almond_update(
             self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
-            cfg.sampler.burn_in, self.noise_generator,
+            cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
         )
-        diagnostics = {name: value for name, value in info._asdict().items()}
+        diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
 
     def _end_epoch(self, loss_mean: float, diagnostics: dict, fields: dict) -> None:

@@ -1,0 +1,86 @@
+"""MALA (sampler.method=mala) on a conjugate Gaussian target, and the fast path under MALA."""
+
+import pytest
+import torch
+from conftest import read_metrics, run_almond
+
+from almond_cli import fast_gradients, sampler
+from almond_cli.likelihoods import Gaussian
+from almond_cli.model import LatentVariableModel
+from almond_cli.networks import MLPDecoder, MLPEncoder
+
+MEAN, VARIANCE = 1.5, 1.0
+
+
+def gaussian_target(z):
+    """log N(z; MEAN, VARIANCE) up to a constant, per chain: (B, C, 1) -> (B, C)."""
+    return -0.5 * ((z - MEAN) ** 2).sum(-1) / VARIANCE
+
+
+def final_positions(method, step_size, chains=4000, steps=20):
+    generator = torch.Generator().manual_seed(5)
+    # Start in the target law: MALA then keeps every chain's marginal exactly N(MEAN, VARIANCE).
+    start = MEAN + VARIANCE**0.5 * torch.randn(1, chains, 1, generator=generator)
+    kept, info = sampler.run(start, gaussian_target, step_size, steps, steps - 1, generator, method=method)
+    return kept[-1].flatten(), info
+
+
+def test_mala_removes_the_step_size_bias_of_ula():
+    # With s = 0.4 ULA's stationary variance is v / (1 − s / (2v)) = 1.25 for v = 1; MALA's is exactly v.
+    # 4000 chains: the sample variance has standard error v·sqrt(2/4000) ≈ 0.022, the mean 0.016; the
+    # tolerances (0.1 and 0.08) are ≥ 4.5 standard errors, and ULA's bias (0.25) is far outside them.
+    mala, info = final_positions("mala", 0.4)
+    ula, ula_info = final_positions("ula", 0.4)
+    assert abs(float(mala.var()) - VARIANCE) < 0.1
+    assert abs(float(mala.mean()) - MEAN) < 0.08
+    assert float(ula.var()) > VARIANCE + 0.15
+    # Acceptance of MALA on a unit Gaussian at s = 0.4 is high but below one (about 0.9).
+    assert 0.6 < float(info.acceptance_rate) < 0.999
+    assert ula_info.acceptance_rate is None
+
+
+def test_mala_rejects_everything_when_proposals_are_impossible():
+    """A target that is −inf everywhere but the start rejects all proposals: chains stay put."""
+    start = torch.zeros(2, 5, 1)
+
+    def only_origin(z):
+        return torch.where(z.abs().sum(-1) == 0, torch.zeros(z.shape[:-1]), torch.full(z.shape[:-1], -torch.inf)) - 0 * z.sum(-1)
+
+    kept, info = sampler.run(start, only_origin, 0.1, 4, 0, torch.Generator().manual_seed(0), method="mala")
+    assert torch.equal(kept, torch.zeros(4, 2, 5, 1))
+    assert float(info.acceptance_rate) == 0.0
+
+
+def test_mala_fast_path_gives_the_same_chains_as_autograd():
+    torch.manual_seed(0)
+    model = LatentVariableModel(MLPEncoder(1, 1, [5]), MLPDecoder(1, 1, [10]), Gaussian(1.0))
+    x = torch.randn(30, 1) + 2
+    start = torch.randn(30, 6, 1)
+    outcomes = []
+    for target in (lambda q: model.log_joint(x, q), fast_gradients.target_for(model, x)):
+        with model.frozen():
+            outcomes.append(sampler.run(start, target, 0.3, 10, 0, torch.Generator().manual_seed(2), method="mala"))
+    # Same accept decisions (a flip would move a chain by ~sqrt(2s) ≈ 0.8) and positions to float rounding.
+    torch.testing.assert_close(outcomes[1][0], outcomes[0][0], rtol=0, atol=1e-4)
+    assert float(outcomes[1][1].acceptance_rate) == float(outcomes[0][1].acceptance_rate)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="mala"):
+        sampler.run(torch.zeros(1, 1, 1), gaussian_target, 0.1, 2, 0, method="hmc")
+
+
+def test_train_with_mala_reports_the_acceptance_rate(tmp_path):
+    run_dir = tmp_path / "run"
+    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.method=mala", "sampler.step_size=0.05",
+                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    almond = [r for r in read_metrics(run_dir) if r["phase"] == "almond"]
+    assert almond and all(0.0 < r["acceptance_rate"] <= 1.0 for r in almond)
+
+
+def test_train_refuses_an_unknown_sampler_method(tmp_path):
+    process = run_almond(["train", "debug=tiny", "sampler.method=hmc", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path)
+    assert process.returncode == 2
+    assert "sampler.method" in process.stderr and "mala" in process.stderr
