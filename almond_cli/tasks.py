@@ -37,4 +37,8 @@ def task_for(dataset: Dataset) -> Task:
         from .task_normal_means import NormalMeansTask
 
         return NormalMeansTask()
+    if dataset.name == "mnist":
+        from .task_images import ImageTask
+
+        return ImageTask()
     return Task()

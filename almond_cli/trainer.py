@@ -203,6 +203,8 @@ class TrainingRun:
         position, cfg = self.position, self.cfg
         indices = self._batch_indices()
         x = self.x[indices.to(self.device)]
+        if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
+            x = self.dataset.transform(x, self.noise_generator)
         if position.phase == "vae":
             loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator)
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
