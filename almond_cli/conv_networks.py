@@ -16,6 +16,9 @@ affine map given by the running statistics the VAE warm start left, in the Lange
 log-likelihood whose gradient updates beta alike; its scale and shift (gamma, beta of the layer) are still
 learned by ALMOND, the running statistics are frozen. Training mode (batch statistics) is used only in
 the VAE warm start, whose objective is the usual one of batch-normalised VAEs.
+
+Speed: convolution weights and feature maps use the channels-last memory layout, which oneDNN runs
+about 1.6x faster on our 2-core CPU for these layers (a VAE update of 200 images: 290 → 175 ms, 1 thread).
 """
 
 from __future__ import annotations
@@ -63,6 +66,13 @@ def _norm(kind: str, width: int, enabled: bool) -> nn.Module:
     return nn.BatchNorm2d(width) if kind == "2d" else nn.BatchNorm1d(width)
 
 
+class ChannelsLast(nn.Module):
+    """Re-lays a (N, C, H, W) feature map out channels-last (same values, faster oneDNN convolutions)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 class ConvEncoder(Encoder):
     """Strided convolutions, a dense layer, then the mean and log-variance of q(z | x).
 
@@ -97,11 +107,12 @@ class ConvEncoder(Encoder):
         layers += [nn.Flatten(), nn.Linear(flat, dense_units, bias=not batch_norm),
                    _norm("1d", dense_units, batch_norm), ACTIVATIONS[activation](),
                    nn.Linear(dense_units, 2 * latent_dim)]
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Args: x (B, D). Returns: mean, log_var, each (B, d)."""
-        mean, log_var = self.net(x.reshape(x.shape[0], *self.image_shape)).chunk(2, dim=-1)
+        images = x.reshape(x.shape[0], *self.image_shape).contiguous(memory_format=torch.channels_last)
+        mean, log_var = self.net(images).chunk(2, dim=-1)
         return mean, log_var
 
 
@@ -134,7 +145,7 @@ class ConvDecoder(Decoder):
             nn.Linear(latent_dim, dense_units, bias=not batch_norm), _norm("1d", dense_units, batch_norm),
             ACTIVATIONS[activation](),
             nn.Linear(dense_units, flat, bias=not batch_norm), _norm("1d", flat, batch_norm), ACTIVATIONS[activation](),
-            nn.Unflatten(1, self.start_shape),
+            nn.Unflatten(1, self.start_shape), ChannelsLast(),
         ]
         widths_out = list(reversed(channels[:-1])) + [out_channels]
         in_channels = channels[-1]
@@ -150,7 +161,7 @@ class ConvDecoder(Decoder):
             if not last:
                 layers += [_norm("2d", width, batch_norm), ACTIVATIONS[activation]()]
             in_channels = width
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
     def forward(self, z: Tensor) -> Tensor:
         """Args: z (..., d). Returns: logits (..., D)."""

@@ -6,8 +6,8 @@ For an image x and K draws z_k ~ q(z | x) from the encoder,
 
 an estimate of log p(x) whose expectation lies below log p(x) (Jensen) by a gap that shrinks as K grows
 (Burda et al. 2016, the IWAE bound). ``test_nll`` is the mean of −log p̂ over the held-out images in nats
-per image, and ``test_nll_se`` its standard error over images. The draws come from a generator seeded by
-``evaluation.seed`` on the CPU, so the VAE warm start and ALMOND (which share the encoder: ALMOND does not
+per image, and ``test_nll_se`` its standard error over images. Image i's draws come from a CPU generator
+seeded by ``evaluation.seed`` + i, so the VAE warm start and ALMOND (which share the encoder: ALMOND does not
 train it) are scored with the same K, the same images and the same draws.
 
 The same weights give the self-normalised importance estimate of the posterior mean E[z | x] under the
@@ -66,20 +66,23 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
         model: the fitted model; it is evaluated in eval mode.
         x: (n, D) held-out observations, on the model's device.
         num_samples: K >= 1 importance draws per image.
-        seed: seeds the CPU generator of the draws (the same seed gives the same draws on any device).
+        seed: image i's draws come from a CPU generator seeded by seed + i (the same draws on any device and
+            for any batching).
         chunk: decoder evaluations (images × K) per batch; bounds memory.
 
     Returns:
         A ``MarginalEstimate`` of tensors on the CPU.
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator()
     images_per_batch = max(1, chunk // num_samples)
     log_marginals, means, variances = [], [], []
     with evaluation_mode(model):
         for start in range(0, x.shape[0], images_per_batch):
             batch = x[start:start + images_per_batch]
             mean, log_var = model.encoder(batch)
-            noise = torch.randn((batch.shape[0], num_samples, mean.shape[-1]), generator=generator)
+            # Image i's draws come from seed + i alone: the same draws whatever the batching or nll_images.
+            noise = torch.stack([torch.randn((num_samples, mean.shape[-1]), generator=generator.manual_seed(seed + i))
+                                 for i in range(start, start + batch.shape[0])])
             noise = noise.to(device=mean.device, dtype=mean.dtype)
             z = mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * noise
             log_weight = (model.log_lik(batch, z) + standard_normal_log_prob(z)
