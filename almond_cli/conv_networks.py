@@ -29,7 +29,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .errors import UsageError
 from .networks import ACTIVATIONS, Decoder, Encoder
+
+
+class ImageShapeError(UsageError, ValueError):
+    """The conv networks' sizes do not fit the images; the message names the keys to change."""
 
 
 def image_shape_for(data_dim: int, image_shape: Sequence[int] | None) -> tuple[int, int, int]:
@@ -40,12 +45,12 @@ def image_shape_for(data_dim: int, image_shape: Sequence[int] | None) -> tuple[i
     if image_shape is None:
         side = math.isqrt(int(data_dim))
         if side * side != data_dim:
-            raise ValueError(f"conv networks: a row of {data_dim} values is not a square one-channel image; "
+            raise ImageShapeError(f"encoder.image_shape: a row of {data_dim} values is not a square one-channel image; "
                              f"set encoder.image_shape and decoder.image_shape to [channels, rows, cols]")
         return (1, side, side)
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or math.prod(shape) != data_dim:
-        raise ValueError(f"conv networks: image_shape {list(shape)} does not hold the {data_dim} values of a row")
+        raise ImageShapeError(f"encoder.image_shape: {list(shape)} does not hold the {data_dim} values of a row")
     return shape  # type: ignore[return-value]
 
 
@@ -55,7 +60,8 @@ def conv_output_sizes(size: int, num_layers: int, kernel_size: int, stride: int,
     for _ in range(num_layers):
         size = (size + 2 * padding - kernel_size) // stride + 1
         if size < 1:
-            raise ValueError("conv networks: too many or too large convolutions for the image size")
+            raise ImageShapeError("encoder.channels: too many or too large convolutions for the image size; "
+                                  "use fewer layers or a smaller kernel_size")
         sizes.append(size)
     return sizes
 
@@ -155,6 +161,10 @@ class ConvDecoder(Decoder):
             base_rows = (row_sizes[-1 - index] - 1) * stride - 2 * padding + kernel_size
             base_cols = (col_sizes[-1 - index] - 1) * stride - 2 * padding + kernel_size
             output_padding = (target_rows - base_rows, target_cols - base_cols)
+            if not all(0 <= pad < stride for pad in output_padding):
+                raise ImageShapeError(f"decoder.kernel_size: transposed convolutions with kernel {kernel_size} and "
+                                      f"stride {stride} cannot return to {target_rows}x{target_cols}; "
+                                      f"use kernel_size = 2·stride (the paper's 4 with stride 2)")
             last = index == len(widths_out) - 1
             layers.append(nn.ConvTranspose2d(in_channels, width, kernel_size, stride, padding,
                                              output_padding=output_padding, bias=last or not batch_norm))

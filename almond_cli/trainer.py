@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -25,6 +26,7 @@ from .atomic import write_text_atomic
 from .chains import PersistentChains
 from .console import ProgressReporter, print_summary
 from .data import Dataset, build_dataset
+from .errors import UsageError
 from .model import LatentVariableModel
 from .runtime import pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
@@ -86,10 +88,16 @@ def truncate_metrics(path: Path, position: Position) -> None:
 
 def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
     """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
-    likelihood = instantiate(cfg.likelihood)
-    encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
-    decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
-                          output_dim=likelihood.param_dim(dataset.data_dim))
+    try:
+        likelihood = instantiate(cfg.likelihood)
+        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
+        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
+                              output_dim=likelihood.param_dim(dataset.data_dim))
+    except InstantiationException as error:
+        # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
+        if isinstance(error.__cause__, UsageError):
+            raise error.__cause__ from None
+        raise
     return LatentVariableModel(encoder, decoder, likelihood)
 
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from almond_cli.chains import PersistentChains
 from almond_cli.config import ConvNetworkConfig
 from almond_cli.conv_networks import ConvDecoder, ConvEncoder
+from almond_cli.errors import UsageError
 from almond_cli.likelihoods import Bernoulli
 from almond_cli.model import LatentVariableModel
 from almond_cli.phases import almond_update, vae_update
@@ -53,7 +54,7 @@ def test_non_square_multichannel_images():
     decoder = ConvDecoder(2, 3 * 20 * 12, channels=[4, 4], dense_units=16, image_shape=[3, 20, 12])
     assert encoder(torch.rand(2, 720))[0].shape == (2, 2)
     assert decoder(torch.randn(2, 7, 2)).shape == (2, 7, 720)
-    with pytest.raises(ValueError, match="not a square one-channel image"):
+    with pytest.raises(UsageError, match="not a square one-channel image"):
         ConvEncoder(700, 2)
 
 
