@@ -43,7 +43,8 @@ def test_experiments_compose_with_the_paper_settings(experiment, latent_dim, cha
 def test_paper_experiments_run_one_tiny_epoch_on_cpu(tmp_path, experiment):
     run_dir = tmp_path / "run"
     process = run_almond(["train", f"experiment={experiment}", f"data.root={MNIST_DIR}", "data.splits=[t10k]",
-                          "data.held_out_split=null", "device=cpu", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                          "data.held_out_split=null", "device=cpu", "sampler.num_chains=4", *TINY,
+                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert np.isfinite(summary["almond"]["test_nll"])
@@ -84,12 +85,17 @@ def test_wrong_magic_exits_2(tmp_path):
     assert process.returncode == 2 and "magic number 0x00000803, not 0x00000801" in process.stderr
 
 
-def test_bad_image_settings_exit_2(tmp_path):
-    for override, key in (("data.pixels=grey", "data.pixels"), ("data.held_out_split=t10k", "data.held_out_split"),
-                          ("evaluation.nll_samples=0", "evaluation.nll_samples")):
-        process = run_almond(["train", "experiment=mnist_cpu", "data.root=/x", override,
-                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-        assert process.returncode == 2 and process.stderr.startswith(f"almond: error: {key}:"), process.stderr
+@pytest.mark.parametrize("override,key", [("data.pixels=grey", "data.pixels"),
+                                          ("data.held_out_split=t10k", "data.held_out_split"),
+                                          ("evaluation.nll_samples=0", "evaluation.nll_samples"),
+                                          ("encoder.channels=[]", "encoder.channels")])
+def test_bad_image_settings_exit_2_before_anything_runs(override, key, capsys):
+    from almond_cli.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "experiment=mnist_cpu", "data.root=/x", override])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"almond: error: {key}:")
 
 
 @needs_mnist
