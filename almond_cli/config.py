@@ -59,6 +59,36 @@ class FileDataConfig:
 
 
 @dataclass
+class MnistDataConfig:
+    name: str = "mnist"
+    root: Optional[str] = None
+    splits: List[str] = field(default_factory=lambda: ["train"])
+    held_out_split: Optional[str] = None
+    held_out_fraction: float = 0.1
+    split_seed: int = 0
+    subset: Optional[int] = None
+    pixels: str = "continuous"
+    threshold: float = 0.5
+
+
+@dataclass
+class ConvNetworkConfig:
+    _target_: str = MISSING
+    channels: List[int] = field(default_factory=lambda: [64, 64, 64])
+    kernel_size: int = 4
+    stride: int = 2
+    dense_units: int = 1024
+    batch_norm: bool = True
+    activation: str = "relu"
+    image_shape: Optional[List[int]] = None
+
+
+@dataclass
+class BernoulliLikelihoodConfig:
+    _target_: str = "almond_cli.likelihoods.Bernoulli"
+
+
+@dataclass
 class MLPNetworkConfig:
     _target_: str = MISSING
     hidden_sizes: List[int] = field(default_factory=lambda: [10])
@@ -114,6 +144,9 @@ class CheckpointConfig:
 class EvaluationConfig:
     num_draws: int = 10_000
     seed: int = 12345
+    nll_samples: int = 1000
+    nll_images: Optional[int] = None
+    nll_chunk: int = 4096
 
 
 @dataclass
@@ -168,6 +201,10 @@ def register_schemas() -> None:
     store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
     store.store(group="data", name="file_schema", node=FileDataConfig)
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
+    store.store(group="data", name="mnist_schema", node=MnistDataConfig)
+    store.store(group="encoder", name="conv_schema", node=ConvNetworkConfig)
+    store.store(group="decoder", name="conv_schema", node=ConvNetworkConfig)
+    store.store(group="likelihood", name="bernoulli_schema", node=BernoulliLikelihoodConfig)
     store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
     store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
     store.store(group="logger", name="tensorboard_schema", node=TensorBoardLoggerConfig)
@@ -238,5 +275,39 @@ def validate(cfg) -> None:
 
         validate_file_config(cfg)
         _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
+    if cfg.data.name == "mnist":
+        _validate_images(cfg)
     if "sigma" in cfg.likelihood:
         _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
+
+
+MNIST_SPLITS = ("train", "t10k")
+PIXEL_MODES = ("continuous", "threshold", "dynamic")
+
+
+def _validate_images(cfg) -> None:
+    """Range checks of ``data=mnist``, the conv networks and the held-out likelihood's settings."""
+    data, evaluation = cfg.data, cfg.evaluation
+    _require(len(data.splits) >= 1 and all(s in MNIST_SPLITS for s in data.splits), "data.splits",
+             f"must list one or both of {list(MNIST_SPLITS)}, got {list(data.splits)}")
+    _require(data.held_out_split is None or data.held_out_split in MNIST_SPLITS, "data.held_out_split",
+             f"must be null or one of {list(MNIST_SPLITS)}, got {data.held_out_split!r}")
+    _require(data.held_out_split is None or data.held_out_split not in data.splits, "data.held_out_split",
+             f"{data.held_out_split!r} is also in data.splits; held-out images must not be trained on")
+    _require(0 < data.held_out_fraction < 1 or data.held_out_split is not None, "data.held_out_fraction",
+             f"must be in (0, 1) (or set data.held_out_split), got {data.held_out_fraction}")
+    _require(data.subset is None or data.subset >= 1, "data.subset", f"must be >= 1 or null, got {data.subset}")
+    _require(data.pixels in PIXEL_MODES, "data.pixels", f"must be one of {list(PIXEL_MODES)}, got {data.pixels!r}")
+    _require(0 < data.threshold < 1, "data.threshold", f"must be in (0, 1), got {data.threshold}")
+    _require(evaluation.nll_samples >= 1, "evaluation.nll_samples", f"must be >= 1, got {evaluation.nll_samples}")
+    _require(evaluation.nll_images is None or evaluation.nll_images >= 2, "evaluation.nll_images",
+             f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}")
+    _require(evaluation.nll_chunk >= 1, "evaluation.nll_chunk", f"must be >= 1, got {evaluation.nll_chunk}")
+    for group in ("encoder", "decoder"):
+        network = cfg[group]
+        if "channels" in network:
+            _require(len(network.channels) >= 1 and all(int(c) >= 1 for c in network.channels), f"{group}.channels",
+                     f"must list at least one filter count, each >= 1, got {list(network.channels)}")
+            _require(network.kernel_size >= 1 and network.stride >= 1, f"{group}.kernel_size",
+                     f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
+            _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")

@@ -6,6 +6,7 @@ The many-normal-means simulation follows Qiu & Wang (2019, Section 5.1): mu_i ~ 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -23,6 +24,8 @@ class Dataset:
         truth: (n, P) true latent values u_i, where known.
         prior: the true distribution of u, where known (a simulation).
         extras: task-specific facts (for example true fixed effects).
+        transform: optional ``transform(x (B, D), generator) -> (B, D)`` applied to every training batch with
+            the run's seeded noise generator (dynamic binarisation of images); None for most data.
     """
 
     x: Tensor
@@ -30,6 +33,7 @@ class Dataset:
     truth: Tensor | None = None
     prior: Prior | None = None
     extras: dict = field(default_factory=dict)
+    transform: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
 
     @property
     def num_points(self) -> int:
@@ -58,4 +62,8 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
         from .data_files import load_file_dataset
 
         return load_file_dataset(data_cfg)
+    if data_cfg.name == "mnist":
+        from .mnist_data import build_mnist
+
+        return build_mnist(data_cfg)
     raise ValueError(f"unknown data set {data_cfg.name!r}")

@@ -62,18 +62,18 @@ class Gaussian(Likelihood):
 
 
 class Bernoulli(Likelihood):
-    """x | u ~ Bernoulli(sigmoid(u)) per coordinate, u the logits; x in {0, 1} or grey levels in [0, 1].
+    """x | u ~ Bernoulli(sigmoid(u)) per pixel, u the logits: log f = Σ_j x_j u_j − softplus(u_j).
 
-    ``-softplus(-u)·x - softplus(u)·(1-x)`` is the binary cross-entropy in a form that stays finite for any
-    logit, and is the continuous-pixel form used for MNIST intensities in [0, 1] as well.
+    The form x·u − softplus(u) never forms sigmoid(u) or log(0), so it is stable for any logit, and it
+    accepts continuous x in [0, 1] (the paper's MNIST pixels), where it is the negative binary
+    cross-entropy rather than a probability of the pixels.
     """
 
     def param_dim(self, data_dim: int) -> int:
         return data_dim
 
     def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
-        x = x.unsqueeze(1)
-        return -(x * nn.functional.softplus(-u) + (1.0 - x) * nn.functional.softplus(u)).sum(-1)
+        return (x.unsqueeze(1) * u - torch.nn.functional.softplus(u)).sum(-1)
 
 
 class Poisson(Likelihood):

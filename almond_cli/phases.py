@@ -54,16 +54,24 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     Returns:
         (detached loss, Langevin diagnostics of the batch).
     """
-    start = chains.gather(indices)
-    with model.frozen():
-        kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in, generator,
-                                 method)
-    chains.scatter(indices, kept[-1])
-    num_kept, batch, num_chains, latent_dim = kept.shape
-    # Kept states of all chains form one (B, K'·C) axis of particles per data point.
-    particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
-    optimiser.zero_grad(set_to_none=True)
-    loss = -model.log_lik(x, particles).mean()
-    loss.backward()
-    optimiser.step()
+    # Eval mode for the whole update: batch norm then uses its running statistics, so the Langevin target is one
+    # fixed function of z (not of the other chains in the batch) and the loss below differentiates that same
+    # target (see conv_networks.py). Networks without batch norm or dropout are unaffected.
+    was_training = model.training
+    model.eval()
+    try:
+        start = chains.gather(indices)
+        with model.frozen():
+            kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in,
+                                     generator, method)
+        chains.scatter(indices, kept[-1])
+        num_kept, batch, num_chains, latent_dim = kept.shape
+        # Kept states of all chains form one (B, K'·C) axis of particles per data point.
+        particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
+        optimiser.zero_grad(set_to_none=True)
+        loss = -model.log_lik(x, particles).mean()
+        loss.backward()
+        optimiser.step()
+    finally:
+        model.train(was_training)
     return loss.detach(), info

@@ -41,4 +41,8 @@ def task_for(dataset: Dataset) -> Task:
         from .task_file import FileTask
 
         return FileTask()
+    if dataset.name == "mnist":
+        from .task_images import ImageTask
+
+        return ImageTask()
     return Task()

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -29,6 +30,7 @@ from .data import Dataset, build_dataset
 from .diagnostics import periodic_rhat
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
+from .errors import UsageError
 from .model import LatentVariableModel
 from .run_lock import RunFolderLock
 from .runtime import pick_device, seed_streams
@@ -88,10 +90,16 @@ def truncate_metrics(path: Path, position: Position) -> None:
 
 def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
     """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
-    likelihood = instantiate(cfg.likelihood)
-    encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
-    decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
-                          output_dim=likelihood.param_dim(dataset.data_dim))
+    try:
+        likelihood = instantiate(cfg.likelihood)
+        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
+        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
+                              output_dim=likelihood.param_dim(dataset.data_dim))
+    except InstantiationException as error:
+        # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
+        if isinstance(error.__cause__, UsageError):
+            raise error.__cause__ from None
+        raise
     return LatentVariableModel(encoder, decoder, likelihood)
 
 
@@ -215,6 +223,8 @@ class TrainingRun:
         position, cfg = self.position, self.cfg
         indices = self._batch_indices()
         x = self.x[indices.to(self.device)]
+        if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
+            x = self.dataset.transform(x, self.noise_generator)
         if position.phase == "vae":
             loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator)
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}

@@ -13,7 +13,20 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def _find_mnist_dir() -> Path:
+    """The shared MNIST 10k split: $ALMOND_MNIST_DIR, else ../shared/data/mnist from the repository or from
+    the folder holding its worktree (a worktree at /work/wt/x finds /work/shared). Tests skip if it is absent."""
+    candidates = [os.environ.get("ALMOND_MNIST_DIR"), REPO_ROOT.parent / "shared" / "data" / "mnist",
+                  REPO_ROOT.parent.parent / "shared" / "data" / "mnist"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+MNIST_DIR = _find_mnist_dir()
 
 
 def almond_executable() -> str:
