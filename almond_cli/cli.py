@@ -132,15 +132,20 @@ def run_train(args: list[str]) -> None:
     hydra_app()
 
 
-def drop_default_experiment(overrides: list[str]) -> list[str]:
-    """``data=<not normal_means>`` with no ``experiment=`` drops (``~experiment``) the embedded default experiment.
+DEFAULT_EXPERIMENT_GROUPS = {"data": "normal_means", "likelihood": "gaussian", "encoder": "mlp", "decoder": "mlp"}
 
-    The default experiment (mnn_exponential) sets keys of the normal-means simulation (``data.prior``), which
-    another data option does not have; ``almond train data=file data.path=...`` must work as it reads.
+
+def drop_default_experiment(overrides: list[str]) -> list[str]:
+    """Choosing another option of a model group with no ``experiment=`` drops (``~experiment``) the default.
+
+    The embedded default experiment (mnn_exponential) sets keys of the normal-means simulation and the MLP
+    networks (``data.prior``, ``encoder.hidden_sizes``), which other options do not have; so
+    ``almond train data=file data.path=...`` or ``encoder=conv`` must not inherit it. The groups' own
+    defaults are the same paper settings, so nothing else changes.
     """
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
     has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in overrides)
-    if chosen and chosen[-1] != "normal_means" and not has_experiment:
+    chosen = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in DEFAULT_EXPERIMENT_GROUPS}
+    if not has_experiment and any(DEFAULT_EXPERIMENT_GROUPS[group] != option for group, option in chosen.items()):
         return [*overrides, "~experiment"]
     return overrides
 

@@ -71,7 +71,11 @@ def _touched_subtrees(override_keys: list[tuple[str, bool]]) -> list[str]:
 def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
     old = OmegaConf.select(checkpoint_cfg, path) if path else checkpoint_cfg
     new = OmegaConf.select(new_cfg, path) if path else new_cfg
-    to_plain = lambda node: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node  # noqa: E731
+    def to_plain(node):
+        if OmegaConf.is_config(node):
+            return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        return getattr(node, "value", node)  # a typed config holds Enums; the checkpoint holds their names
+
     old, new = to_plain(old), to_plain(new)
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
