@@ -54,4 +54,8 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
     if data_cfg.name == "normal_means":
         prior = getattr(data_cfg.prior, "value", data_cfg.prior)  # a typed config holds an Enum
         return make_normal_means(data_cfg.n, str(prior), data_cfg.noise_sd, generator)
+    if data_cfg.name in ("glmm", "glmm_file"):
+        from .glmm_data import build_glmm_dataset
+
+        return build_glmm_dataset(data_cfg, generator)
     raise ValueError(f"unknown data set {data_cfg.name!r}")
