@@ -57,6 +57,7 @@ class GLMMDataConfig:
 class GLMMFileDataConfig:
     name: str = "glmm_file"
     path: str = MISSING
+    n: Optional[int] = None
     header: bool = True
     response: str = MISSING
     fixed_effects: List[str] = field(default_factory=list)
@@ -243,3 +244,5 @@ def _validate_glmm(cfg) -> None:
         _require(data.p >= 1, "data.p", f"must be >= 1, got {data.p}")
         for key in ("covariate_sd", "beta_bound", "copula_theta", "gamma_shape", "gamma_scale"):
             _require(data[key] > 0, f"data.{key}", f"must be > 0, got {data[key]}")
+    else:
+        _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")

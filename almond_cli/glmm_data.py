@@ -61,7 +61,8 @@ def _resolve_column(token, header: list[str] | None, width: int, path: Path, key
                         "0-based column index")
 
 
-def load_glmm_file(path: str, response, fixed_effects, random_effects, header: bool = True) -> Dataset:
+def load_glmm_file(path: str, response, fixed_effects, random_effects, header: bool = True,
+                   n: int | None = None) -> Dataset:
     """Reads a Poisson GLMM data set from a CSV file.
 
     Args:
@@ -70,6 +71,7 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
         fixed_effects: the fixed-effect covariate columns (names or indices; may be empty).
         random_effects: the random-effect covariate columns (names or indices; at least one).
         header: whether the first row holds column names.
+        n: read only the first n data rows (None: all).
 
     Returns:
         A Dataset with x (n, 1 + p + q) in the order [response, fixed..., random...].
@@ -90,6 +92,8 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
     if not body:
         raise GLMMFileError(f"data.path: {file} holds no data rows; it needs a header row (data.header=true) "
                             "and at least one row of numbers")
+    if n is not None:
+        body = body[:n]
     width = len(names) if names is not None else len(body[0][1])
     if not random_effects:
         raise GLMMFileError("data.random_effects: give at least one random-effect covariate column, for example "
@@ -136,4 +140,4 @@ def build_glmm_dataset(data_cfg, generator: torch.Generator) -> Dataset:
         return make_glmm(data_cfg.n, data_cfg.p, data_cfg.covariate_sd, data_cfg.beta_bound,
                          data_cfg.copula_theta, data_cfg.gamma_shape, data_cfg.gamma_scale, generator)
     return load_glmm_file(data_cfg.path, data_cfg.response, data_cfg.fixed_effects, data_cfg.random_effects,
-                          data_cfg.header)
+                          data_cfg.header, data_cfg.get("n"))

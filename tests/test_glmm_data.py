@@ -52,6 +52,7 @@ def test_file_round_trip_by_names_and_by_indices(tmp_path):
     assert torch.equal(by_index.x, dataset.x)
     headerless = _write(tmp_path / "plain.csv", None, rows)
     assert torch.equal(load_glmm_file(str(headerless), 1, [2, 3, 4], [5, 6, 7], header=False).x, dataset.x)
+    assert torch.equal(load_glmm_file(str(path), "count", ["a"], ["r1"], n=10).x, dataset.x[:10, [0, 1, 4]])
     # Column order in the file does not matter, and fixed effects may be absent.
     reordered = load_glmm_file(str(path), "count", [], ["r3", "r1"])
     assert torch.equal(reordered.x, dataset.x[:, [0, 6, 4]])
