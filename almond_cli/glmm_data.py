@@ -112,7 +112,8 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
     values = torch.empty(len(body), len(order), dtype=torch.float64)
     for position, (line, row) in enumerate(body):
         if len(row) != width:
-            raise GLMMFileError(f"data.path: {file} row {line} has {len(row)} fields, the header has {width}; "
+            reference = "the header has" if names is not None else "the first row has"
+            raise GLMMFileError(f"data.path: {file} row {line} has {len(row)} fields, {reference} {width}; "
                                 "every row needs the same number of comma-separated fields")
         for slot, index in enumerate(order):
             cell = row[index].strip()

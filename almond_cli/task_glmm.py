@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 

@@ -33,3 +33,23 @@ def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
     assert baseline_summary["almond"] == summary["baselines"]["gaussian_glmm"]
     config = (baseline / "checkpoints" / "last.pt").read_bytes()
     assert b"almond_cli.networks.LinearDecoder" in config
+
+
+def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    import torch
+
+    from almond_cli.config import register_schemas
+    from almond_cli.task_glmm import fit_gaussian_glmm
+
+    register_schemas()
+    overrides = [o for o in TINY_GLMM if not o.startswith("progress")] + ["progress=quiet"]
+    with initialize_config_module("almond_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides)
+    first = fit_gaussian_glmm(cfg, tmp_path / "baseline")
+    again = fit_gaussian_glmm(cfg, tmp_path / "baseline")
+    assert again.position.phase == "done" and again.position.global_step == first.position.global_step
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[name]), name
+    assert type(first.model.decoder).__name__ == "LinearDecoder"
