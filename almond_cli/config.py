@@ -89,6 +89,42 @@ class BernoulliLikelihoodConfig:
 
 
 @dataclass
+class GLMMDataConfig:
+    name: str = "glmm"
+    n: int = 10_000
+    p: int = 5
+    covariate_sd: float = 0.2
+    beta_bound: float = 2.0
+    copula_theta: float = 2.0
+    gamma_shape: float = 2.0
+    gamma_scale: float = 1.0
+    gaussian_baseline: bool = True
+
+
+@dataclass
+class GLMMFileDataConfig:
+    name: str = "glmm_file"
+    path: str = MISSING
+    n: Optional[int] = None
+    header: bool = True
+    response: str = MISSING
+    fixed_effects: List[str] = field(default_factory=list)
+    random_effects: List[str] = field(default_factory=list)
+    gaussian_baseline: bool = True
+
+
+@dataclass
+class LinearNetworkConfig:
+    _target_: str = "almond_cli.networks.LinearDecoder"
+
+
+@dataclass
+class PoissonGLMMLikelihoodConfig:
+    _target_: str = "almond_cli.likelihoods.PoissonGLMM"
+    max_linear_predictor: float = 30.0
+
+
+@dataclass
 class MLPNetworkConfig:
     _target_: str = MISSING
     hidden_sizes: List[int] = field(default_factory=lambda: [10])
@@ -198,6 +234,10 @@ def register_schemas() -> None:
     store.store(group="data", name="normal_means_schema", node=NormalMeansDataConfig)
     store.store(group="encoder", name="mlp_schema", node=MLPNetworkConfig)
     store.store(group="decoder", name="mlp_schema", node=MLPNetworkConfig)
+    store.store(group="data", name="glmm_schema", node=GLMMDataConfig)
+    store.store(group="data", name="glmm_file_schema", node=GLMMFileDataConfig)
+    store.store(group="decoder", name="linear_schema", node=LinearNetworkConfig)
+    store.store(group="likelihood", name="poisson_glmm_schema", node=PoissonGLMMLikelihoodConfig)
     store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
     store.store(group="data", name="file_schema", node=FileDataConfig)
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
@@ -277,6 +317,7 @@ def validate(cfg) -> None:
         _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
     if cfg.data.name == "mnist":
         _validate_images(cfg)
+    _validate_glmm(cfg)
     if "sigma" in cfg.likelihood:
         _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
 
@@ -311,3 +352,28 @@ def _validate_images(cfg) -> None:
             _require(network.kernel_size >= 1 and network.stride >= 1, f"{group}.kernel_size",
                      f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
             _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")
+GLMM_DATA = ("glmm", "glmm_file")
+POISSON_GLMM_TARGET = "almond_cli.likelihoods.PoissonGLMM"
+
+
+def _validate_glmm(cfg) -> None:
+    """The GLMM data sets and the Poisson GLMM likelihood need each other; the simulation's ranges."""
+    is_glmm_data = cfg.data.name in GLMM_DATA
+    is_glmm_likelihood = cfg.likelihood.get("_target_") == POISSON_GLMM_TARGET
+    _require(is_glmm_data == is_glmm_likelihood, "likelihood",
+             f"data={cfg.data.name} needs " + ("likelihood=poisson_glmm" if is_glmm_data else
+                                               "a likelihood other than poisson_glmm, which reads GLMM rows "
+                                               "[y, fixed covariates, random covariates]; use data=glmm or "
+                                               "data=glmm_file"))
+    if not is_glmm_likelihood:
+        return
+    _require(cfg.likelihood.max_linear_predictor > 0, "likelihood.max_linear_predictor",
+             f"must be > 0, got {cfg.likelihood.max_linear_predictor}")
+    if cfg.data.name == "glmm":
+        data = cfg.data
+        _require(data.n >= 2, "data.n", f"must be >= 2, got {data.n}")
+        _require(data.p >= 1, "data.p", f"must be >= 1, got {data.p}")
+        for key in ("covariate_sd", "beta_bound", "copula_theta", "gamma_shape", "gamma_scale"):
+            _require(data[key] > 0, f"data.{key}", f"must be > 0, got {data[key]}")
+    else:
+        _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")

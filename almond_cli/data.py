@@ -66,4 +66,8 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
         from .mnist_data import build_mnist
 
         return build_mnist(data_cfg)
+    if data_cfg.name in ("glmm", "glmm_file"):
+        from .glmm_data import build_glmm_dataset
+
+        return build_glmm_dataset(data_cfg, generator)
     raise ValueError(f"unknown data set {data_cfg.name!r}")

@@ -61,7 +61,7 @@ class LatentVariableModel(nn.Module):
 
     def sample_posterior_approx(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
         """Draws from q(z | x). Args: x (B, D). Returns z (B, num_draws, d)."""
-        mean, log_var = self.encoder(x)
+        mean, log_var = self.encoder(self.likelihood.encoder_input(x))
         return reparameterise(mean, log_var, num_draws, generator)
 
     def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
@@ -69,7 +69,7 @@ class LatentVariableModel(nn.Module):
 
         Args: x (B, D). Returns (B,): E_q[log f(x | h(z))] - KL(q(z | x) || N(0, I)).
         """
-        mean, log_var = self.encoder(x)
+        mean, log_var = self.encoder(self.likelihood.encoder_input(x))
         z = reparameterise(mean, log_var, num_draws, generator)
         expected_log_lik = self.log_lik(x, z).mean(1)
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1)

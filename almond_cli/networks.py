@@ -73,3 +73,27 @@ class MLPDecoder(Decoder):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+
+class LinearDecoder(Decoder):
+    """u = A z + b: the push-forward of N(0, I_d) is N(b, A Aᵀ), a Gaussian with a full covariance.
+
+    With a GLMM likelihood this is the classical Gaussian GLMM, fitted by the same VAE + ALMOND machinery.
+
+    Args:
+        latent_dim: d.
+        output_dim: P.
+    """
+
+    def __init__(self, latent_dim: int, output_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.linear = nn.Linear(latent_dim, output_dim)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear(z)
+
+    def covariance(self) -> Tensor:
+        """A Aᵀ, the covariance of u: (P, P)."""
+        weight = self.linear.weight
+        return weight @ weight.T

@@ -12,7 +12,14 @@ from .data import Dataset
 
 
 class Task:
-    """Scoring of a fitted model. The default scores nothing and draws nothing (data with no truth)."""
+    """Scoring of a fitted model. The default scores nothing and draws nothing (data with no truth).
+
+    Attributes:
+        run_dir: the run folder, set by the trainer before any method is called; a task that fits its
+            baselines by training (for example the Gaussian GLMM) keeps their run folders under it.
+    """
+
+    run_dir: Path | None = None
 
     def score(self, model, dataset: Dataset, cfg, device) -> dict[str, float]:
         """Metrics of a fitted model, {name: float}."""
@@ -45,4 +52,8 @@ def task_for(dataset: Dataset) -> Task:
         from .task_images import ImageTask
 
         return ImageTask()
+    if dataset.name in ("glmm", "glmm_file"):
+        from .task_glmm import GLMMTask
+
+        return GLMMTask()
     return Task()

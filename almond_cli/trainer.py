@@ -91,7 +91,8 @@ def truncate_metrics(path: Path, position: Position) -> None:
 def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
     """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
     try:
-        likelihood = instantiate(cfg.likelihood)
+        # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
+        likelihood = instantiate(cfg.likelihood, **dataset.extras.get("likelihood_args", {}))
         encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
         decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
                               output_dim=likelihood.param_dim(dataset.data_dim))
@@ -127,6 +128,7 @@ class TrainingRun:
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
+        self.task.run_dir = self.run_dir
         self.vae_metrics: dict = {}
         self.vae_snapshot: dict | None = None
         size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_points)
