@@ -1,5 +1,6 @@
 """Every option of every config group composes, validates and (where it builds objects) instantiates."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,13 +43,25 @@ def test_every_group_option_composes_and_validates(group):
     from almond_cli.cli import drop_default_experiment
 
     for option in options(group):
-        # As the command does: another data option drops the default experiment's normal-means keys.
+        # As the command does: another model-group option drops the default experiment's keys.
         cfg = compose_with(drop_default_experiment([f"{group}={option}"]))
+        OmegaConf.to_yaml(cfg, resolve=True)
         try:
             validate(cfg)
-        except UsageError as error:  # an option that reads the user's files needs their path first
-            assert group == "data" and str(error).startswith("data."), error
-        OmegaConf.to_yaml(cfg, resolve=True)
+        except UsageError as error:
+            # An option that reads the user's files needs their path, and options that only work together
+            # (data=glmm with likelihood=poisson_glmm) say which partner to choose; such an option must
+            # then validate with the partner the message names (or need only the user's file path).
+            message = str(error)
+            if message.startswith("data."):
+                continue
+            partner = re.search(r"(?:needs|use) (\w+=\w+)", message)
+            assert isinstance(error, ConfigError) and partner, error
+            paired = compose_with(drop_default_experiment([f"{group}={option}", partner.group(1)]))
+            try:
+                validate(paired)
+            except UsageError as still:
+                assert str(still).startswith("data."), still  # only the user's file path is left to give
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
