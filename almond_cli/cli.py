@@ -66,7 +66,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .config import register_schemas, validate
+    from .config import CONFIG_GROUPS, register_schemas, validate
     from .data_files import check_data_file
     from .extras import check_extras
 
@@ -90,11 +90,9 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         except Exception:
             combinations = [[o.input_line for o in parsed if not o.is_sweep_override()]]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        groups = {"data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
-                  "hparams_search", "logger"}
         for override in parsed:
             key = override.key_or_group
-            if override.is_add() and not key.startswith("hydra") and key.split("/")[0] not in groups:
+            if override.is_add() and not key.startswith("hydra") and key.split("/")[0] not in CONFIG_GROUPS:
                 fail(f"{key}: '+{key}' adds a key that almond does not know, and it would be ignored. "
                      f"Check the spelling, or drop the '+' to set an existing key (see `almond train --cfg job`).")
         for combination in combinations:

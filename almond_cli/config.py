@@ -221,6 +221,9 @@ class TrainConfig:
     resume: Optional[str] = None
 
 
+# The Hydra config groups of configs/ (a ``key=option`` override of one of these picks a file, not a value).
+CONFIG_GROUPS = frozenset({"data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
+                           "hparams_search", "logger"})
 STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
 SAMPLER_METHODS = ("ula", "mala")
 DEVICES = ("auto", "cpu", "cuda")

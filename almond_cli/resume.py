@@ -131,8 +131,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
 
 
 def _is_group(key: str) -> bool:
-    return key in ("data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
-                   "hparams_search", "logger")
+    from .config import CONFIG_GROUPS
+
+    return key in CONFIG_GROUPS
 
 
 def holds_a_run(run_dir: str | Path) -> bool:
