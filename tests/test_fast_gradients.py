@@ -12,7 +12,7 @@ import torch
 
 from almond_cli import fast_gradients, phases, sampler
 from almond_cli.chains import PersistentChains
-from almond_cli.likelihoods import Gaussian
+from almond_cli.likelihoods import Gaussian, PoissonGLMM
 from almond_cli.model import LatentVariableModel
 from almond_cli.networks import MLPDecoder, MLPEncoder
 
@@ -136,3 +136,37 @@ def test_a_run_is_bitwise_repeatable_on_the_fast_path(tmp_path):
     assert first["model"].keys() == second["model"].keys()
     assert all(torch.equal(first["model"][key], second["model"][key]) for key in first["model"])
     assert torch.equal(first["chains"]["positions"], second["chains"]["positions"])
+
+
+def make_glmm_model(seed=0):
+    """The GLMM's shapes (d = q = 2 here, [6, 5] decoder, 3 fixed effects) with a Poisson log-link likelihood."""
+    torch.manual_seed(seed)
+    likelihood = PoissonGLMM(num_fixed=3, max_linear_predictor=1.5)  # a low cap, so draws cross it
+    with torch.no_grad():
+        likelihood.beta.copy_(torch.tensor([0.3, -0.2, 0.5]))
+    model = LatentVariableModel(MLPEncoder(1 + 3 + 2, 2, [5]), MLPDecoder(2, 2, [6, 5]), likelihood)
+    rows = torch.cat([torch.poisson(torch.full((15, 1), 4.0)), torch.randn(15, 3), torch.randn(15, 2)], dim=1)
+    return model, rows
+
+
+def test_poisson_glmm_fast_gradient_matches_autograd_on_both_sides_of_the_cap():
+    model, x = make_glmm_model()
+    z = torch.randn(15, 9, 2) * 2
+    target = fast_gradients.target_for(model, x)
+    assert isinstance(target, fast_gradients.MLPTarget)
+    reference = sampler.evaluate(z, lambda q: model.log_joint(x, q))
+    fused = sampler.evaluate(z, target)
+    eta = model.likelihood.linear_predictor(x, model.decoder(z))
+    assert (eta > 1.5).any() and (eta < 1.5).any()  # the check covers exp and its quadratic continuation
+    torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_poisson_glmm_same_chains_for_the_same_generator_state():
+    model, x = make_glmm_model(seed=1)
+    start = torch.randn(15, 6, 2)
+    kept = []
+    for target in (lambda q: model.log_joint(x, q), fast_gradients.target_for(model, x)):
+        with model.frozen():
+            kept.append(sampler.run(start, target, 0.01, 10, 5, torch.Generator().manual_seed(5))[0])
+    torch.testing.assert_close(kept[1], kept[0], rtol=0, atol=1e-4)
