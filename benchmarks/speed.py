@@ -1,120 +1,138 @@
-"""Speed of the Langevin inner loop: ms per step and per ALMOND update, FLOPs, and the machine's matmul peak.
+"""Speed of the Langevin inner loop: ms per step and per ALMOND update, FLOPs, and the machine's matmul/conv peak.
 
-For each workload, at the paper's batch B, chains C and steps K, this times the product's own code —
-``almond_cli.sampler.run`` for the Langevin steps and ``almond_cli.phases.almond_update`` for a whole update
-(K steps + the parameter step) — once with the hand-written gradient (``fast``, the default path) and once
-with autograd (``autograd``, the reference), interleaved round by round so a load change hits both alike.
-In the same run it measures fp32 matmul throughput (``torch.addmm``, the op ``nn.Linear`` uses) on exactly
-the layer shapes of the step, so "ratio" = achieved step GFLOP/s ÷ matmul GFLOP/s for those shapes.
+Each workload is one of the product's own experiments, composed through Hydra exactly as ``almond train``
+composes it (``configs/experiment/*.yaml``), its data and model built by the product's own builders
+(``data.build_dataset``, ``trainer.build_model``), at the experiment's batch B, chains C and steps K:
 
-FLOPs are analytic and count matrix products only (forward and the input-gradient sweep, 2·m·k·n each);
-elementwise work (softplus, sigmoid, noise) is not counted, so on the small exponential network, which is
-bound by elementwise work and memory, the GFLOP/s figure is small by construction.
+    exponential  mnn_exponential   [10] MLP, B 1000, C 100, K 10 (burn-in 9)
+    mixture      mnn_mixture       [50, 100, 50] MLP, same B, C, K
+    glmm         glmm              [128, 256] MLP → 5 random effects, d 5, B 1000, C 30, K 20 (burn-in 19)
+    mnist_conv_small  mnist_cpu    conv decoder, 16 filters, B 200, C 2, K 3 (needs the MNIST files)
+    mnist_conv_paper  mnist_20d    conv decoder, 64 filters, B 200, C 20, K 5 (GPU work; ~seconds per step on CPU)
 
-Workloads: exponential ([10] MLP, B 1000, C 100, K 10), mixture ([50, 100, 50], same), GLMM shapes
-(decoder [128, 256] → 5, d 5, B 1000, C 30, K 20, a Poisson log-link likelihood defined here as a stand-in
-until the GLMM likelihood lands), MNIST conv (pending: no conv decoder on this branch).
+It times ``almond_cli.sampler.run`` (the Langevin steps) and ``almond_cli.phases.almond_update`` (K steps + the
+parameter step) once with the hand-written gradient (``fast``, the default path) and once with autograd
+(``autograd``, the reference), interleaved round by round so a load change hits both alike; a model the fast
+path does not cover (the conv decoder) is timed once, as ``autograd``.
+
+FLOPs are analytic: the multiply-adds of the decoder's Linear, Conv2d and ConvTranspose2d layers at the step's
+shapes (read by forward hooks), ×2 for the forward and ×2 again for the input-gradient sweep; elementwise work
+(activations, likelihood, noise) is not counted, so the elementwise-bound exponential network shows a small
+GFLOP/s by construction. In the same run, the reference throughput ("matmul/conv GFLOP/s, same shapes") times
+each of those layers alone — its forward and its input gradient, on the very inputs the step feeds it — so
+"ratio" = achieved step GFLOP/s ÷ the same layers' own throughput. Layers with a single input or output
+feature (outer products and matrix-vector products, not matmul-bound) are left out of the reference.
 
 Usage:  python benchmarks/speed.py [--threads 2] [--rounds 3] [--only exponential mixture] [--json out.json]
         python benchmarks/speed.py --threads 1 --clock cpu     # CPU time: a proxy for idle-machine time
+        python benchmarks/speed.py --mnist-root PATH           # default: ../shared/data/mnist beside the repo
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import nn
 
 from almond_cli import phases, sampler
 from almond_cli.chains import PersistentChains
-from almond_cli.fast_gradients import target_for
-from almond_cli.likelihoods import Gaussian, Likelihood
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import MLPDecoder, MLPEncoder
+from almond_cli.data import build_dataset
+from almond_cli.fast_gradients import MLPTarget, target_for
 from almond_cli.runtime import configure_process
+from almond_cli.trainer import build_model
 
-
-class PoissonLogLinkStandIn(Likelihood):
-    """y ~ Poisson(exp(offset + zeta · u)): the GLMM's shapes (u in R^5) until its likelihood is merged.
-
-    Data rows are (y, offset, zeta_1..zeta_P). Only for timing: same FLOPs per particle as the GLMM.
-    """
-
-    def __init__(self, random_dim: int):
-        super().__init__()
-        self.random_dim = random_dim
-
-    def param_dim(self, data_dim: int) -> int:
-        return self.random_dim
-
-    def _eta(self, x: Tensor, u: Tensor) -> Tensor:
-        return x[:, 1:2] + (u * x[:, None, 2:]).sum(-1)
-
-    def log_prob(self, x, u):
-        eta = self._eta(x, u)
-        y = x[:, 0:1]
-        return y * eta - eta.clamp(max=80).exp() - torch.lgamma(y + 1)
-
-    def value_and_grad_u(self, x, u):
-        eta = self._eta(x, u)
-        y = x[:, 0:1]
-        rate = eta.clamp(max=80).exp()
-        return y * eta - rate - torch.lgamma(y + 1), (y - rate).unsqueeze(-1) * x[:, None, 2:]
-
-
+REPOSITORY = Path(__file__).resolve().parent.parent
+MNIST_ROOT = REPOSITORY.parent / "shared" / "data" / "mnist"
+# The 60k training split is not on this machine: the paper-size conv workload reads the 10k test split;
+# only B = 200 images enter a step, so the split does not change the timing.
+MNIST_OVERRIDES = ["data.splits=[t10k]", "data.held_out_split=null", "device=cpu"]
 WORKLOADS = {
-    "exponential": dict(hidden=[10], latent=1, batch=1000, chains=100, steps=10, burn_in=9, kind="gaussian"),
-    "mixture": dict(hidden=[50, 100, 50], latent=1, batch=1000, chains=100, steps=10, burn_in=9, kind="gaussian"),
-    "glmm": dict(hidden=[128, 256], latent=5, batch=1000, chains=30, steps=20, burn_in=10, kind="poisson"),
+    "exponential": ("mnn_exponential", []),
+    "mixture": ("mnn_mixture", []),
+    "glmm": ("glmm", ["device=cpu"]),
+    "mnist_conv_small": ("mnist_cpu", MNIST_OVERRIDES),
+    "mnist_conv_paper": ("mnist_20d", MNIST_OVERRIDES),
 }
-PENDING = {"mnist_conv_small": "no conv decoder on this branch (MNIST branch)",
-           "mnist_conv_paper": "no conv decoder on this branch (MNIST branch); GPU work (~3.4 s/step on CPU)"}
+HEAVY = {"mnist_conv_paper"}  # seconds per step on a CPU: one round of one timed call
+COUNTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
-def build(name: str):
-    spec = WORKLOADS[name]
-    generator = torch.Generator().manual_seed(0)
+def compose(experiment: str, overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    from almond_cli.config import register_schemas, validate
+
+    register_schemas()
+    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
+        cfg = hydra_compose("train", overrides=[f"experiment={experiment}", *overrides])
+    validate(cfg)
+    return cfg
+
+
+def build(name: str, mnist_root: Path):
+    """(spec, model, x (B, D), chains) of a workload, built the way ``almond train`` builds its experiment."""
+    experiment, overrides = WORKLOADS[name]
+    if name.startswith("mnist"):
+        overrides = [*overrides, f"data.root={mnist_root}"]
+    cfg = compose(experiment, overrides)
     torch.manual_seed(0)
-    batch, latent = spec["batch"], spec["latent"]
-    if spec["kind"] == "gaussian":
-        likelihood, data_dim = Gaussian(1.0), 1
-        x = torch.randn(batch, 1, generator=generator) + 2.0
-    else:
-        likelihood, data_dim = PoissonLogLinkStandIn(latent), 2 + latent
-        zeta = 0.2 * torch.randn(batch, latent, generator=generator)
-        offset = 0.5 * torch.randn(batch, 1, generator=generator)
-        y = torch.poisson(torch.exp(offset + (zeta * torch.randn(batch, latent, generator=generator)).sum(-1, keepdim=True)))
-        x = torch.cat([y, offset, zeta], dim=1)
-    model = LatentVariableModel(MLPEncoder(data_dim, latent, [10]),
-                                MLPDecoder(latent, likelihood.param_dim(data_dim), spec["hidden"]), likelihood)
-    chains = PersistentChains(torch.randn(batch, spec["chains"], latent, generator=generator))
-    return spec, model, x, chains
+    dataset = build_dataset(cfg.data, 0)
+    model = build_model(cfg, dataset)
+    batch = min(cfg.schedule.batch_size or dataset.num_points, dataset.num_points)
+    spec = {"experiment": experiment, "batch": batch, "chains": cfg.sampler.num_chains,
+            "steps": cfg.sampler.num_steps, "burn_in": cfg.sampler.burn_in, "latent": cfg.latent_dim,
+            "step_size": cfg.sampler.step_size}
+    generator = torch.Generator().manual_seed(0)
+    chains = PersistentChains(torch.randn(batch, spec["chains"], cfg.latent_dim, generator=generator))
+    return spec, model, dataset.x[:batch], chains
 
 
-def layer_shapes(spec, output_dim: int) -> list[tuple[int, int]]:
-    widths = [spec["latent"], *spec["hidden"], output_dim]
-    return list(zip(widths[:-1], widths[1:]))
+def decoder_layers(model, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, float]]:
+    """[(layer, its input, its forward multiply-adds)] of the decoder's counted layers on particles z (N, d)."""
+    seen: list[tuple[nn.Module, torch.Tensor, float]] = []
+
+    def record(module, inputs, output):
+        if isinstance(module, nn.Linear):
+            macs = output.numel() * module.in_features
+        elif isinstance(module, nn.Conv2d):
+            macs = output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        else:  # ConvTranspose2d: every input value is spread over out_channels × kernel outputs
+            macs = inputs[0].numel() * (module.out_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        seen.append((module, inputs[0].detach(), float(macs)))
+
+    handles = [m.register_forward_hook(record) for m in model.decoder.modules() if isinstance(m, COUNTED)]
+    try:
+        with torch.no_grad():
+            model.decoder(z)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
-def step_flops(spec, output_dim: int) -> float:
-    """Matmul FLOPs of one Langevin evaluation: forward and input-gradient sweep, 2·N·in·out each."""
-    particles = spec["batch"] * spec["chains"]
-    return sum(4.0 * particles * fan_in * fan_out for fan_in, fan_out in layer_shapes(spec, output_dim))
+def step_flops(layers) -> float:
+    """FLOPs of one Langevin evaluation: every counted layer's forward and input-gradient product, 2 each per MAC."""
+    return sum(4.0 * macs for _, _, macs in layers)
 
 
-def update_flops(spec, output_dim: int) -> float:
+def update_flops(spec, layers) -> float:
     """K evaluations plus the parameter step on the kept states (forward + input and weight gradients)."""
-    kept = (spec["steps"] - spec["burn_in"]) * spec["batch"] * spec["chains"]
-    parameter_step = sum(6.0 * kept * fan_in * fan_out for fan_in, fan_out in layer_shapes(spec, output_dim))
-    return spec["steps"] * step_flops(spec, output_dim) + parameter_step
+    kept_states = spec["steps"] - spec["burn_in"]
+    return spec["steps"] * step_flops(layers) + kept_states * sum(6.0 * macs for _, _, macs in layers)
+
+
+def _matmul_bound(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return module.in_features > 1 and module.out_features > 1
+    return True
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -132,21 +150,33 @@ def timed(function, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def matmul_reference(spec, output_dim: int, repeats: int) -> dict:
-    """addmm throughput on the step's own shapes (forward N×in·in×out and backward N×out·out×in)."""
-    particles = spec["batch"] * spec["chains"]
+def layer_reference(layers, repeats: int) -> float | None:
+    """GFLOP/s of the matmul-bound layers alone: forward + input gradient on the step's own inputs."""
     total_flops, total_seconds = 0.0, 0.0
-    for fan_in, fan_out in layer_shapes(spec, output_dim):
-        for rows, inner, cols in ((particles, fan_in, fan_out), (particles, fan_out, fan_in)):
-            if inner == 1 or cols == 1:
-                continue  # outer products and matrix-vector products are not matmul-bound; left out of the peak
-            a, b, bias = torch.randn(rows, inner), torch.randn(inner, cols), torch.randn(cols)
-            seconds = timed(lambda: torch.addmm(bias, a, b), repeats)
-            total_flops += 2.0 * rows * inner * cols
-            total_seconds += seconds
-    if total_seconds == 0:
-        return {"gflops": None}
-    return {"gflops": total_flops / total_seconds / 1e9}
+    for module, inputs, macs in layers:
+        if not _matmul_bound(module):
+            continue
+        grad_out = None
+
+        def forward_and_input_gradient():
+            nonlocal grad_out
+            leaf = inputs.detach().requires_grad_(True)
+            output = module(leaf)
+            if grad_out is None:
+                grad_out = torch.ones_like(output)
+            torch.autograd.grad(output, leaf, grad_out)
+
+        params = list(module.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)  # input gradient only, as in the Langevin step
+        try:
+            total_seconds += timed(forward_and_input_gradient, repeats)
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+        total_flops += 4.0 * macs
+    return None if total_seconds == 0 else total_flops / total_seconds / 1e9
 
 
 def machine_peaks(repeats: int) -> dict:
@@ -161,36 +191,42 @@ def machine_peaks(repeats: int) -> dict:
     return {"matmul_2048_gflops": square, "conv64_3x3_14x14_gflops": conv_gflops}
 
 
-def bench_workload(name: str, rounds: int, repeats: int) -> dict:
-    spec, model, x, chains = build(name)
-    output_dim = model.likelihood.param_dim(x.shape[1])
-    indices = torch.arange(spec["batch"])
-    optimiser = torch.optim.SGD(model.generative_parameters, lr=1e-6)
+def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path) -> dict:
+    spec, model, x, chains = build(name, mnist_root)
+    model.eval()  # as almond_update: batch norm uses its running statistics during the update
+    batch, steps, burn_in, step_size = spec["batch"], spec["steps"], spec["burn_in"], spec["step_size"]
+    indices = torch.arange(batch)
+    optimiser = torch.optim.SGD(model.generative_parameters, lr=1e-9)  # a real step that barely moves
     generator = torch.Generator().manual_seed(1)
     start = chains.gather(indices)
-    steps, burn_in = spec["steps"], spec["burn_in"]
-    results = {"fast": {"step": [], "update": []}, "autograd": {"step": [], "update": []}}
+    has_fast_path = isinstance(target_for(model, x), MLPTarget)
+    paths = (("fast", True), ("autograd", False)) if has_fast_path else (("autograd", False),)
+    if name in HEAVY:
+        rounds, repeats = 1, 1
+    results = {path: {"step": [], "update": []} for path, _ in paths}
     for _ in range(rounds):
-        for path, fast in (("fast", True), ("autograd", False)):
+        for path, fast in paths:
             def run_steps():
                 with model.frozen():
-                    sampler.run(start, target_for(model, x, fast), 0.01, steps, burn_in, generator)
+                    sampler.run(start, target_for(model, x, fast), step_size, steps, burn_in, generator)
 
             def run_update():
-                phases.almond_update(model, optimiser, chains, indices, x, 0.01, steps, burn_in, generator, fast=fast)
+                phases.almond_update(model, optimiser, chains, indices, x, step_size, steps, burn_in, generator,
+                                     fast=fast)
 
             results[path]["step"].append(timed(run_steps, repeats) / steps)
             results[path]["update"].append(timed(run_update, repeats))
-    reference = matmul_reference(spec, output_dim, repeats)
-    flops_step, flops_update = step_flops(spec, output_dim), update_flops(spec, output_dim)
-    row = {"workload": name, "B": spec["batch"], "C": spec["chains"], "K": steps, "hidden": spec["hidden"],
-           "latent_dim": spec["latent"], "step_gflop": flops_step / 1e9, "update_gflop": flops_update / 1e9,
-           "matmul_gflops_same_shapes": reference["gflops"]}
+    layers = decoder_layers(model, start.reshape(-1, spec["latent"]))
+    reference = layer_reference(layers, repeats)
+    flops_step, flops_update = step_flops(layers), update_flops(spec, layers)
+    row = {"workload": name, **spec, "step_gflop": flops_step / 1e9, "update_gflop": flops_update / 1e9,
+           "reference_gflops_same_shapes": reference, "paths": {}}
     for path, times in results.items():
         step_s, update_s = statistics.median(times["step"]), statistics.median(times["update"])
         achieved = flops_step / step_s / 1e9
-        row[path] = {"ms_per_step": 1e3 * step_s, "ms_per_update": 1e3 * update_s, "step_gflops": achieved,
-                     "ratio_to_matmul": None if reference["gflops"] is None else achieved / reference["gflops"]}
+        row["paths"][path] = {"ms_per_step": 1e3 * step_s, "ms_per_update": 1e3 * update_s,
+                              "step_gflops": achieved,
+                              "ratio_to_reference": None if reference is None else achieved / reference}
     return row
 
 
@@ -207,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved fast/autograd rounds (median taken)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per round (median taken)")
-    parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), help="run only these workloads")
+    parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), help="run only these workloads")
+    parser.add_argument("--mnist-root", type=Path, default=MNIST_ROOT, help="folder with the MNIST IDX files")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
@@ -220,32 +257,38 @@ def main(argv: list[str] | None = None) -> int:
     configure_process(args.threads)
     load_before = load_note()
     peaks = machine_peaks(args.repeats)
-    rows = [bench_workload(name, args.rounds, args.repeats) for name in (args.only or WORKLOADS)]
+    rows, skipped = [], {}
+    for name in args.only or WORKLOADS:
+        if name.startswith("mnist") and not args.mnist_root.is_dir():
+            skipped[name] = f"no MNIST files at {args.mnist_root} (give --mnist-root)"
+            continue
+        rows.append(bench_workload(name, args.rounds, args.repeats, args.mnist_root))
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}")
     print(f"machine: fp32 matmul 2048^3 {peaks['matmul_2048_gflops']:.0f} GFLOP/s; conv 64->64 3x3 14x14 "
           f"channels_last {peaks['conv64_3x3_14x14_gflops']:.0f} GFLOP/s")
-    header = (f"{'workload':12s} {'path':9s} {'ms/step':>8s} {'ms/update':>10s} {'GFLOP/step':>10s} "
-              f"{'GFLOP/s':>8s} {'matmul GFLOP/s':>14s} {'ratio':>6s}")
+    header = (f"{'workload':17s} {'B':>5s} {'C':>4s} {'K':>3s} {'path':9s} {'ms/step':>9s} {'ms/update':>10s} "
+              f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'same-shape GFLOP/s':>18s} {'ratio':>6s}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        for path in ("fast", "autograd"):
-            result = row[path]
-            peak = row["matmul_gflops_same_shapes"]
-            ratio = result["ratio_to_matmul"]
-            print(f"{row['workload']:12s} {path:9s} {result['ms_per_step']:8.2f} {result['ms_per_update']:10.1f} "
-                  f"{row['step_gflop']:10.3f} {result['step_gflops']:8.1f} "
-                  f"{'n/a (no matmul)' if peak is None else f'{peak:14.1f}'} "
+        reference = row["reference_gflops_same_shapes"]
+        for path, result in row["paths"].items():
+            ratio = result["ratio_to_reference"]
+            print(f"{row['workload']:17s} {row['batch']:5d} {row['chains']:4d} {row['steps']:3d} {path:9s} "
+                  f"{result['ms_per_step']:9.2f} {result['ms_per_update']:10.1f} {row['step_gflop']:10.3f} "
+                  f"{result['step_gflops']:8.1f} "
+                  f"{'n/a (no matmul)' if reference is None else f'{reference:18.1f}':>18s} "
                   f"{'' if ratio is None else f'{ratio:6.2f}'}")
-    for name, why in PENDING.items():
-        print(f"{name:12s} pending: {why}")
+    for name, why in skipped.items():
+        print(f"{name:17s} skipped: {why}")
     load_after = load_note()
     print(f"machine load: before {load_before}; after {load_after} (shared machines inflate wall times)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "clock": args.clock, "machine": peaks, "rows": rows,
-                       "pending": PENDING, "load_before": load_before, "load_after": load_after}, handle, indent=2)
+            json.dump({"torch": torch.__version__, "threads": args.threads, "clock": args.clock, "machine": peaks,
+                       "rows": rows, "skipped": skipped, "load_before": load_before, "load_after": load_after},
+                      handle, indent=2)
     return 0
 
 
