@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import sampler
+from .model import evaluation_mode
 
 
 def split_rhat(draws: Tensor) -> Tensor:
@@ -69,7 +70,9 @@ def chain_rhat(model, chains, x: Tensor, num_points: int, step_size: float, burn
     batch = x[:count]
     state = None
     kept = []
-    with model.frozen():
+    # Eval mode, as the ALMOND update: in train mode batch norm would normalise by this check's own batch and
+    # overwrite the running statistics that define the training target and the scored model.
+    with evaluation_mode(model), model.frozen():
         state = sampler.evaluate(chains.gather(indices), lambda z: model.log_joint(batch, z))
         for index in range(burn_in + num_draws):
             state, _ = sampler.step(state, lambda z: model.log_joint(batch, z), step_size, generator)

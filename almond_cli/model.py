@@ -18,6 +18,19 @@ from .networks import Decoder, Encoder
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+@contextmanager
+def evaluation_mode(module: nn.Module):
+    """Eval mode for the duration, restored afterwards: batch norm then uses its running statistics and leaves
+    them alone, so every evaluation of the target outside a VAE update (Langevin moves, the ALMOND loss, checks,
+    scoring) sees one fixed function of z and changes nothing in the model."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) summed over the last dimension: (..., d) -> (...)."""
     return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)

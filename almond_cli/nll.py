@@ -17,13 +17,12 @@ model's own decoder, which the latent map uses.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .model import LOG_2PI, LatentVariableModel, standard_normal_log_prob
+from .model import LOG_2PI, LatentVariableModel, evaluation_mode, standard_normal_log_prob
 
 
 class MarginalEstimate(NamedTuple):
@@ -38,17 +37,6 @@ class MarginalEstimate(NamedTuple):
     log_marginal: Tensor
     posterior_mean: Tensor
     mc_variance: Tensor
-
-
-@contextmanager
-def evaluation_mode(model):
-    """Eval mode (batch norm with running statistics) for the duration, restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:

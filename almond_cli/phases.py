@@ -13,7 +13,7 @@ from torch import Tensor
 from . import sampler
 from .chains import PersistentChains
 from .fast_gradients import target_for
-from .model import LatentVariableModel
+from .model import LatentVariableModel, evaluation_mode
 
 
 def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: Tensor, num_draws: int,
@@ -30,13 +30,9 @@ def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: 
 def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, generator: torch.Generator,
                    batch_size: int) -> PersistentChains:
     """Starts C chains per data point at draws from the encoder's q(z | x). Args: x (n, D)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
                  for start in range(0, x.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
     return PersistentChains(torch.cat(parts))
 
 
@@ -57,9 +53,7 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     # Eval mode for the whole update: batch norm then uses its running statistics, so the Langevin target is one
     # fixed function of z (not of the other chains in the batch) and the loss below differentiates that same
     # target (see conv_networks.py). Networks without batch norm or dropout are unaffected.
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         start = chains.gather(indices)
         with model.frozen():
             kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in,
@@ -72,6 +66,4 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
         loss = -model.log_lik(x, particles).mean()
         loss.backward()
         optimiser.step()
-    finally:
-        model.train(was_training)
     return loss.detach(), info

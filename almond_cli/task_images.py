@@ -25,7 +25,8 @@ from torch import Tensor  # noqa: E402
 
 from .data import Dataset  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .nll import MarginalEstimate, estimate_log_marginal, evaluation_mode, nll_summary  # noqa: E402
+from .model import evaluation_mode  # noqa: E402
+from .nll import MarginalEstimate, estimate_log_marginal, nll_summary  # noqa: E402
 from .tasks import Task  # noqa: E402
 
 GRID = 10          # samples.png is GRID × GRID

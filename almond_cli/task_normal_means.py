@@ -15,6 +15,7 @@ from pathlib import Path
 from .data import Dataset
 from .distances import ks_distance, w1_distance
 from .figures import latent_density_figure
+from .model import evaluation_mode
 from .priors import NormalPrior, Prior
 from .tasks import Task
 
@@ -24,12 +25,8 @@ def draw_latent(decoder, latent_dim: int, num_draws: int, seed: int, device) -> 
     """u = h(z) for ``num_draws`` z ~ N(0, I) from a generator seeded by ``seed``: (num_draws, P) on CPU."""
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(num_draws, latent_dim, generator=generator)
-    was_training = decoder.training
-    decoder.eval()
-    try:
+    with evaluation_mode(decoder):
         u = decoder(z.to(device))
-    finally:
-        decoder.train(was_training)
     return u.detach().cpu()
 
 

@@ -73,3 +73,28 @@ def test_chain_rhat_tells_mixed_chains_from_stuck_ones():
                        generator=generator)
     # step 0.001 moves a chain ~0.1 in 20 steps: starts 4 apart stay apart, R-hat is huge.
     assert stuck["rhat_median"] > 3.0
+
+
+def test_chain_rhat_leaves_batch_norm_statistics_and_the_training_mode_alone():
+    """The check runs the decoder in eval mode, as the ALMOND update does: a model with batch norm, left in train
+    mode between updates, keeps its running statistics (they define the training target and the scored model)
+    and its mode, and the check's R-hat is that of the eval-mode target."""
+    from almond_cli.conv_networks import ConvDecoder, ConvEncoder
+    from almond_cli.likelihoods import Bernoulli
+    from almond_cli.model import LatentVariableModel
+
+    torch.manual_seed(0)
+    model = LatentVariableModel(ConvEncoder(784, 2, channels=[4, 4, 4], dense_units=16),
+                                ConvDecoder(2, 784, channels=[4, 4, 4], dense_units=16), Bernoulli())
+    x = (torch.rand(6, 784) > 0.5).float()
+    with torch.no_grad():  # running statistics away from their initial 0 / 1, as after a warm start
+        model.decoder(torch.randn(32, 2) * 3 + 1)
+    chains = PersistentChains(torch.randn(6, 4, 2))
+    model.train()
+    before = {name: tensor.clone() for name, tensor in model.decoder.state_dict().items()}
+    result = chain_rhat(model, chains, x, 6, 0.01, 2, 6, torch.Generator().manual_seed(1))
+    assert model.training
+    after = model.decoder.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    model.eval()
+    assert chain_rhat(model, chains, x, 6, 0.01, 2, 6, torch.Generator().manual_seed(1)) == result
