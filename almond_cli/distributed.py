@@ -169,6 +169,31 @@ class DataParallel:
         for optimiser in optimisers:
             optimiser.register_step_pre_hook(self._all_reduce_hook)
 
+    def average_buffers_after_step(self, module: torch.nn.Module, *optimisers: torch.optim.Optimizer) -> None:
+        """Registers a post-step hook on each optimiser that replaces ``module``'s floating-point buffers (batch
+        norm's running statistics) by their mean over ranks.
+
+        A train-mode forward updates the running statistics from this rank's shard alone; without this the ranks'
+        statistics drift apart during the VAE phase, so in ALMOND (eval mode) each rank would sample a different
+        target, and the checkpoint, written by rank 0, would resume the other ranks with statistics they never had.
+        The mean of the ranks' running means is exactly what one process would track on the global batch.
+        """
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not self.active or not buffers:
+            return
+
+        def average(_optimiser, _args, _kwargs) -> None:
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.all_reduce(flat)
+            flat.div_(self.world_size)
+            offset = 0
+            for buffer in buffers:
+                buffer.copy_(flat[offset:offset + buffer.numel()].view_as(buffer))
+                offset += buffer.numel()
+
+        for optimiser in optimisers:
+            optimiser.register_step_post_hook(average)
+
     def _all_reduce_hook(self, optimiser, _args, _kwargs) -> None:
         grads = [p.grad for group in optimiser.param_groups for p in group["params"] if p.grad is not None]
         if not grads:

@@ -122,6 +122,7 @@ class TrainingRun:
         self.almond_optimisers = AlmondOptimisers(self.model.generative_parameters, cfg.schedule)
         self.dist.average_gradients_before_step(self.vae_optimiser, self.almond_optimisers.adam,
                                                 self.almond_optimisers.sgd)
+        self.dist.average_buffers_after_step(self.model, self.vae_optimiser)  # ALMOND runs in eval mode: no change
         self.noise_generator = torch.Generator(device=self.device).manual_seed(self.dist.rank_seed(streams["noise"]))
         self.order_generator = torch.Generator().manual_seed(self.dist.rank_seed(streams["order"]))
         self.chains: PersistentChains | None = None

@@ -39,6 +39,13 @@ def _hooks_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         (weight.sum() * (rank + 1)).backward()
         optimiser.step()
         results["weight"] = weight.detach().clone()
+        # Batch norm's running mean after a train-mode step on rank-dependent batches: the mean over ranks.
+        norm = torch.nn.BatchNorm1d(2, momentum=1.0)  # momentum 1: the running mean is the last batch's mean
+        norm_optimiser = torch.optim.SGD(norm.parameters(), lr=0.0)
+        parallel.average_buffers_after_step(norm, norm_optimiser)
+        norm(torch.full((4, 2), 10.0 * rank) + torch.arange(4.0).unsqueeze(1)).sum().backward()
+        norm_optimiser.step()
+        results["running_mean"] = norm.running_mean.clone()
         results["epoch"] = parallel.average_epoch(2.0 * (rank + 1), {"grad_norm": float(rank)}, chains_finite=True)
         results["nonfinite"] = parallel.average_epoch(1.0, {}, chains_finite=rank == 0)[0]
         results["any"] = parallel.any(rank == 1)
@@ -64,6 +71,7 @@ def test_data_parallel_hooks_on_two_gloo_processes(tmp_path):
     assert ranks[0]["batch"] == ranks[1]["batch"] == 3
     for result in ranks:
         assert torch.equal(result["weight"], torch.full((3,), -1.5))  # mean of gradients 1 and 2, exactly
+        assert torch.equal(result["running_mean"], torch.full((2,), 6.5))  # batch means 1.5 and 11.5
         assert result["epoch"] == (3.0, {"grad_norm": 0.5})
         assert result["nonfinite"] != result["nonfinite"]  # NaN everywhere when one rank's chains are not finite
         assert result["any"] is True and result["signal"] == 15
