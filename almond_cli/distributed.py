@@ -182,29 +182,24 @@ class DataParallel:
         if not self.active or not buffers:
             return
 
-        def average(_optimiser, _args, _kwargs) -> None:
-            flat = torch.cat([b.reshape(-1) for b in buffers])
-            dist.all_reduce(flat)
-            flat.div_(self.world_size)
-            offset = 0
-            for buffer in buffers:
-                buffer.copy_(flat[offset:offset + buffer.numel()].view_as(buffer))
-                offset += buffer.numel()
-
         for optimiser in optimisers:
-            optimiser.register_step_post_hook(average)
+            optimiser.register_step_post_hook(lambda _optimiser, _args, _kwargs: self._average_over_ranks(buffers))
 
     def _all_reduce_hook(self, optimiser, _args, _kwargs) -> None:
-        grads = [p.grad for group in optimiser.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
+        self._average_over_ranks([p.grad for group in optimiser.param_groups for p in group["params"]
+                                  if p.grad is not None])
+
+    def _average_over_ranks(self, tensors: list[torch.Tensor]) -> None:
+        """Replaces each tensor by its mean over ranks, in place, with one all-reduce of a flat buffer."""
+        if not tensors:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
         flat.div_(self.world_size)
         offset = 0
-        for grad in grads:
-            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
-            offset += grad.numel()
+        for tensor in tensors:
+            tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
 
     def average_epoch(self, loss_mean: float, diagnostics: dict, chains_finite: bool) -> tuple[float, dict]:
         """Means over ranks of an epoch's loss and diagnostics; a rank with non-finite chains makes the loss NaN
