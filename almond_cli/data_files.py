@@ -25,7 +25,7 @@ import torch
 
 from .data import Dataset
 from .errors import UsageError
-from .priors import Prior
+from .priors import EmpiricalPrior
 
 FORMATS = ("auto", "csv", "tsv", "npy", "npz")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv", ".npy": "npy", ".npz": "npz"}
@@ -418,43 +418,13 @@ def read_file_data(data_cfg, kind: str | None = None) -> FileData:
 
 
 # ----- the data set ---------------------------------------------------------------------------------------------
-class EmpiricalPrior(Prior):
-    """The empirical distribution of true latent values read from a file, as a ``Prior`` for scoring.
-
-    KS and W1 against it are the two-sample distances between the model's draws and the true values; the
-    density (for figures only) is a Gaussian kernel estimate with Silverman's bandwidth.
-    """
-
-    name = "empirical (data.truth_path)"
-
-    def __init__(self, values):
-        self.values = torch.sort(torch.as_tensor(values, dtype=torch.float64).flatten()).values
-        n = self.values.numel()
-        spread = min(float(self.values.std()), float(self.values.quantile(0.75) - self.values.quantile(0.25)) / 1.34)
-        self.bandwidth = max(0.9 * (spread if spread > 0 else float(self.values.std()) or 1.0) * n ** -0.2, 1e-6)
-
-    def sample(self, n, generator):
-        index = torch.randint(self.values.numel(), (n,), generator=generator)
-        return self.values[index]
-
-    def cdf(self, t):
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return torch.searchsorted(self.values, t, right=True).double() / self.values.numel()
-
-    def pdf(self, t):
-        t = torch.as_tensor(t, dtype=torch.float64)
-        scaled = (t.unsqueeze(-1) - self.values) / self.bandwidth
-        return torch.exp(-0.5 * scaled.square()).mean(-1) / (self.bandwidth * (2 * torch.pi) ** 0.5)
-
-    def bulk(self):
-        return float(self.values[0]), float(self.values[-1])
-
-
 def load_file_dataset(data_cfg, kind: str | None = None) -> Dataset:
     """The ``Dataset`` of ``data=file``: x (n, D) or (n, D + 1) with the sd last, truth (n, D) if given."""
     data = read_file_data(data_cfg, kind)
     truth = None if data.truth is None else torch.as_tensor(data.truth, dtype=torch.float32)
-    prior = EmpiricalPrior(data.truth[:, 0]) if data.truth is not None and data.truth.shape[1] == 1 else None
+    prior = None
+    if data.truth is not None and data.truth.shape[1] == 1:
+        prior = EmpiricalPrior(data.truth[:, 0], "empirical (data.truth_path)")
     extras = {"path": str(data.table.path), "column_names": data.column_names,
               "has_sd_column": data.sd_column is not None, "rows": data.table.rows.tolist(),
               "row_is_line": data.table.is_text, "ids": data.ids,
