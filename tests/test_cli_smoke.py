@@ -18,6 +18,7 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     assert set(summary) == {"vae", "almond", "baselines", "timing"}
     for method in (summary["vae"], summary["almond"], summary["baselines"]["normal_eb"]):
         assert 0.0 < method["ks"] < 1.0 and method["w1"] > 0.0
+        assert 0.0 < method["ks_true_means"] < 1.0 and method["w1_true_means"] > 0.0
     assert summary["timing"]["vae_seconds"] > 0 and summary["timing"]["almond_seconds"] > 0
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records if r["phase"] == "vae"] == list(range(1, 21))

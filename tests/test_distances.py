@@ -42,3 +42,43 @@ def test_paper_prior_parameters_and_densities_integrate_to_one():
         lower, upper = prior.bulk()
         grid = torch.linspace(lower, upper, 200_001, dtype=torch.float64)
         assert abs(float(torch.trapezoid(prior.pdf(grid), grid)) - 1.0) < 1e-3
+
+
+def test_distances_to_an_empirical_distribution_are_the_two_sample_distances():
+    from almond_cli.priors import EmpiricalPrior
+
+    generator = torch.Generator().manual_seed(3)
+    draws = torch.randn(400, generator=generator, dtype=torch.float64) * 1.5 + 0.4
+    truth = torch.distributions.Exponential(0.5).sample((400,)).double()
+    prior = EmpiricalPrior(truth)
+    # Two-sample KS by brute force: both empirical CDFs at every point of the pooled sample.
+    pooled = torch.cat([draws, truth])
+    ecdf = lambda sample: (sample.unsqueeze(0) <= pooled.unsqueeze(1)).double().mean(1)  # noqa: E731
+    assert abs(ks_distance(draws, prior.cdf) - float((ecdf(draws) - ecdf(truth)).abs().max())) < 1e-12
+    # For equal sizes W1 is exactly the mean gap between order statistics. w1_distance integrates on a grid of
+    # 200,001 points: each of the 800 jumps is misplaced by at most one spacing (range/2e5 < 1e-4), so the error
+    # stays below 800 x 1e-4 x (1/400) = 2e-4; a wrong pairing or a missing 1/n would be off by O(0.1).
+    exact = float((torch.sort(draws).values - torch.sort(truth).values).abs().mean())
+    assert abs(w1_distance(draws, prior.cdf, *prior.bulk()) - exact) < 2e-4
+
+
+def test_normal_means_scores_name_the_prior_and_the_true_means():
+    from almond_cli.data import build_dataset
+    from almond_cli.task_normal_means import NormalMeansTask
+    from omegaconf import OmegaConf
+
+    dataset = build_dataset(OmegaConf.create({"name": "normal_means", "n": 500, "prior": "exponential",
+                                              "noise_sd": 1.0}), 7)
+    draws = dataset.x[:, 0].double()  # the data themselves: a fit with no deconvolution at all
+    scores = NormalMeansTask._scores(draws, dataset)
+    assert scores["ks"] == ks_distance(draws, dataset.prior.cdf)
+    exact = float((torch.sort(draws).values - torch.sort(dataset.truth[:, 0].double()).values).abs().mean())
+    assert abs(scores["w1_true_means"] - exact) < 2e-4  # the grid bound of the test above
+    # Triangle inequality: the two targets differ by the means' own distance to the prior, so the pairs of
+    # scores can be no further apart than that (up to the grid's 2e-4 per W1).
+    truth = dataset.truth[:, 0].double()
+    lower, upper = dataset.prior.bulk()
+    own_w1, own_ks = w1_distance(truth, dataset.prior.cdf, lower, upper), ks_distance(truth, dataset.prior.cdf)
+    assert abs(scores["w1_true_means"] - scores["w1"]) <= own_w1 + 4e-4
+    assert abs(scores["ks_true_means"] - scores["ks"]) <= own_ks + 1e-12
+    assert scores["w1_true_means"] > 0.1  # the data are not the means: the noise spreads them
