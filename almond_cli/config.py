@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from .errors import UsageError
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, INITIALISATIONS
 
 
 class ConfigError(UsageError):
@@ -129,6 +129,7 @@ class MLPNetworkConfig:
     _target_: str = MISSING
     hidden_sizes: List[int] = field(default_factory=lambda: [10])
     activation: str = "softplus"
+    init: str = "pytorch"
 
 
 @dataclass
@@ -310,6 +311,9 @@ def validate(cfg) -> None:
         if "activation" in network:
             _require(network.activation in ACTIVATIONS, f"{group}.activation",
                      f"must be one of {sorted(ACTIVATIONS)}, got {network.activation!r}")
+        if "init" in network:
+            _require(network.init in INITIALISATIONS, f"{group}.init",
+                     f"must be one of {list(INITIALISATIONS)}, got {network.init!r}")
     if cfg.data.name == "normal_means":
         _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
         _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")

@@ -30,6 +30,7 @@ def test_the_default_is_the_papers_exponential_experiment():
     assert cfg.data.name == "normal_means" and cfg.data.n == 1000 and cfg.data.prior.value == "exponential"
     assert list(cfg.encoder.hidden_sizes) == [10] and list(cfg.decoder.hidden_sizes) == [10]
     assert cfg.decoder.activation == "softplus" and cfg.latent_dim == 1
+    assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
     assert (cfg.sampler.step_size, cfg.sampler.num_steps, cfg.sampler.burn_in, cfg.sampler.num_chains) == (0.01, 10, 9, 100)
     schedule = cfg.schedule
     assert (schedule.vae_epochs, schedule.almond_epochs, schedule.warmup_epochs) == (1000, 1000, 100)
@@ -83,6 +84,7 @@ def test_mixture_experiment_pins_the_papers_sizes():
     cfg = compose_with(["experiment=mnn_mixture"])
     assert list(cfg.decoder.hidden_sizes) == [50, 100, 50] and cfg.schedule.vae_draws == 100
     assert cfg.data.prior.value == "mixture"
+    assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
 
 
 @pytest.mark.parametrize("override,key", [
@@ -93,6 +95,7 @@ def test_mixture_experiment_pins_the_papers_sizes():
     ("schedule.vae_lr=0", "schedule.vae_lr"),
     ("decoder.activation=sigmoidish", "decoder.activation"),
     ("decoder.hidden_sizes=[10,0]", "decoder.hidden_sizes"),
+    ("encoder.init=he_normal", "encoder.init"),
     ("device=tpu", "device"),
 ])
 def test_validation_names_the_key(override, key):
