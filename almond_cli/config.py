@@ -12,7 +12,8 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UsageError
 from .networks import ACTIVATIONS, INITIALISATIONS
@@ -252,6 +253,17 @@ def register_schemas() -> None:
     store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
     store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
     store.store(group="logger", name="tensorboard_schema", node=TensorBoardLoggerConfig)
+
+
+def with_current_defaults(saved):
+    """A config saved by an earlier almond (a checkpoint's), with today's defaults for the sections and keys it
+    predates (``diagnostics``, say), so resuming such a run works. A new key's default keeps the old behaviour;
+    keys inside the model groups (``encoder.init``) are left out and take their classes' defaults, which do too.
+    A key that no longer exists stays as saved (validation then names it)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    except OmegaConfBaseException:
+        return saved
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
+from .config import with_current_defaults
 from .errors import UsageError
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
@@ -166,7 +167,7 @@ def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, 
             raise _already_a_run(run_dir)
         return cfg, None
     payload = load_checkpoint(cfg.resume)
-    resumed = OmegaConf.create(payload["config_yaml"])
+    resumed = with_current_defaults(OmegaConf.create(payload["config_yaml"]))
     for override in task_overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if _is_run_length(key) and OmegaConf.select(cfg, key) is not None:

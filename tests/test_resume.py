@@ -236,3 +236,27 @@ def test_an_existing_run_is_never_trained_over_and_resume_auto_continues_it(tmp_
                           cwd=tmp_path)
     assert extended.returncode == 0, extended.stderr
     assert [r["epoch"] for r in read_metrics(run_dir) if r["phase"] == "almond"] == list(range(1, 7))
+
+
+def test_a_run_saved_before_newer_config_keys_resumes_with_their_defaults(tmp_path):
+    """A checkpoint written by an earlier almond lacks sections added since (``diagnostics``) and keys of the
+    model groups (``encoder.init``); resuming it must fill those in, not fail on a missing key."""
+    from omegaconf import OmegaConf
+
+    from almond_cli.checkpoint import save_checkpoint
+
+    args = ["debug=tiny", "threads=1", "progress=quiet", "schedule.almond_epochs=2"]
+    first = run_almond(["train", *args, "hydra.run.dir=run"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    older = OmegaConf.create(payload["config_yaml"])
+    del older["diagnostics"]
+    del older.encoder["init"], older.decoder["init"]
+    payload["config_yaml"] = OmegaConf.to_yaml(older)
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version")}, last)
+    resumed = run_almond(["train", "resume=run", "threads=1", "progress=quiet", "schedule.almond_epochs=4"],
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run") if r["phase"] == "almond"] == [1, 2, 3, 4]
