@@ -114,18 +114,19 @@ def test_two_gloo_processes_match_one_and_resume_exactly(tmp_path):
     one, two = _summary(single), _summary(double)
     # Same global batch (200 points: 100 per rank); the runs differ only by Monte Carlo noise (rank 1's
     # noise stream and data order). benchmarks/noise_spread.py re-seeded the noise of the 1-process run 8
-    # times: sd of VAE w1 0.0003, ALMOND w1 0.0037, ALMOND ks 0.0058, final VAE loss 0.023, final ALMOND
-    # loss 0.043. A difference of two such runs has sd sqrt(2)·sd; we allow 5·sqrt(2)·sd (≈ 7 sd).
-    # Without the gradient all-reduce, rank 0 would fit only its own 100 points, which moves VAE w1 by far
-    # more than 0.002.
-    assert abs(one["vae"]["w1"] - two["vae"]["w1"]) < 0.0021
-    assert abs(one["almond"]["w1"] - two["almond"]["w1"]) < 0.026
-    assert abs(one["almond"]["ks"] - two["almond"]["ks"]) < 0.041
+    # times (networks started as the default experiment starts them, Xavier-uniform): sd of VAE w1 0.0004,
+    # ALMOND w1 0.0079, ALMOND ks 0.0047, final VAE loss 0.023, final ALMOND loss 0.060. A difference of two
+    # such runs has sd sqrt(2)·sd; we allow 5·sqrt(2)·sd (≈ 7 sd).
+    # Without the gradient all-reduce, rank 0 would fit only its own 100 points: a different data set, not
+    # just other noise.
+    assert abs(one["vae"]["w1"] - two["vae"]["w1"]) < 0.0028
+    assert abs(one["almond"]["w1"] - two["almond"]["w1"]) < 0.056
+    assert abs(one["almond"]["ks"] - two["almond"]["ks"]) < 0.034
     def final_losses(run):
         return {phase: [r["loss"] for r in read_metrics(run) if r["phase"] == phase][-1] for phase in ("vae", "almond")}
 
     assert abs(final_losses(single)["vae"] - final_losses(double)["vae"]) < 0.16
-    assert abs(final_losses(single)["almond"] - final_losses(double)["almond"]) < 0.31
+    assert abs(final_losses(single)["almond"] - final_losses(double)["almond"]) < 0.43
 
     # Interrupted after 10 of the 20 ALMOND epochs, then resumed with 2 processes: bitwise the same run.
     resumed = tmp_path / "resumed"

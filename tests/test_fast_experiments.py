@@ -30,7 +30,7 @@ def differences(left, right, prefix=""):
 @pytest.mark.parametrize("paper,fast,changed", [
     ("mnn_exponential", "mnn_exponential_fast",
      {"sampler.num_chains", "sampler.burn_in", "schedule.vae_epochs", "schedule.almond_epochs",
-      "schedule.warmup_epochs"}),
+      "schedule.warmup_epochs", "encoder.init", "decoder.init"}),
     ("mnn_mixture", "mnn_mixture_fast",
      {"sampler.num_chains", "sampler.burn_in", "schedule.vae_draws", "schedule.vae_epochs",
       "schedule.almond_epochs", "schedule.warmup_epochs"}),
