@@ -259,9 +259,12 @@ def with_current_defaults(saved):
     """A config saved by an earlier almond (a checkpoint's), with today's defaults for the sections and keys it
     predates (``diagnostics``, say), so resuming such a run works. A new key's default keeps the old behaviour;
     keys inside the model groups (``encoder.init``) are left out and take their classes' defaults, which do too.
-    A key that no longer exists stays as saved (validation then names it)."""
+    A key that no longer exists is kept as saved; a value the schema can no longer hold leaves the whole config
+    as saved."""
+    # A plain copy of the defaults (saved configs are plain too): no struct flags to refuse a retired key.
+    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True))
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+        return OmegaConf.merge(defaults, saved)
     except OmegaConfBaseException:
         return saved
 

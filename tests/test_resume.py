@@ -260,3 +260,17 @@ def test_a_run_saved_before_newer_config_keys_resumes_with_their_defaults(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
     assert [r["epoch"] for r in read_metrics(tmp_path / "run") if r["phase"] == "almond"] == [1, 2, 3, 4]
+
+
+def test_current_defaults_fill_only_what_a_saved_config_lacks():
+    from omegaconf import OmegaConf
+
+    from almond_cli.config import with_current_defaults
+
+    saved = OmegaConf.create({"seed": 3, "retired_key": 5, "sampler": {"step_size": 0.02, "num_chains": 7},
+                              "encoder": {"_target_": "almond_cli.networks.MLPEncoder", "hidden_sizes": [4]}})
+    merged = with_current_defaults(saved)
+    assert merged.seed == 3 and merged.sampler.step_size == 0.02 and merged.sampler.num_chains == 7
+    assert merged.retired_key == 5  # kept as saved
+    assert merged.diagnostics.rhat_every_epochs == 10 and merged.sampler.method == "ula"  # filled in
+    assert "init" not in merged.encoder  # model groups keep their own (class) defaults
