@@ -269,6 +269,12 @@ def with_current_defaults(saved):
         return saved
 
 
+def saved_config(config_yaml: str):
+    """The config a checkpoint saved (its ``config_yaml``), completed by ``with_current_defaults``: what resume,
+    ``almond evaluate`` and ``almond sample`` read a run's settings from."""
+    return with_current_defaults(OmegaConf.create(config_yaml))
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(key, message)

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
-from .config import with_current_defaults
+from .config import saved_config
 from .errors import UsageError
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
@@ -116,7 +116,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
     touched = _touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed])
     if touched:
         register_schemas()
-        checkpoint_cfg = OmegaConf.create(payload["config_yaml"])
+        checkpoint_cfg = saved_config(payload["config_yaml"])
         with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
             new_cfg = compose("train", overrides=others)
         conflicts = [d for path in touched for d in _differences(path, checkpoint_cfg, new_cfg)]
@@ -167,7 +167,7 @@ def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, 
             raise _already_a_run(run_dir)
         return cfg, None
     payload = load_checkpoint(cfg.resume)
-    resumed = with_current_defaults(OmegaConf.create(payload["config_yaml"]))
+    resumed = saved_config(payload["config_yaml"])
     for override in task_overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if _is_run_length(key) and OmegaConf.select(cfg, key) is not None:

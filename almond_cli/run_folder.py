@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import saved_config
 from .data import Dataset, build_dataset
 from .errors import UsageError
 from .model import LatentVariableModel
@@ -134,7 +135,7 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
     except CheckpointError as error:
         raise UsageError(f"{command}: {error}") from None
     configure_process(threads)
-    cfg = OmegaConf.create(payload["config_yaml"])
+    cfg = saved_config(payload["config_yaml"])
     _resolve_data_paths(cfg, run_dir)
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
     chains = payload.get("chains")
