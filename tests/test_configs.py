@@ -86,6 +86,12 @@ def test_mixture_experiment_pins_the_papers_sizes():
     assert cfg.data.prior.value == "mixture"
 
 
+@pytest.mark.parametrize("experiment", ["mnn_exponential", "mnn_normal", "mnn_mixture"])
+def test_paper_experiments_start_as_the_reference_implementation(experiment):
+    cfg = compose_with([f"experiment={experiment}"])
+    assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
+
+
 @pytest.mark.parametrize("override,key", [
     ("sampler.step_size=-0.1", "sampler.step_size"),
     ("sampler.num_chains=0", "sampler.num_chains"),
