@@ -8,7 +8,7 @@ empirical-Bayes view. Usage:
 
     python benchmarks/reproduce_mnn.py                       # priors exponential, mixture, normal; seeds 1-5
     python benchmarks/reproduce_mnn.py --priors exponential --seeds 1 2 3 --out outputs/bench
-    python benchmarks/reproduce_mnn.py --collect outputs/bench   # only re-read finished runs
+    python benchmarks/reproduce_mnn.py --collect --out outputs/bench   # only re-read finished runs
 """
 
 from __future__ import annotations
