@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -51,9 +52,14 @@ def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
     shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)  # setuptools builds in the source tree
     (wheel,) = wheel_dir.glob("almond-*.whl")
     env_dir = tmp_path / "env"
-    # System site-packages provide torch, Hydra and the rest; almond itself comes only from the wheel.
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    # The running interpreter's site-packages provide torch, Hydra and the rest, wherever they live (a venv's,
+    # the system's); almond itself comes only from the wheel. A .pth line adds a folder without running the .pth
+    # files inside it, so an editable install of the source tree there stays invisible.
+    venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "running_interpreter.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, cwd=tmp_path)
     where = subprocess.run([str(python), "-c", "import almond_cli.configs as c; print(list(c.__path__)[0])"],
                            check=True, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
@@ -70,7 +76,7 @@ def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     import datetime
 
-    from almond_cli import cli
+    from almond_cli.commands import cli
 
     class FrozenClock(datetime.datetime):
         @classmethod

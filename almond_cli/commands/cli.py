@@ -1,0 +1,246 @@
+"""The ``almond`` command: argparse subcommands that hand over to Hydra.
+
+``almond train [hydra overrides]`` composes ``configs/train.yaml`` (shipped in the package as
+``almond_cli.configs``), checks it, and runs ``trainer.train`` in a timestamped run folder.
+Bad input is one paragraph on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_USAGE, UsageError
+
+CONFIG_MODULE = "almond_cli.configs"
+CONFIG_NAME = "train"
+HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                          "--experimental-rerun", "--info", "-i", "--cfg", "-c", "--package", "-p"}
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Prints ``message`` as one paragraph and exits with ``code``."""
+    paragraph = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"almond: error: {paragraph}", file=sys.stderr)
+    sys.exit(code)
+
+
+def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separates Hydra's flags (``--multirun``, ``--cfg job``, ...) from the key=value overrides."""
+    flags, overrides = [], []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in HYDRA_FLAGS_WITH_VALUE and "=" not in arg and index + 1 < len(args):
+                flags.append(args[index + 1])
+                index += 1
+        else:
+            overrides.append(arg)
+        index += 1
+    return flags, overrides
+
+
+def composition_message(error: Exception) -> str:
+    """Hydra's composition error in one line: the override, the reason, the valid options (schemas hidden)."""
+    text = str(error).split("Config search path")[0]
+    text = re.sub(r"To append to your config use \S+", "", text)  # almond refuses unknown keys anyway
+    cause = error.__cause__
+    if cause is not None:
+        text += ": " + str(cause).splitlines()[0]
+    words = [word for word in text.split() if not word.endswith("_schema")]
+    return " ".join(words).rstrip(" .:") + "."
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Composes the config once per sweep combination and validates it; exits 2 on the first problem.
+
+    Hydra accepts ``+group.key=value`` for keys no schema knows and drops nothing it then ignores, so such
+    additions are refused here too (groups and ``hydra.*`` keys excepted).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ..config import CONFIG_GROUPS, register_schemas, validate
+    from ..data.files import check_data_file
+    from .extras import check_extras
+
+    register_schemas()
+    try:
+        check_extras(overrides)
+    except UsageError as error:
+        fail(str(error))
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as error:  # Hydra's parse errors carry the offending text
+        fail(f"cannot parse the overrides: {error}")
+    combinations = [overrides]
+    if multirun and all(not o.is_sweep_override() or o.value_type is not None for o in parsed):
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        try:
+            batches = BasicSweeper.split_arguments(parsed, None)
+            combinations = [list(job) for batch in batches for job in batch] or [overrides]
+        except Exception:
+            combinations = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for override in parsed:
+            key = override.key_or_group
+            if override.is_add() and not key.startswith("hydra") and key.split("/")[0] not in CONFIG_GROUPS:
+                fail(f"{key}: '+{key}' adds a key that almond does not know, and it would be ignored. "
+                     f"Check the spelling, or drop the '+' to set an existing key (see `almond train --cfg job`).")
+        for combination in combinations:
+            try:
+                cfg = compose(CONFIG_NAME, overrides=combination)
+            except Exception as error:
+                fail(f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
+                     f"the options of each group are the files in configs/<group>/)")
+            try:
+                validate(cfg)
+                check_data_file(cfg)  # reads the user's data file now, so bad data leaves no run folder
+            except UsageError as error:
+                fail(f"{error}")
+
+
+def run_train(args: list[str]) -> None:
+    """``almond train``: checks the overrides, then runs the Hydra application with them."""
+    flags, overrides = split_hydra_args(args)
+    multirun = "--multirun" in flags or "-m" in flags
+    informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+                                                   "--shell-completion", "-sc"))
+    overrides = drop_default_experiment(overrides)
+    if not informational:
+        try:
+            overrides = resolve_resume(overrides, multirun)
+            check_overrides(overrides, multirun)
+        except UsageError as error:
+            fail(str(error))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 names the folder and tells the others
+            overrides = overrides + fresh_output_dir(overrides, multirun)
+        overrides = agree_with_other_ranks(overrides, multirun)
+    from .app import hydra_app
+
+    sys.argv = ["almond-train", *flags, *overrides]
+    hydra_app()
+
+
+DEFAULT_EXPERIMENT_GROUPS = {"data": "normal_means", "likelihood": "gaussian", "encoder": "mlp", "decoder": "mlp"}
+
+
+def drop_default_experiment(overrides: list[str]) -> list[str]:
+    """Choosing another option of a model group with no ``experiment=`` drops (``~experiment``) the default.
+
+    The embedded default experiment (mnn_exponential) sets keys of the normal-means simulation and the MLP
+    networks (``data.prior``, ``encoder.hidden_sizes``), which other options do not have; so
+    ``almond train data=file data.path=...`` or ``encoder=conv`` must not inherit it. The groups' own
+    defaults are the same paper settings, so nothing else changes.
+    """
+    has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in overrides)
+    chosen = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in DEFAULT_EXPERIMENT_GROUPS}
+    if not has_experiment and any(DEFAULT_EXPERIMENT_GROUPS[group] != option for group, option in chosen.items()):
+        return [*overrides, "~experiment"]
+    return overrides
+
+
+def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:
+    """Under torchrun: joins the process group and takes rank 0's run folder (see ``distributed.py``)."""
+    from ..training.distributed import agree_on_overrides, init_from_env
+
+    init_from_env()
+    try:
+        return agree_on_overrides(overrides, multirun)
+    except UsageError as error:
+        fail(str(error))
+
+
+def resolve_resume(overrides: list[str], multirun: bool) -> list[str]:
+    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``resume.py``)."""
+    from ..training.resume import resume_overrides
+
+    return resume_overrides(overrides, multirun)
+
+
+def fresh_output_dir(overrides: list[str], multirun: bool) -> list[str]:
+    """Names the run (or sweep) folder now, so two runs started in the same second never share one.
+
+    The folder is Hydra's ``outputs/YYYY-MM-DD/HH-MM-SS`` (``outputs/multirun/...`` for a sweep), created here;
+    if it exists already, ``-1``, ``-2``, ... is appended. A folder given on the command line is used as is.
+    """
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(o.startswith(key + "=") for o in overrides):
+        return []
+    now = datetime.datetime.now()
+    base = Path("outputs") / ("multirun" if multirun else "") / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    candidate, suffix = base, 0
+    while True:
+        try:
+            candidate.mkdir(parents=True)  # atomic: of two processes only one creates a given name
+            return [f"{key}={candidate}"]
+        except FileExistsError:
+            suffix += 1
+            candidate = base.with_name(f"{base.name}-{suffix}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="almond",
+        description="Fit deep latent-variable models with ALMOND (Qiu & Wang, JASA 2019).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
+                   add_help=False)
+    sub.add_parser("evaluate", help="score a run again: almond evaluate <run folder> [k=... n_samples=... seed=...]",
+                   add_help=False)
+    sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
+                   "[n=... out=...]", add_help=False)
+    compare = sub.add_parser("compare", help="table of a sweep's jobs sorted by the objective, also as CSV")
+    compare.add_argument("sweep_dir", help="a sweep folder written by `almond train --multirun`")
+    compare.add_argument("--csv", default=None, help="where the CSV goes (default: <sweep_dir>/compare.csv)")
+    return parser
+
+
+def run_compare(args: list[str]) -> None:
+    """``almond compare <sweep folder>``: see ``compare.py``."""
+    from .compare import compare
+
+    namespace = build_parser().parse_args(["compare", *args])
+    try:
+        compare(namespace.sweep_dir, namespace.csv)
+    except UsageError as error:
+        fail(str(error))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        sys.exit(0 if argv else EXIT_USAGE)
+    command, rest = argv[0], argv[1:]
+    from .extras import quiet_plugin_warnings
+
+    quiet_plugin_warnings()
+    if command == "train":
+        run_train(rest)
+    elif command == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(rest)
+    elif command == "sample":
+        from .sample import main as sample_main
+
+        sample_main(rest)
+    elif command == "compare":
+        run_compare(rest)
+    else:
+        parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
+
+
+if __name__ == "__main__":
+    main()

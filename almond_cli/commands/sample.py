@@ -1,0 +1,325 @@
+"""``almond sample <run folder> what=prior|posterior ...``: draws from a fitted model, without retraining.
+
+- ``what=prior``: n draws of u = h(z), z ~ N(0, I_d), from the learned latent distribution, to ``.npy`` or ``.csv``.
+- ``what=posterior``: for every data point, draws of u from p(u | x_i) under the fitted model by the same
+  multi-chain Langevin sampler that trained it (``sampler.run``; Qiu & Wang 2019, Section 3), started from
+  the run's persistent chains; a CSV with the posterior mean, sd and a central interval per row — the
+  empirical-Bayes shrinkage estimates. Where the true latent values are known (a simulation, or
+  ``data.truth_path``), the printed summary gives the mean squared error of the posterior means, and for a
+  Gaussian likelihood also that of the raw x and of the normal empirical-Bayes (James–Stein-type) estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..langevin import sampler
+from ..atomic import write_atomic, write_text_atomic
+from ..data.files import likelihood_kind
+from ..errors import UsageError
+from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, optional_int, \
+    parse_arguments, positive
+from ..training.schedules import langevin_step_size
+from ..tasks.normal_means import normal_empirical_bayes
+
+ARGUMENTS = {
+    "what": Argument(str, None, lambda v: None if v in ("prior", "posterior") else
+                     f"must be prior or posterior, got {v!r}", "prior or posterior"),
+    "n": Argument(int, 10_000, at_least(1), "number of prior draws, an integer >= 1"),
+    "out": Argument(str, None, help="output file: .npy or .csv for prior draws, .csv for the posterior summary"),
+    "draws_out": Argument(str, None, help="optional .npy file for all posterior draws, shape (rows, draws, P)"),
+    "seed": Argument(int, 0, help="seed of the draws, an integer"),
+    "num_chains": Argument(int, 20, at_least(1), "Langevin chains per data point, an integer >= 1"),
+    "num_draws": Argument(int, 100, at_least(1), "draws kept per chain, an integer >= 1"),
+    "thin": Argument(int, 10, at_least(1), "Langevin steps between kept draws, an integer >= 1"),
+    "burn_in": Argument(int, 200, at_least(0), "Langevin steps before the first kept draw, an integer >= 0"),
+    "step_size": Argument(float, None, positive, "Langevin step size > 0; None = the run's final training step size"),
+    "level": Argument(float, 0.9, lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
+                      "central interval probability in (0, 1)"),
+    "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
+                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N"),
+    "threads": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
+                        "CPU threads, an integer >= 1"),
+}
+
+
+# ----- drawing -----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def prior_draws(model, latent_dim: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """u = h(z) for n draws z ~ N(0, I_d): (n, P) on CPU."""
+    device = next(model.decoder.parameters()).device
+    z = torch.randn(n, latent_dim, generator=generator, device=device)
+    return model.decoder(z).cpu()
+
+
+def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thin: int, burn_in: int,
+                    step_size: float, generator: torch.Generator, start: torch.Tensor | None = None,
+                    max_particles: int = 200_000) -> torch.Tensor:
+    """Langevin draws of u = h(z) from p(z | x_i) for every row, by ``sampler.run``.
+
+    Each chain runs ``burn_in`` steps, then keeps one state every ``thin`` steps, ``num_draws`` times.
+
+    Args:
+        model: the fitted ``LatentVariableModel`` (eval mode).
+        x: (n, D) data.
+        num_chains: C chains per row.
+        num_draws: states kept per chain.
+        thin: steps between kept states.
+        burn_in: steps before the first kept state.
+        step_size: the Langevin step size s.
+        generator: noise source (on x's device).
+        start: (n, C', d) starting positions with C' >= C (e.g. the run's persistent chains); None starts
+            from the encoder's q(z | x).
+        max_particles: rows are processed in chunks of at most this many (row, chain) pairs.
+
+    Returns:
+        (n, num_draws · C, P) draws of u on CPU, float32.
+    """
+    rows = max(1, max_particles // num_chains)
+    chunks = []
+    with model.frozen():
+        for first in range(0, x.shape[0], rows):
+            batch = x[first:first + rows]
+            if start is not None:
+                z = start[first:first + rows, :num_chains].to(x.device)
+            else:
+                with torch.no_grad():
+                    z = model.sample_posterior_approx(batch, num_chains, generator)
+            log_joint = lambda z_: model.log_joint(batch, z_)  # noqa: E731
+            if burn_in > 0:
+                kept, _ = sampler.run(z, log_joint, step_size, burn_in, burn_in - 1, generator)
+                z = kept[-1]
+            draws = []
+            for _ in range(num_draws):
+                kept, _ = sampler.run(z, log_joint, step_size, thin, thin - 1, generator)
+                z = kept[-1]
+                with torch.no_grad():
+                    draws.append(model.decoder(z).cpu())  # (B, C, P)
+            chunks.append(torch.cat(draws, dim=1))
+    return torch.cat(chunks).float()
+
+
+def summarise(draws: torch.Tensor, level: float) -> dict[str, torch.Tensor]:
+    """Posterior mean, sd and central ``level`` interval per row and coordinate: each (n, P)."""
+    tail = (1.0 - level) / 2.0
+    draws = draws.double()
+    quantiles = torch.quantile(draws, torch.tensor([tail, 1.0 - tail], dtype=torch.float64), dim=1)
+    return {"mean": draws.mean(1), "sd": draws.std(1), "lower": quantiles[0], "upper": quantiles[1]}
+
+
+def normal_eb_means(x: torch.Tensor, sd: torch.Tensor | float) -> torch.Tensor:
+    """Posterior means under the moment-fitted normal prior N(m, tau²) (James–Stein-type shrinkage).
+
+    Args:
+        x: (n,) measurements.
+        sd: the noise sd, one number or (n,) per row.
+
+    Returns:
+        (n,) m + tau² / (tau² + sd_i²) (x_i − m).
+    """
+    x = x.double()
+    sd = torch.as_tensor(sd, dtype=torch.float64)
+    rms_sd = float(sd.square().mean().sqrt())
+    prior = normal_empirical_bayes(x, rms_sd)
+    tau2 = prior.sd ** 2
+    return prior.mean + tau2 / (tau2 + sd.square()) * (x - prior.mean)
+
+
+def comparison(dataset, cfg, posterior_mean: torch.Tensor) -> dict[str, float]:
+    """MSE against the truth of the posterior means and, for Gaussian data, of raw x and normal EB."""
+    truth = dataset.truth.double()
+    results = {"mse_posterior_mean": float((posterior_mean.double() - truth).square().mean())}
+    kind = likelihood_kind(cfg.likelihood)
+    if kind in ("gaussian", "gaussian_hetero"):
+        x = dataset.x.double()
+        sd = x[:, -1] if kind == "gaussian_hetero" else float(cfg.likelihood.sigma)
+        values = x[:, :-1] if kind == "gaussian_hetero" else x
+        if values.shape == truth.shape:
+            results["mse_raw_x"] = float((values - truth).square().mean())
+            if values.shape[1] == 1:
+                results["mse_normal_eb"] = float((normal_eb_means(values[:, 0], sd) - truth[:, 0]).square().mean())
+    return results
+
+
+# ----- writing -----------------------------------------------------------------------------------------------------
+def _names(dataset, cfg, width: int) -> tuple[list[str], list[str]]:
+    """Observation column names and latent coordinate suffixes."""
+    observed = dataset.extras.get("column_names")
+    if observed is None:
+        observed = ["x"] if width == 1 else [f"x{j}" for j in range(width)]
+    return list(observed), observed
+
+
+def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
+    """The per-row table: row, observations, [sd], [truth], post_mean, post_sd, interval bounds, and for
+    Poisson/Bernoulli the posterior mean of the rate exp(u) / probability sigmoid(u)."""
+    kind = likelihood_kind(cfg.likelihood)
+    x = dataset.x.double()
+    has_sd = kind == "gaussian_hetero"
+    values = x[:, :-1] if has_sd else x
+    observed, _ = _names(dataset, cfg, values.shape[1])
+    num_latent = stats["mean"].shape[1]
+    suffixes = [""] if num_latent == 1 else [f"_{name}" for name in observed] if len(observed) == num_latent \
+        else [f"_{j}" for j in range(num_latent)]
+    tail = 100 * (1 - level) / 2
+    lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
+    ids = dataset.extras.get("ids")
+    header = ["row"] + ([dataset.extras.get("id_name") or "id"] if ids is not None else []) + [*observed]
+    header += ["sd"] if has_sd else []
+    if dataset.truth is not None:
+        header += [f"truth{s}" for s in suffixes]
+    for s in suffixes:
+        header += [f"post_mean{s}", f"post_sd{s}", f"{lower_name}{s}", f"{upper_name}{s}"]
+        if "natural_mean" in stats:
+            header.append(f"post_mean_{'rate' if kind == 'poisson' else 'prob'}{s}")
+    rows = dataset.extras.get("rows", list(range(x.shape[0])))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for i in range(x.shape[0]):
+        line = [rows[i]] + ([ids[i]] if ids is not None else []) + [f"{v:.6g}" for v in values[i].tolist()]
+        if has_sd:
+            line.append(f"{float(x[i, -1]):.6g}")
+        if dataset.truth is not None:
+            line += [f"{v:.6g}" for v in dataset.truth[i].tolist()]
+        for p in range(num_latent):
+            line += [f"{float(stats[key][i, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
+            if "natural_mean" in stats:
+                line.append(f"{float(stats['natural_mean'][i, p]):.6g}")
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    def write(handle):
+        np.save(handle, array)
+
+    write_atomic(path, write)
+
+
+def _output_path(out: str | None, run_dir: Path, default_name: str) -> Path:
+    if out is not None:
+        return Path(out).expanduser()
+    return new_output_folder(run_dir / "samples") / default_name
+
+
+# ----- the command -------------------------------------------------------------------------------------------------
+def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | None = None,
+           draws_out: str | None = None, seed: int = 0, num_chains: int = 20, num_draws: int = 100, thin: int = 10,
+           burn_in: int = 200, step_size: float | None = None, level: float = 0.9, device: str = "auto",
+           threads: int | None = None) -> dict:
+    """Runs ``almond sample`` and returns what it printed as numbers (see module docstring)."""
+    if what is None:
+        raise UsageError("sample: what= is required: what=prior (draws of u = h(z)) or what=posterior "
+                         "(per-row posterior draws and shrinkage estimates)")
+    suffixes = (".npy", ".csv") if what == "prior" else (".csv",)
+    if out is not None and Path(out).suffix.lower() not in suffixes:
+        raise UsageError(f"sample: out={out} must end in {' or '.join(suffixes)} for what={what}")
+    if draws_out is not None and (what != "posterior" or Path(draws_out).suffix.lower() != ".npy"):
+        raise UsageError(f"sample: draws_out={draws_out} is for what=posterior and must end in .npy")
+    run = load_run("sample", run_dir, device, threads)
+    generator = torch.Generator(device=run.device).manual_seed(seed)
+    if what == "prior":
+        draws = prior_draws(run.model, int(run.cfg.latent_dim), n, generator).numpy()
+        path = _output_path(out, run.run_dir, "prior.npy")
+        if path.suffix.lower() == ".csv":
+            header = ",".join(["u"] if draws.shape[1] == 1 else [f"u{j}" for j in range(draws.shape[1])])
+            text = io.StringIO()
+            np.savetxt(text, draws, delimiter=",", header=header, comments="", fmt="%.6g")
+            write_text_atomic(path, text.getvalue())
+        else:
+            _save_array(path, draws)
+        result = {"what": "prior", "path": str(path), "n": n, "mean": draws.mean(0).tolist(), "sd": draws.std(0).tolist()}
+        print(f"{n} draws of u = h(z) from the learned latent distribution -> {path}")
+        print("mean " + ", ".join(f"{v:.4f}" for v in result["mean"]) + "; sd " + ", ".join(f"{v:.4f}" for v in result["sd"]))
+        return result
+    if step_size is None:
+        position = run.payload["position"]
+        step_size = langevin_step_size(run.cfg.sampler, max(position["epoch"] - 1, 0)) \
+            if position["phase"] != "vae" else float(run.cfg.sampler.step_size)
+    chains = run.payload.get("chains")
+    start = None
+    if chains is not None:  # the training chains sit near the posterior already; tile them to num_chains
+        trained = chains["positions"]
+        start = trained[:, torch.arange(num_chains) % trained.shape[1]]
+    x = run.dataset.x.to(run.device)
+    draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start)
+    if not torch.isfinite(draws).all():
+        raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g}; "
+                         f"retry with a smaller step_size (for example {step_size / 10:.3g})")
+    stats = summarise(draws, level)
+    natural = {"poisson": torch.exp, "bernoulli": torch.sigmoid}.get(likelihood_kind(run.cfg.likelihood))
+    if natural is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
+        stats["natural_mean"] = natural(draws.double()).mean(1)
+    path = _output_path(out, run.run_dir, "posterior.csv")
+    write_text_atomic(path, posterior_csv(run.dataset, run.cfg, stats, level))
+    if draws_out is not None:
+        _save_array(Path(draws_out).expanduser(), draws.numpy())
+    result = {"what": "posterior", "path": str(path), "rows": int(x.shape[0]), "draws_per_row": int(draws.shape[1]),
+              "step_size": step_size, "level": level,
+              "mean_interval_width": float((stats["upper"] - stats["lower"]).mean()),
+              "started_from": "the run's persistent chains" if start is not None else "the encoder"}
+    if run.dataset.truth is not None:
+        truth = run.dataset.truth.double()
+        result.update(comparison(run.dataset, run.cfg, stats["mean"]))
+        result["coverage"] = float(((truth >= stats["lower"]) & (truth <= stats["upper"])).double().mean())
+    print_posterior_summary(run, stats, result, num_chains, num_draws, thin, burn_in)
+    return result
+
+
+def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num_draws: int, thin: int,
+                            burn_in: int) -> None:
+    """The shrinkage summary: a few rows, the spread of the estimates, and the MSE comparison if known."""
+    console = Console(force_terminal=False, width=110)
+    kind = likelihood_kind(run.cfg.likelihood)
+    x = run.dataset.x.double()
+    values = x[:, :-1] if kind == "gaussian_hetero" else x
+    console.print(f"posterior of u for {result['rows']} rows: {num_chains} chains x {num_draws} draws per row "
+                  f"(burn-in {burn_in} steps, thin {thin}, step size {result['step_size']:.3g}, started from "
+                  f"{result['started_from']}) -> {result['path']}")
+    level = result["level"]
+    if stats["mean"].shape[1] == 1 and values.shape[1] == 1:
+        scale = {"bernoulli": " (u is a logit)", "poisson": " (u is a log-rate)"}.get(kind, "")
+        table = Table(title=f"first rows{scale}")
+        observed, _ = _names(run.dataset, run.cfg, 1)
+        for name in ("row", observed[0], "post_mean", "post_sd", f"{100 * level:g}% interval"):
+            table.add_column(name, justify="right")
+        rows = run.dataset.extras.get("rows", list(range(values.shape[0])))
+        for i in range(min(5, values.shape[0])):
+            table.add_row(str(rows[i]), f"{float(values[i, 0]):.3f}", f"{float(stats['mean'][i, 0]):.3f}",
+                          f"{float(stats['sd'][i, 0]):.3f}",
+                          f"[{float(stats['lower'][i, 0]):.3f}, {float(stats['upper'][i, 0]):.3f}]")
+        console.print(table)
+        if kind in ("gaussian", "gaussian_hetero"):
+            console.print(f"shrinkage: the posterior means spread with sd {float(stats['mean'].std()):.3f}, the raw x "
+                          f"with sd {float(values.std()):.3f}; mean {100 * level:g}% interval width "
+                          f"{result['mean_interval_width']:.3f}")
+    if "mse_posterior_mean" in result:
+        console.print(f"mean squared error against the true values ({result['rows']} rows):")
+        labels = {"mse_posterior_mean": "posterior means (almond)", "mse_raw_x": "raw x",
+                  "mse_normal_eb": "normal empirical Bayes (James-Stein)"}
+        for key, label in labels.items():
+            if key in result:
+                console.print(f"  {label:<40s} {result[key]:.4f}")
+        console.print(f"  {100 * level:g}% interval coverage of the true values: {result['coverage']:.3f}")
+
+
+def main(args: list[str]) -> None:
+    """``almond sample``: parses the arguments and draws."""
+
+    if help_requested("sample", args, ARGUMENTS, 'Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out (.csv).'):
+        return
+
+    def command() -> None:
+        run_dir, values = parse_arguments("sample", args, ARGUMENTS)
+        sample(run_dir, **values)
+
+    fail_on_usage_error(command)

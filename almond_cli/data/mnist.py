@@ -1,0 +1,102 @@
+"""``data=mnist``: MNIST-format images (MNIST, Fashion-MNIST, KMNIST) as rows x (n, 784) for the trainer.
+
+Qiu & Wang (2019, Section 5.3) fit MNIST with a Bernoulli likelihood on pixel intensities in [0, 1]. The
+images are flattened into rows so the trainer sees data of shape (n, D) like any other data set; the
+convolutional networks (``conv_networks.py``) reshape them to (1, 28, 28) inside.
+
+Options (``configs/data/mnist.yaml``): the splits to read, a held-out part for ``test_nll`` (a seeded
+fraction of the images read, or a whole split such as ``t10k``), a subset of the training images for quick
+runs, and pixel handling:
+
+- ``continuous``: intensities / 255 in [0, 1], as the paper (the Bernoulli "likelihood" is then a
+  cross-entropy, the usual practice, not a probability of the pixels);
+- ``threshold``: pixels > ``threshold`` become 1, others 0, once;
+- ``dynamic``: every time a training image is used, its pixels are drawn afresh as Bernoulli(intensity)
+  from the run's seeded noise generator (``Dataset.transform``), so runs stay reproducible and resumable.
+  Held-out images are binarised once, with ``split_seed``, so every run scores the same binary images.
+
+Labels are kept (``extras``) for the latent map only; training never sees them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .dataset import Dataset
+from ..errors import UsageError
+from .idx import IdxError, available_splits, load_split
+
+PIXEL_MODES = ("continuous", "threshold", "dynamic")
+
+
+def dynamic_binarise(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Draws binary pixels x' ~ Bernoulli(x) from ``generator``. Args: x (B, D) in [0, 1]. Returns (B, D)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def _pixels(images: Tensor, mode: str, threshold: float) -> Tensor:
+    """uint8 images (n, rows, cols) to float rows (n, rows·cols) by the pixel mode (dynamic: intensities)."""
+    x = images.reshape(images.shape[0], -1).float() / 255.0
+    if mode == "threshold":
+        x = (x > threshold).float()
+    return x
+
+
+def build_mnist(data_cfg) -> Dataset:
+    """Reads the splits ``data_cfg`` names and makes the training rows and the held-out images.
+
+    Returns:
+        A ``Dataset`` with x (n_train, D) and extras ``train_labels`` (n_train,), ``test_x`` (n_test, D),
+        ``test_labels`` (n_test,), ``image_shape`` (channels, rows, cols) and ``pixels``.
+    """
+    if data_cfg.root in (None, "", "???"):
+        raise UsageError("data.root: data=mnist needs the folder of the MNIST-format IDX files, e.g. "
+                         "data.root=/path/to/mnist (files train-images-idx3-ubyte.gz, ...); almond never downloads")
+    root = Path(str(data_cfg.root)).expanduser()
+    mode = str(data_cfg.pixels)
+    splits = [str(s) for s in data_cfg.splits]
+    held_out_split = None if data_cfg.held_out_split in (None, "") else str(data_cfg.held_out_split)
+    if not root.is_dir():
+        raise IdxError(f"data.root: {root} is not a folder; point data.root at the folder holding the MNIST-format "
+                       f"IDX files (train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz, ...)")
+    present = available_splits(root)
+    for split in splits + ([held_out_split] if held_out_split else []):
+        if split not in present:
+            key = "data.held_out_split" if split == held_out_split and split not in splits else "data.splits"
+            raise IdxError(f"{key}: split {split!r} is not in {root} (splits present: {present or 'none'}); "
+                           f"set {key} to one of those, or add {split}-images-idx3-ubyte.gz and its labels file")
+    parts = [load_split(root, split) for split in splits]
+    images = torch.cat([images for images, _ in parts])
+    labels = torch.cat([labels for _, labels in parts])
+    image_shape = (1, int(images.shape[1]), int(images.shape[2]))
+    x_all = _pixels(images, mode, float(data_cfg.threshold))
+    generator = torch.Generator().manual_seed(int(data_cfg.split_seed))
+    order = torch.randperm(x_all.shape[0], generator=generator)
+    if held_out_split is not None:
+        test_images, test_labels = load_split(root, held_out_split)
+        test_x = _pixels(test_images, mode, float(data_cfg.threshold))
+        train_index = order
+    else:
+        num_test = int(round(float(data_cfg.held_out_fraction) * x_all.shape[0]))
+        if num_test < 1 or num_test >= x_all.shape[0]:
+            raise UsageError(f"data.held_out_fraction: {data_cfg.held_out_fraction} of {x_all.shape[0]} images "
+                             f"leaves {num_test} held out and {x_all.shape[0] - num_test} for training; "
+                             f"choose a fraction that leaves both at least one image, or set data.held_out_split")
+        test_index, train_index = order[:num_test].sort().values, order[num_test:]
+        test_x, test_labels = x_all[test_index], labels[test_index]
+    if data_cfg.subset is not None:
+        train_index = train_index[: int(data_cfg.subset)]
+    train_index = train_index.sort().values
+    if mode == "dynamic":
+        # Held-out pixels are drawn once from the split seed: every run and phase scores the same binary images.
+        test_x = dynamic_binarise(test_x, generator)
+    return Dataset(
+        x=x_all[train_index].contiguous(),
+        name="mnist",
+        extras={"train_labels": labels[train_index], "test_x": test_x.contiguous(), "test_labels": test_labels,
+                "image_shape": image_shape, "pixels": mode},
+        transform=dynamic_binarise if mode == "dynamic" else None,
+    )

@@ -1,0 +1,42 @@
+"""Persistent Langevin chains, stored by data index.
+
+ALMOND keeps every data point's C chains from one update to the next (persistent contrastive style), so a
+mini-batch gathers its chains by index before sampling and scatters them back after.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class PersistentChains:
+    """A (n, C, d) store of chain positions for n data points, C chains each, d latent dimensions.
+
+    Args:
+        positions: (n, C, d) initial positions; the store owns this tensor.
+    """
+
+    def __init__(self, positions: Tensor):
+        if positions.dim() != 3:
+            raise ValueError(f"positions must be (n, C, d), got shape {tuple(positions.shape)}")
+        self.positions = positions
+
+    @property
+    def num_chains(self) -> int:
+        return self.positions.shape[1]
+
+    def gather(self, indices: Tensor) -> Tensor:
+        """Returns a copy of the chains of data points ``indices`` (B,), shape (B, C, d)."""
+        return self.positions.index_select(0, indices.to(self.positions.device))
+
+    def scatter(self, indices: Tensor, z: Tensor) -> None:
+        """Stores ``z`` (B, C, d) as the chains of data points ``indices`` (B,)."""
+        self.positions.index_copy_(0, indices.to(self.positions.device), z.detach().to(self.positions.dtype))
+
+    def state_dict(self) -> dict:
+        return {"positions": self.positions}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "PersistentChains":
+        return cls(state["positions"].to(device))

@@ -1,0 +1,209 @@
+"""Multi-chain unadjusted Langevin dynamics (ULA) over latent variables.
+
+ALMOND (Qiu & Wang, JASA 2019, Section 3) draws z from the posterior p(z | x) ∝ f(x | h(z)) N(z; 0, I)
+with the Langevin update
+
+    z ← z + s ∇_z log p(x, z) + sqrt(2 s) ε,    ε ~ N(0, I),
+
+run on C chains per data point. This module is pure: it knows the target only through a function
+``log_joint_fn(z) -> (B, C)`` and holds no counters; the caller decides burn-in, averaging and the step-size
+schedule. Chains are a tensor axis: a state has shape (B, C, d) for B data points, C chains, d latent
+dimensions.
+
+``method="mala"`` adds a Metropolis–Hastings correction to each move (MALA, Roberts & Tweedie 1996):
+the proposal above is accepted with probability min(1, p(z')q(z | z') / p(z)q(z' | z)), chain by chain,
+which removes the step-size bias of ULA at the cost of one more target evaluation per update and one
+uniform draw per chain and step. The acceptance rate is reported as a tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+LogJointFn = Callable[[Tensor], Tensor]
+
+
+class LangevinState(NamedTuple):
+    """Where the chains are, with the target's value and gradient there (one evaluation per step).
+
+    Attributes:
+        z: (B, C, d) chain positions.
+        log_joint: (B, C) log p(x, z) at ``z``.
+        grad: (B, C, d) ∇_z log p(x, z) at ``z``.
+    """
+
+    z: Tensor
+    log_joint: Tensor
+    grad: Tensor
+
+
+class StepInfo(NamedTuple):
+    """Per-step diagnostics, kept as tensors so the loop never waits for the host.
+
+    Attributes:
+        mean_log_joint: () mean of log p(x, z) over all chains after the step.
+        grad_norm: () mean Euclidean norm of ∇_z log p(x, z) after the step.
+        nonfinite_fraction: () fraction of chains whose new log-joint is not finite.
+        acceptance_rate: () MALA's fraction of accepted proposals over chains and steps; None for ULA.
+    """
+
+    mean_log_joint: Tensor
+    grad_norm: Tensor
+    nonfinite_fraction: Tensor
+    acceptance_rate: Tensor | None = None
+
+
+METHODS = ("ula", "mala")
+
+
+def evaluate(z: Tensor, log_joint_fn: LogJointFn) -> LangevinState:
+    """Evaluates the target and its gradient at ``z`` (B, C, d).
+
+    The gradient is taken with ``torch.autograd.grad`` with respect to ``z`` alone, so no parameter
+    gradient is accumulated; callers freeze the decoder's parameters to skip their backward work too.
+    A target that carries its own ``value_and_grad(z) -> (log_joint, grad)`` (a hand-written gradient,
+    ``fast_gradients.MLPTarget``) is used instead of autograd; it must agree with autograd on its
+    ``__call__`` (tests/test_fast_gradients.py).
+    """
+    value_and_grad = getattr(log_joint_fn, "value_and_grad", None)
+    if value_and_grad is not None:
+        log_joint, grad = value_and_grad(z.detach())
+        return LangevinState(z.detach(), log_joint, grad)
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        log_joint = log_joint_fn(z)
+        (grad,) = torch.autograd.grad(log_joint.sum(), z)
+    return LangevinState(z.detach(), log_joint.detach(), grad)
+
+
+def propose(
+    state: LangevinState, step_size: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """The Langevin move z + s ∇ log p(x, z) + sqrt(2 s) ε from ``state``; returns the new z (B, C, d)."""
+    noise = torch.randn(state.z.shape, generator=generator, device=state.z.device, dtype=state.z.dtype)
+    return state.z + step_size * state.grad + (2.0 * step_size) ** 0.5 * noise
+
+
+def diagnose(state: LangevinState) -> StepInfo:
+    """Diagnostics of a state, as tensors (no host synchronisation)."""
+    return StepInfo(
+        mean_log_joint=state.log_joint.mean(),
+        grad_norm=state.grad.norm(dim=-1).mean(),
+        nonfinite_fraction=(~torch.isfinite(state.log_joint)).float().mean(),
+    )
+
+
+def step(
+    state: LangevinState,
+    log_joint_fn: LogJointFn,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> tuple[LangevinState, StepInfo]:
+    """One unadjusted Langevin transition of every chain.
+
+    Args:
+        state: current chains, z of shape (B, C, d).
+        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        step_size: s > 0, the Langevin step size.
+        generator: the source of the Gaussian noise; same generator state gives the same chains.
+
+    Returns:
+        The new state and its diagnostics.
+    """
+    new_state = evaluate(propose(state, step_size, generator), log_joint_fn)
+    return new_state, diagnose(new_state)
+
+
+def log_proposal_density(to: Tensor, start: LangevinState, step_size: float) -> Tensor:
+    """log q(to | start) up to a constant: the Langevin proposal is N(z + s ∇, 2 s I). Returns (B, C)."""
+    return -(to - start.z - step_size * start.grad).square().sum(-1) / (4.0 * step_size)
+
+
+def mala_step(
+    state: LangevinState,
+    log_joint_fn: LogJointFn,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> tuple[LangevinState, Tensor]:
+    """One Metropolis-adjusted Langevin transition of every chain.
+
+    The Langevin move of ``propose`` is accepted chain by chain with probability
+    min(1, exp(log p(z') − log p(z) + log q(z | z') − log q(z' | z))); a proposal whose log-joint is not
+    finite is rejected. Everything stays a tensor (no host synchronisation).
+
+    Args:
+        state: current chains, z of shape (B, C, d), with log-joint and gradient.
+        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        step_size: s > 0.
+        generator: the source of the Gaussian noise and of the uniform acceptance draws.
+
+    Returns:
+        (the new state, (B, C) boolean tensor of accepted proposals).
+    """
+    proposal = evaluate(propose(state, step_size, generator), log_joint_fn)
+    log_ratio = (proposal.log_joint - state.log_joint
+                 + log_proposal_density(state.z, proposal, step_size)
+                 - log_proposal_density(proposal.z, state, step_size))
+    uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
+    accept = torch.log(uniform) < torch.nan_to_num(log_ratio, nan=-torch.inf)
+    mask = accept.unsqueeze(-1)
+    new_state = LangevinState(
+        torch.where(mask, proposal.z, state.z),
+        torch.where(accept, proposal.log_joint, state.log_joint),
+        torch.where(mask, proposal.grad, state.grad),
+    )
+    return new_state, accept
+
+
+def run(
+    z: Tensor,
+    log_joint_fn: LogJointFn,
+    step_size: float,
+    num_steps: int,
+    burn_in: int,
+    generator: torch.Generator | None = None,
+    method: str = "ula",
+) -> tuple[Tensor, StepInfo]:
+    """Runs ``num_steps`` transitions from ``z`` and returns the positions kept after burn-in.
+
+    The target is evaluated num_steps times: at the start and after every move but the last, since the
+    final positions are only kept (the caller's parameter update changes the target before they move again).
+
+    Args:
+        z: (B, C, d) starting positions.
+        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        step_size: s > 0.
+        num_steps: K >= 1 transitions.
+        burn_in: the first ``burn_in`` states (0 <= burn_in < K) are discarded.
+        generator: noise source.
+        method: ``"ula"`` (unadjusted) or ``"mala"`` (Metropolis-adjusted: K + 1 evaluations, since every
+            proposal is evaluated to be accepted or not).
+
+    Returns:
+        (kept positions of shape (K - burn_in, B, C, d), the last kept state's position is ``kept[-1]``;
+        diagnostics of the last evaluated state, with MALA's acceptance rate over all chains and steps).
+    """
+    if not 0 <= burn_in < num_steps:
+        raise ValueError(f"need 0 <= burn_in < num_steps, got burn_in={burn_in}, num_steps={num_steps}")
+    if method not in METHODS:
+        raise ValueError(f"unknown sampler method {method!r}; choose one of {list(METHODS)}")
+    state = evaluate(z, log_joint_fn)
+    if method == "mala":
+        kept, accepted = [], torch.zeros((), device=z.device)
+        for index in range(num_steps):
+            state, accept = mala_step(state, log_joint_fn, step_size, generator)
+            accepted = accepted + accept.float().mean()
+            if index >= burn_in:
+                kept.append(state.z)
+        return torch.stack(kept), diagnose(state)._replace(acceptance_rate=accepted / num_steps)
+    kept = []
+    for index in range(num_steps):
+        position = propose(state, step_size, generator)
+        if index >= burn_in:
+            kept.append(position)
+        if index < num_steps - 1:
+            state = evaluate(position, log_joint_fn)
+    return torch.stack(kept), diagnose(state)

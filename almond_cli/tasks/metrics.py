@@ -1,0 +1,39 @@
+"""Distances between a sample and a known distribution: Kolmogorov–Smirnov and 1-Wasserstein.
+
+These score a learned latent distribution against the simulation's true prior (Qiu & Wang 2019, Table 1).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+CdfFn = Callable[[Tensor], Tensor]
+
+
+def ks_distance(samples: Tensor, cdf: CdfFn) -> float:
+    """sup_t |F_n(t) - F(t)| for the empirical CDF F_n of ``samples`` (n,) and a continuous CDF F."""
+    sorted_samples = torch.sort(samples.double().flatten()).values
+    n = sorted_samples.numel()
+    true_cdf = cdf(sorted_samples)
+    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    above = ranks / n - true_cdf
+    below = true_cdf - (ranks - 1) / n
+    return float(torch.maximum(above, below).max())
+
+
+def w1_distance(samples: Tensor, cdf: CdfFn, lower: float, upper: float, grid_size: int = 200_001) -> float:
+    """∫ |F_n(t) - F(t)| dt, the 1-Wasserstein distance, by the trapezoid rule on [lower, upper].
+
+    The interval is widened to cover every sample; the caller picks ``lower`` and ``upper`` so that F puts
+    negligible mass outside (for example its 1e-7 and 1 - 1e-7 quantiles).
+    """
+    sorted_samples = torch.sort(samples.double().flatten()).values
+    lower = min(lower, float(sorted_samples[0]))
+    upper = max(upper, float(sorted_samples[-1]))
+    grid = torch.linspace(lower, upper, grid_size, dtype=torch.float64)
+    empirical = torch.searchsorted(sorted_samples, grid, right=True).double() / sorted_samples.numel()
+    return float(torch.trapezoid((empirical - cdf(grid)).abs(), grid))
+

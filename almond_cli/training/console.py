@@ -1,0 +1,123 @@
+"""What the user sees while a run goes: a rich progress display on a terminal, plain periodic log lines
+otherwise (no control codes in batch logs), and the final summary as a table."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger("almond")
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` becomes ``rich`` on a terminal and ``plain`` otherwise."""
+    if mode == "auto":
+        return "rich" if sys.stdout.isatty() else "plain"
+    return mode
+
+
+class ProgressReporter:
+    """Reports epochs of a phase: a rich bar with loss, throughput and time left, or a log line every ~10%.
+
+    Args:
+        mode: auto, rich, plain or quiet (nothing at all).
+        updates_per_epoch: parameter updates in one epoch, for the throughput in updates per second.
+    """
+
+    def __init__(self, mode: str, updates_per_epoch: int = 1):
+        self.mode = resolve_mode(mode)
+        self.updates_per_epoch = updates_per_epoch
+        self._rate = Throughput()
+        self._progress: Progress | None = None
+        self._task = None
+        self._phase = ""
+        self._total = 0
+        self._last_line = 0.0
+
+    def start_phase(self, phase: str, total_epochs: int, done_epochs: int) -> None:
+        self._phase, self._total = phase, total_epochs
+        self._rate = Throughput()
+        if self.mode == "rich":
+            if self._progress is None:
+                self._progress = Progress(
+                    TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} upd/s"),
+                    TimeElapsedColumn(), TextColumn("left"),
+                    TimeRemainingColumn(), transient=False,
+                )
+                self._progress.start()
+            self._task = self._progress.add_task(
+                phase, total=total_epochs, completed=done_epochs, phase=phase, loss="-", rate="-"
+            )
+        elif self.mode == "plain":
+            log.info("%s phase: epochs %d to %d", phase, done_epochs + 1, total_epochs)
+
+    def end_epoch(self, epoch: int, loss: float) -> None:
+        """Called after epoch index ``epoch`` (0-based) finished with mean loss ``loss``."""
+        rate = self._rate.tick(self.updates_per_epoch)
+        if self.mode == "rich" and self._progress is not None:
+            self._progress.update(self._task, completed=epoch + 1, loss=f"{loss:.4f}", rate=_rate_text(rate))
+        elif self.mode == "plain":
+            every = max(1, self._total // 10)
+            now = time.monotonic()
+            if (epoch + 1) % every == 0 or epoch + 1 == self._total or now - self._last_line > 60:
+                self._last_line = now
+                log.info("%s epoch %d/%d loss %.5f, %s updates/s", self._phase, epoch + 1, self._total, loss,
+                         _rate_text(rate))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class Throughput:
+    """Updates per second, smoothed over the last ~30 epochs' wall time (0 before the second tick)."""
+
+    def __init__(self, window: int = 30):
+        self.window = window
+        self._ticks: list[tuple[float, int]] = []
+
+    def tick(self, updates: int, now: float | None = None) -> float:
+        """Records ``updates`` done since the last tick at time ``now`` (monotonic seconds); returns the rate."""
+        now = time.monotonic() if now is None else now
+        self._ticks = (self._ticks + [(now, updates)])[-(self.window + 1):]
+        if len(self._ticks) < 2 or now <= self._ticks[0][0]:
+            return 0.0
+        return sum(count for _, count in self._ticks[1:]) / (now - self._ticks[0][0])
+
+
+def _rate_text(rate: float) -> str:
+    return "-" if rate <= 0 else f"{rate:.3g}"
+
+
+def print_summary(summary: dict, run_dir) -> None:
+    """Prints the summary metrics as a table (one row per method, one column per metric)."""
+    rows = [("vae", summary.get("vae", {})), ("almond", summary.get("almond", {}))]
+    rows += [(name, metrics) for name, metrics in summary.get("baselines", {}).items()]
+    metric_names: list[str] = []
+    for _, metrics in rows:
+        metric_names += [name for name in metrics if name not in metric_names]
+    table = Table(title=f"almond summary ({run_dir})")
+    table.add_column("method")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for method, metrics in rows:
+        table.add_row(method, *[_format(metrics.get(name)) for name in metric_names])
+    timing = summary.get("timing", {})
+    console = Console(force_terminal=False) if not sys.stdout.isatty() else Console()
+    console.print(table)
+    console.print(
+        "time: VAE {:.1f} s, ALMOND {:.1f} s".format(timing.get("vae_seconds", 0.0), timing.get("almond_seconds", 0.0))
+    )
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,69 @@
+"""One parameter update of each training phase (Qiu & Wang 2019, Algorithm 1).
+
+- VAE warm start: maximise the ELBO over encoder and decoder with reparameterised draws.
+- ALMOND: run the persistent Langevin chains of a batch under the current decoder, then step the
+  generative parameters along the average of ∇_beta log f(x | h(z)) over the kept states of all chains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..langevin import sampler
+from ..langevin.chains import PersistentChains
+from ..langevin.targets import target_for
+from ..model.model import LatentVariableModel, evaluation_mode
+
+
+def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: Tensor, num_draws: int,
+               generator: torch.Generator) -> Tensor:
+    """One Adam step on −ELBO of the batch ``x`` (B, D); returns the detached loss (per data point)."""
+    optimiser.zero_grad(set_to_none=True)
+    loss = -model.elbo(x, num_draws, generator).mean()
+    loss.backward()
+    optimiser.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, generator: torch.Generator,
+                   batch_size: int) -> PersistentChains:
+    """Starts C chains per data point at draws from the encoder's q(z | x). Args: x (n, D)."""
+    with evaluation_mode(model):
+        parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
+                 for start in range(0, x.shape[0], batch_size)]
+    return PersistentChains(torch.cat(parts))
+
+
+def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
+                  indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
+                  generator: torch.Generator, fast: bool = True,
+                  method: str = "ula") -> tuple[Tensor, sampler.StepInfo]:
+    """One ALMOND update of the generative parameters on the batch ``indices`` (B,) with data ``x`` (B, D).
+
+    The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
+    −mean over batch, kept states and chains of log f(x | h(z)). With ``fast`` the target's gradient is the
+    hand-written one of ``fast_gradients`` where the model allows it (same chains to float rounding).
+    ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
+
+    Returns:
+        (detached loss, Langevin diagnostics of the batch).
+    """
+    # Eval mode for the whole update: batch norm then uses its running statistics, so the Langevin target is one
+    # fixed function of z (not of the other chains in the batch) and the loss below differentiates that same
+    # target (see conv_networks.py). Networks without batch norm or dropout are unaffected.
+    with evaluation_mode(model):
+        start = chains.gather(indices)
+        with model.frozen():
+            kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in,
+                                     generator, method)
+        chains.scatter(indices, kept[-1])
+        num_kept, batch, num_chains, latent_dim = kept.shape
+        # Kept states of all chains form one (B, K'·C) axis of particles per data point.
+        particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
+        optimiser.zero_grad(set_to_none=True)
+        loss = -model.log_lik(x, particles).mean()
+        loss.backward()
+        optimiser.step()
+    return loss.detach(), info

@@ -1,0 +1,176 @@
+"""Continuing a run: ``almond train resume=<run folder | checkpoint file> [run-length overrides]``.
+
+The run continues in its own folder from its newest loadable checkpoint. Keys that define the model, the
+data or the randomness come from the checkpoint; an override that contradicts one is refused with the
+list of conflicting keys. Run-length keys (``RUN_LENGTH_KEYS``) may change, e.g. to extend a finished run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
+from ..config import saved_config
+from ..errors import UsageError
+
+RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
+                   "device", "resume", "evaluation", "logger", "diagnostics")
+
+
+def _is_run_length(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RUN_LENGTH_KEYS)
+
+
+def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
+    """The run folder, the newest loadable checkpoint in it, and its contents.
+
+    ``target`` is a run folder (its ``checkpoints/last.pt``, else the newest numbered checkpoint that
+    loads, with a warning) or a checkpoint file inside a run folder's ``checkpoints/``.
+    """
+    target = Path(target).expanduser()
+    if not target.exists():
+        raise UsageError(f"resume: {target} does not exist; give a run folder (outputs/DATE/TIME) or a .pt file")
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return run_dir.resolve(), target.resolve(), load_checkpoint(target)
+    checkpoint_dir = target / "checkpoints"
+    candidates = [checkpoint_dir / "last.pt"] + list(reversed(numbered_checkpoints(checkpoint_dir)))
+    candidates = [path for path in candidates if path.is_file()]
+    if not candidates:
+        raise UsageError(f"resume: {target} is not an almond run folder with checkpoints (no {checkpoint_dir}/last.pt)")
+    problems = []
+    for path in candidates:
+        try:
+            payload = load_checkpoint(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            print(f"almond: warning: skipped unusable checkpoint(s): {'; '.join(problems)}; resuming from {path}",
+                  file=sys.stderr)
+        return target.resolve(), path.resolve(), payload
+    raise UsageError(f"resume: no checkpoint in {checkpoint_dir} can be loaded: {'; '.join(problems)}")
+
+
+def _touched_subtrees(override_keys: list[tuple[str, bool]]) -> list[str]:
+    """Config paths an override decides: a key, a group's subtree, or everything for global groups."""
+    paths = []
+    for key, is_group in override_keys:
+        if key.startswith("hydra") or _is_run_length(key):
+            continue
+        if is_group and key in ("experiment", "debug", "hparams_search"):
+            paths.append("")
+        else:
+            paths.append(key.replace("/", "."))
+    return paths
+
+
+def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
+    old = OmegaConf.select(checkpoint_cfg, path) if path else checkpoint_cfg
+    new = OmegaConf.select(new_cfg, path) if path else new_cfg
+    def to_plain(node):
+        if OmegaConf.is_config(node):
+            return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        return getattr(node, "value", node)  # a typed config holds Enums; the checkpoint holds their names
+
+    old, new = to_plain(old), to_plain(new)
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for key in keys for d in _differences(f"{path}.{key}" if path else key, checkpoint_cfg, new_cfg)]
+    if path and _is_run_length(path):
+        return []
+    return [] if old == new or (old is not None and new is not None and str(old) == str(new)) else [
+        f"{path} (checkpoint: {old!r}, command line: {new!r})"]
+
+
+def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
+    """Rewrites ``resume=...`` into the checkpoint file and the run folder Hydra must reuse.
+
+    Refuses (exit 2 via ``UsageError``) a missing or unusable checkpoint and overrides that contradict the
+    checkpoint's config.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ..config import register_schemas
+
+    resume_values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if resume_values and resume_values[-1] == "auto" and not multirun:
+        if run_dirs and holds_a_run(run_dirs[-1]):
+            resume_values[-1] = run_dirs[-1]
+            overrides = [o for o in overrides if not o.startswith(("resume=", "hydra.run.dir="))]
+        else:
+            return [o for o in overrides if not o.startswith("resume=")]
+    if not resume_values or resume_values[-1] in ("", "null", "auto"):
+        if run_dirs and not multirun and holds_a_run(run_dirs[-1]):
+            raise _already_a_run(run_dirs[-1])
+        return overrides
+    run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
+    others = [o for o in overrides if not o.startswith("resume=")]
+    parsed = OverridesParser.create().parse_overrides(others)
+    touched = _touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed])
+    if touched:
+        register_schemas()
+        checkpoint_cfg = saved_config(payload["config_yaml"])
+        with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
+            new_cfg = compose("train", overrides=others)
+        conflicts = [d for path in touched for d in _differences(path, checkpoint_cfg, new_cfg)]
+        if conflicts:
+            raise UsageError(
+                f"resume: these overrides contradict the checkpoint {checkpoint_path}, whose model, data and "
+                f"randomness must stay as they were: {'; '.join(conflicts)}. Drop them, or start a new run "
+                f"without resume=. Only run-length keys ({', '.join(RUN_LENGTH_KEYS)}) may change on resume."
+            )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return others + [f"resume={checkpoint_path}", f"hydra.run.dir={run_dir}",
+                     f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+def _is_group(key: str) -> bool:
+    from ..config import CONFIG_GROUPS
+
+    return key in CONFIG_GROUPS
+
+
+def holds_a_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already has checkpoints (so training into it would overwrite a run)."""
+    checkpoint_dir = Path(run_dir) / "checkpoints"
+    return (checkpoint_dir / "last.pt").exists() or bool(numbered_checkpoints(checkpoint_dir))
+
+
+def _already_a_run(run_dir) -> UsageError:
+    return UsageError(
+        f"hydra.run.dir: {run_dir} already holds a run (checkpoints/); continue it with resume={run_dir} "
+        f"(or resume=auto), or choose another folder: almond never trains over an existing run"
+    )
+
+
+def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, dict | None]:
+    """The config a (resumed) run uses and the checkpoint it continues from (None for a new run).
+
+    For a resume, the checkpoint's config with the run-length keys the command line set. ``resume=auto``
+    continues ``run_dir`` if it holds a checkpoint and starts afresh otherwise: what a requeued cluster job
+    (same arguments, same folder) needs to find its own checkpoint.
+    """
+    if cfg.resume == "auto":
+        if not holds_a_run(run_dir):
+            cfg.resume = None
+            return cfg, None
+        cfg.resume = str(find_checkpoint(run_dir)[1])
+    elif not cfg.resume:
+        if holds_a_run(run_dir):
+            raise _already_a_run(run_dir)
+        return cfg, None
+    payload = load_checkpoint(cfg.resume)
+    resumed = saved_config(payload["config_yaml"])
+    for override in task_overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if _is_run_length(key) and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    resumed.resume = str(cfg.resume)
+    return resumed, payload

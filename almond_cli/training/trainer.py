@@ -1,0 +1,388 @@
+"""``train(cfg, run_dir) -> summary``: the VAE warm start, then ALMOND, written into a run folder.
+
+The loop is a small state machine over (phase, epoch, batch) so that a checkpoint taken after any update
+continues bitwise-exactly: the position, the data order of the epoch in progress, the persistent chains,
+every optimiser and every random generator are saved together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from . import checkpoint as ckpt
+from . import phases
+from ..atomic import write_text_atomic
+from ..langevin.chains import PersistentChains
+from .console import ProgressReporter, print_summary
+from ..data.dataset import Dataset, build_dataset
+from ..langevin.diagnostics import periodic_rhat
+from .distributed import DataParallel
+from .loggers import NullLogger, build_logger
+from ..errors import UsageError
+from ..model.model import LatentVariableModel
+from .run_lock import RunFolderLock
+from .runtime import pick_device, seed_streams
+from .schedules import AlmondOptimisers, langevin_step_size
+from ..tasks.base import task_for
+
+log = logging.getLogger("almond")
+
+PHASES = ("vae", "almond", "done")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite numbers; the message says where and what to change."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; a checkpoint was written. ``signal_number`` is the signal received."""
+
+    def __init__(self, signal_number: int, checkpoint_path: Path):
+        super().__init__(f"stopped by signal {signal_number}; checkpoint {checkpoint_path}")
+        self.signal_number = signal_number
+        self.checkpoint_path = checkpoint_path
+
+
+@dataclass
+class Position:
+    """Where the run is. ``epoch`` is 0-based within the phase; ``batch`` counts updates done in it."""
+
+    phase: str = "vae"
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0
+    diagnostics_sum: dict = field(default_factory=dict)
+    epoch_seconds: float = 0.0
+    vae_seconds: float = 0.0
+    vae_epochs_done: int = 0
+    almond_seconds: float = 0.0
+
+
+def truncate_metrics(path: Path, position: Position) -> None:
+    """Keeps the metrics lines of the epochs a checkpoint has finished (those whose ``step`` it has reached),
+    once each, so a resume neither repeats nor skips an epoch; a line cut off by a kill is dropped too."""
+    if not path.exists():
+        return
+    by_step: dict[int, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = record.get("step")
+        if isinstance(step, int) and step <= position.global_step:
+            by_step[step] = line + "\n"  # a later line for the same update replaces an earlier one
+    write_text_atomic(path, "".join(by_step[step] for step in sorted(by_step)))
+
+
+def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
+    """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
+    try:
+        # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
+        likelihood = instantiate(cfg.likelihood, **dataset.extras.get("likelihood_args", {}))
+        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
+        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
+                              output_dim=likelihood.param_dim(dataset.data_dim))
+    except InstantiationException as error:
+        # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
+        if isinstance(error.__cause__, UsageError):
+            raise error.__cause__ from None
+        raise
+    return LatentVariableModel(encoder, decoder, likelihood)
+
+
+class TrainingRun:
+    """Everything one run holds, and the loop that advances it."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = DataParallel()  # data-parallel hooks; all no-ops in a single process
+        self.device = self.dist.device(pick_device(cfg.device))
+        streams = seed_streams(cfg.seed)
+        self.dataset = build_dataset(cfg.data, streams["data"])
+        torch.manual_seed(streams["init"])
+        self.model = build_model(cfg, self.dataset).to(self.device)
+        self.dist.broadcast_parameters(self.model)
+        self.x = self.dist.shard(self.dataset.x).to(self.device)  # this rank's rows (all of them in one process)
+        self.vae_optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.schedule.vae_lr)
+        self.almond_optimisers = AlmondOptimisers(self.model.generative_parameters, cfg.schedule)
+        self.dist.average_gradients_before_step(self.vae_optimiser, self.almond_optimisers.adam,
+                                                self.almond_optimisers.sgd)
+        self.dist.average_buffers_after_step(self.model, self.vae_optimiser)  # ALMOND runs in eval mode: no change
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(self.dist.rank_seed(streams["noise"]))
+        self.order_generator = torch.Generator().manual_seed(self.dist.rank_seed(streams["order"]))
+        self.chains: PersistentChains | None = None
+        self.order: torch.Tensor | None = None
+        self.position = Position()
+        self.task = task_for(self.dataset)
+        self.task.run_dir = self.run_dir
+        self.vae_metrics: dict = {}
+        self.vae_snapshot: dict | None = None
+        size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_points)
+        self.batch_size = min(size, self.x.shape[0])
+        self.num_batches = math.ceil(self.x.shape[0] / self.batch_size)
+        self.logger: NullLogger = NullLogger()
+        self.stop_signal: int | None = None
+        self.last_save_time = time.monotonic()
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # ----- checkpoint state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "position": asdict(self.position),
+            "model": self.model.state_dict(),
+            "vae_optimiser": self.vae_optimiser.state_dict(),
+            "almond_optimisers": self.almond_optimisers.state_dict(),
+            "chains": None if self.chains is None else self.chains.state_dict(),
+            "order": self.order,
+            "rng": {
+                "noise": self.noise_generator.get_state(),
+                "order": self.order_generator.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "vae_metrics": self.vae_metrics,
+            "vae_snapshot": self.vae_snapshot,
+            "num_batches": self.num_batches,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = Position(**state["position"])
+        self.model.load_state_dict(state["model"])
+        self.vae_optimiser.load_state_dict(state["vae_optimiser"])
+        self.almond_optimisers.load_state_dict(state["almond_optimisers"])
+        self.chains = None if state["chains"] is None else PersistentChains.from_state_dict(state["chains"], self.device)
+        self.order = state["order"]
+        self.noise_generator.set_state(state["rng"]["noise"])
+        self.order_generator.set_state(state["rng"]["order"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.vae_metrics = state["vae_metrics"]
+        self.vae_snapshot = state["vae_snapshot"]
+
+    def resume_from(self, state: dict) -> None:
+        """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
+        state = self.dist.local_state(state)  # this rank's chains and generators; refuses another world size
+        if state.get("num_batches") != self.num_batches:
+            raise ckpt.CheckpointError(
+                f"the checkpoint was written with {state.get('num_batches')} batches per epoch, this run has "
+                f"{self.num_batches}; resume with the checkpoint's schedule.batch_size and data"
+            )
+        self.load_state_dict(state)
+        position = self.position
+        if position.phase in ("almond", "done") and position.vae_epochs_done != self.cfg.schedule.vae_epochs:
+            raise ckpt.CheckpointError(
+                f"schedule.vae_epochs: the VAE phase of this run is over after {position.vae_epochs_done} epochs "
+                f"and cannot be changed to {self.cfg.schedule.vae_epochs}; drop schedule.vae_epochs from the command"
+            )
+        if position.phase == "done" and position.epoch < self.cfg.schedule.almond_epochs:
+            position.phase = "almond"
+        if self.dist.is_writer:
+            truncate_metrics(self.metrics_path, position)
+
+    def save(self, extra_name: str | None = None) -> Path:
+        """Writes ``last.pt`` (and keeps up to ``checkpoint.keep`` older ones); returns its path."""
+        state = self.dist.gather_state(self.state_dict())  # every rank's chains; None except on rank 0
+        if state is None:
+            self.last_save_time = time.monotonic()
+            return self.checkpoint_dir / "last.pt"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        position = self.position
+        named = self.checkpoint_dir / f"step-{position.global_step:09d}-{position.phase}.pt"
+        ckpt.save_checkpoint(state, named)
+        ckpt.publish_as_last(named, self.checkpoint_dir)
+        if extra_name is not None:
+            ckpt.save_checkpoint(state, self.checkpoint_dir / extra_name)
+        ckpt.prune(self.checkpoint_dir, keep=self.cfg.checkpoint.keep)
+        self.last_save_time = time.monotonic()
+        return self.checkpoint_dir / "last.pt"
+
+    # ----- the loop ---------------------------------------------------------------------------------------
+    def _epochs_in(self, phase: str) -> int:
+        return self.cfg.schedule.vae_epochs if phase == "vae" else self.cfg.schedule.almond_epochs
+
+    def _batch_indices(self) -> torch.Tensor:
+        if self.order is None:
+            self.order = torch.randperm(self.x.shape[0], generator=self.order_generator)
+        start = self.position.batch * self.batch_size
+        return self.order[start:start + self.batch_size]
+
+    def _update(self) -> tuple[torch.Tensor, dict, dict]:
+        """One parameter update of the current phase; returns (loss, diagnostics, record fields)."""
+        position, cfg = self.position, self.cfg
+        indices = self._batch_indices()
+        x = self.x[indices.to(self.device)]
+        if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
+            x = self.dataset.transform(x, self.noise_generator)
+        if position.phase == "vae":
+            loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator)
+            return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
+        step_size = langevin_step_size(cfg.sampler, position.epoch)
+        optimiser = self.almond_optimisers.for_epoch(position.epoch)
+        loss, info = phases.almond_update(
+            self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
+            cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
+        )
+        diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
+        return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
+
+    def _end_epoch(self, loss_mean: float, diagnostics: dict, fields: dict) -> None:
+        position = self.position
+        chains_finite = self.chains is None or bool(torch.isfinite(self.chains.positions).all())
+        loss_mean, diagnostics = self.dist.average_epoch(loss_mean, diagnostics, chains_finite)
+        if not math.isfinite(loss_mean) or not chains_finite:
+            self._diverged(loss_mean, fields)
+        diagnostics = {**diagnostics, **periodic_rhat(self)}  # split-R-hat every diagnostics.rhat_every_epochs
+        record = {"phase": position.phase, "epoch": position.epoch + 1, "step": position.global_step,
+                  "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
+                  "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}
+        if self.dist.is_writer:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.logger.log_epoch(record)
+        self.reporter.end_epoch(position.epoch, loss_mean)
+        position.epoch += 1
+        position.batch = 0
+        position.loss_sum = 0.0
+        position.diagnostics_sum = {}
+        position.epoch_seconds = 0.0
+        self.order = None
+        every = self.cfg.checkpoint.every_epochs
+        if every and position.epoch % every == 0 and position.epoch < self._epochs_in(position.phase):
+            self.save()
+
+    def _diverged(self, loss_mean: float, fields: dict) -> None:
+        position = self.position
+        where = f"{position.phase} epoch {position.epoch + 1}"
+        if position.phase == "almond":
+            advice = (f"the Langevin step size in force was {fields.get('step_size'):.3g} "
+                      f"(sampler.step_size={self.cfg.sampler.step_size}); lower sampler.step_size "
+                      f"(for example to {self.cfg.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
+        else:
+            advice = f"lower schedule.vae_lr (now {self.cfg.schedule.vae_lr})"
+        raise DivergenceError(
+            f"training diverged in {where}: the loss ({loss_mean}) or the Langevin chains became non-finite; "
+            f"{advice}. The last good checkpoint in {self.checkpoint_dir} is intact and resumable."
+        )
+
+    def _start_almond(self) -> None:
+        """At the VAE/ALMOND boundary: score the VAE, keep its checkpoint, start chains from the encoder."""
+        self.vae_metrics = self.task.score(self.model, self.dataset, self.cfg, self.device)
+        self.vae_snapshot = self.task.snapshot(self.model, self.dataset, self.cfg, self.device)
+        self.position.vae_epochs_done = self.position.epoch
+        self.position.phase, self.position.epoch, self.position.batch = "almond", 0, 0
+        self.save(extra_name="vae.pt")
+
+    def _handle_signal(self, signal_number, _frame) -> None:
+        self.stop_signal = signal_number
+
+    def run(self) -> dict:
+        """Advances the run to its end and returns the summary."""
+        if self.dist.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.reporter = ProgressReporter(self.cfg.progress if self.dist.is_writer else "quiet",
+                                         updates_per_epoch=self.num_batches)
+        self.logger = build_logger(self.cfg, self.run_dir, self.position.global_step, enabled=self.dist.is_writer)
+        previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._loop()
+        finally:
+            self.reporter.close()
+            self.logger.flush()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._finish()
+
+    def _loop(self) -> None:
+        position = self.position
+        current_phase = None
+        while position.phase != "done":
+            if position.epoch >= self._epochs_in(position.phase):
+                if position.phase == "vae":
+                    self._start_almond()
+                else:
+                    position.phase = "done"
+                continue
+            if current_phase != position.phase:
+                current_phase = position.phase
+                self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
+            if position.phase == "almond" and self.chains is None:
+                self.chains = phases.initial_chains(self.model, self.x, self.cfg.sampler.num_chains,
+                                                    self.noise_generator, self.batch_size)
+            started = time.perf_counter()
+            loss, diagnostics, fields = self._update()
+            loss_value = float(loss)
+            seconds = time.perf_counter() - started
+            position.epoch_seconds += seconds
+            if position.phase == "vae":
+                position.vae_seconds += seconds
+            else:
+                position.almond_seconds += seconds
+            position.loss_sum += loss_value
+            for name, value in diagnostics.items():
+                position.diagnostics_sum[name] = position.diagnostics_sum.get(name, 0.0) + float(value)
+            position.batch += 1
+            position.global_step += 1
+            if position.batch == self.num_batches:
+                count = self.num_batches
+                self._end_epoch(position.loss_sum / count,
+                                {k: v / count for k, v in position.diagnostics_sum.items()}, fields)
+            self._maybe_save_on_time()
+            self.stop_signal = self.dist.agree_on_signal(self.stop_signal)  # all ranks stop at the same update
+            if self.stop_signal is not None:
+                path = self.save()
+                raise Interrupted(self.stop_signal, path)
+
+    def _maybe_save_on_time(self) -> None:
+        minutes = self.cfg.checkpoint.every_minutes
+        if self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes):
+            self.save()
+
+    def _finish(self) -> dict:
+        """Scores the final model, writes summary.json, the figures and the final checkpoint."""
+        self.save()
+        summary = {
+            "vae": self.vae_metrics,
+            "almond": self.task.score(self.model, self.dataset, self.cfg, self.device),
+            "baselines": self.task.baselines(self.dataset, self.cfg, self.device),
+            "timing": {"vae_seconds": self.position.vae_seconds, "almond_seconds": self.position.almond_seconds},
+        }
+        if self.dist.is_writer:
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
+        self.logger.log_summary(summary, self.run_dir, self.position.global_step)
+        self.logger.close()
+        return summary
+
+
+def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
+    """Trains the model ``cfg`` describes into ``run_dir`` and returns the summary dict.
+
+    Args:
+        cfg: the composed config.
+        run_dir: the run folder (created if needed).
+        checkpoint: a loaded checkpoint of this run to continue from, or None for a new run.
+    """
+    run = TrainingRun(cfg, Path(run_dir))
+    # Rank 0 alone writes the folder, so it alone holds the lock.
+    with RunFolderLock(Path(run_dir)) if run.dist.is_writer else contextlib.nullcontext():
+        if checkpoint is not None:
+            run.resume_from(checkpoint)
+        summary = run.run()
+    if cfg.progress != "quiet" and run.dist.is_writer:
+        print_summary(summary, run_dir)
+    return summary
