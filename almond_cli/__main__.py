@@ -1,5 +1,5 @@
 """``python -m almond_cli`` is the ``almond`` command."""
 
-from .cli import main
+from .commands.cli import main
 
 main()

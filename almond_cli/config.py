@@ -16,7 +16,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UsageError
-from .networks import ACTIVATIONS, INITIALISATIONS
+from .model.networks import ACTIVATIONS, INITIALISATIONS
 
 
 class ConfigError(UsageError):
@@ -86,7 +86,7 @@ class ConvNetworkConfig:
 
 @dataclass
 class BernoulliLikelihoodConfig:
-    _target_: str = "almond_cli.likelihoods.Bernoulli"
+    _target_: str = "almond_cli.model.likelihoods.Bernoulli"
 
 
 @dataclass
@@ -116,12 +116,12 @@ class GLMMFileDataConfig:
 
 @dataclass
 class LinearNetworkConfig:
-    _target_: str = "almond_cli.networks.LinearDecoder"
+    _target_: str = "almond_cli.model.networks.LinearDecoder"
 
 
 @dataclass
 class PoissonGLMMLikelihoodConfig:
-    _target_: str = "almond_cli.likelihoods.PoissonGLMM"
+    _target_: str = "almond_cli.model.likelihoods.PoissonGLMM"
     max_linear_predictor: float = 30.0
 
 
@@ -135,7 +135,7 @@ class MLPNetworkConfig:
 
 @dataclass
 class GaussianLikelihoodConfig:
-    _target_: str = "almond_cli.likelihoods.Gaussian"
+    _target_: str = "almond_cli.model.likelihoods.Gaussian"
     sigma: float = 1.0
 
 
@@ -269,10 +269,33 @@ def with_current_defaults(saved):
         return saved
 
 
+# Where classes named by ``_target_`` lived before almond 0.2 moved them into subpackages: a run saved by an
+# earlier almond names them so in its checkpoint and ``.hydra/config.yaml``.
+MOVED_TARGETS = {
+    "almond_cli.likelihoods.": "almond_cli.model.likelihoods.",
+    "almond_cli.networks.": "almond_cli.model.networks.",
+    "almond_cli.conv_networks.": "almond_cli.model.conv_networks.",
+}
+
+
+def current_target(target: str) -> str:
+    """``target`` with a module path of an earlier almond replaced by today's (``MOVED_TARGETS``)."""
+    for old, new in MOVED_TARGETS.items():
+        if target.startswith(old):
+            return new + target[len(old):]
+    return target
+
+
 def saved_config(config_yaml: str):
-    """The config a checkpoint saved (its ``config_yaml``), completed by ``with_current_defaults``: what resume,
-    ``almond evaluate`` and ``almond sample`` read a run's settings from."""
-    return with_current_defaults(OmegaConf.create(config_yaml))
+    """The config a checkpoint saved (its ``config_yaml``), completed by ``with_current_defaults`` and with its
+    ``_target_`` paths brought up to date: what resume, ``almond evaluate`` and ``almond sample`` read a run's
+    settings from."""
+    cfg = with_current_defaults(OmegaConf.create(config_yaml))
+    for group in ("likelihood", "encoder", "decoder"):
+        node = cfg.get(group)
+        if node is not None and isinstance(node.get("_target_"), str):
+            node._target_ = current_target(node._target_)
+    return cfg
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -339,7 +362,7 @@ def validate(cfg) -> None:
         _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
         _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")
     if cfg.data.name == "file":
-        from .data_files import validate_file_config
+        from .data.files import validate_file_config
 
         validate_file_config(cfg)
         _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
@@ -381,7 +404,7 @@ def _validate_images(cfg) -> None:
                      f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
             _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")
 GLMM_DATA = ("glmm", "glmm_file")
-POISSON_GLMM_TARGET = "almond_cli.likelihoods.PoissonGLMM"
+POISSON_GLMM_TARGET = "almond_cli.model.likelihoods.PoissonGLMM"
 
 
 def _validate_glmm(cfg) -> None:

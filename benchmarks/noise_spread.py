@@ -16,7 +16,7 @@ import tempfile
 import torch
 from hydra import compose, initialize_config_module
 
-from almond_cli import runtime, trainer
+from almond_cli.training import runtime, trainer
 from almond_cli.config import register_schemas
 
 

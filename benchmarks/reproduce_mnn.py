@@ -62,9 +62,9 @@ def data_floors(run_dir: Path) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from almond_cli.data import build_dataset
-    from almond_cli.distances import w1_distance
-    from almond_cli.runtime import seed_streams
+    from almond_cli.data.dataset import build_dataset
+    from almond_cli.tasks.metrics import w1_distance
+    from almond_cli.training.runtime import seed_streams
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])

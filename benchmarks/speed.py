@@ -10,7 +10,7 @@ composes it (``configs/experiment/*.yaml``), its data and model built by the pro
     mnist_conv_small  mnist_cpu    conv decoder, 16 filters, B 200, C 2, K 3 (needs the MNIST files)
     mnist_conv_paper  mnist_20d    conv decoder, 64 filters, B 200, C 20, K 5 (GPU work; ~seconds per step on CPU)
 
-It times ``almond_cli.sampler.run`` (the Langevin steps) and ``almond_cli.phases.almond_update`` (K steps + the
+It times ``almond_cli.langevin.sampler.run`` (the Langevin steps) and ``almond_cli.training.phases.almond_update`` (K steps + the
 parameter step) once with the hand-written gradient (``fast``, the default path) and once with autograd
 (``autograd``, the reference), interleaved round by round so a load change hits both alike; a model the fast
 path does not cover (the conv decoder) is timed once, as ``autograd``.
@@ -42,12 +42,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from almond_cli import phases, sampler
-from almond_cli.chains import PersistentChains
-from almond_cli.data import build_dataset
-from almond_cli.fast_gradients import MLPTarget, target_for
-from almond_cli.runtime import configure_process
-from almond_cli.trainer import build_model
+from almond_cli.langevin import sampler
+from almond_cli.training import phases
+from almond_cli.langevin.chains import PersistentChains
+from almond_cli.data.dataset import build_dataset
+from almond_cli.langevin.targets import MLPTarget, target_for
+from almond_cli.training.runtime import configure_process
+from almond_cli.training.trainer import build_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 MNIST_ROOT = REPOSITORY.parent / "shared" / "data" / "mnist"

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from almond_cli.data import make_normal_means
-from almond_cli.runtime import seed_streams
+from almond_cli.data.dataset import make_normal_means
+from almond_cli.training.runtime import seed_streams
 
 ALMOND = str(Path(sys.executable).parent / "almond")
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="sample again from finished runs in --work")
     parser.add_argument("--quick", action="store_true", help="200+200 epochs instead of the paper's 1000+1000")
     args = parser.parse_args()
-    from almond_cli.sample import sample
+    from almond_cli.commands.sample import sample
 
     rows = []
     for seed in args.seeds:

@@ -86,7 +86,7 @@ def compose_config(overrides: list[str]):
 
 def assert_same_final_state(first_run: Path, second_run: Path) -> None:
     """Bitwise equality of the final parameters and chains of two run folders, and the same epochs logged."""
-    from almond_cli.checkpoint import load_checkpoint
+    from almond_cli.training.checkpoint import load_checkpoint
 
     first = load_checkpoint(first_run / "checkpoints" / "last.pt")
     second = load_checkpoint(second_run / "checkpoints" / "last.pt")

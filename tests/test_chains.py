@@ -1,6 +1,6 @@
 import torch
 
-from almond_cli.chains import PersistentChains
+from almond_cli.langevin.chains import PersistentChains
 
 
 def test_gather_scatter_round_trip_by_data_index():

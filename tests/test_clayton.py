@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from almond_cli.clayton import (ShiftedGamma, clayton_lambda, clayton_random_effects, clayton_uniforms,
+from almond_cli.data.clayton import (ShiftedGamma, clayton_lambda, clayton_random_effects, clayton_uniforms,
                                 empirical_lambda, kendall_tau, lambda_l1)
-from almond_cli.distances import ks_distance
+from almond_cli.tasks.metrics import ks_distance
 
 
 def test_kendall_tau_of_every_pair_is_theta_over_theta_plus_two():

@@ -41,7 +41,7 @@ def test_the_default_is_the_papers_exponential_experiment():
 
 @pytest.mark.parametrize("group", [g for g in GROUPS if g != "experiment"])
 def test_every_group_option_composes_and_validates(group):
-    from almond_cli.cli import drop_default_experiment
+    from almond_cli.commands.cli import drop_default_experiment
 
     for option in options(group):
         # As the command does: another model-group option drops the default experiment's keys.
@@ -67,13 +67,13 @@ def test_every_group_option_composes_and_validates(group):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_validates_and_builds(experiment):
-    from almond_cli.trainer import build_model
+    from almond_cli.training.trainer import build_model
 
     cfg = compose_with([f"experiment={experiment}"])
     validate(cfg)
     assert cfg.experiment_name == experiment
     if cfg.data.name == "normal_means":
-        from almond_cli.data import build_dataset
+        from almond_cli.data.dataset import build_dataset
 
         dataset = build_dataset(cfg.data, 0)
         model = build_model(cfg, dataset)

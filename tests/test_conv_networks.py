@@ -8,13 +8,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from almond_cli.chains import PersistentChains
+from almond_cli.langevin.chains import PersistentChains
 from almond_cli.config import ConvNetworkConfig
-from almond_cli.conv_networks import ConvDecoder, ConvEncoder
+from almond_cli.model.conv_networks import ConvDecoder, ConvEncoder
 from almond_cli.errors import UsageError
-from almond_cli.likelihoods import Bernoulli
-from almond_cli.model import LatentVariableModel
-from almond_cli.phases import almond_update, vae_update
+from almond_cli.model.likelihoods import Bernoulli
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.training.phases import almond_update, vae_update
 
 
 def small_model(latent_dim=3, batch_norm=True):
@@ -39,9 +39,9 @@ def test_paper_architecture_by_default():
 def test_shapes_with_chain_axes_and_config_sizes():
     cfg = OmegaConf.structured(ConvNetworkConfig)
     cfg.channels, cfg.dense_units, cfg.kernel_size = [8, 16], 64, 3
-    encoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.conv_networks.ConvEncoder"}),
+    encoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvEncoder"}),
                           data_dim=784, latent_dim=5)
-    decoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.conv_networks.ConvDecoder"}),
+    decoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvDecoder"}),
                           latent_dim=5, output_dim=784)
     mean, log_var = encoder(torch.rand(6, 784))
     assert mean.shape == (6, 5) and log_var.shape == (6, 5)

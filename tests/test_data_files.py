@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from almond_cli import cli
-from almond_cli.data_files import DataFileError, load_file_dataset, read_table
+from almond_cli.commands import cli
+from almond_cli.data.files import DataFileError, load_file_dataset, read_table
 from conftest import run_almond
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from almond_cli.chains import PersistentChains
-from almond_cli.diagnostics import chain_rhat, split_rhat
+from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.diagnostics import chain_rhat, split_rhat
 
 
 def test_split_rhat_matches_the_formula_by_hand():
@@ -79,9 +79,9 @@ def test_chain_rhat_leaves_batch_norm_statistics_and_the_training_mode_alone():
     """The check runs the decoder in eval mode, as the ALMOND update does: a model with batch norm, left in train
     mode between updates, keeps its running statistics (they define the training target and the scored model)
     and its mode, and the check's R-hat is that of the eval-mode target."""
-    from almond_cli.conv_networks import ConvDecoder, ConvEncoder
-    from almond_cli.likelihoods import Bernoulli
-    from almond_cli.model import LatentVariableModel
+    from almond_cli.model.conv_networks import ConvDecoder, ConvEncoder
+    from almond_cli.model.likelihoods import Bernoulli
+    from almond_cli.model.model import LatentVariableModel
 
     torch.manual_seed(0)
     model = LatentVariableModel(ConvEncoder(784, 2, channels=[4, 4, 4], dense_units=16),

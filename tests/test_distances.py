@@ -1,7 +1,7 @@
 import torch
 
-from almond_cli.distances import ks_distance, w1_distance
-from almond_cli.priors import ExponentialPrior, NormalMixturePrior, NormalPrior, make_prior
+from almond_cli.tasks.metrics import ks_distance, w1_distance
+from almond_cli.data.priors import ExponentialPrior, NormalMixturePrior, NormalPrior, make_prior
 
 
 def test_ks_of_a_point_mass_against_a_uniform():
@@ -45,7 +45,7 @@ def test_paper_prior_parameters_and_densities_integrate_to_one():
 
 
 def test_distances_to_an_empirical_distribution_are_the_two_sample_distances():
-    from almond_cli.priors import EmpiricalPrior
+    from almond_cli.data.priors import EmpiricalPrior
 
     generator = torch.Generator().manual_seed(3)
     draws = torch.randn(400, generator=generator, dtype=torch.float64) * 1.5 + 0.4
@@ -70,8 +70,8 @@ def grid_error_bound(draws, truth, grid_size=200_001):
 
 
 def test_normal_means_scores_name_the_prior_and_the_true_means():
-    from almond_cli.data import build_dataset
-    from almond_cli.task_normal_means import NormalMeansTask
+    from almond_cli.data.dataset import build_dataset
+    from almond_cli.tasks.normal_means import NormalMeansTask
     from omegaconf import OmegaConf
 
     dataset = build_dataset(OmegaConf.create({"name": "normal_means", "n": 500, "prior": "exponential",

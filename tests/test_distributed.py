@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from almond_cli.checkpoint import CheckpointError
-from almond_cli.distributed import DataParallel
+from almond_cli.training.checkpoint import CheckpointError
+from almond_cli.training.distributed import DataParallel
 from conftest import almond_executable, read_metrics, run_almond
 
 TINY = ["debug=tiny", "threads=1", "progress=plain"]

@@ -83,7 +83,7 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     ([], "what= is required"),
 ])
 def test_sample_refuses_bad_arguments(finished_run, tmp_path, args, fragment, capsys):
-    from almond_cli import cli
+    from almond_cli.commands import cli
 
     folder, run_dir = finished_run
     target = folder if fragment == "not an almond run folder" else run_dir
@@ -95,7 +95,7 @@ def test_sample_refuses_bad_arguments(finished_run, tmp_path, args, fragment, ca
 
 
 def test_evaluate_refuses_a_missing_folder_and_bad_k(tmp_path, capsys):
-    from almond_cli import cli
+    from almond_cli.commands import cli
 
     for args, fragment in ([str(tmp_path / "nowhere")], "does not exist"), ([str(tmp_path), "k=0"], "k must be >= 1"):
         with pytest.raises(SystemExit) as stopped:

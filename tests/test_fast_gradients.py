@@ -10,11 +10,13 @@ s · 1 = 1e-2 per step and fails.
 import pytest
 import torch
 
-from almond_cli import fast_gradients, phases, sampler
-from almond_cli.chains import PersistentChains
-from almond_cli.likelihoods import Gaussian, PoissonGLMM
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import MLPDecoder, MLPEncoder
+from almond_cli.langevin import sampler
+from almond_cli.langevin import targets as fast_gradients
+from almond_cli.training import phases
+from almond_cli.langevin.chains import PersistentChains
+from almond_cli.model.likelihoods import Gaussian, PoissonGLMM
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.model.networks import MLPDecoder, MLPEncoder
 
 # (hidden sizes, activation, latent d, data D): scalar output with 1–3 hidden layers (the folded backward
 # sweep), vector output, d > 1, each supported activation.

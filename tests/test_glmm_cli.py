@@ -32,7 +32,7 @@ def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
     assert baseline_summary["baselines"] == {}
     assert baseline_summary["almond"] == summary["baselines"]["gaussian_glmm"]
     config = (baseline / "checkpoints" / "last.pt").read_bytes()
-    assert b"almond_cli.networks.LinearDecoder" in config
+    assert b"almond_cli.model.networks.LinearDecoder" in config
 
 
 def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):
@@ -41,7 +41,7 @@ def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):
     import torch
 
     from almond_cli.config import register_schemas
-    from almond_cli.task_glmm import fit_gaussian_glmm
+    from almond_cli.tasks.glmm import fit_gaussian_glmm
 
     register_schemas()
     overrides = [o for o in TINY_GLMM if not o.startswith("progress")] + ["progress=quiet"]

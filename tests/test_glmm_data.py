@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from almond_cli.glmm_data import GLMMFileError, load_glmm_file, make_glmm
+from almond_cli.data.glmm import GLMMFileError, load_glmm_file, make_glmm
 from conftest import run_almond
 
 

@@ -3,8 +3,8 @@
 import torch
 from torch.distributions import Poisson
 
-from almond_cli.likelihoods import PoissonGLMM
-from almond_cli.networks import LinearDecoder
+from almond_cli.model.likelihoods import PoissonGLMM
+from almond_cli.model.networks import LinearDecoder
 
 
 def _rows(batch: int, p: int, q: int, generator: torch.Generator) -> torch.Tensor:

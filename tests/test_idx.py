@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from almond_cli.config import MnistDataConfig
 from almond_cli.errors import UsageError
-from almond_cli.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, load_split, read_idx, write_idx
-from almond_cli.mnist_data import build_mnist
+from almond_cli.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, load_split, read_idx, write_idx
+from almond_cli.data.mnist import build_mnist
 
 
 def make_split(root: Path, split: str, count: int, seed: int, gz: bool = True, rows: int = 28, cols: int = 28):

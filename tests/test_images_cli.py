@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from almond_cli.config import register_schemas, validate
-from almond_cli.idx import write_idx
+from almond_cli.data.idx import write_idx
 from conftest import MNIST_DIR, read_metrics, run_almond
 
 needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -90,7 +90,7 @@ def test_wrong_magic_exits_2(tmp_path):
                                           ("evaluation.nll_samples=0", "evaluation.nll_samples"),
                                           ("encoder.channels=[]", "encoder.channels")])
 def test_bad_image_settings_exit_2_before_anything_runs(override, key, capsys):
-    from almond_cli.cli import main
+    from almond_cli.commands.cli import main
 
     with pytest.raises(SystemExit) as stop:
         main(["train", "experiment=mnist_cpu", "data.root=/x", override])

@@ -1,8 +1,8 @@
 import torch
 from torch import distributions as D
 
-from almond_cli.likelihoods import Gaussian
-from almond_cli.model import standard_normal_log_prob
+from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.model import standard_normal_log_prob
 
 
 def test_gaussian_matches_torch_distributions():

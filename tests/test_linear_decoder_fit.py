@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from almond_cli import phases
-from almond_cli.likelihoods import Gaussian
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import LinearDecoder, MLPEncoder
+from almond_cli.training import phases
+from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.model.networks import LinearDecoder, MLPEncoder
 
 
 @pytest.mark.slow

@@ -4,10 +4,11 @@ import pytest
 import torch
 from conftest import read_metrics, run_almond
 
-from almond_cli import fast_gradients, sampler
-from almond_cli.likelihoods import Gaussian
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import MLPDecoder, MLPEncoder
+from almond_cli.langevin import sampler
+from almond_cli.langevin import targets as fast_gradients
+from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.model.networks import MLPDecoder, MLPEncoder
 
 MEAN, VARIANCE = 1.5, 1.0
 

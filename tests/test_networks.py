@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from almond_cli.networks import MLPDecoder, MLPEncoder, make_mlp
+from almond_cli.model.networks import MLPDecoder, MLPEncoder, make_mlp
 
 
 def linears(net):

@@ -8,10 +8,10 @@ import math
 import torch
 from torch import nn
 
-from almond_cli.likelihoods import Gaussian
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import Decoder, Encoder
-from almond_cli.nll import estimate_log_marginal, nll_summary
+from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.model.networks import Decoder, Encoder
+from almond_cli.model.marginal import estimate_log_marginal, nll_summary
 
 D, LATENT, SIGMA = 6, 2, 0.5
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from almond_cli.likelihoods import Bernoulli, Gaussian, HeteroscedasticGaussian, Poisson
-from almond_cli.model import LatentVariableModel
-from almond_cli.networks import MLPDecoder, MLPEncoder
-from almond_cli.sample import normal_eb_means, posterior_draws, summarise
+from almond_cli.model.likelihoods import Bernoulli, Gaussian, HeteroscedasticGaussian, Poisson
+from almond_cli.model.model import LatentVariableModel
+from almond_cli.model.networks import MLPDecoder, MLPEncoder
+from almond_cli.commands.sample import normal_eb_means, posterior_draws, summarise
 
 
 def test_bernoulli_matches_torch_for_binary_and_grey_values():

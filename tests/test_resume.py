@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from almond_cli.checkpoint import CheckpointError, load_checkpoint
-from almond_cli.trainer import Interrupted, TrainingRun, train
+from almond_cli.training.checkpoint import CheckpointError, load_checkpoint
+from almond_cli.training.trainer import Interrupted, TrainingRun, train
 from conftest import almond_executable, assert_same_final_state, compose_config, read_metrics, run_almond
 
 # 200 points in batches of 64: 4 updates per epoch, so an interruption can fall mid-epoch.
@@ -196,7 +196,7 @@ def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(tmp_
 
 def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
     from almond_cli.errors import UsageError
-    from almond_cli.run_lock import RunFolderLock
+    from almond_cli.training.run_lock import RunFolderLock
 
     with RunFolderLock(tmp_path):
         with pytest.raises(UsageError, match="being written by almond pid"):
@@ -210,7 +210,7 @@ def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
 
 
 def test_truncate_metrics_keeps_each_finished_epoch_once(tmp_path):
-    from almond_cli.trainer import Position, truncate_metrics
+    from almond_cli.training.trainer import Position, truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"phase": "vae", "epoch": 1, "step": 4}, {"phase": "vae", "epoch": 2, "step": 8},
@@ -243,7 +243,7 @@ def test_a_run_saved_before_newer_config_keys_resumes_with_their_defaults(tmp_pa
     model groups (``encoder.init``); resuming it must fill those in, not fail on a missing key."""
     from omegaconf import OmegaConf
 
-    from almond_cli.checkpoint import save_checkpoint
+    from almond_cli.training.checkpoint import save_checkpoint
 
     args = ["debug=tiny", "threads=1", "progress=quiet", "schedule.almond_epochs=2"]
     first = run_almond(["train", *args, "hydra.run.dir=run"], cwd=tmp_path)
@@ -268,7 +268,7 @@ def test_current_defaults_fill_only_what_a_saved_config_lacks():
     from almond_cli.config import with_current_defaults
 
     saved = OmegaConf.create({"seed": 3, "retired_key": 5, "sampler": {"step_size": 0.02, "num_chains": 7},
-                              "encoder": {"_target_": "almond_cli.networks.MLPEncoder", "hidden_sizes": [4]}})
+                              "encoder": {"_target_": "almond_cli.model.networks.MLPEncoder", "hidden_sizes": [4]}})
     merged = with_current_defaults(saved)
     assert merged.seed == 3 and merged.sampler.step_size == 0.02 and merged.sampler.num_chains == 7
     assert merged.retired_key == 5  # kept as saved

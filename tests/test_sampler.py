@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from almond_cli import sampler
+from almond_cli.langevin import sampler
 
 # Target: z ~ N(0, 1), x | z ~ N(z, noise_var): posterior N(x / (1 + noise_var), noise_var / (1 + noise_var)).
 NOISE_VAR = 0.5

@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import torch
 
-from almond_cli.schedules import AlmondOptimisers, langevin_step_size
+from almond_cli.training.schedules import AlmondOptimisers, langevin_step_size
 
 
 def test_langevin_step_size_is_the_papers_max_of_floor_and_inverse_sqrt():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from almond_cli.conv_networks import ConvDecoder
-from almond_cli.networks import MLPDecoder
+from almond_cli.model.conv_networks import ConvDecoder
+from almond_cli.model.networks import MLPDecoder
 
 SPEED = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
 

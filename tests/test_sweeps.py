@@ -8,8 +8,8 @@ import math
 import pytest
 import yaml
 
-from almond_cli import extras
-from almond_cli.compare import collect, compare
+from almond_cli.commands import extras
+from almond_cli.commands.compare import collect, compare
 from conftest import run_almond
 
 TINY = ["debug=tiny", "threads=1", "progress=quiet"]

@@ -3,7 +3,7 @@ tags the issue lists, values equal to ``metrics.jsonl`` (the record), and a thro
 
 import pytest
 
-from almond_cli.console import Throughput
+from almond_cli.training.console import Throughput
 from conftest import read_metrics, run_almond
 
 
