@@ -25,9 +25,9 @@ from . import checkpoint as ckpt
 from . import phases
 from ..atomic import write_text_atomic
 from ..langevin.chains import PersistentChains
+from .chain_checks import periodic_rhat
 from .console import ProgressReporter, print_summary
 from ..data.dataset import Dataset, build_dataset
-from ..langevin.diagnostics import periodic_rhat
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
 from ..errors import UsageError
