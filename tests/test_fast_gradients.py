@@ -1,4 +1,5 @@
-"""The hand-written Langevin gradient (fast_gradients) against autograd: same values, same chains.
+"""The hand-written Langevin gradient (targets.MLPTarget) against autograd (targets.AutogradTarget): same values,
+same chains.
 
 Tolerances: every quantity is float32; the fused path and autograd add the same terms in a different order,
 so they differ by a few units in the last place of the largest intermediate (|h| ≲ 10 here → ~1e-6).
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from almond_cli.langevin import sampler
-from almond_cli.langevin import targets as fast_gradients
+from almond_cli.langevin import targets
 from almond_cli.training import phases
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.model.likelihoods import Gaussian, PoissonGLMM
@@ -47,9 +48,9 @@ def test_value_and_gradient_match_autograd(hidden, activation, latent_dim, data_
     model = make_model(hidden, activation, latent_dim, data_dim)
     x = torch.randn(13, data_dim) * 2
     z = torch.randn(13, 9, latent_dim) * 2
-    target = fast_gradients.target_for(model, x)
-    assert isinstance(target, fast_gradients.MLPTarget)
-    reference = sampler.evaluate(z, lambda q: model.log_joint(x, q))
+    target = targets.target_for(model, x)
+    assert isinstance(target, targets.MLPTarget)
+    reference = sampler.evaluate(z, targets.AutogradTarget(lambda q: model.log_joint(x, q)))
     fused = sampler.evaluate(z, target)
     torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-5)
@@ -63,8 +64,8 @@ def test_softplus_far_outside_its_linear_range():
         model.decoder.net[0].weight.fill_(30.0)
     x = torch.randn(4, 1)
     z = torch.linspace(-3, 3, 4 * 50).reshape(4, 50, 1)
-    reference = sampler.evaluate(z, lambda q: model.log_joint(x, q))
-    fused = sampler.evaluate(z, fast_gradients.target_for(model, x))
+    reference = sampler.evaluate(z, targets.AutogradTarget(lambda q: model.log_joint(x, q)))
+    fused = sampler.evaluate(z, targets.target_for(model, x))
     torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-4)
 
 
@@ -74,7 +75,7 @@ def test_same_chains_for_the_same_generator_state(hidden, activation, latent_dim
     x = torch.randn(20, data_dim)
     start = torch.randn(20, 8, latent_dim)
     results = []
-    for target in (lambda q: model.log_joint(x, q), fast_gradients.target_for(model, x)):
+    for target in (targets.AutogradTarget(lambda q: model.log_joint(x, q)), targets.target_for(model, x)):
         generator = torch.Generator().manual_seed(7)
         with model.frozen():
             kept, info = sampler.run(start, target, 0.01, 10, 5, generator)
@@ -108,7 +109,7 @@ def test_fast_path_is_bitwise_deterministic():
         model = make_model([50, 100, 50], "softplus", 1, 1)
         x = torch.randn(10, 1)
         generator = torch.Generator().manual_seed(11)
-        kept, _ = sampler.run(torch.zeros(10, 4, 1), fast_gradients.target_for(model, x), 0.01, 5, 0, generator)
+        kept, _ = sampler.run(torch.zeros(10, 4, 1), targets.target_for(model, x), 0.01, 5, 0, generator)
         runs.append(kept)
     assert torch.equal(runs[0], runs[1])
 
@@ -116,12 +117,12 @@ def test_fast_path_is_bitwise_deterministic():
 def test_unknown_networks_fall_back_to_autograd():
     model = make_model([4], "gelu", 1, 1)
     x = torch.randn(3, 1)
-    target = fast_gradients.target_for(model, x)
-    assert not hasattr(target, "value_and_grad")
+    target = targets.target_for(model, x)
+    assert isinstance(target, targets.AutogradTarget)
     z = torch.randn(3, 2, 1)
     torch.testing.assert_close(target(z), model.log_joint(x, z))
-    plain = fast_gradients.target_for(make_model([4], "softplus", 1, 1), x, fast=False)
-    assert not hasattr(plain, "value_and_grad")
+    plain = targets.target_for(make_model([4], "softplus", 1, 1), x, fast=False)
+    assert isinstance(plain, targets.AutogradTarget)
 
 
 def test_a_run_is_bitwise_repeatable_on_the_fast_path(tmp_path):
@@ -154,9 +155,9 @@ def make_glmm_model(seed=0):
 def test_poisson_glmm_fast_gradient_matches_autograd_on_both_sides_of_the_cap():
     model, x = make_glmm_model()
     z = torch.randn(15, 9, 2) * 2
-    target = fast_gradients.target_for(model, x)
-    assert isinstance(target, fast_gradients.MLPTarget)
-    reference = sampler.evaluate(z, lambda q: model.log_joint(x, q))
+    target = targets.target_for(model, x)
+    assert isinstance(target, targets.MLPTarget)
+    reference = sampler.evaluate(z, targets.AutogradTarget(lambda q: model.log_joint(x, q)))
     fused = sampler.evaluate(z, target)
     eta = model.likelihood.linear_predictor(x, model.decoder(z))
     assert (eta > 1.5).any() and (eta < 1.5).any()  # the check covers exp and its quadratic continuation
@@ -168,7 +169,7 @@ def test_poisson_glmm_same_chains_for_the_same_generator_state():
     model, x = make_glmm_model(seed=1)
     start = torch.randn(15, 6, 2)
     kept = []
-    for target in (lambda q: model.log_joint(x, q), fast_gradients.target_for(model, x)):
+    for target in (targets.AutogradTarget(lambda q: model.log_joint(x, q)), targets.target_for(model, x)):
         with model.frozen():
             kept.append(sampler.run(start, target, 0.01, 10, 5, torch.Generator().manual_seed(5))[0])
     torch.testing.assert_close(kept[1], kept[0], rtol=0, atol=1e-4)

@@ -5,7 +5,7 @@ import torch
 from conftest import read_metrics, run_almond
 
 from almond_cli.langevin import sampler
-from almond_cli.langevin import targets as fast_gradients
+from almond_cli.langevin import targets
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
@@ -13,9 +13,12 @@ from almond_cli.model.networks import MLPDecoder, MLPEncoder
 MEAN, VARIANCE = 1.5, 1.0
 
 
-def gaussian_target(z):
+def log_gaussian(z):
     """log N(z; MEAN, VARIANCE) up to a constant, per chain: (B, C, 1) -> (B, C)."""
     return -0.5 * ((z - MEAN) ** 2).sum(-1) / VARIANCE
+
+
+gaussian_target = targets.AutogradTarget(log_gaussian)
 
 
 def final_positions(method, step_size, chains=4000, steps=20):
@@ -47,7 +50,8 @@ def test_mala_rejects_everything_when_proposals_are_impossible():
     def only_origin(z):
         return torch.where(z.abs().sum(-1) == 0, torch.zeros(z.shape[:-1]), torch.full(z.shape[:-1], -torch.inf)) - 0 * z.sum(-1)
 
-    kept, info = sampler.run(start, only_origin, 0.1, 4, 0, torch.Generator().manual_seed(0), method="mala")
+    kept, info = sampler.run(start, targets.AutogradTarget(only_origin), 0.1, 4, 0, torch.Generator().manual_seed(0),
+                             method="mala")
     assert torch.equal(kept, torch.zeros(4, 2, 5, 1))
     assert float(info.acceptance_rate) == 0.0
 
@@ -58,7 +62,7 @@ def test_mala_fast_path_gives_the_same_chains_as_autograd():
     x = torch.randn(30, 1) + 2
     start = torch.randn(30, 6, 1)
     outcomes = []
-    for target in (lambda q: model.log_joint(x, q), fast_gradients.target_for(model, x)):
+    for target in (targets.AutogradTarget(lambda q: model.log_joint(x, q)), targets.target_for(model, x)):
         with model.frozen():
             outcomes.append(sampler.run(start, target, 0.3, 10, 0, torch.Generator().manual_seed(2), method="mala"))
     # Same accept decisions (a flip would move a chain by ~sqrt(2s) ≈ 0.8) and positions to float rounding.

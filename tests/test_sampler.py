@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from almond_cli.langevin import sampler
+from almond_cli.langevin.targets import AutogradTarget, Target
 
 # Target: z ~ N(0, 1), x | z ~ N(z, noise_var): posterior N(x / (1 + noise_var), noise_var / (1 + noise_var)).
 NOISE_VAR = 0.5
@@ -16,7 +17,7 @@ def log_joint_fn(x):
     def fn(z):  # z (B, C, 1) -> (B, C)
         return (-0.5 * (x.view(-1, 1, 1) - z).square() / NOISE_VAR - 0.5 * z.square()).sum(-1)
 
-    return fn
+    return AutogradTarget(fn)
 
 
 def ula_stationary_variance(variance: float, step_size: float) -> float:
@@ -88,5 +89,66 @@ def test_nonfinite_targets_are_reported():
         return torch.where(z[..., 0] > 0, torch.full_like(z[..., 0], float("nan")), -z[..., 0].square())
 
     z = torch.tensor([[[1.0], [-1.0]]])
-    state = sampler.evaluate(z, broken)
+    state = sampler.evaluate(z, AutogradTarget(broken))
     assert float(sampler.diagnose(state).nonfinite_fraction) == 0.5
+
+
+class ClosedFormGaussian(Target):
+    """log N(z; mean, I) with its gradient −(z − mean) written out; ``__call__`` refuses, so a sampler that took
+    the gradient by autograd (or evaluated the target any other way) fails. Counts ``value_and_grad`` calls."""
+
+    def __init__(self, mean: float):
+        self.mean = mean
+        self.calls = 0
+
+    def __call__(self, z):
+        raise AssertionError("the sampler must call value_and_grad, not the target itself")
+
+    def value_and_grad(self, z):
+        self.calls += 1
+        return -0.5 * (z - self.mean).square().sum(-1), -(z - self.mean)
+
+
+@pytest.mark.parametrize("method,evaluations", [("ula", 4), ("mala", 5)])
+def test_the_sampler_calls_the_targets_value_and_grad_and_nothing_else(method, evaluations):
+    target = ClosedFormGaussian(2.0)
+    z = torch.tensor([[[0.5], [-1.0]]])
+    kept, info = sampler.run(z, target, 0.1, 4, 0, torch.Generator().manual_seed(4), method=method)
+    assert target.calls == evaluations  # ULA: K evaluations; MALA: K + 1
+    assert kept.shape == (4, 1, 2, 1) and torch.isfinite(info.mean_log_joint)
+    # One step moves by s times the target's own gradient: −(0.5 − 2) = 1.5 and −(−1 − 2) = 3.
+    state = sampler.evaluate(z, target)
+    assert torch.equal(state.grad, torch.tensor([[[1.5], [3.0]]]))
+    noise = torch.randn((1, 2, 1), generator=torch.Generator().manual_seed(6))
+    new_state, _ = sampler.step(state, target, 0.1, torch.Generator().manual_seed(6))
+    assert torch.allclose(new_state.z, z + 0.1 * state.grad + math.sqrt(0.2) * noise)
+    assert torch.equal(new_state.grad, -(new_state.z - 2.0))
+
+
+def test_a_plain_function_is_not_a_target():
+    with pytest.raises(TypeError, match="AutogradTarget"):
+        sampler.run(torch.zeros(1, 1, 1), lambda z: -z.square().sum(-1), 0.1, 2, 0)
+
+
+def test_autograd_target_gives_the_closed_form_gradient_of_a_gaussian():
+    # log N(z; mu, Sigma) has gradient −Sigma^{-1} (z − mu); a full covariance mixes the coordinates.
+    generator = torch.Generator().manual_seed(8)
+    factor = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    covariance = factor @ factor.T + 0.5 * torch.eye(3, dtype=torch.float64)
+    mean = torch.randn(3, generator=generator, dtype=torch.float64)
+    law = torch.distributions.MultivariateNormal(mean, covariance)
+    z = torch.randn(5, 4, 3, generator=generator, dtype=torch.float64)
+    target = AutogradTarget(law.log_prob)
+    log_joint, grad = target.value_and_grad(z)
+    assert log_joint.shape == (5, 4) and grad.shape == (5, 4, 3)
+    assert not log_joint.requires_grad and not grad.requires_grad and not z.requires_grad
+    torch.testing.assert_close(log_joint, law.log_prob(z), rtol=1e-12, atol=1e-12)
+    expected = -torch.linalg.solve(covariance, (z - mean).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(target(z), law.log_prob(z))
+    # Inside no_grad (the ALMOND update's callers) the gradient is still taken.
+    with torch.no_grad():
+        torch.testing.assert_close(target.value_and_grad(z)[1], expected, rtol=1e-10, atol=1e-10)
+    # The sampler's state carries exactly the target's value and gradient.
+    state = sampler.evaluate(z, target)
+    assert torch.equal(state.log_joint, log_joint) and torch.equal(state.grad, grad)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import sampler
+from .targets import AutogradTarget
 from ..model.model import evaluation_mode
 
 
@@ -70,10 +71,11 @@ def chain_rhat(model, chains, x: Tensor, num_points: int, step_size: float, burn
     kept = []
     # Eval mode, as the ALMOND update: in train mode batch norm would normalise by this check's own batch and
     # overwrite the running statistics that define the training target and the scored model.
+    target = AutogradTarget(lambda z: model.log_joint(batch, z))
     with evaluation_mode(model), model.frozen():
-        state = sampler.evaluate(chains.gather(indices), lambda z: model.log_joint(batch, z))
+        state = sampler.evaluate(chains.gather(indices), target)
         for index in range(burn_in + num_draws):
-            state, _ = sampler.step(state, lambda z: model.log_joint(batch, z), step_size, generator)
+            state, _ = sampler.step(state, target, step_size, generator)
             if index >= burn_in:
                 kept.append(state.log_joint)
     rhat = split_rhat(torch.stack(kept, dim=-1))  # (B, C, N) -> (B,)

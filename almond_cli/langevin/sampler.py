@@ -5,10 +5,12 @@ with the Langevin update
 
     z ← z + s ∇_z log p(x, z) + sqrt(2 s) ε,    ε ~ N(0, I),
 
-run on C chains per data point. This module is pure: it knows the target only through a function
-``log_joint_fn(z) -> (B, C)`` and holds no counters; the caller decides burn-in, averaging and the step-size
-schedule. Chains are a tensor axis: a state has shape (B, C, d) for B data points, C chains, d latent
-dimensions.
+run on C chains per data point. This module is pure: it knows the target only through one method,
+``target.value_and_grad(z) -> (log p(x, z) (B, C), ∇_z log p(x, z) (B, C, d))`` of a ``targets.Target``
+(autograd by default, ``targets.AutogradTarget``; or a hand-written gradient, ``targets.MLPTarget``), knows
+nothing of models and holds no counters; the caller builds the target (``targets.target_for``, or
+``targets.AutogradTarget`` around a closure) and decides burn-in, averaging and the step-size schedule.
+Chains are a tensor axis: a state has shape (B, C, d) for B data points, C chains, d latent dimensions.
 
 ``method="mala"`` adds a Metropolis–Hastings correction to each move (MALA, Roberts & Tweedie 1996):
 the proposal above is accepted with probability min(1, p(z')q(z | z') / p(z)q(z' | z)), chain by chain,
@@ -18,12 +20,13 @@ uniform draw per chain and step. The acceptance rate is reported as a tensor.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
-LogJointFn = Callable[[Tensor], Tensor]
+if TYPE_CHECKING:  # for annotations only: the sampler needs nothing of targets.py at run time
+    from .targets import Target
 
 
 class LangevinState(NamedTuple):
@@ -59,24 +62,15 @@ class StepInfo(NamedTuple):
 METHODS = ("ula", "mala")
 
 
-def evaluate(z: Tensor, log_joint_fn: LogJointFn) -> LangevinState:
-    """Evaluates the target and its gradient at ``z`` (B, C, d).
-
-    The gradient is taken with ``torch.autograd.grad`` with respect to ``z`` alone, so no parameter
-    gradient is accumulated; callers freeze the decoder's parameters to skip their backward work too.
-    A target that carries its own ``value_and_grad(z) -> (log_joint, grad)`` (a hand-written gradient,
-    ``fast_gradients.MLPTarget``) is used instead of autograd; it must agree with autograd on its
-    ``__call__`` (tests/test_fast_gradients.py).
-    """
-    value_and_grad = getattr(log_joint_fn, "value_and_grad", None)
-    if value_and_grad is not None:
-        log_joint, grad = value_and_grad(z.detach())
-        return LangevinState(z.detach(), log_joint, grad)
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        log_joint = log_joint_fn(z)
-        (grad,) = torch.autograd.grad(log_joint.sum(), z)
-    return LangevinState(z.detach(), log_joint.detach(), grad)
+def evaluate(z: Tensor, target: Target) -> LangevinState:
+    """Evaluates the target and its gradient at ``z`` (B, C, d) by ``target.value_and_grad``, the one
+    method of the target the sampler calls (a plain log-joint function is not a target: wrap it in
+    ``targets.AutogradTarget``, and the sampler refuses one rather than choose a gradient for it)."""
+    if not hasattr(target, "value_and_grad"):
+        raise TypeError(f"the Langevin target must be a targets.Target with value_and_grad(z), got "
+                        f"{type(target).__name__}; wrap a log-joint function in targets.AutogradTarget")
+    log_joint, grad = target.value_and_grad(z.detach())
+    return LangevinState(z.detach(), log_joint, grad)
 
 
 def propose(
@@ -98,7 +92,7 @@ def diagnose(state: LangevinState) -> StepInfo:
 
 def step(
     state: LangevinState,
-    log_joint_fn: LogJointFn,
+    target: Target,
     step_size: float,
     generator: torch.Generator | None = None,
 ) -> tuple[LangevinState, StepInfo]:
@@ -106,14 +100,14 @@ def step(
 
     Args:
         state: current chains, z of shape (B, C, d).
-        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
         step_size: s > 0, the Langevin step size.
         generator: the source of the Gaussian noise; same generator state gives the same chains.
 
     Returns:
         The new state and its diagnostics.
     """
-    new_state = evaluate(propose(state, step_size, generator), log_joint_fn)
+    new_state = evaluate(propose(state, step_size, generator), target)
     return new_state, diagnose(new_state)
 
 
@@ -124,7 +118,7 @@ def log_proposal_density(to: Tensor, start: LangevinState, step_size: float) -> 
 
 def mala_step(
     state: LangevinState,
-    log_joint_fn: LogJointFn,
+    target: Target,
     step_size: float,
     generator: torch.Generator | None = None,
 ) -> tuple[LangevinState, Tensor]:
@@ -136,14 +130,14 @@ def mala_step(
 
     Args:
         state: current chains, z of shape (B, C, d), with log-joint and gradient.
-        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
         step_size: s > 0.
         generator: the source of the Gaussian noise and of the uniform acceptance draws.
 
     Returns:
         (the new state, (B, C) boolean tensor of accepted proposals).
     """
-    proposal = evaluate(propose(state, step_size, generator), log_joint_fn)
+    proposal = evaluate(propose(state, step_size, generator), target)
     log_ratio = (proposal.log_joint - state.log_joint
                  + log_proposal_density(state.z, proposal, step_size)
                  - log_proposal_density(proposal.z, state, step_size))
@@ -160,7 +154,7 @@ def mala_step(
 
 def run(
     z: Tensor,
-    log_joint_fn: LogJointFn,
+    target: Target,
     step_size: float,
     num_steps: int,
     burn_in: int,
@@ -174,7 +168,7 @@ def run(
 
     Args:
         z: (B, C, d) starting positions.
-        log_joint_fn: maps z (B, C, d) to log p(x, z) of shape (B, C).
+        target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
         step_size: s > 0.
         num_steps: K >= 1 transitions.
         burn_in: the first ``burn_in`` states (0 <= burn_in < K) are discarded.
@@ -190,11 +184,11 @@ def run(
         raise ValueError(f"need 0 <= burn_in < num_steps, got burn_in={burn_in}, num_steps={num_steps}")
     if method not in METHODS:
         raise ValueError(f"unknown sampler method {method!r}; choose one of {list(METHODS)}")
-    state = evaluate(z, log_joint_fn)
+    state = evaluate(z, target)
     if method == "mala":
         kept, accepted = [], torch.zeros((), device=z.device)
         for index in range(num_steps):
-            state, accept = mala_step(state, log_joint_fn, step_size, generator)
+            state, accept = mala_step(state, target, step_size, generator)
             accepted = accepted + accept.float().mean()
             if index >= burn_in:
                 kept.append(state.z)
@@ -205,5 +199,5 @@ def run(
         if index >= burn_in:
             kept.append(position)
         if index < num_steps - 1:
-            state = evaluate(position, log_joint_fn)
+            state = evaluate(position, target)
     return torch.stack(kept), diagnose(state)

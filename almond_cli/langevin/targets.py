@@ -1,9 +1,20 @@
-"""Hand-written value and gradient of the Langevin target for MLP decoders: no autograd graph.
+"""Langevin targets: log p(x, z) and its z-gradient, behind one method the sampler calls.
 
-The Langevin target needs only log p(x, z) and ∇_z log p(x, z). For an MLP decoder
-u = W_L a_{L-1} + b_L, a_l = act(W_l a_{l-1} + b_l), a_0 = z, the gradient is one backward sweep of
-matrix products and elementwise derivative factors; written by hand it needs no graph, saves only
-act'(h_l) per layer, and folds work away where the shapes allow:
+Every target is a ``Target``: ``target(z)`` is log p(x, z) (B, C) for z (B, C, d), a differentiable
+function of z, and ``target.value_and_grad(z)`` is (log p(x, z) (B, C) detached, ∇_z log p(x, z) (B, C, d)).
+``sampler`` calls ``value_and_grad`` and nothing else; which gradient it gets is the target's business:
+
+- ``AutogradTarget(log_joint_fn)``, the default: wraps any differentiable z -> log p(x, z) and takes the
+  gradient with ``torch.autograd.grad``;
+- ``MLPTarget``: the hand-written value and gradient for MLP decoders, described below.
+
+``target_for(model, x, fast)`` returns an ``MLPTarget`` when ``fast`` is set and the decoder and the
+likelihood allow it, else an ``AutogradTarget`` of z -> model.log_joint(x, z), so callers never choose. The
+tests check both give the same chains for the same generator state (tests/test_fast_gradients.py).
+
+The hand-written gradient. For an MLP decoder u = W_L a_{L-1} + b_L, a_l = act(W_l a_{l-1} + b_l), a_0 = z,
+∇_z log p(x, z) is one backward sweep of matrix products and elementwise derivative factors; written by hand
+it needs no graph, saves only act'(h_l) per layer, and folds work away where the shapes allow:
 
 - a layer with input width 1 (d = 1) is a broadcast multiply-add instead of a k = 1 matmul;
 - a scalar output (P = 1) makes the backward sweep independent of the data up to one factor per
@@ -11,17 +22,12 @@ act'(h_l) per layer, and folds work away where the shapes allow:
   (diag(w_L) W_{L-1}), so the backward sweep starts one layer lower;
 - act'(h) overwrites h in place (softplus' = sigmoid, tanh' = 1 − tanh², relu' = 1[h > 0]).
 
-A target built here is a callable (``log_joint(z)``, for any caller) with a ``value_and_grad(z)``
-method that ``sampler.evaluate`` uses instead of autograd. ``target_for`` returns the plain autograd
-closure when the decoder or the likelihood is not one it knows, so nothing else has to choose. The
-tests check both give the same chains for the same generator state (tests/test_fast_gradients.py).
-
 A likelihood joins the fast path by defining ``value_and_grad_u(x, u) -> (log f (B, C), ∂log f/∂u
 (B, C, P))`` (``likelihoods.Gaussian`` does).
 """
-
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable
 
@@ -31,6 +37,48 @@ from torch import Tensor, nn
 from ..model.networks import MLPDecoder
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+class Target(abc.ABC):
+    """The Langevin target log p(x, z) of one batch of data, as the sampler sees it.
+
+    Contract, for z of shape (B, C, d) (B data points, C chains, d latent dimensions):
+
+    - ``target(z)`` returns log p(x, z) of shape (B, C) as a differentiable function of z (autograd works
+      through it; tests and diagnostics call it);
+    - ``target.value_and_grad(z)`` returns (log p(x, z) (B, C) detached, ∇_z log p(x, z) (B, C, d)). It is the
+      only method the sampler calls; a subclass with its own gradient must agree with autograd on
+      ``__call__`` (``AutogradTarget`` is that autograd).
+    """
+
+    @abc.abstractmethod
+    def __call__(self, z: Tensor) -> Tensor:
+        """log p(x, z) (B, C) for z (B, C, d), differentiable in z."""
+
+    @abc.abstractmethod
+    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(log p(x, z) (B, C) detached, ∇_z log p(x, z) (B, C, d)) for z (B, C, d)."""
+
+
+class AutogradTarget(Target):
+    """The default target: any differentiable ``log_joint_fn`` z (B, C, d) -> log p(x, z) (B, C), with the
+    gradient taken by ``torch.autograd.grad`` with respect to z alone (no parameter gradient is accumulated;
+    callers freeze the decoder's parameters to skip their backward work too).
+    """
+
+    def __init__(self, log_joint_fn: Callable[[Tensor], Tensor]):
+        self.log_joint_fn = log_joint_fn
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.log_joint_fn(z)
+
+    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            log_joint = self.log_joint_fn(z)
+            (grad,) = torch.autograd.grad(log_joint.sum(), z)
+        return log_joint.detach(), grad
+
 
 # Activations with a closed-form derivative computable from the pre-activation in place.
 _SUPPORTED = (nn.Softplus, nn.Tanh, nn.ReLU)
@@ -59,7 +107,7 @@ def _activation_and_derivative(module: nn.Module, h: Tensor) -> Tensor:
 
 def mlp_layers(decoder: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None:
     """[(linear, activation after it or None)] of an ``MLPDecoder``, or None when it is not a plain MLP
-    with supported activations (the caller then uses autograd)."""
+    with supported activations (``target_for`` then returns an ``AutogradTarget``)."""
     if not isinstance(decoder, MLPDecoder):
         return None
     modules = list(decoder.net)
@@ -86,7 +134,7 @@ def _linear(a: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.addmm(bias, a, weight.t())
 
 
-class MLPTarget:
+class MLPTarget(Target):
     """log p(x, z) = log f(x | h(z)) + log N(z; 0, I) and its z-gradient for an MLP decoder.
 
     Args:
@@ -158,11 +206,11 @@ class MLPTarget:
         return g @ weight
 
 
-def target_for(model, x: Tensor, fast: bool = True) -> Callable[[Tensor], Tensor]:
+def target_for(model, x: Tensor, fast: bool = True) -> Target:
     """The Langevin target of ``model`` on data ``x`` (B, D): the fused ``MLPTarget`` where the decoder and
-    likelihood allow it and ``fast`` is set, else the autograd closure z -> model.log_joint(x, z)."""
+    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z)."""
     if fast and hasattr(model.likelihood, "value_and_grad_u"):
         layers = mlp_layers(model.decoder)
         if layers is not None:
             return MLPTarget(model, layers, x)
-    return lambda z: model.log_joint(x, z)
+    return AutogradTarget(lambda z: model.log_joint(x, z))

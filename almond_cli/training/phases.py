@@ -44,7 +44,8 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
 
     The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
     −mean over batch, kept states and chains of log f(x | h(z)). With ``fast`` the target's gradient is the
-    hand-written one of ``fast_gradients`` where the model allows it (same chains to float rounding).
+    hand-written one of ``targets.MLPTarget`` where the model allows it (same chains to float rounding), else
+    autograd (``targets.target_for``).
     ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
 
     Returns:
