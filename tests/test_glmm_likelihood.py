@@ -1,5 +1,7 @@
 """The Poisson GLMM likelihood against torch.distributions.Poisson, its overflow safety, the linear decoder."""
 
+import numpy as np
+import pytest
 import torch
 from torch.distributions import Poisson
 
@@ -49,7 +51,28 @@ def test_beta_is_a_learned_parameter_and_counts_reach_the_encoder_as_log1p():
     assert torch.allclose(features, torch.tensor([[torch.log1p(torch.tensor(24226.0)).item(), 0.1, 0.2, 0.3]]))
 
 
+@pytest.mark.parametrize("value,reason", [(-1.0, "which is negative"), (2.5, "which is not an integer")])
+def test_support_check_reads_the_response_column_only(value, reason):
+    # Rows [y, x, zeta]: negative and fractional covariates are fine, only the count y is checked.
+    rows = np.array([[3.0, -0.5, 1.25], [0.0, 2.5, -1.0], [12.0, 0.1, 0.0]])
+    assert PoissonGLMM.support_violation(rows) is None
+    rows[1, 0] = value
+    mask, phrase = PoissonGLMM.support_violation(rows)
+    assert np.array_equal(mask, [[False, False, False], [True, False, False], [False, False, False]])
+    assert phrase == "likelihood=poisson_glmm needs counts 0, 1, 2, ... in the response column"
+    assert PoissonGLMM.describe_violation(value) == reason
+
+
+def test_glmm_has_no_mean_of_u_alone_and_reads_whole_rows():
+    likelihood = PoissonGLMM(num_fixed=1)
+    assert likelihood.name == "poisson_glmm" and likelihood.mean_name is None
+    assert not likelihood.reads_sd_column and likelihood.noise_sd(torch.ones(2, 3)) is None
+    with pytest.raises(NotImplementedError, match="linear_predictor"):
+        likelihood.mean(torch.zeros(2, 1, 1))
+
+
 def test_linear_decoder_is_affine_with_covariance_a_at():
+    torch.manual_seed(0)
     decoder = LinearDecoder(latent_dim=3, output_dim=2)
     z = torch.randn(4, 5, 3)
     u = decoder(z)

@@ -3,22 +3,78 @@
 Every likelihood maps a batch of observations x of shape (B, D) and decoder outputs u of shape (B, C, P)
 (C chains or draws per data point) to log f(x | u) of shape (B, C), summed over the data dimensions.
 Likelihoods are modules because some carry parameters that are learned with the decoder (theta).
+
+A likelihood owns everything about itself: its config option name (``name``, the file
+configs/likelihood/<name>.yaml), whether its rows carry a per-row sd column (``reads_sd_column``), the data
+it gives zero probability (``support_violation``, ``describe_violation``), its mean given u (``mean``,
+``mean_name``), the measurement columns of a row (``observations``), its Gaussian noise sd (``noise_sd``) and
+what the encoder reads (``encoder_input``). Adding one is one subclass here (with a ``name``: it registers
+itself in ``LIKELIHOODS``), one YAML file and its tests.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+LIKELIHOODS: dict[str, type["Likelihood"]] = {}
+"""Every likelihood class with a ``name``, by that name (filled by ``Likelihood.__init_subclass__``)."""
+
+
+def target_of(cls: type) -> str:
+    """The import path a config's ``_target_`` names ``cls`` by, e.g. "almond_cli.model.likelihoods.Poisson"."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def likelihood_class(target: str) -> type["Likelihood"] | None:
+    """The registered likelihood class whose import path (``target_of``) is ``target``; None for any other."""
+    for cls in LIKELIHOODS.values():
+        if target_of(cls) == target:
+            return cls
+    return None
+
+
+def _count_violation(values: np.ndarray) -> np.ndarray:
+    """True where a cell is not a count 0, 1, 2, ...: negative or not an integer (NaN counts as the latter)."""
+    return (values < 0) | (values != np.round(values))
+
+
+def _describe_count(value: float) -> str:
+    return "which is negative" if value < 0 else "which is not an integer"
+
 
 class Likelihood(nn.Module):
-    """Base class. Subclasses define ``param_dim`` and ``log_prob``.
+    """Base class. Subclasses define ``param_dim`` and ``log_prob``, and a ``name`` to be a config option.
 
     ``param_dim(data_dim)`` is the size P of the decoder output the likelihood needs for data of
     dimension D, so the decoder can be built to match the data.
+
+    Class attributes:
+        name: the config option (likelihood=<name>, configs/likelihood/<name>.yaml). A subclass that sets it
+            in its own body registers itself in ``LIKELIHOODS``; None (the base) registers nothing.
+        reads_sd_column: True when each data row carries its known noise sd as the last column.
+        mean_name: the word for E[x | u] where it differs from u ("rate", "prob"), e.g. for a posterior-mean
+            column ``post_mean_<mean_name>``; None where there is no separate mean to report (the Gaussians,
+            whose mean is u itself, and the GLMM, whose mean needs the covariates).
     """
+
+    name: ClassVar[str | None] = None
+    reads_sd_column: ClassVar[bool] = False
+    mean_name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is None:
+            return
+        known = LIKELIHOODS.get(name)
+        if known is not None and target_of(known) != target_of(cls):  # the same path again is a module reload
+            raise TypeError(f"likelihood name {name!r} of {target_of(cls)} is already taken by {target_of(known)}")
+        LIKELIHOODS[name] = cls
 
     def param_dim(self, data_dim: int) -> int:
         raise NotImplementedError
@@ -31,6 +87,41 @@ class Likelihood(nn.Module):
         """What the encoder q(z | x) reads of the observations (B, D) -> (B, D); by default x itself."""
         return x
 
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """The cells this likelihood gives zero probability.
+
+        Args:
+            values: (n, k) float64 data columns laid out as the likelihood reads a row of x: the observation
+                columns, plus the sd column last where ``reads_sd_column`` (so for every likelihood but the
+                GLMM and gaussian_hetero these are exactly the observation columns).
+        Returns:
+            None when every cell is fine; otherwise (a boolean (n, k) mask of the offending cells, a phrase
+            saying what the likelihood needs, e.g. "likelihood=poisson needs counts 0, 1, 2, ... in every
+            observation column"). ``describe_violation(value)`` says what is wrong with one flagged cell, so a
+            caller writes "<cell> is {value:g}, {describe_violation(value)}; {phrase}".
+        """
+        return None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        """What is wrong with one cell ``support_violation`` flagged, as the clause after "is {value:g}, "
+        (e.g. "which is negative")."""
+        return f"which likelihood={cls.name} gives zero probability"
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] for decoder outputs u (any shape), elementwise."""
+        raise NotImplementedError(f"{type(self).__name__} does not define the mean of x given u")
+
+    def observations(self, x: Tensor) -> Tensor:
+        """The measurement columns of data rows x (n, D): x itself, or x without the sd column."""
+        return x[:, :-1] if self.reads_sd_column else x
+
+    def noise_sd(self, x: Tensor) -> float | None:
+        """The Gaussian noise sd of the data rows x (a summary over rows where it varies); None for a
+        likelihood that is not Gaussian."""
+        return None
+
 
 class Gaussian(Likelihood):
     """x | u ~ N(u, sigma² I) with known noise standard deviation ``sigma`` (many normal means).
@@ -38,6 +129,8 @@ class Gaussian(Likelihood):
     Args:
         sigma: the known noise standard deviation, > 0.
     """
+
+    name = "gaussian"
 
     def __init__(self, sigma: float = 1.0):
         super().__init__()
@@ -64,6 +157,14 @@ class Gaussian(Likelihood):
             log_prob = log_prob.sum(-1)
         return log_prob, residual.div_(self.sigma**2)
 
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] = u."""
+        return u
+
+    def noise_sd(self, x: Tensor) -> float:
+        """The known sigma (x is not read)."""
+        return self.sigma
+
 
 class Bernoulli(Likelihood):
     """x | u ~ Bernoulli(sigmoid(u)) per pixel, u the logits: log f = Σ_j x_j u_j − softplus(u_j).
@@ -73,15 +174,35 @@ class Bernoulli(Likelihood):
     cross-entropy rather than a probability of the pixels.
     """
 
+    name = "bernoulli"
+    mean_name = "prob"
+
     def param_dim(self, data_dim: int) -> int:
         return data_dim
 
     def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
         return (x.unsqueeze(1) * u - torch.nn.functional.softplus(u)).sum(-1)
 
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Cells outside [0, 1] (0/1 values and grey levels in between are fine)."""
+        bad = (values < 0) | (values > 1)
+        return (bad, "likelihood=bernoulli needs 0/1 values (or grey levels in [0, 1])") if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return "outside [0, 1]"
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] = sigmoid(u), the probability."""
+        return torch.sigmoid(u)
+
 
 class Poisson(Likelihood):
     """x | u ~ Poisson(exp(u)) per coordinate, u the log-rates; x non-negative integer counts."""
+
+    name = "poisson"
+    mean_name = "rate"
 
     def param_dim(self, data_dim: int) -> int:
         return data_dim
@@ -90,6 +211,21 @@ class Poisson(Likelihood):
         x = x.unsqueeze(1)
         return (x * u - u.exp() - torch.lgamma(x + 1.0)).sum(-1)
 
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Cells that are negative or not an integer."""
+        bad = _count_violation(values)
+        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in every observation column") \
+            if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return _describe_count(value)
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] = exp(u), the rate."""
+        return torch.exp(u)
+
 
 class HeteroscedasticGaussian(Likelihood):
     """x_i | u_i ~ N(u_i, sd_i² I) with a known noise sd per data point (the heteroscedastic normal means).
@@ -97,6 +233,9 @@ class HeteroscedasticGaussian(Likelihood):
     The data carry the sd as their last column: x is (B, D + 1) = (measurements, sd), so the encoder sees
     each point's precision too, and the decoder outputs P = D means.
     """
+
+    name = "gaussian_hetero"
+    reads_sd_column = True
 
     def param_dim(self, data_dim: int) -> int:
         if data_dim < 2:
@@ -107,6 +246,27 @@ class HeteroscedasticGaussian(Likelihood):
         values, sd = x[:, :-1].unsqueeze(1), x[:, -1:].unsqueeze(1)
         residual = (values - u) / sd
         return -(0.5 * residual.square() + sd.log() + 0.5 * math.log(2.0 * math.pi)).sum(-1)
+
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Rows laid out as x, (measurements, sd): an sd (last column) that is not > 0. Measurements may be
+        any real number, so pass the sd column last, not the measurement columns alone."""
+        bad = np.zeros(values.shape, dtype=bool)
+        bad[:, -1] = ~(values[:, -1] > 0)
+        return (bad, f"likelihood={cls.name} needs a noise standard deviation > 0 in the sd column") \
+            if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return "which is not > 0"
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] = u."""
+        return u
+
+    def noise_sd(self, x: Tensor) -> float:
+        """The root mean square of the per-row sds (the last column), in float64."""
+        return float(x[:, -1].double().square().mean().sqrt())
 
 
 def _safe_exp(eta: Tensor, cap: float) -> Tensor:
@@ -134,7 +294,13 @@ class PoissonGLMM(Likelihood):
     Args:
         num_fixed: p, the number of fixed-effect covariates (set from the data).
         max_linear_predictor: the cap above which exp is continued quadratically.
+
+    ``mean(u)`` raises: the mean of y is exp(x·beta + zeta·u), which needs the row's covariates, so there is no
+    mean of u alone (``mean_name`` is None); use ``linear_predictor(x, u).exp()``. ``observations(x)`` is the
+    whole row x, covariates included, as the base class gives.
     """
+
+    name = "poisson_glmm"
 
     def __init__(self, num_fixed: int, max_linear_predictor: float = 30.0):
         super().__init__()
@@ -161,6 +327,23 @@ class PoissonGLMM(Likelihood):
         thousands, which as raw inputs saturate the encoder and overflow its log-variance."""
         return torch.cat([torch.log1p(x[:, :1]), x[:, 1:]], dim=1)
 
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Rows [y, covariates...]: a response y (column 0) that is negative or not an integer; the covariates
+        may be any real number."""
+        bad = np.zeros(values.shape, dtype=bool)
+        bad[:, 0] = _count_violation(values[:, 0])
+        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in the response column") \
+            if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return _describe_count(value)
+
+    def mean(self, u: Tensor) -> Tensor:
+        raise NotImplementedError("PoissonGLMM: the mean of y is exp(x·beta + zeta·u) and needs the row's "
+                                  "covariates; use linear_predictor(x, u).exp()")
+
     def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
         eta = self.linear_predictor(x, u)
         counts = x[:, :1]
@@ -178,3 +361,82 @@ class PoissonGLMM(Likelihood):
         rate_slope = capped_exp.mul_(1.0 + excess)
         zeta = x[:, 1 + self.num_fixed:].unsqueeze(1)
         return log_prob, (counts - rate_slope).unsqueeze(-1) * zeta
+
+
+class NegativeBinomial(Likelihood):
+    """x | u ~ NegativeBinomial with mean mu = exp(u) and dispersion r per coordinate: over-dispersed counts,
+    Var[x | u] = mu + mu²/r (r → ∞ is the Poisson). u is the log-mean; r = exp(log_dispersion) (torch's
+    ``total_count``) is one ``nn.Parameter`` learned with the decoder (part of theta, like PoissonGLMM's beta).
+
+    log f = lgamma(x + r) − lgamma(r) − lgamma(x + 1) + r·log(r / (r + mu)) + x·log(mu / (r + mu)), evaluated as
+    lgamma terms + x·t − (x + r)·softplus(t), t = u − log r (log(mu / (r + mu)) = logsigmoid(t) = t − softplus(t),
+    log(r / (r + mu)) = −softplus(t)): no exp(u), no log(0), stable for any u. The lgamma terms do not depend on u;
+    they are computed once per row (not per chain) in float64, since lgamma(x + r) − lgamma(r) cancels badly in
+    float32 for large r.
+
+    Counts enter the encoder as log(1 + x): over-dispersed counts are heavy-tailed, and raw large counts
+    saturate the encoder (as for PoissonGLMM).
+
+    Args:
+        dispersion: the initial r, > 0 (1.0: variance mu + mu²).
+    """
+
+    name = "negative_binomial"
+    mean_name = "rate"
+
+    def __init__(self, dispersion: float = 1.0):
+        super().__init__()
+        if not (math.isfinite(dispersion) and dispersion > 0):
+            raise ValueError(f"likelihood.dispersion must be a finite number > 0, got {dispersion}")
+        self.log_dispersion = nn.Parameter(torch.tensor(math.log(dispersion)))
+
+    @property
+    def dispersion(self) -> Tensor:
+        """r = exp(log_dispersion), a 0-dim tensor (with autograd)."""
+        return self.log_dispersion.exp()
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def _normaliser(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """lgamma(x + r) − lgamma(r) − lgamma(x + 1), (B, 1, D), computed in float64."""
+        counts = x.unsqueeze(1).double()
+        r = self.log_dispersion.double().exp()
+        return (torch.lgamma(counts + r) - torch.lgamma(r) - torch.lgamma(counts + 1.0)).to(dtype)
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        log_r = self.log_dispersion.to(u.dtype)
+        t = u - log_r
+        counts = x.unsqueeze(1)
+        terms = counts * t - (counts + log_r.exp()) * torch.nn.functional.softplus(t)
+        return (self._normaliser(x, terms.dtype) + terms).sum(-1)
+
+    def value_and_grad_u(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(log f(x | u) (B, C), ∂log f/∂u = x − (x + r)·sigmoid(u − log r) (B, C, P)) without autograd (the
+        fast Langevin path); r is held fixed."""
+        log_r = self.log_dispersion.detach().to(u.dtype)
+        t = u - log_r
+        counts = x.unsqueeze(1)
+        weight = counts + log_r.exp()
+        terms = counts * t - weight * torch.nn.functional.softplus(t)
+        log_prob = (self._normaliser(x, terms.dtype).detach() + terms).sum(-1)
+        return log_prob, counts - weight * torch.sigmoid(t)
+
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """log(1 + x): heavy-tailed counts as raw inputs saturate the encoder."""
+        return torch.log1p(x)
+
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Cells that are negative or not an integer."""
+        bad = _count_violation(values)
+        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in every observation column") \
+            if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return _describe_count(value)
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] = exp(u), the rate (the mean count)."""
+        return torch.exp(u)
