@@ -16,7 +16,12 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UsageError
-from .model.networks import ACTIVATIONS, INITIALISATIONS
+from .data.files import validate_file_config
+from .data.idx import SPLITS as MNIST_SPLITS
+from .data.mnist import PIXEL_MODES
+from .langevin.sampler import METHODS as SAMPLER_METHODS
+from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, target_of
+from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
 
 
 class ConfigError(UsageError):
@@ -86,7 +91,7 @@ class ConvNetworkConfig:
 
 @dataclass
 class BernoulliLikelihoodConfig:
-    _target_: str = "almond_cli.model.likelihoods.Bernoulli"
+    _target_: str = target_of(Bernoulli)
 
 
 @dataclass
@@ -116,12 +121,12 @@ class GLMMFileDataConfig:
 
 @dataclass
 class LinearNetworkConfig:
-    _target_: str = "almond_cli.model.networks.LinearDecoder"
+    _target_: str = target_of(LinearDecoder)
 
 
 @dataclass
 class PoissonGLMMLikelihoodConfig:
-    _target_: str = "almond_cli.model.likelihoods.PoissonGLMM"
+    _target_: str = target_of(PoissonGLMM)
     max_linear_predictor: float = 30.0
 
 
@@ -135,8 +140,14 @@ class MLPNetworkConfig:
 
 @dataclass
 class GaussianLikelihoodConfig:
-    _target_: str = "almond_cli.model.likelihoods.Gaussian"
+    _target_: str = target_of(Gaussian)
     sigma: float = 1.0
+
+
+@dataclass
+class NegativeBinomialLikelihoodConfig:
+    _target_: str = target_of(NegativeBinomial)
+    dispersion: float = 1.0
 
 
 @dataclass
@@ -227,7 +238,6 @@ class TrainConfig:
 CONFIG_GROUPS = frozenset({"data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
                            "hparams_search", "logger"})
 STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
-SAMPLER_METHODS = ("ula", "mala")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_MODES = ("auto", "rich", "plain", "quiet")
 
@@ -246,6 +256,7 @@ def register_schemas() -> None:
     store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
     store.store(group="data", name="file_schema", node=FileDataConfig)
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
+    store.store(group="likelihood", name="negative_binomial_schema", node=NegativeBinomialLikelihoodConfig)
     store.store(group="data", name="mnist_schema", node=MnistDataConfig)
     store.store(group="encoder", name="conv_schema", node=ConvNetworkConfig)
     store.store(group="decoder", name="conv_schema", node=ConvNetworkConfig)
@@ -362,8 +373,6 @@ def validate(cfg) -> None:
         _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
         _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")
     if cfg.data.name == "file":
-        from .data.files import validate_file_config
-
         validate_file_config(cfg)
         _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
     if cfg.data.name == "mnist":
@@ -371,10 +380,11 @@ def validate(cfg) -> None:
     _validate_glmm(cfg)
     if "sigma" in cfg.likelihood:
         _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
+    if "dispersion" in cfg.likelihood:
+        _require(cfg.likelihood.dispersion > 0, "likelihood.dispersion",
+                 f"must be > 0 (the negative binomial's starting r), got {cfg.likelihood.dispersion}")
 
 
-MNIST_SPLITS = ("train", "t10k")
-PIXEL_MODES = ("continuous", "threshold", "dynamic")
 
 
 def _validate_images(cfg) -> None:
@@ -404,13 +414,12 @@ def _validate_images(cfg) -> None:
                      f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
             _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")
 GLMM_DATA = ("glmm", "glmm_file")
-POISSON_GLMM_TARGET = "almond_cli.model.likelihoods.PoissonGLMM"
 
 
 def _validate_glmm(cfg) -> None:
     """The GLMM data sets and the Poisson GLMM likelihood need each other; the simulation's ranges."""
     is_glmm_data = cfg.data.name in GLMM_DATA
-    is_glmm_likelihood = cfg.likelihood.get("_target_") == POISSON_GLMM_TARGET
+    is_glmm_likelihood = cfg.likelihood.get("_target_") == target_of(PoissonGLMM)
     _require(is_glmm_data == is_glmm_likelihood, "likelihood",
              f"data={cfg.data.name} needs " + ("likelihood=poisson_glmm" if is_glmm_data else
                                                "a likelihood other than poisson_glmm, which reads GLMM rows "

@@ -62,7 +62,7 @@ def data_floors(run_dir: Path) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from almond_cli.data.dataset import build_dataset
+    from almond_cli.tasks.registry import build_dataset
     from almond_cli.tasks.metrics import w1_distance
     from almond_cli.training.runtime import seed_streams
 

@@ -2,7 +2,7 @@
 
 Each workload is one of the product's own experiments, composed through Hydra exactly as ``almond train``
 composes it (``configs/experiment/*.yaml``), its data and model built by the product's own builders
-(``data.build_dataset``, ``trainer.build_model``), at the experiment's batch B, chains C and steps K:
+(``tasks.registry.build_dataset``, ``trainer.build_model``), at the experiment's batch B, chains C and steps K:
 
     exponential  mnn_exponential   [10] MLP, B 1000, C 100, K 10 (burn-in 9)
     mixture      mnn_mixture       [50, 100, 50] MLP, same B, C, K
@@ -11,9 +11,10 @@ composes it (``configs/experiment/*.yaml``), its data and model built by the pro
     mnist_conv_paper  mnist_20d    conv decoder, 64 filters, B 200, C 20, K 5 (GPU work; ~seconds per step on CPU)
 
 It times ``almond_cli.langevin.sampler.run`` (the Langevin steps) and ``almond_cli.training.phases.almond_update`` (K steps + the
-parameter step) once with the hand-written gradient (``fast``, the default path) and once with autograd
-(``autograd``, the reference), interleaved round by round so a load change hits both alike; a model the fast
-path does not cover (the conv decoder) is timed once, as ``autograd``.
+parameter step) once with the hand-written gradient (``fast``, the default path: ``targets.MLPTarget``) and once
+with autograd (``autograd``, the reference: ``targets.AutogradTarget``), both built by ``targets.target_for``,
+interleaved round by round so a load change hits both alike; a model the fast path does not cover (the conv
+decoder) is timed once, as ``autograd``.
 
 FLOPs are analytic: the multiply-adds of the decoder's Linear, Conv2d and ConvTranspose2d layers at the step's
 shapes (read by forward hooks), ×2 for the forward and ×2 again for the input-gradient sweep; elementwise work
@@ -45,10 +46,10 @@ from torch import nn
 from almond_cli.langevin import sampler
 from almond_cli.training import phases
 from almond_cli.langevin.chains import PersistentChains
-from almond_cli.data.dataset import build_dataset
+from almond_cli.tasks.registry import build_dataset
 from almond_cli.langevin.targets import MLPTarget, target_for
 from almond_cli.training.runtime import configure_process
-from almond_cli.training.trainer import build_model
+from almond_cli.training.build import build_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 MNIST_ROOT = REPOSITORY.parent / "shared" / "data" / "mnist"

@@ -67,13 +67,13 @@ def test_every_group_option_composes_and_validates(group):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_validates_and_builds(experiment):
-    from almond_cli.training.trainer import build_model
+    from almond_cli.training.build import build_model
 
     cfg = compose_with([f"experiment={experiment}"])
     validate(cfg)
     assert cfg.experiment_name == experiment
     if cfg.data.name == "normal_means":
-        from almond_cli.data.dataset import build_dataset
+        from almond_cli.tasks.registry import build_dataset
 
         dataset = build_dataset(cfg.data, 0)
         model = build_model(cfg, dataset)

@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from almond_cli.commands import cli
-from almond_cli.data.files import DataFileError, load_file_dataset, read_table
+from almond_cli.data.files import build_file_dataset
+from almond_cli.data.tables import DataFileError, read_table
 from conftest import run_almond
 
 
@@ -28,24 +29,24 @@ def test_csv_header_is_detected_and_columns_pick_by_name_or_index(tmp_path):
     path = write(tmp_path / "m.csv", "id,x,se\n1,0.5,1.0\n2,-1.25,2.0\n3,3,0.5\n")
     table = read_table(path)
     assert table.names == ["id", "x", "se"] and table.rows.tolist() == [2, 3, 4]
-    by_name = load_file_dataset(data_cfg(path, columns=["x"]))
-    by_index = load_file_dataset(data_cfg(path, columns=["1"]))
+    by_name = build_file_dataset(data_cfg(path, columns=["x"]))
+    by_index = build_file_dataset(data_cfg(path, columns=["1"]))
     assert torch.equal(by_name.x, by_index.x)
     assert by_name.x[:, 0].tolist() == [0.5, -1.25, 3.0]
-    hetero = load_file_dataset(data_cfg(path, columns=["x"], sd_column="se"))
+    hetero = build_file_dataset(data_cfg(path, columns=["x"], sd_column="se"))
     assert hetero.x.tolist() == [[0.5, 1.0], [-1.25, 2.0], [3.0, 0.5]]  # the sd travels as the last column
 
 
 def test_text_columns_that_are_not_selected_are_allowed(tmp_path):
     path = write(tmp_path / "m.csv", "unit,estimate,se\nu1,0.5,1\nu2,1.5,2\n")
-    dataset = load_file_dataset(data_cfg(path, columns=["estimate"], sd_column="se"))
-    assert dataset.x.tolist() == [[0.5, 1.0], [1.5, 2.0]] and dataset.extras["column_names"] == ["estimate"]
-    labelled = load_file_dataset(data_cfg(path, sd_column="se", id_column="unit"))  # ids left out of x
-    assert labelled.x.tolist() == dataset.x.tolist() and labelled.extras["ids"] == ["u1", "u2"]
+    dataset = build_file_dataset(data_cfg(path, columns=["estimate"], sd_column="se"))
+    assert dataset.x.tolist() == [[0.5, 1.0], [1.5, 2.0]] and dataset.column_names == ["estimate"]
+    labelled = build_file_dataset(data_cfg(path, sd_column="se", id_column="unit"))  # ids left out of x
+    assert labelled.x.tolist() == dataset.x.tolist() and labelled.ids == ["u1", "u2"]
     headerless = write(tmp_path / "h.csv", "u1,0.5\nu2,1.5\n")  # text in a column of numbers' place: no header
     assert read_table(headerless).names is None
     with pytest.raises(DataFileError, match=r"row 2 \(line 2 of the file\), column 'unit' .* 'u1'.*data.columns"):
-        load_file_dataset(data_cfg(path))
+        build_file_dataset(data_cfg(path))
 
 
 def test_headerless_tsv_and_forced_header(tmp_path):
@@ -64,7 +65,7 @@ def test_npy_and_npz_with_array_name(tmp_path):
     np.save(tmp_path / "a.npy", x)
     np.savez(tmp_path / "b.npz", counts=x, other=x[:, :1])
     assert np.array_equal(read_table(tmp_path / "a.npy").values, x)
-    dataset = load_file_dataset(data_cfg(tmp_path / "b.npz", array="counts", columns=["1"]))
+    dataset = build_file_dataset(data_cfg(tmp_path / "b.npz", array="counts", columns=["1"]))
     assert dataset.x[:, 0].tolist() == x[:, 1].tolist()
     np.save(tmp_path / "v.npy", np.arange(5.0))  # a vector is one measurement per row
     assert read_table(tmp_path / "v.npy").values.shape == (5, 1)
@@ -73,7 +74,7 @@ def test_npy_and_npz_with_array_name(tmp_path):
 def test_truth_file_and_row_limit(tmp_path):
     path = write(tmp_path / "m.csv", "x\n" + "".join(f"{i}\n" for i in range(10)))
     truth = write(tmp_path / "t.csv", "mu\n" + "".join(f"{i / 2}\n" for i in range(10)))
-    dataset = load_file_dataset(data_cfg(path, truth_path=str(truth), n=4))
+    dataset = build_file_dataset(data_cfg(path, truth_path=str(truth), n=4))
     assert dataset.x.shape == (4, 1) and dataset.truth[:, 0].tolist() == [0.0, 0.5, 1.0, 1.5]
     assert dataset.prior is not None and float(dataset.prior.cdf(torch.tensor(0.75))) == 0.5
 

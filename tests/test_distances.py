@@ -70,7 +70,7 @@ def grid_error_bound(draws, truth, grid_size=200_001):
 
 
 def test_normal_means_scores_name_the_prior_and_the_true_means():
-    from almond_cli.data.dataset import build_dataset
+    from almond_cli.tasks.registry import build_dataset
     from almond_cli.tasks.normal_means import NormalMeansTask
     from omegaconf import OmegaConf
 

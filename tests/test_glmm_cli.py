@@ -10,7 +10,7 @@ TINY_GLMM = ["experiment=glmm_cpu", "seed=2", "threads=1", "progress=plain", "da
              "decoder.hidden_sizes=[8]", "sampler.num_chains=2", "sampler.num_steps=2", "sampler.burn_in=1",
              "schedule.batch_size=150", "schedule.vae_epochs=2", "schedule.almond_epochs=2",
              "schedule.warmup_epochs=1", "evaluation.num_draws=500"]
-METRICS = {"ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error"}
+METRICS = {"ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error", "train_nll", "train_nll_se"}
 
 
 def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
@@ -41,15 +41,35 @@ def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):
     import torch
 
     from almond_cli.config import register_schemas
-    from almond_cli.tasks.glmm import fit_gaussian_glmm
+    from almond_cli.tasks.glmm import GLMMTask
+    from almond_cli.tasks.registry import build_dataset
+    from almond_cli.training.baselines import fit_baselines
+    from almond_cli.training.trainer import TrainingRun
 
     register_schemas()
     overrides = [o for o in TINY_GLMM if not o.startswith("progress")] + ["progress=quiet"]
     with initialize_config_module("almond_cli.configs", version_base="1.3"):
         cfg = compose("train", overrides)
-    first = fit_gaussian_glmm(cfg, tmp_path / "baseline")
-    again = fit_gaussian_glmm(cfg, tmp_path / "baseline")
-    assert again.position.phase == "done" and again.position.global_step == first.position.global_step
-    for name, value in first.model.state_dict().items():
-        assert torch.equal(value, again.model.state_dict()[name]), name
-    assert type(first.model.decoder).__name__ == "LinearDecoder"
+    dataset = build_dataset(cfg.data, 0)
+    first = fit_baselines(GLMMTask(), dataset, cfg, tmp_path, TrainingRun)["gaussian_glmm"]
+    metrics = (tmp_path / "baselines" / "gaussian_glmm" / "metrics.jsonl").read_text()
+    again = fit_baselines(GLMMTask(), dataset, cfg, tmp_path, TrainingRun)["gaussian_glmm"]
+    assert (tmp_path / "baselines" / "gaussian_glmm" / "metrics.jsonl").read_text() == metrics  # no epoch rerun
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    assert type(first.decoder).__name__ == "LinearDecoder"
+
+
+def test_evaluate_scores_a_glmm_run_as_training_did(tmp_path):
+    """``almond evaluate`` with its defaults reproduces the run's own scores exactly, ``train_nll`` included: both
+    use one likelihood estimator that feeds the encoder log(1 + y) as training does, and the baseline is read
+    back from its own checkpoint."""
+    run_dir = tmp_path / "run"
+    run_almond(["train", *TINY_GLMM, f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    trained = json.loads((run_dir / "summary.json").read_text())
+    process = run_almond(["evaluate", str(run_dir), "threads=1"], cwd=tmp_path, check=True)
+    (folder,) = (run_dir / "eval").iterdir()
+    evaluated = json.loads((folder / "summary.json").read_text())
+    assert evaluated["almond"] == trained["almond"] and evaluated["vae"] == trained["vae"]
+    assert evaluated["baselines"] == trained["baselines"] and set(trained["baselines"]) == {"gaussian_glmm"}
+    assert "train_nll" in trained["almond"] and "Traceback" not in process.stderr

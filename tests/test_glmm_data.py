@@ -18,9 +18,9 @@ def test_simulation_layout_and_truth():
     assert dataset.name == "glmm" and dataset.x.shape == (400, 7) and dataset.truth.shape == (400, 3)
     counts = dataset.x[:, 0]
     assert bool((counts >= 0).all()) and torch.equal(counts, counts.round())
-    beta = dataset.extras["beta"]
+    beta = dataset.true_beta
     assert beta.shape == (3,) and bool((beta.abs() <= 2.0).all())
-    assert dataset.extras["likelihood_args"] == {"num_fixed": 3} and dataset.extras["theta"] == 2.0
+    assert dataset.likelihood_args() == {"num_fixed": 3} and dataset.copula_theta == 2.0
     # Covariates are 0.2 · N(0, 1): their sd over 2,400 values is 0.2 within a few per cent.
     assert float(dataset.x[:, 1:].std()) == pytest.approx(0.2, rel=0.05)
     # The counts follow the model: E[y | x, zeta, u] = exp(x·beta + zeta·u).
@@ -46,8 +46,8 @@ def test_file_round_trip_by_names_and_by_indices(tmp_path):
     path = _write(tmp_path / "counts.csv", header, rows)
     by_name = load_glmm_file(str(path), "count", ["a", "b", "c"], ["r1", "r2", "r3"])
     assert by_name.name == "glmm_file" and torch.equal(by_name.x, dataset.x)
-    assert by_name.extras["likelihood_args"] == {"num_fixed": 3}
-    assert by_name.extras["fixed_names"] == ["a", "b", "c"]
+    assert by_name.likelihood_args() == {"num_fixed": 3}
+    assert by_name.fixed_names == ["a", "b", "c"]
     by_index = load_glmm_file(str(path), "1", ["2", "3", "4"], ["5", "6", "7"])
     assert torch.equal(by_index.x, dataset.x)
     headerless = _write(tmp_path / "plain.csv", None, rows)
@@ -59,17 +59,17 @@ def test_file_round_trip_by_names_and_by_indices(tmp_path):
 
 
 @pytest.mark.parametrize("rows, columns, message", [
-    ([["1", "0.5", "0.1"], ["2.5", "0.1", "0.2"]], {}, "row 3, column 'y': '2.5' is not a count"),
-    ([["1", "0.5", "0.1"], ["-1", "0.1", "0.2"]], {}, "row 3, column 'y': '-1' is not a count"),
-    ([["1", "nan", "0.1"]], {}, "row 2, column 'x': 'nan' is not finite"),
-    ([["1", "0.5", "inf"]], {}, "row 2, column 'z': 'inf' is not finite"),
-    ([["1", "abc", "0.1"]], {}, "row 2, column 'x': 'abc' is not a number"),
-    ([["1", "0.5", "0.1"], ["1", "0.5"]], {}, "row 3 has 2 fields, the header has 3"),
-    ([["1", "0.5", "0.1"]], {"response": "count"}, "data.response: no column named 'count'"),
+    ([["1", "0.5", "0.1"], ["2.5", "0.1", "0.2"]], {}, "row 3 (line 3 of the file), column 'y' (index 0) is 2.5, which is not a count"),
+    ([["1", "0.5", "0.1"], ["-1", "0.1", "0.2"]], {}, "row 3 (line 3 of the file), column 'y' (index 0) is -1, which is not a count"),
+    ([["1", "nan", "0.1"]], {}, "row 2 (line 2 of the file), column 'x' (index 1) is nan; every value must be a finite number"),
+    ([["1", "0.5", "inf"]], {}, "row 2 (line 2 of the file), column 'z' (index 2) is inf; every value must be a finite number"),
+    ([["1", "abc", "0.1"]], {}, "row 2 (line 2 of the file), column 'x' (index 1) holds 'abc', which is not a number"),
+    ([["1", "0.5", "0.1"], ["1", "0.5"]], {}, "row 3 (line 3 of the file) has 2 columns but the header has 3"),
+    ([["1", "0.5", "0.1"]], {"response": "count"}, "has no column 'count'; its columns are y, x, z"),
     ([["1", "0.5", "0.1"]], {"random": ["9"]}, "data.random_effects: column index 9 is out of range"),
     ([["1", "0.5", "0.1"]], {"random": []}, "data.random_effects: give at least one"),
     ([["1", "0.5", "0.1"]], {"fixed": ["z"]}, "used more than once"),
-    ([], {}, "holds no data rows"),
+    ([], {}, "has a header row (y, x, z) but no data rows"),
 ])
 def test_file_errors_name_the_row_and_column(tmp_path, rows, columns, message):
     path = _write(tmp_path / "bad.csv", ["y", "x", "z"], rows)

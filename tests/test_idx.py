@@ -121,16 +121,16 @@ def test_only_the_test_split_present_is_enough(tmp_path):
     images, labels = make_split(tmp_path, "t10k", 50, seed=6)
     dataset = build_mnist(data_cfg(tmp_path, splits=["t10k"], held_out_fraction=0.2))
     assert dataset.name == "mnist" and tuple(dataset.x.shape) == (40, 784)
-    test_x = dataset.extras["test_x"]
-    assert tuple(test_x.shape) == (10, 784) and dataset.extras["image_shape"] == (1, 28, 28)
+    test_x = dataset.test_x
+    assert tuple(test_x.shape) == (10, 784) and dataset.image_shape == (1, 28, 28)
     # Train and held-out rows are a partition of the images, with their labels kept beside them.
     all_rows = {tuple(row) for row in (images.reshape(50, -1) / 255.0).astype(np.float32).tolist()}
     train_rows = {tuple(row) for row in dataset.x.numpy().tolist()}
     test_rows = {tuple(row) for row in test_x.numpy().tolist()}
     assert train_rows | test_rows == all_rows and not train_rows & test_rows
     lookup = {tuple(row): int(label) for row, label in zip((images.reshape(50, -1) / 255.0).astype(np.float32).tolist(), labels)}
-    assert [lookup[tuple(r)] for r in test_x.numpy().tolist()] == dataset.extras["test_labels"].tolist()
-    assert [lookup[tuple(r)] for r in dataset.x.numpy().tolist()] == dataset.extras["train_labels"].tolist()
+    assert [lookup[tuple(r)] for r in test_x.numpy().tolist()] == dataset.test_labels.tolist()
+    assert [lookup[tuple(r)] for r in dataset.x.numpy().tolist()] == dataset.train_labels.tolist()
     assert dataset.transform is None and 0.0 <= float(dataset.x.min()) and float(dataset.x.max()) <= 1.0
 
 
@@ -140,12 +140,12 @@ def test_held_out_choice_is_seeded_and_subset_limits_training(tmp_path):
     first = build_mnist(data_cfg(tmp_path, split_seed=3))
     again = build_mnist(data_cfg(tmp_path, split_seed=3))
     other = build_mnist(data_cfg(tmp_path, split_seed=4))
-    assert torch.equal(first.extras["test_x"], again.extras["test_x"])
-    assert not torch.equal(first.extras["test_x"], other.extras["test_x"])
+    assert torch.equal(first.test_x, again.test_x)
+    assert not torch.equal(first.test_x, other.test_x)
     both = build_mnist(data_cfg(tmp_path, splits=["train", "t10k"], subset=25))
-    assert tuple(both.x.shape) == (25, 784) and tuple(both.extras["test_x"].shape) == (8, 784)
+    assert tuple(both.x.shape) == (25, 784) and tuple(both.test_x.shape) == (8, 784)
     whole = build_mnist(data_cfg(tmp_path, held_out_split="t10k"))
-    assert tuple(whole.x.shape) == (60, 784) and tuple(whole.extras["test_x"].shape) == (20, 784)
+    assert tuple(whole.x.shape) == (60, 784) and tuple(whole.test_x.shape) == (20, 784)
 
 
 def test_pixel_modes(tmp_path):
@@ -155,9 +155,9 @@ def test_pixel_modes(tmp_path):
     assert torch.equal(threshold.x, (continuous.x > 0.3).float())
     dynamic = build_mnist(data_cfg(tmp_path, pixels="dynamic"))
     assert torch.equal(dynamic.x, continuous.x)  # intensities stored, pixels drawn per batch
-    test_x = dynamic.extras["test_x"]
+    test_x = dynamic.test_x
     assert set(test_x.unique().tolist()) <= {0.0, 1.0}  # held-out images binarised once
-    assert torch.equal(test_x, build_mnist(data_cfg(tmp_path, pixels="dynamic")).extras["test_x"])
+    assert torch.equal(test_x, build_mnist(data_cfg(tmp_path, pixels="dynamic")).test_x)
     # Fresh draws each call, the same draws from the same generator state: reproducible runs.
     first = dynamic.transform(dynamic.x, torch.Generator().manual_seed(5))
     second = dynamic.transform(dynamic.x, torch.Generator().manual_seed(5))

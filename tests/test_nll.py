@@ -99,3 +99,26 @@ def test_same_seed_gives_the_same_draws_and_more_samples_shrink_the_gap():
     gap_large = float((exact - large.log_marginal).mean())
     # IWAE: the expected gap log p − E log p̂ is positive and shrinks with K.
     assert gap_small > gap_large > -0.01 and gap_small > 0.02
+
+
+class ScaledInputGaussian(Gaussian):
+    """The Gaussian likelihood with an encoder input of x / 3: a stand-in for the GLMM's log(1 + y)."""
+
+    def encoder_input(self, x):
+        return x / 3.0
+
+
+def test_the_encoder_reads_the_likelihoods_encoder_input_as_in_training():
+    """The estimator's proposal is the encoder fed exactly as training feeds it (``model.encode``): with an
+    encoder that expects x / 3, the exact-posterior proposal is exact again (zero Monte Carlo error); an
+    estimator feeding raw x would propose from the wrong place and miss log p(x) by far more than 1e-8."""
+    weight, bias, x, exact = linear_gaussian(seed=6, num_images=40)
+
+    class ExpectsScaledInput(PosteriorEncoder):
+        def forward(self, scaled):
+            return super().forward(scaled * 3.0)
+
+    model = LatentVariableModel(ExpectsScaledInput(weight, bias), LinearDecoder(weight.clone(), bias.clone()),
+                                ScaledInputGaussian(SIGMA)).double()
+    estimate = estimate_log_marginal(model, x, num_samples=3, seed=1)
+    torch.testing.assert_close(estimate.log_marginal, exact, rtol=0, atol=1e-8)

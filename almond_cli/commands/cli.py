@@ -14,19 +14,12 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_USAGE, UsageError
+from ..errors import EXIT_USAGE, UsageError, fail
 
 CONFIG_MODULE = "almond_cli.configs"
 CONFIG_NAME = "train"
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                           "--experimental-rerun", "--info", "-i", "--cfg", "-c", "--package", "-p"}
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    """Prints ``message`` as one paragraph and exits with ``code``."""
-    paragraph = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-    print(f"almond: error: {paragraph}", file=sys.stderr)
-    sys.exit(code)
 
 
 def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:

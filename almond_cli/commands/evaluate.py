@@ -1,31 +1,34 @@
 """``almond evaluate <run folder> [k=... n_samples=... seed=...]``: score a finished run again, without retraining.
 
-Reloads ``checkpoints/last.pt`` (and ``checkpoints/vae.pt`` for the VAE row), recomputes the task's summary
-metrics and figures with ``n_samples`` draws of u = h(z), adds an importance-sampled estimate of the
-negative log-likelihood per data point with ``k`` samples from the encoder (Burda et al. 2016:
-log p(x) ≈ log (1/k) Σ f(x | h(z_j)) N(z_j; 0, I) / q(z_j | x), z_j ~ q(z | x)), and writes all of it into a
-fresh ``eval/<timestamp>/`` beside the run's own files, which stay untouched.
+Reloads ``checkpoints/last.pt`` (and ``checkpoints/vae.pt`` for the VAE row, and the fitted baselines' own
+checkpoints), recomputes the task's summary metrics and figures with ``n_samples`` draws of u = h(z), with the
+importance-sampled negative log-likelihood per data point ``train_nll`` (``k`` encoder proposals each; Burda et
+al. 2016) from the same estimator training scores with (``model/marginal.py``), and writes all of it into a fresh
+``eval/<timestamp>/`` beside the run's own files, which stay untouched. With the run's own ``k``, ``n_samples``
+and ``seed`` (the defaults) the scores equal those of the run's ``summary.json``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.console import print_summary
-from ..model.model import LOG_2PI, reparameterise, standard_normal_log_prob
-from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_model_state, load_run, new_output_folder, \
+from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, \
     optional_int, parse_arguments
-from ..tasks.base import task_for
+from ..tasks.metrics import train_likelihood
+from ..tasks.registry import task_for
+from ..training.baselines import load_baselines
+from ..training.build import load_model_state
+from ..training.position import Phase
 
 ARGUMENTS = {
-    "k": Argument(int, 100, at_least(1), "importance samples per data point, an integer >= 1"),
+    "k": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
+                  "importance samples per data point, an integer >= 1; default: the run's evaluation.nll_samples"),
     "n_samples": Argument(int, None, at_least(100), "draws of u = h(z) for the distribution metrics, >= 100"),
     "seed": Argument(int, None, help="seed of the evaluation draws, an integer"),
     "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
@@ -35,36 +38,7 @@ ARGUMENTS = {
 }
 
 
-@torch.no_grad()
-def importance_sampled_nll(model, x: torch.Tensor, k: int, generator: torch.Generator,
-                           max_particles: int = 2_000_000) -> tuple[float, float]:
-    """Mean and standard error over data points of −log p̂(x) with ``k`` encoder proposals each.
-
-    Args:
-        model: the fitted ``LatentVariableModel`` (eval mode).
-        x: (n, D) data.
-        k: importance samples per data point.
-        generator: noise source of the proposals.
-        max_particles: rows are processed in chunks of at most this many (row, sample) pairs.
-
-    Returns:
-        (mean of −log p̂(x_i), its standard error over the n data points), in nats.
-    """
-    values = []
-    rows = max(1, max_particles // k)
-    for start in range(0, x.shape[0], rows):
-        batch = x[start:start + rows]
-        mean, log_var = model.encoder(batch)
-        z = reparameterise(mean, log_var, k, generator)  # (B, k, d)
-        log_q = -0.5 * (((z - mean.unsqueeze(1)).square() / log_var.exp().unsqueeze(1))
-                        + log_var.unsqueeze(1) + LOG_2PI).sum(-1)
-        log_weights = model.log_lik(batch, z) + standard_normal_log_prob(z) - log_q
-        values.append(-(torch.logsumexp(log_weights.double(), dim=1) - math.log(k)))
-    nll = torch.cat(values)
-    return float(nll.mean()), float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else 0.0
-
-
-def evaluate(run_dir: Path, k: int = 100, n_samples: int | None = None, seed: int | None = None,
+def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, seed: int | None = None,
              device: str = "auto", threads: int | None = None) -> tuple[Path, dict]:
     """Scores ``run_dir`` again into ``run_dir/eval/<timestamp>/``; returns that folder and the summary."""
     run = load_run("evaluate", run_dir, device, threads)
@@ -73,9 +47,9 @@ def evaluate(run_dir: Path, k: int = 100, n_samples: int | None = None, seed: in
         cfg.evaluation.num_draws = n_samples
     if seed is not None:
         cfg.evaluation.seed = seed
+    if k is not None:
+        cfg.evaluation.nll_samples = k
     task = task_for(run.dataset)
-    x = run.dataset.x.to(run.device)
-    eval_seed = int(cfg.evaluation.seed)
     models = {"almond": run.model}
     vae_path = run.run_dir / "checkpoints" / "vae.pt"
     if vae_path.is_file():
@@ -88,14 +62,17 @@ def evaluate(run_dir: Path, k: int = 100, n_samples: int | None = None, seed: in
         if name not in models:
             continue
         scores = task.score(models[name], run.dataset, cfg, run.device)
-        nll, se = importance_sampled_nll(models[name], x, k, torch.Generator(device=run.device).manual_seed(eval_seed))
-        summary[name] = {**scores, "train_nll": nll, "train_nll_se": se}
-    summary["baselines"] = task.baselines(run.dataset, cfg, run.device)
+        if "train_nll" not in scores:  # images score held-out images; the training rows are scored here too
+            scores.update(train_likelihood(models[name], run.dataset, cfg, run.device))
+        summary[name] = scores
+    fitted = load_baselines(task, run.dataset, cfg, run.run_dir, run.device)
+    summary["baselines"] = task.baselines(run.model, run.dataset, cfg, run.device, fitted)
     position = run.payload["position"]
     summary["timing"] = {"vae_seconds": position["vae_seconds"], "almond_seconds": position["almond_seconds"]}
     summary["evaluation"] = {"checkpoint": str(run.checkpoint_path), "phase": position["phase"],
-                             "almond_epochs_done": position["epoch"] if position["phase"] != "vae" else 0,
-                             "k": k, "n_samples": int(cfg.evaluation.num_draws), "seed": eval_seed}
+                             "almond_epochs_done": position["epoch"] if position["phase"] != Phase.VAE else 0,
+                             "k": int(cfg.evaluation.nll_samples), "n_samples": int(cfg.evaluation.num_draws),
+                             "seed": int(cfg.evaluation.seed)}
     folder = new_output_folder(run.run_dir / "eval")
     write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -115,7 +92,7 @@ def main(args: list[str]) -> None:
     def command() -> None:
         run_dir, values = parse_arguments("evaluate", args, ARGUMENTS)
         folder, summary = evaluate(run_dir, **values)
-        if summary["evaluation"]["phase"] != "done":
+        if summary["evaluation"]["phase"] != Phase.DONE:
             print(f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
                   "these are the scores of its last checkpoint")
         print_summary(summary, folder)

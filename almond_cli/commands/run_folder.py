@@ -17,10 +17,12 @@ from omegaconf import OmegaConf
 
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..config import saved_config
-from ..data.dataset import Dataset, build_dataset
-from ..errors import UsageError
+from ..data.dataset import Dataset
+from ..tasks.registry import build_dataset
+from ..training.build import load_model_state
+from ..errors import UsageError, fail
 from ..model.model import LatentVariableModel
-from ..training.runtime import pick_device, seed_streams
+from ..training.runtime import configure_process, pick_device, seed_streams
 
 
 @dataclass
@@ -109,19 +111,8 @@ def _resolve_data_paths(cfg, run_dir: Path) -> None:
                 cfg.data[key] = str(candidate)
 
 
-def load_model_state(cfg, dataset: Dataset, state: dict, device: torch.device) -> LatentVariableModel:
-    """A model built as ``cfg`` says and loaded with ``state`` (a checkpoint's ``model``), in eval mode."""
-    from ..training.trainer import build_model
-
-    model = build_model(cfg, dataset)
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-
 def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | None = None) -> LoadedRun:
     """Loads ``run_dir``'s ``checkpoints/last.pt``, its config, data and model; refuses a folder that is not a run."""
-    from ..training.runtime import configure_process
-
     if not run_dir.exists():
         raise UsageError(f"{command}: {run_dir} does not exist; give a run folder made by almond train (outputs/DATE/TIME)")
     if not run_dir.is_dir():
@@ -168,8 +159,6 @@ def new_output_folder(parent: Path) -> Path:
 
 def fail_on_usage_error(function: Callable[[], None]) -> None:
     """Runs a command; a ``UsageError`` becomes one paragraph on stderr and exit code 2 (no traceback)."""
-    from .cli import fail
-
     try:
         function()
     except UsageError as error:

@@ -23,10 +23,11 @@ from rich.table import Table
 
 from ..langevin import sampler
 from ..atomic import write_atomic, write_text_atomic
-from ..data.files import likelihood_kind
 from ..errors import UsageError
 from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, optional_int, \
     parse_arguments, positive
+from ..model.model import prior_draws
+from ..training.position import Phase
 from ..training.schedules import langevin_step_size
 from ..tasks.normal_means import normal_empirical_bayes
 
@@ -52,14 +53,6 @@ ARGUMENTS = {
 
 
 # ----- drawing -----------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def prior_draws(model, latent_dim: int, n: int, generator: torch.Generator) -> torch.Tensor:
-    """u = h(z) for n draws z ~ N(0, I_d): (n, P) on CPU."""
-    device = next(model.decoder.parameters()).device
-    z = torch.randn(n, latent_dim, generator=generator, device=device)
-    return model.decoder(z).cpu()
-
-
 def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thin: int, burn_in: int,
                     step_size: float, generator: torch.Generator, start: torch.Tensor | None = None,
                     max_particles: int = 200_000) -> torch.Tensor:
@@ -83,6 +76,8 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
     Returns:
         (n, num_draws · C, P) draws of u on CPU, float32.
     """
+    from ..langevin.targets import AutogradTarget
+
     rows = max(1, max_particles // num_chains)
     chunks = []
     with model.frozen():
@@ -93,7 +88,7 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
             else:
                 with torch.no_grad():
                     z = model.sample_posterior_approx(batch, num_chains, generator)
-            log_joint = lambda z_: model.log_joint(batch, z_)  # noqa: E731
+            log_joint = AutogradTarget(lambda z_: model.log_joint(batch, z_))
             if burn_in > 0:
                 kept, _ = sampler.run(z, log_joint, step_size, burn_in, burn_in - 1, generator)
                 z = kept[-1]
@@ -133,15 +128,14 @@ def normal_eb_means(x: torch.Tensor, sd: torch.Tensor | float) -> torch.Tensor:
     return prior.mean + tau2 / (tau2 + sd.square()) * (x - prior.mean)
 
 
-def comparison(dataset, cfg, posterior_mean: torch.Tensor) -> dict[str, float]:
+def comparison(dataset, likelihood, posterior_mean: torch.Tensor) -> dict[str, float]:
     """MSE against the truth of the posterior means and, for Gaussian data, of raw x and normal EB."""
     truth = dataset.truth.double()
     results = {"mse_posterior_mean": float((posterior_mean.double() - truth).square().mean())}
-    kind = likelihood_kind(cfg.likelihood)
-    if kind in ("gaussian", "gaussian_hetero"):
-        x = dataset.x.double()
-        sd = x[:, -1] if kind == "gaussian_hetero" else float(cfg.likelihood.sigma)
-        values = x[:, :-1] if kind == "gaussian_hetero" else x
+    x = dataset.x.double()
+    if likelihood.noise_sd(x) is not None:  # Gaussian noise: raw x and normal EB are estimates of u too
+        sd = x[:, -1] if likelihood.reads_sd_column else likelihood.noise_sd(x)
+        values = likelihood.observations(x)
         if values.shape == truth.shape:
             results["mse_raw_x"] = float((values - truth).square().mean())
             if values.shape[1] == 1:
@@ -150,37 +144,35 @@ def comparison(dataset, cfg, posterior_mean: torch.Tensor) -> dict[str, float]:
 
 
 # ----- writing -----------------------------------------------------------------------------------------------------
-def _names(dataset, cfg, width: int) -> tuple[list[str], list[str]]:
-    """Observation column names and latent coordinate suffixes."""
-    observed = dataset.extras.get("column_names")
-    if observed is None:
-        observed = ["x"] if width == 1 else [f"x{j}" for j in range(width)]
-    return list(observed), observed
+def _names(dataset, width: int) -> list[str]:
+    """Observation column names."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return ["x"] if width == 1 else [f"x{j}" for j in range(width)]
 
 
-def posterior_csv(dataset, cfg, stats: dict, level: float) -> str:
+def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     """The per-row table: row, observations, [sd], [truth], post_mean, post_sd, interval bounds, and for
     Poisson/Bernoulli the posterior mean of the rate exp(u) / probability sigmoid(u)."""
-    kind = likelihood_kind(cfg.likelihood)
     x = dataset.x.double()
-    has_sd = kind == "gaussian_hetero"
-    values = x[:, :-1] if has_sd else x
-    observed, _ = _names(dataset, cfg, values.shape[1])
+    has_sd = likelihood.reads_sd_column
+    values = likelihood.observations(x)
+    observed = _names(dataset, values.shape[1])
     num_latent = stats["mean"].shape[1]
     suffixes = [""] if num_latent == 1 else [f"_{name}" for name in observed] if len(observed) == num_latent \
         else [f"_{j}" for j in range(num_latent)]
     tail = 100 * (1 - level) / 2
     lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
-    ids = dataset.extras.get("ids")
-    header = ["row"] + ([dataset.extras.get("id_name") or "id"] if ids is not None else []) + [*observed]
+    ids = dataset.ids
+    header = ["row"] + ([dataset.id_name or "id"] if ids is not None else []) + [*observed]
     header += ["sd"] if has_sd else []
     if dataset.truth is not None:
         header += [f"truth{s}" for s in suffixes]
     for s in suffixes:
         header += [f"post_mean{s}", f"post_sd{s}", f"{lower_name}{s}", f"{upper_name}{s}"]
         if "natural_mean" in stats:
-            header.append(f"post_mean_{'rate' if kind == 'poisson' else 'prob'}{s}")
-    rows = dataset.extras.get("rows", list(range(x.shape[0])))
+            header.append(f"post_mean_{likelihood.mean_name}{s}")
+    rows = dataset.rows()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -226,9 +218,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     if draws_out is not None and (what != "posterior" or Path(draws_out).suffix.lower() != ".npy"):
         raise UsageError(f"sample: draws_out={draws_out} is for what=posterior and must end in .npy")
     run = load_run("sample", run_dir, device, threads)
-    generator = torch.Generator(device=run.device).manual_seed(seed)
     if what == "prior":
-        draws = prior_draws(run.model, int(run.cfg.latent_dim), n, generator).numpy()
+        draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed),
+                            run.device).numpy()
         path = _output_path(out, run.run_dir, "prior.npy")
         if path.suffix.lower() == ".csv":
             header = ",".join(["u"] if draws.shape[1] == 1 else [f"u{j}" for j in range(draws.shape[1])])
@@ -244,23 +236,24 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     if step_size is None:
         position = run.payload["position"]
         step_size = langevin_step_size(run.cfg.sampler, max(position["epoch"] - 1, 0)) \
-            if position["phase"] != "vae" else float(run.cfg.sampler.step_size)
+            if position["phase"] != Phase.VAE else float(run.cfg.sampler.step_size)
     chains = run.payload.get("chains")
     start = None
     if chains is not None:  # the training chains sit near the posterior already; tile them to num_chains
         trained = chains["positions"]
         start = trained[:, torch.arange(num_chains) % trained.shape[1]]
     x = run.dataset.x.to(run.device)
+    generator = torch.Generator(device=run.device).manual_seed(seed)
     draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start)
     if not torch.isfinite(draws).all():
         raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g}; "
                          f"retry with a smaller step_size (for example {step_size / 10:.3g})")
     stats = summarise(draws, level)
-    natural = {"poisson": torch.exp, "bernoulli": torch.sigmoid}.get(likelihood_kind(run.cfg.likelihood))
-    if natural is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
-        stats["natural_mean"] = natural(draws.double()).mean(1)
+    likelihood = run.model.likelihood
+    if likelihood.mean_name is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
+        stats["natural_mean"] = likelihood.mean(draws.double()).mean(1)
     path = _output_path(out, run.run_dir, "posterior.csv")
-    write_text_atomic(path, posterior_csv(run.dataset, run.cfg, stats, level))
+    write_text_atomic(path, posterior_csv(run.dataset, likelihood, stats, level))
     if draws_out is not None:
         _save_array(Path(draws_out).expanduser(), draws.numpy())
     result = {"what": "posterior", "path": str(path), "rows": int(x.shape[0]), "draws_per_row": int(draws.shape[1]),
@@ -269,7 +262,7 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
               "started_from": "the run's persistent chains" if start is not None else "the encoder"}
     if run.dataset.truth is not None:
         truth = run.dataset.truth.double()
-        result.update(comparison(run.dataset, run.cfg, stats["mean"]))
+        result.update(comparison(run.dataset, likelihood, stats["mean"]))
         result["coverage"] = float(((truth >= stats["lower"]) & (truth <= stats["upper"])).double().mean())
     print_posterior_summary(run, stats, result, num_chains, num_draws, thin, burn_in)
     return result
@@ -279,26 +272,26 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
                             burn_in: int) -> None:
     """The shrinkage summary: a few rows, the spread of the estimates, and the MSE comparison if known."""
     console = Console(force_terminal=False, width=110)
-    kind = likelihood_kind(run.cfg.likelihood)
+    likelihood = run.model.likelihood
     x = run.dataset.x.double()
-    values = x[:, :-1] if kind == "gaussian_hetero" else x
+    values = likelihood.observations(x)
     console.print(f"posterior of u for {result['rows']} rows: {num_chains} chains x {num_draws} draws per row "
                   f"(burn-in {burn_in} steps, thin {thin}, step size {result['step_size']:.3g}, started from "
                   f"{result['started_from']}) -> {result['path']}")
     level = result["level"]
     if stats["mean"].shape[1] == 1 and values.shape[1] == 1:
-        scale = {"bernoulli": " (u is a logit)", "poisson": " (u is a log-rate)"}.get(kind, "")
+        scale = {"prob": " (u is a logit)", "rate": " (u is a log-rate)"}.get(likelihood.mean_name, "")
         table = Table(title=f"first rows{scale}")
-        observed, _ = _names(run.dataset, run.cfg, 1)
+        observed = _names(run.dataset, 1)
         for name in ("row", observed[0], "post_mean", "post_sd", f"{100 * level:g}% interval"):
             table.add_column(name, justify="right")
-        rows = run.dataset.extras.get("rows", list(range(values.shape[0])))
+        rows = run.dataset.rows()
         for i in range(min(5, values.shape[0])):
             table.add_row(str(rows[i]), f"{float(values[i, 0]):.3f}", f"{float(stats['mean'][i, 0]):.3f}",
                           f"{float(stats['sd'][i, 0]):.3f}",
                           f"[{float(stats['lower'][i, 0]):.3f}, {float(stats['upper'][i, 0]):.3f}]")
         console.print(table)
-        if kind in ("gaussian", "gaussian_hetero"):
+        if likelihood.noise_sd(x) is not None:
             console.print(f"shrinkage: the posterior means spread with sd {float(stats['mean'].std()):.3f}, the raw x "
                           f"with sd {float(values.std()):.3f}; mean {100 * level:g}% interval width "
                           f"{result['mean_interval_width']:.3f}")

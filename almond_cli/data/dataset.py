@@ -1,6 +1,7 @@
 """Data sets: observations x (n, D) and, for simulations, the truth that scores a fit.
 
 The many-normal-means simulation follows Qiu & Wang (2019, Section 5.1): mu_i ~ prior, x_i = mu_i + N(0, 1).
+Data sets with more to say than x and the truth are typed subclasses (``GLMMDataset``, ``ImageDataset``).
 """
 
 from __future__ import annotations
@@ -20,20 +21,27 @@ class Dataset:
 
     Attributes:
         x: (n, D) float32 observations, one row per data point.
-        name: the data option that made them.
+        name: the data option that made them (``data.name``).
         truth: (n, P) true latent values u_i, where known.
         prior: the true distribution of u, where known (a simulation).
-        extras: task-specific facts (for example true fixed effects).
         transform: optional ``transform(x (B, D), generator) -> (B, D)`` applied to every training batch with
             the run's seeded noise generator (dynamic binarisation of images); None for most data.
+        source: the file the rows were read from, None for a simulation.
+        row_labels: how each row is named in output files (a CSV's line numbers); None numbers them 0..n-1.
+        column_names: the names of the observation columns, where the file has a header.
+        ids: each row's label from ``data.id_column``, and ``id_name`` that column's name.
     """
 
     x: Tensor
     name: str
     truth: Tensor | None = None
     prior: Prior | None = None
-    extras: dict = field(default_factory=dict)
     transform: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None
+    source: str | None = None
+    row_labels: list[int] | None = None
+    column_names: list[str] | None = None
+    ids: list[str] | None = None
+    id_name: str | None = None
 
     @property
     def num_points(self) -> int:
@@ -42,6 +50,52 @@ class Dataset:
     @property
     def data_dim(self) -> int:
         return self.x.shape[1]
+
+    def rows(self) -> list[int]:
+        """The label of every row in output files."""
+        return self.row_labels if self.row_labels is not None else list(range(self.num_points))
+
+    def likelihood_args(self) -> dict:
+        """Likelihood sizes the data define (the GLMM's number of fixed effects); none by default."""
+        return {}
+
+
+@dataclass
+class GLMMDataset(Dataset):
+    """Poisson GLMM rows [y, x_1..x_p, zeta_1..zeta_q] (see ``model.likelihoods.PoissonGLMM``).
+
+    Attributes:
+        num_fixed: p, the number of fixed-effect covariates.
+        fixed_names: their names (header names, or x1..xp for a simulation).
+        true_beta: (p,) the simulation's fixed effects; None for a user's file.
+        copula_theta: the simulation's Clayton parameter; None for a user's file.
+    """
+
+    num_fixed: int = 0
+    fixed_names: list[str] = field(default_factory=list)
+    true_beta: Tensor | None = None
+    copula_theta: float | None = None
+
+    def likelihood_args(self) -> dict:
+        return {"num_fixed": self.num_fixed}
+
+
+@dataclass
+class ImageDataset(Dataset):
+    """Images as flat rows (n, channels·rows·cols), with the held-out images that ``test_nll`` scores.
+
+    Attributes:
+        image_shape: (channels, rows, cols) of one image.
+        pixels: the pixel mode (``data.pixels``).
+        train_labels: (n,) labels of the training rows (figures only; training never sees them).
+        test_x: (n_test, D) held-out images, and ``test_labels`` (n_test,) their labels.
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    pixels: str = "continuous"
+    train_labels: Tensor | None = None
+    test_x: Tensor | None = None
+    test_labels: Tensor | None = None
 
 
 def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch.Generator) -> Dataset:
@@ -52,22 +106,7 @@ def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch
     return Dataset(x=x.float().unsqueeze(1), name="normal_means", truth=mu.float().unsqueeze(1), prior=prior)
 
 
-def build_dataset(data_cfg, seed: int) -> Dataset:
-    """Builds the data set that ``data_cfg`` names; simulations draw from a generator seeded by ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    if data_cfg.name == "normal_means":
-        prior = getattr(data_cfg.prior, "value", data_cfg.prior)  # a typed config holds an Enum
-        return make_normal_means(data_cfg.n, str(prior), data_cfg.noise_sd, generator)
-    if data_cfg.name == "file":
-        from .files import load_file_dataset
-
-        return load_file_dataset(data_cfg)
-    if data_cfg.name == "mnist":
-        from .mnist import build_mnist
-
-        return build_mnist(data_cfg)
-    if data_cfg.name in ("glmm", "glmm_file"):
-        from .glmm import build_glmm_dataset
-
-        return build_glmm_dataset(data_cfg, generator)
-    raise ValueError(f"unknown data set {data_cfg.name!r}")
+def build_normal_means(data_cfg, generator: torch.Generator) -> Dataset:
+    """The ``data=normal_means`` simulation ``data_cfg`` describes."""
+    prior = getattr(data_cfg.prior, "value", data_cfg.prior)  # a typed config holds an Enum
+    return make_normal_means(data_cfg.n, str(prior), data_cfg.noise_sd, generator)

@@ -15,7 +15,7 @@ runs, and pixel handling:
   from the run's seeded noise generator (``Dataset.transform``), so runs stay reproducible and resumable.
   Held-out images are binarised once, with ``split_seed``, so every run scores the same binary images.
 
-Labels are kept (``extras``) for the latent map only; training never sees them.
+Labels are kept (``ImageDataset.train_labels``, ``test_labels``) for the latent map only; training never sees them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .dataset import Dataset
+from .dataset import ImageDataset
 from ..errors import UsageError
 from .idx import IdxError, available_splits, load_split
 
@@ -45,11 +45,12 @@ def _pixels(images: Tensor, mode: str, threshold: float) -> Tensor:
     return x
 
 
-def build_mnist(data_cfg) -> Dataset:
-    """Reads the splits ``data_cfg`` names and makes the training rows and the held-out images.
+def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageDataset:
+    """Reads the splits ``data_cfg`` names and makes the training rows and the held-out images (``generator`` is
+    unused: the held-out split and dynamic binarisation of held-out images draw from ``data.split_seed``).
 
     Returns:
-        A ``Dataset`` with x (n_train, D) and extras ``train_labels`` (n_train,), ``test_x`` (n_test, D),
+        An ``ImageDataset`` with x (n_train, D), ``train_labels`` (n_train,), ``test_x`` (n_test, D),
         ``test_labels`` (n_test,), ``image_shape`` (channels, rows, cols) and ``pixels``.
     """
     if data_cfg.root in (None, "", "???"):
@@ -73,8 +74,8 @@ def build_mnist(data_cfg) -> Dataset:
     labels = torch.cat([labels for _, labels in parts])
     image_shape = (1, int(images.shape[1]), int(images.shape[2]))
     x_all = _pixels(images, mode, float(data_cfg.threshold))
-    generator = torch.Generator().manual_seed(int(data_cfg.split_seed))
-    order = torch.randperm(x_all.shape[0], generator=generator)
+    split_generator = torch.Generator().manual_seed(int(data_cfg.split_seed))
+    order = torch.randperm(x_all.shape[0], generator=split_generator)
     if held_out_split is not None:
         test_images, test_labels = load_split(root, held_out_split)
         test_x = _pixels(test_images, mode, float(data_cfg.threshold))
@@ -92,11 +93,9 @@ def build_mnist(data_cfg) -> Dataset:
     train_index = train_index.sort().values
     if mode == "dynamic":
         # Held-out pixels are drawn once from the split seed: every run and phase scores the same binary images.
-        test_x = dynamic_binarise(test_x, generator)
-    return Dataset(
-        x=x_all[train_index].contiguous(),
-        name="mnist",
-        extras={"train_labels": labels[train_index], "test_x": test_x.contiguous(), "test_labels": test_labels,
-                "image_shape": image_shape, "pixels": mode},
-        transform=dynamic_binarise if mode == "dynamic" else None,
+        test_x = dynamic_binarise(test_x, split_generator)
+    return ImageDataset(
+        x=x_all[train_index].contiguous(), name="mnist", source=str(root),
+        transform=dynamic_binarise if mode == "dynamic" else None, image_shape=image_shape, pixels=mode,
+        train_labels=labels[train_index], test_x=test_x.contiguous(), test_labels=test_labels,
     )

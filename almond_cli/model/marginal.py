@@ -1,6 +1,7 @@
-"""Held-out negative log-likelihood by importance sampling, with the encoder as proposal.
+"""The marginal likelihood log p(x) by importance sampling, with the encoder as proposal: the one estimator of
+held-out and training likelihoods (``test_nll`` of images, ``train_nll`` of every task, ``almond evaluate``).
 
-For an image x and K draws z_k ~ q(z | x) from the encoder,
+For a data point x and K draws z_k ~ q(z | x) from the encoder,
 
     log p̂(x) = logsumexp_k [log f(x | h(z_k)) + log N(z_k; 0, I) − log q(z_k | x)] − log K,
 
@@ -67,7 +68,7 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
     with evaluation_mode(model):
         for start in range(0, x.shape[0], images_per_batch):
             batch = x[start:start + images_per_batch]
-            mean, log_var = model.encoder(batch)
+            mean, log_var = model.encode(batch)  # the encoder fed as in training
             # Image i's draws come from seed + i alone: the same draws whatever the batching or nll_images.
             noise = torch.stack([torch.randn((num_samples, mean.shape[-1]), generator=generator.manual_seed(seed + i))
                                  for i in range(start, start + batch.shape[0])])
@@ -86,9 +87,10 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
     return MarginalEstimate(torch.cat(log_marginals), torch.cat(means), torch.cat(variances))
 
 
-def nll_summary(estimate: MarginalEstimate) -> dict[str, float]:
-    """``test_nll`` (mean −log p̂ in nats per image) and ``test_nll_se`` (its standard error over images)."""
+def nll_summary(estimate: MarginalEstimate, prefix: str = "test") -> dict[str, float]:
+    """``<prefix>_nll`` (mean −log p̂ in nats per data point) and ``<prefix>_nll_se`` (its standard error over
+    data points)."""
     nll = -estimate.log_marginal
     count = nll.numel()
     se = float(nll.std(unbiased=True)) / math.sqrt(count) if count > 1 else float("nan")
-    return {"test_nll": float(nll.mean()), "test_nll_se": se}
+    return {f"{prefix}_nll": float(nll.mean()), f"{prefix}_nll_se": se}

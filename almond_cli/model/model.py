@@ -44,6 +44,17 @@ def reparameterise(mean: Tensor, log_var: Tensor, num_draws: int, generator: tor
     return mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * noise
 
 
+@torch.no_grad()
+def prior_draws(decoder: nn.Module, latent_dim: int, num_draws: int, generator: torch.Generator, device) -> Tensor:
+    """u = h(z) for ``num_draws`` z ~ N(0, I_d) from ``generator`` (a CPU generator: the same draws on any device),
+    the decoder in eval mode: (num_draws, P) on the CPU. The one way almond draws from a learned latent
+    distribution (scores, figures, ``almond sample what=prior``)."""
+    z = torch.randn(num_draws, latent_dim, generator=generator)
+    with evaluation_mode(decoder):
+        u = decoder(z.to(device))
+    return u.detach().cpu()
+
+
 class LatentVariableModel(nn.Module):
     """Encoder q(z | x), decoder h(z) and likelihood f(x | u) together.
 
@@ -72,9 +83,14 @@ class LatentVariableModel(nn.Module):
         """log f(x | h(z)) + log N(z; 0, I). Args: x (B, D), z (B, C, d). Returns (B, C)."""
         return self.log_lik(x, z) + standard_normal_log_prob(z)
 
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_var) of q(z | x), each (B, d), for data x (B, D): the encoder reads x through the
+        likelihood's ``encoder_input``, in training, chain starts and likelihood estimates alike."""
+        return self.encoder(self.likelihood.encoder_input(x))
+
     def sample_posterior_approx(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
         """Draws from q(z | x). Args: x (B, D). Returns z (B, num_draws, d)."""
-        mean, log_var = self.encoder(self.likelihood.encoder_input(x))
+        mean, log_var = self.encode(x)
         return reparameterise(mean, log_var, num_draws, generator)
 
     def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
@@ -82,7 +98,7 @@ class LatentVariableModel(nn.Module):
 
         Args: x (B, D). Returns (B,): E_q[log f(x | h(z))] - KL(q(z | x) || N(0, I)).
         """
-        mean, log_var = self.encoder(self.likelihood.encoder_input(x))
+        mean, log_var = self.encode(x)
         z = reparameterise(mean, log_var, num_draws, generator)
         expected_log_lik = self.log_lik(x, z).mean(1)
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1)

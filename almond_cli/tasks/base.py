@@ -1,7 +1,9 @@
-"""What a data set is scored on: each data set names a task that knows its metrics, baselines and figures.
+"""What a data set is scored on: each data set has a task that knows its metrics, baselines and figures.
 
-A task is an object with four methods (see ``Task``); ``task_for(dataset)`` picks it by ``dataset.name``.
-The trainer calls them at the VAE/ALMOND boundary and at the end of the run, and knows nothing else of them.
+A task scores; it never trains. A baseline that must be fitted by training (the Gaussian GLMM) is named by
+``trained_baselines``; training fits it in the run folder and hands the fitted models to ``baselines``.
+The data set to task table is ``tasks/registry.py``. The trainer calls these methods at the VAE/ALMOND boundary
+and at the end of the run, and ``almond evaluate`` calls them again on a saved run.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ from ..data.dataset import Dataset
 
 
 class Task:
-    """Scoring of a fitted model. The default scores nothing and draws nothing (data with no truth).
-
-    Attributes:
-        run_dir: the run folder, set by the trainer before any method is called; a task that fits its
-            baselines by training (for example the Gaussian GLMM) keeps their run folders under it.
-    """
-
-    run_dir: Path | None = None
+    """Scoring of a fitted model. The default scores nothing and draws nothing (data with no truth)."""
 
     def score(self, model, dataset: Dataset, cfg, device) -> dict[str, float]:
         """Metrics of a fitted model, {name: float}."""
         return {}
 
-    def baselines(self, dataset: Dataset, cfg, device) -> dict[str, dict[str, float]]:
-        """Metrics of the classical baselines, {baseline name: {metric: float}}."""
+    def trained_baselines(self, dataset: Dataset, cfg) -> dict:
+        """{baseline name: the config of a run that fits it}, for baselines fitted by training; none by default."""
+        return {}
+
+    def baselines(self, model, dataset: Dataset, cfg, device, fitted: dict) -> dict[str, dict[str, float]]:
+        """Metrics of the classical baselines, {baseline name: {metric: float}}.
+
+        Args:
+            model: the fitted model (its likelihood says, for example, the noise sd).
+            fitted: {name: fitted model} of the ``trained_baselines`` training fitted (those it could).
+        """
         return {}
 
     def snapshot(self, model, dataset: Dataset, cfg, device) -> dict | None:
@@ -36,24 +40,3 @@ class Task:
     def figures(self, run_dir: Path, model, dataset: Dataset, cfg, device, summary: dict,
                 vae_snapshot: dict | None) -> None:
         """Writes the task's figures into ``run_dir / "figures"``."""
-
-
-def task_for(dataset: Dataset) -> Task:
-    """The task of a data set, by its ``name``."""
-    if dataset.name == "normal_means":
-        from .normal_means import NormalMeansTask
-
-        return NormalMeansTask()
-    if dataset.name == "file":
-        from .file import FileTask
-
-        return FileTask()
-    if dataset.name == "mnist":
-        from .images import ImageTask
-
-        return ImageTask()
-    if dataset.name in ("glmm", "glmm_file"):
-        from .glmm import GLMMTask
-
-        return GLMMTask()
-    return Task()

@@ -1,7 +1,7 @@
 """Scoring of a model fitted to ``data=file``: the learned latent distribution, and KS/W1 when the truth is known.
 
 With ``data.truth_path`` and one latent value per row, the many-normal-means scores of
-``task_normal_means`` apply unchanged, with the empirical distribution of the true values in place of the
+``tasks/normal_means.py`` apply unchanged, with the empirical distribution of the true values in place of the
 simulation's prior (two-sample KS and W1). Without it, the task reports the mean and sd of the learned
 latent distribution and draws its histogram beside the data's.
 """
@@ -13,82 +13,54 @@ from pathlib import Path
 
 import torch
 
-from ..data.files import likelihood_kind
-from .figures import latent_density_figure, plt, save_figure
-from ..data.priors import Prior
-from .normal_means import distribution_scores, draw_latent, normal_empirical_bayes
 from .base import Task
-
-
-def noise_sd_of(dataset, cfg) -> float | None:
-    """The Gaussian noise sd (root mean square of the per-row sds for gaussian_hetero); None otherwise."""
-    kind = likelihood_kind(cfg.likelihood)
-    if kind == "gaussian":
-        return float(cfg.likelihood.sigma)
-    if kind == "gaussian_hetero":
-        return float(dataset.x[:, -1].double().square().mean().sqrt())
-    return None
-
-
-def observations(dataset, cfg) -> torch.Tensor:
-    """x without the sd column: (n, D)."""
-    return dataset.x[:, :-1] if likelihood_kind(cfg.likelihood) == "gaussian_hetero" else dataset.x
-
-
-def baseline_priors(dataset, cfg) -> dict[str, Prior]:
-    """The normal empirical-Bayes prior, for Gaussian likelihoods with one measurement per row."""
-    sd = noise_sd_of(dataset, cfg)
-    x = observations(dataset, cfg)
-    if sd is None or x.shape[1] != 1:
-        return {}
-    return {"normal_eb": normal_empirical_bayes(x, sd)}
-
-
-def _seeded(cfg) -> torch.Generator:
-    return torch.Generator().manual_seed(cfg.evaluation.seed)
+from .figures import latent_density_figure, plt, save_figure
+from .metrics import evaluation_generator, latent_draws, train_likelihood
+from .normal_means import baseline_priors, distribution_scores
 
 
 class FileTask(Task):
-    """KS/W1 against the true values where ``data.truth_path`` gives them; latent mean and sd always."""
-
-    def _draws(self, model, cfg, device) -> torch.Tensor:
-        return draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
+    """KS/W1 against the true values where ``data.truth_path`` gives them; latent mean and sd, and the training
+    rows' ``train_nll``, always."""
 
     def score(self, model, dataset, cfg, device):
-        draws = self._draws(model, cfg, device)
+        draws = latent_draws(model, cfg, device)
         scores = {}
         if dataset.prior is not None and draws.shape[1] == 1:
             scores.update(distribution_scores(draws[:, 0], dataset.prior))
         if draws.shape[1] == 1:
             scores.update({"u_mean": float(draws.double().mean()), "u_sd": float(draws.double().std())})
-        return scores
+        return {**scores, **train_likelihood(model, dataset, cfg, device)}
 
-    def baselines(self, dataset, cfg, device):
+    def baselines(self, model, dataset, cfg, device, fitted):
         results = {}
-        for name, fit in baseline_priors(dataset, cfg).items():
-            draws = fit.sample(cfg.evaluation.num_draws, _seeded(cfg))
+        for name, fit in baseline_priors(model.likelihood, dataset).items():
+            draws = fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
             scores = distribution_scores(draws, dataset.prior) if dataset.prior is not None else {}
             results[name] = {**scores, "u_mean": float(draws.mean()), "u_sd": float(draws.std())}
         return results
 
     def snapshot(self, model, dataset, cfg, device):
-        return {"draws": self._draws(model, cfg, device)}
+        return {"draws": latent_draws(model, cfg, device)}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
-        final = self._draws(model, cfg, device)
+        final = latent_draws(model, cfg, device)
         if final.shape[1] != 1:
             return  # a multivariate latent distribution has no one-panel picture here
         panels = {}
         if vae_snapshot is not None:
             panels["vae"] = (vae_snapshot["draws"][:, 0], summary.get("vae", {}))
         panels["almond"] = (final[:, 0], summary.get("almond", {}))
-        for name, fit in baseline_priors(dataset, cfg).items():
-            panels[name] = (fit.sample(cfg.evaluation.num_draws, _seeded(cfg)), summary.get("baselines", {}).get(name, {}))
+        for name, fit in baseline_priors(model.likelihood, dataset).items():
+            panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)),
+                            summary.get("baselines", {}).get(name, {}))
         folder = Path(run_dir) / "figures"
-        if dataset.prior is not None and noise_sd_of(dataset, cfg) is not None:
-            latent_density_figure(panels, dataset.prior, noise_sd_of(dataset, cfg), folder / "latent_density.png")
+        noise_sd = model.likelihood.noise_sd(dataset.x)
+        if dataset.prior is not None and noise_sd is not None:
+            latent_density_figure(panels, dataset.prior, noise_sd, folder / "latent_density.png")
         else:
-            latent_histogram_figure(panels, observations(dataset, cfg)[:, 0], folder / "latent_distribution.png")
+            latent_histogram_figure(panels, model.likelihood.observations(dataset.x)[:, 0],
+                                    folder / "latent_distribution.png")
 
 
 def latent_histogram_figure(panels: dict, x: torch.Tensor, path: Path) -> None:

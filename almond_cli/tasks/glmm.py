@@ -7,38 +7,35 @@ the first two coordinates (``lambda_l1``), and the Euclidean error of the fitted
 (``beta_error``).
 
 The baseline ``gaussian_glmm`` is the classical Gaussian GLMM: the same likelihood with ``decoder=linear``
-(u = A z + b ~ N(b, A Aᵀ)), trained by the same VAE + ALMOND machinery as a child run in
-``<run>/baselines/gaussian_glmm/`` (its own metrics, checkpoints and summary; an interrupted baseline resumes
-from its own checkpoint when the parent run is resumed).
+(u = A z + b ~ N(b, A Aᵀ)). This task only names its config (``trained_baselines``); training fits it by the same
+VAE + ALMOND machinery as a child run in ``<run>/baselines/gaussian_glmm/`` (``training/baselines.py``), and this
+task scores the fitted model like the others.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from torch import Tensor
 
 from ..data.clayton import lambda_l1
-from ..data.dataset import Dataset
-from .metrics import ks_distance, w1_distance
-from .glmm_figures import random_effects_figure
-from .normal_means import draw_latent
+from ..data.dataset import GLMMDataset
+from ..model.networks import LinearDecoder
 from .base import Task
-
-log = logging.getLogger("almond")
+from .glmm_figures import random_effects_figure
+from .metrics import ks_distance, latent_draws, train_likelihood, w1_distance
 
 BASELINE = "gaussian_glmm"
-LINEAR_DECODER = "almond_cli.model.networks.LinearDecoder"
+LINEAR_DECODER = f"{LinearDecoder.__module__}.{LinearDecoder.__qualname__}"
 
 
-def random_effect_scores(draws: Tensor, dataset: Dataset) -> dict[str, float]:
+def random_effect_scores(draws: Tensor, dataset: GLMMDataset) -> dict[str, float]:
     """KS/W1 per marginal against the truth and Kendall lambda L1 of the first two coordinates.
 
     Args:
         draws: (N, q) draws of the fitted random-effects distribution.
-        dataset: the simulation (its ``prior`` is the true marginal, ``extras["theta"]`` the copula's).
+        dataset: the simulation (its ``prior`` is the true marginal, ``copula_theta`` the copula's).
     """
     prior = dataset.prior
     lower, upper = prior.bulk()
@@ -46,21 +43,21 @@ def random_effect_scores(draws: Tensor, dataset: Dataset) -> dict[str, float]:
     w1 = [w1_distance(draws[:, j], prior.cdf, lower, upper) for j in range(draws.shape[1])]
     scores = {"ks": ks[0], "w1": w1[0], "ks_mean": sum(ks) / len(ks), "w1_mean": sum(w1) / len(w1)}
     if draws.shape[1] >= 2:
-        scores["lambda_l1"] = lambda_l1(draws[:, 0], draws[:, 1], dataset.extras["theta"])
+        scores["lambda_l1"] = lambda_l1(draws[:, 0], draws[:, 1], dataset.copula_theta)
     return scores
 
 
-def fixed_effect_scores(beta: Tensor, dataset: Dataset) -> dict[str, float]:
+def fixed_effect_scores(beta: Tensor, dataset: GLMMDataset) -> dict[str, float]:
     """``beta_error`` against the simulation's truth; on a user's file, the fitted ``beta_<column>`` values."""
     beta = beta.detach().double().cpu()
-    if "beta" in dataset.extras:
-        return {"beta_error": float((beta - dataset.extras["beta"]).norm())}
-    return {f"beta_{name}": float(value) for name, value in zip(dataset.extras["fixed_names"], beta)}
+    if dataset.true_beta is not None:
+        return {"beta_error": float((beta - dataset.true_beta).norm())}
+    return {f"beta_{name}": float(value) for name, value in zip(dataset.fixed_names, beta)}
 
 
-def score_model(model, dataset: Dataset, cfg, device) -> tuple[dict[str, float], Tensor]:
+def score_model(model, dataset: GLMMDataset, cfg, device) -> tuple[dict[str, float], Tensor]:
     """All metrics of a fitted GLMM and the draws they were computed from, (num_draws, q) on CPU."""
-    draws = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
+    draws = latent_draws(model, cfg, device)
     scores = random_effect_scores(draws, dataset) if dataset.prior is not None else {}
     scores.update(fixed_effect_scores(model.likelihood.beta, dataset))
     return scores, draws
@@ -76,26 +73,6 @@ def gaussian_glmm_config(cfg):
     return child
 
 
-def fit_gaussian_glmm(cfg, run_dir: Path):
-    """Trains the Gaussian GLMM baseline in ``run_dir`` (resuming its checkpoint if there is one).
-
-    Returns the finished ``TrainingRun``; its ``model`` is the fitted Gaussian GLMM.
-    """
-    from ..training.checkpoint import load_checkpoint
-    from ..training.trainer import TrainingRun
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    run = TrainingRun(gaussian_glmm_config(cfg), run_dir)
-    last = run.checkpoint_dir / "last.pt"
-    if last.is_file():
-        log.info("resuming the %s baseline from %s", BASELINE, last)
-        run.resume_from(load_checkpoint(last))
-    else:
-        log.info("fitting the %s baseline (decoder=linear) in %s", BASELINE, run_dir)
-    run.run()
-    return run
-
-
 class GLMMTask(Task):
     """Random-effects distribution scores, fixed-effect error, the Gaussian GLMM baseline, the figure."""
 
@@ -103,28 +80,26 @@ class GLMMTask(Task):
         self._baseline_draws: dict[str, tuple[Tensor, dict]] = {}
 
     def score(self, model, dataset, cfg, device):
-        return score_model(model, dataset, cfg, device)[0]
+        return {**score_model(model, dataset, cfg, device)[0], **train_likelihood(model, dataset, cfg, device)}
 
-    def baselines(self, dataset, cfg, device):
-        if not cfg.data.gaussian_baseline:
+    def trained_baselines(self, dataset, cfg):
+        return {BASELINE: gaussian_glmm_config(cfg)} if cfg.data.gaussian_baseline else {}
+
+    def baselines(self, model, dataset, cfg, device, fitted):
+        if BASELINE not in fitted:
             return {}
-        if self.run_dir is None:
-            raise RuntimeError("GLMMTask.run_dir must be set before baselines are fitted")
-        run = fit_gaussian_glmm(cfg, Path(self.run_dir) / "baselines" / BASELINE)
-        scores, draws = score_model(run.model, dataset, cfg, run.device)
+        scores, draws = score_model(fitted[BASELINE], dataset, cfg, device)
+        scores.update(train_likelihood(fitted[BASELINE], dataset, cfg, device))
         self._baseline_draws[BASELINE] = (draws, scores)
         return {BASELINE: scores}
 
     def snapshot(self, model, dataset, cfg, device):
-        draws = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
-        return {"draws": draws}
+        return {"draws": latent_draws(model, cfg, device)}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
         panels = {}
         if vae_snapshot is not None:
             panels["vae"] = (vae_snapshot["draws"], summary["vae"])
-        final = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
-        panels["almond"] = (final, summary["almond"])
+        panels["almond"] = (latent_draws(model, cfg, device), summary["almond"])
         panels.update(self._baseline_draws)
-        theta = dataset.extras.get("theta")
-        random_effects_figure(panels, dataset.prior, theta, Path(run_dir) / "figures" / "random_effects.png")
+        random_effects_figure(panels, dataset.prior, dataset.copula_theta, Path(run_dir) / "figures" / "random_effects.png")

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from ..data.dataset import Dataset  # noqa: E402
+from ..data.dataset import ImageDataset  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from ..model.model import evaluation_mode  # noqa: E402
+from ..model.model import evaluation_mode, prior_draws  # noqa: E402
 from ..model.marginal import MarginalEstimate, estimate_log_marginal, nll_summary  # noqa: E402
 from .base import Task  # noqa: E402
 
@@ -33,9 +33,9 @@ GRID = 10          # samples.png is GRID × GRID
 NUM_RECONSTRUCTIONS = 12
 
 
-def held_out(dataset: Dataset, cfg) -> tuple[Tensor, Tensor]:
+def held_out(dataset: ImageDataset, cfg) -> tuple[Tensor, Tensor]:
     """The held-out images scored by ``test_nll``, (n, D), and their labels (n,): the first ``nll_images``."""
-    x, labels = dataset.extras["test_x"], dataset.extras["test_labels"]
+    x, labels = dataset.test_x, dataset.test_labels
     limit = cfg.evaluation.nll_images
     if limit is not None:
         x, labels = x[:limit], labels[:limit]
@@ -44,15 +44,15 @@ def held_out(dataset: Dataset, cfg) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def decoder_means(model, z: Tensor) -> Tensor:
-    """sigmoid(h(z)) in eval mode. Args: z (n, d) on the model's device. Returns (n, D) on the CPU."""
+    """The pixel means sigmoid(h(z)) in eval mode. Args: z (n, d) on the model's device. Returns (n, D) on the CPU."""
     with evaluation_mode(model):
-        return torch.sigmoid(model.decoder(z)).float().cpu()
+        return model.likelihood.mean(model.decoder(z)).float().cpu()
 
 
-def prior_draws(cfg, count: int) -> Tensor:
-    """``count`` z ~ N(0, I) from ``evaluation.seed``: the same z for every model. Returns (count, d)."""
+def sample_means(model, cfg, count: int, device) -> Tensor:
+    """The pixel means of ``count`` draws u = h(z) from ``evaluation.seed`` + 1: the same z for every model."""
     generator = torch.Generator().manual_seed(int(cfg.evaluation.seed) + 1)
-    return torch.randn(count, cfg.latent_dim, generator=generator)
+    return model.likelihood.mean(prior_draws(model.decoder, int(cfg.latent_dim), count, generator, device)).float()
 
 
 def image_grid(images: Tensor, shape: tuple[int, int, int], ncols: int) -> np.ndarray:
@@ -90,7 +90,7 @@ class ImageTask(Task):
 
     def _pictures(self, model, estimate: MarginalEstimate, cfg, device) -> dict:
         return {
-            "samples": decoder_means(model, prior_draws(cfg, GRID * GRID).to(device)),
+            "samples": sample_means(model, cfg, GRID * GRID, device),
             "reconstructions": decoder_means(model, estimate.posterior_mean[:NUM_RECONSTRUCTIONS].to(device)),
             "posterior_mean": estimate.posterior_mean.clone(),
         }
@@ -101,7 +101,7 @@ class ImageTask(Task):
         if vae_snapshot is not None:
             panels["VAE warm start"] = (vae_snapshot, summary.get("vae", {}))
         panels["ALMOND"] = (self._pictures(model, estimate, cfg, device), summary.get("almond", {}))
-        shape = tuple(dataset.extras["image_shape"])
+        shape = tuple(dataset.image_shape)
         figures_dir = Path(run_dir) / "figures"
         samples_figure(panels, shape, figures_dir / "samples.png")
         x, labels = held_out(dataset, cfg)

@@ -1,6 +1,7 @@
-"""Distances between a sample and a known distribution: Kolmogorov–Smirnov and 1-Wasserstein.
+"""What the tasks measure: the distances of a sample to a known distribution (Kolmogorov–Smirnov, 1-Wasserstein),
+the draws of a learned latent distribution they are computed on, and the training rows' likelihood.
 
-These score a learned latent distribution against the simulation's true prior (Qiu & Wang 2019, Table 1).
+The distances score a learned latent distribution against the simulation's true prior (Qiu & Wang 2019, Table 1).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from ..model.marginal import estimate_log_marginal, nll_summary
+from ..model.model import prior_draws
 
 CdfFn = Callable[[Tensor], Tensor]
 
@@ -37,3 +41,22 @@ def w1_distance(samples: Tensor, cdf: CdfFn, lower: float, upper: float, grid_si
     empirical = torch.searchsorted(sorted_samples, grid, right=True).double() / sorted_samples.numel()
     return float(torch.trapezoid((empirical - cdf(grid)).abs(), grid))
 
+
+
+def evaluation_generator(cfg) -> torch.Generator:
+    """A CPU generator seeded by ``evaluation.seed``: VAE, ALMOND and baselines are scored on the same draws."""
+    return torch.Generator().manual_seed(int(cfg.evaluation.seed))
+
+
+def latent_draws(model, cfg, device) -> Tensor:
+    """``evaluation.num_draws`` draws of u = h(z) of a fitted model, (num_draws, P) on the CPU."""
+    return prior_draws(model.decoder, int(cfg.latent_dim), int(cfg.evaluation.num_draws), evaluation_generator(cfg),
+                       device)
+
+
+def train_likelihood(model, dataset, cfg, device) -> dict[str, float]:
+    """``train_nll`` and ``train_nll_se``: −log p(x) per data point on the training rows and its standard error,
+    by the importance-sampling estimator of ``model.marginal`` with ``evaluation.nll_samples`` draws each."""
+    estimate = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
+                                     int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk))
+    return nll_summary(estimate, "train")

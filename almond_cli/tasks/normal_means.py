@@ -6,32 +6,21 @@ empirical distribution of the n means mu_i the data were drawn with (``ks_true_m
 The second pair is the compound-decision view of empirical Bayes: the data carry information about the
 realised means, and only through them about the prior; a fit that recovered every mu_i exactly would still
 be ~0.08 from the exponential prior in W1 at n = 1000 (benchmarks/reproduce_mnn.py prints this per seed).
-The baseline is the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²).
+The baseline is the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²). Every fit also reports the
+training rows' ``train_nll``.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from pathlib import Path
 
+from torch import Tensor
+
 from ..data.dataset import Dataset
-from .metrics import ks_distance, w1_distance
-from .figures import latent_density_figure
-from ..model.model import evaluation_mode
 from ..data.priors import EmpiricalPrior, NormalPrior, Prior
 from .base import Task
-
-
-@torch.no_grad()
-def draw_latent(decoder, latent_dim: int, num_draws: int, seed: int, device) -> Tensor:
-    """u = h(z) for ``num_draws`` z ~ N(0, I) from a generator seeded by ``seed``: (num_draws, P) on CPU."""
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(num_draws, latent_dim, generator=generator)
-    with evaluation_mode(decoder):
-        u = decoder(z.to(device))
-    return u.detach().cpu()
+from .figures import latent_density_figure
+from .metrics import evaluation_generator, ks_distance, latent_draws, train_likelihood, w1_distance
 
 
 def distribution_scores(draws: Tensor, prior: Prior) -> dict[str, float]:
@@ -53,13 +42,13 @@ def normal_empirical_bayes(x: Tensor, noise_sd: float) -> NormalPrior:
     return NormalPrior(mean=float(x.mean()), variance=variance)
 
 
-def baseline_priors(dataset: Dataset, cfg) -> dict[str, Prior]:
-    """The classical baselines the paper compares with, fitted to the data."""
-    return {"normal_eb": normal_empirical_bayes(dataset.x, float(cfg.likelihood.sigma))}
-
-
-def _seeded(cfg) -> torch.Generator:
-    return torch.Generator().manual_seed(cfg.evaluation.seed)
+def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:
+    """The normal empirical-Bayes prior, for Gaussian likelihoods with one measurement per row."""
+    sd = likelihood.noise_sd(dataset.x)
+    x = likelihood.observations(dataset.x)
+    if sd is None or x.shape[1] != 1:
+        return {}
+    return {"normal_eb": normal_empirical_bayes(x, sd)}
 
 
 class NormalMeansTask(Task):
@@ -67,28 +56,26 @@ class NormalMeansTask(Task):
     empirical-Bayes baseline scored alike."""
 
     def score(self, model, dataset, cfg, device):
-        draws = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
-        return self._scores(draws[:, 0], dataset)
+        draws = latent_draws(model, cfg, device)
+        return {**self._scores(draws[:, 0], dataset), **train_likelihood(model, dataset, cfg, device)}
 
-    def baselines(self, dataset, cfg, device):
-        return {name: self._scores(fit.sample(cfg.evaluation.num_draws, _seeded(cfg)), dataset)
-                for name, fit in baseline_priors(dataset, cfg).items()}
+    def baselines(self, model, dataset, cfg, device, fitted):
+        return {name: self._scores(fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), dataset)
+                for name, fit in baseline_priors(model.likelihood, dataset).items()}
 
     @staticmethod
     def _scores(draws: Tensor, dataset: Dataset) -> dict[str, float]:
         return {**distribution_scores(draws, dataset.prior), **truth_scores(draws, dataset.truth[:, 0])}
 
     def snapshot(self, model, dataset, cfg, device):
-        draws = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
-        return {"draws": draws[:, 0]}
+        return {"draws": latent_draws(model, cfg, device)[:, 0]}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
         panels = {}
         if vae_snapshot is not None:
             panels["vae"] = (vae_snapshot["draws"], summary["vae"])
-        final = draw_latent(model.decoder, cfg.latent_dim, cfg.evaluation.num_draws, cfg.evaluation.seed, device)
-        panels["almond"] = (final[:, 0], summary["almond"])
-        for name, fit in baseline_priors(dataset, cfg).items():
-            panels[name] = (fit.sample(cfg.evaluation.num_draws, _seeded(cfg)), summary["baselines"][name])
+        panels["almond"] = (latent_draws(model, cfg, device)[:, 0], summary["almond"])
+        for name, fit in baseline_priors(model.likelihood, dataset).items():
+            panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), summary["baselines"][name])
         latent_density_figure(panels, dataset.prior, float(cfg.data.noise_sd),
                               Path(run_dir) / "figures" / "latent_density.png")

@@ -8,6 +8,7 @@ import hashlib
 import torch
 
 from ..langevin.diagnostics import chain_rhat
+from .position import Phase
 from .schedules import langevin_step_size
 
 
@@ -24,7 +25,7 @@ def periodic_rhat(run) -> dict[str, float]:
     cfg, position = run.cfg, run.position
     every = cfg.diagnostics.rhat_every_epochs
     done = position.epoch + 1
-    if position.phase != "almond" or run.chains is None or not every:
+    if position.phase != Phase.ALMOND or run.chains is None or not every:
         return {}
     if done % every != 0 and done != cfg.schedule.almond_epochs:
         return {}

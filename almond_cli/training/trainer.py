@@ -13,12 +13,9 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from . import checkpoint as ckpt
@@ -27,20 +24,17 @@ from ..atomic import write_text_atomic
 from ..langevin.chains import PersistentChains
 from .chain_checks import periodic_rhat
 from .console import ProgressReporter, print_summary
-from ..data.dataset import Dataset, build_dataset
+from ..tasks.registry import build_dataset, task_for
+from .baselines import fit_baselines
+from .build import build_model
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
-from ..errors import UsageError
-from ..model.model import LatentVariableModel
+from .position import Phase, Position
 from .run_lock import RunFolderLock
 from .runtime import pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
-from ..tasks.base import task_for
 
 log = logging.getLogger("almond")
-
-PHASES = ("vae", "almond", "done")
-
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite numbers; the message says where and what to change."""
@@ -53,22 +47,6 @@ class Interrupted(Exception):
         super().__init__(f"stopped by signal {signal_number}; checkpoint {checkpoint_path}")
         self.signal_number = signal_number
         self.checkpoint_path = checkpoint_path
-
-
-@dataclass
-class Position:
-    """Where the run is. ``epoch`` is 0-based within the phase; ``batch`` counts updates done in it."""
-
-    phase: str = "vae"
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0
-    diagnostics_sum: dict = field(default_factory=dict)
-    epoch_seconds: float = 0.0
-    vae_seconds: float = 0.0
-    vae_epochs_done: int = 0
-    almond_seconds: float = 0.0
 
 
 def truncate_metrics(path: Path, position: Position) -> None:
@@ -86,22 +64,6 @@ def truncate_metrics(path: Path, position: Position) -> None:
         if isinstance(step, int) and step <= position.global_step:
             by_step[step] = line + "\n"  # a later line for the same update replaces an earlier one
     write_text_atomic(path, "".join(by_step[step] for step in sorted(by_step)))
-
-
-def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
-    """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
-    try:
-        # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
-        likelihood = instantiate(cfg.likelihood, **dataset.extras.get("likelihood_args", {}))
-        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
-        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
-                              output_dim=likelihood.param_dim(dataset.data_dim))
-    except InstantiationException as error:
-        # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
-        if isinstance(error.__cause__, UsageError):
-            raise error.__cause__ from None
-        raise
-    return LatentVariableModel(encoder, decoder, likelihood)
 
 
 class TrainingRun:
@@ -129,7 +91,6 @@ class TrainingRun:
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
-        self.task.run_dir = self.run_dir
         self.vae_metrics: dict = {}
         self.vae_snapshot: dict | None = None
         size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_points)
@@ -145,7 +106,7 @@ class TrainingRun:
     def state_dict(self) -> dict:
         return {
             "config_yaml": OmegaConf.to_yaml(self.cfg, resolve=True),
-            "position": asdict(self.position),
+            "position": self.position.to_state(),
             "model": self.model.state_dict(),
             "vae_optimiser": self.vae_optimiser.state_dict(),
             "almond_optimisers": self.almond_optimisers.state_dict(),
@@ -162,7 +123,7 @@ class TrainingRun:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.position = Position(**state["position"])
+        self.position = Position.from_state(state["position"])
         self.model.load_state_dict(state["model"])
         self.vae_optimiser.load_state_dict(state["vae_optimiser"])
         self.almond_optimisers.load_state_dict(state["almond_optimisers"])
@@ -184,13 +145,13 @@ class TrainingRun:
             )
         self.load_state_dict(state)
         position = self.position
-        if position.phase in ("almond", "done") and position.vae_epochs_done != self.cfg.schedule.vae_epochs:
+        if position.phase in (Phase.ALMOND, Phase.DONE) and position.vae_epochs_done != self.cfg.schedule.vae_epochs:
             raise ckpt.CheckpointError(
                 f"schedule.vae_epochs: the VAE phase of this run is over after {position.vae_epochs_done} epochs "
                 f"and cannot be changed to {self.cfg.schedule.vae_epochs}; drop schedule.vae_epochs from the command"
             )
-        if position.phase == "done" and position.epoch < self.cfg.schedule.almond_epochs:
-            position.phase = "almond"
+        if position.phase == Phase.DONE and position.epoch < self.cfg.schedule.almond_epochs:
+            position.phase = Phase.ALMOND
         if self.dist.is_writer:
             truncate_metrics(self.metrics_path, position)
 
@@ -212,8 +173,8 @@ class TrainingRun:
         return self.checkpoint_dir / "last.pt"
 
     # ----- the loop ---------------------------------------------------------------------------------------
-    def _epochs_in(self, phase: str) -> int:
-        return self.cfg.schedule.vae_epochs if phase == "vae" else self.cfg.schedule.almond_epochs
+    def _epochs_in(self, phase: Phase) -> int:
+        return self.cfg.schedule.vae_epochs if phase == Phase.VAE else self.cfg.schedule.almond_epochs
 
     def _batch_indices(self) -> torch.Tensor:
         if self.order is None:
@@ -228,7 +189,7 @@ class TrainingRun:
         x = self.x[indices.to(self.device)]
         if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
             x = self.dataset.transform(x, self.noise_generator)
-        if position.phase == "vae":
+        if position.phase == Phase.VAE:
             loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator)
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
         step_size = langevin_step_size(cfg.sampler, position.epoch)
@@ -247,7 +208,7 @@ class TrainingRun:
         if not math.isfinite(loss_mean) or not chains_finite:
             self._diverged(loss_mean, fields)
         diagnostics = {**diagnostics, **periodic_rhat(self)}  # split-R-hat every diagnostics.rhat_every_epochs
-        record = {"phase": position.phase, "epoch": position.epoch + 1, "step": position.global_step,
+        record = {"phase": position.phase.value, "epoch": position.epoch + 1, "step": position.global_step,
                   "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
                   "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}
         if self.dist.is_writer:
@@ -268,7 +229,7 @@ class TrainingRun:
     def _diverged(self, loss_mean: float, fields: dict) -> None:
         position = self.position
         where = f"{position.phase} epoch {position.epoch + 1}"
-        if position.phase == "almond":
+        if position.phase == Phase.ALMOND:
             advice = (f"the Langevin step size in force was {fields.get('step_size'):.3g} "
                       f"(sampler.step_size={self.cfg.sampler.step_size}); lower sampler.step_size "
                       f"(for example to {self.cfg.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
@@ -284,7 +245,7 @@ class TrainingRun:
         self.vae_metrics = self.task.score(self.model, self.dataset, self.cfg, self.device)
         self.vae_snapshot = self.task.snapshot(self.model, self.dataset, self.cfg, self.device)
         self.position.vae_epochs_done = self.position.epoch
-        self.position.phase, self.position.epoch, self.position.batch = "almond", 0, 0
+        self.position.phase, self.position.epoch, self.position.batch = Phase.ALMOND, 0, 0
         self.save(extra_name="vae.pt")
 
     def _handle_signal(self, signal_number, _frame) -> None:
@@ -310,17 +271,17 @@ class TrainingRun:
     def _loop(self) -> None:
         position = self.position
         current_phase = None
-        while position.phase != "done":
+        while position.phase != Phase.DONE:
             if position.epoch >= self._epochs_in(position.phase):
-                if position.phase == "vae":
+                if position.phase == Phase.VAE:
                     self._start_almond()
                 else:
-                    position.phase = "done"
+                    position.phase = Phase.DONE
                 continue
             if current_phase != position.phase:
                 current_phase = position.phase
                 self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
-            if position.phase == "almond" and self.chains is None:
+            if position.phase == Phase.ALMOND and self.chains is None:
                 self.chains = phases.initial_chains(self.model, self.x, self.cfg.sampler.num_chains,
                                                     self.noise_generator, self.batch_size)
             started = time.perf_counter()
@@ -328,7 +289,7 @@ class TrainingRun:
             loss_value = float(loss)
             seconds = time.perf_counter() - started
             position.epoch_seconds += seconds
-            if position.phase == "vae":
+            if position.phase == Phase.VAE:
                 position.vae_seconds += seconds
             else:
                 position.almond_seconds += seconds
@@ -358,7 +319,9 @@ class TrainingRun:
         summary = {
             "vae": self.vae_metrics,
             "almond": self.task.score(self.model, self.dataset, self.cfg, self.device),
-            "baselines": self.task.baselines(self.dataset, self.cfg, self.device),
+            "baselines": self.task.baselines(self.model, self.dataset, self.cfg, self.device,
+                                             fit_baselines(self.task, self.dataset, self.cfg, self.run_dir,
+                                                           TrainingRun)),
             "timing": {"vae_seconds": self.position.vae_seconds, "almond_seconds": self.position.almond_seconds},
         }
         if self.dist.is_writer:
