@@ -109,3 +109,30 @@ def test_optuna_search_writes_results_and_compare_ranks_trials(tmp_path):
     assert [float(r["objective"]) for r in table] == sorted(w1s)
     assert float(table[0]["sampler.step_size"]) == pytest.approx(results["best_params"]["sampler.step_size"])
     assert "Optuna best" in compared.stdout
+
+
+def test_compare_takes_key_value_arguments_like_the_other_commands(tmp_path):
+    sweep = tmp_path / "sweep"
+    job = sweep / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (job / "summary.json").write_text(json.dumps({"almond": {"w1": 0.25}}))
+    table = tmp_path / "elsewhere.csv"
+    process = run_almond(["compare", str(sweep), f"csv={table}"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert table.read_text().splitlines()[1].startswith("0,done,0.25")
+    refused = run_almond(["compare", str(sweep), "cvs=x.csv"], cwd=tmp_path)
+    assert refused.returncode == 2 and "unknown argument 'cvs'; it takes csv" in refused.stderr
+
+
+@pytest.mark.parametrize("command, keys", [
+    ("compare", ["csv"]),
+    ("evaluate", ["k", "n_samples", "seed", "device", "threads"]),
+    ("sample", ["what", "n", "out", "num_chains", "step_size", "level", "device", "threads"]),
+])
+def test_every_subcommand_lists_its_keys_with_defaults(tmp_path, command, keys):
+    process = run_almond([command, "--help"], cwd=tmp_path)
+    assert process.returncode == 0 and process.stdout.startswith(f"usage: almond {command} <")
+    listed = {line.split()[0]: line for line in process.stdout.splitlines() if line.startswith("  ")}
+    for key in keys:
+        assert key in listed and "(default: " in listed[key], key

@@ -183,7 +183,8 @@ def fresh_output_dir(overrides: list[str], multirun: bool) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="almond",
-        description="Fit deep latent-variable models with ALMOND (Qiu & Wang, JASA 2019).",
+        description="Fit deep latent-variable models with ALMOND (Qiu & Wang, JASA 2019). "
+                    "`almond COMMAND --help` lists a command's keys.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
@@ -192,21 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
                    "[n=... out=...]", add_help=False)
-    compare = sub.add_parser("compare", help="table of a sweep's jobs sorted by the objective, also as CSV")
-    compare.add_argument("sweep_dir", help="a sweep folder written by `almond train --multirun`")
-    compare.add_argument("--csv", default=None, help="where the CSV goes (default: <sweep_dir>/compare.csv)")
+    sub.add_parser("compare", help="a sweep's jobs sorted by the objective, also as CSV: "
+                   "almond compare <sweep folder> [csv=...]", add_help=False)
     return parser
-
-
-def run_compare(args: list[str]) -> None:
-    """``almond compare <sweep folder>``: see ``compare.py``."""
-    from .compare import compare
-
-    namespace = build_parser().parse_args(["compare", *args])
-    try:
-        compare(namespace.sweep_dir, namespace.csv)
-    except UsageError as error:
-        fail(str(error))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,16 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     quiet_plugin_warnings()
     if command == "train":
         run_train(rest)
-    elif command == "evaluate":
-        from .evaluate import main as evaluate_main
+    elif command in ("evaluate", "sample", "compare"):
+        from importlib import import_module
 
-        evaluate_main(rest)
-    elif command == "sample":
-        from .sample import main as sample_main
+        from .arguments import run_command
 
-        sample_main(rest)
-    elif command == "compare":
-        run_compare(rest)
+        run_command(import_module(f"{__package__}.{command}").COMMAND, rest)
     else:
         parser.parse_args(argv)  # prints argparse's own message for an unknown command, exit 2
 

@@ -1,4 +1,4 @@
-"""``almond compare <sweep folder>``: one row per job of a multirun, sorted by the sweep's objective.
+"""``almond compare <sweep folder> [csv=...]``: one row per job of a multirun, sorted by the sweep's objective.
 
 A job is a folder with ``.hydra/overrides.yaml`` (Hydra writes it before the job runs). Its row holds the
 overrides it was launched with and the summary metrics from its ``summary.json``; a job without one failed
@@ -20,6 +20,8 @@ from rich.table import Table
 
 from ..atomic import write_text_atomic
 from ..errors import UsageError
+from .app import objective
+from .arguments import Argument, Command, optional_str
 
 SUMMARY_SECTIONS = ("almond", "vae")
 
@@ -62,8 +64,6 @@ def _flatten(summary: dict) -> dict[str, float]:
 
 def read_job(sweep_dir: Path, job_dir: Path) -> JobRow:
     """The row of one job folder."""
-    from .app import objective
-
     raw = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
     overrides = {}
     for item in raw:
@@ -153,3 +153,10 @@ def compare(sweep_dir: str | Path, csv_path: str | Path | None = None) -> list[J
         console.print(f"Optuna best: {best.get('best_params')} -> {best.get('best_value')}")
     console.print(f"written {csv_path}")
     return rows
+
+
+COMMAND = Command("compare", "sweep folder", "outputs/multirun/DATE/TIME",
+                  "One row per job of a sweep, best objective first (ALMOND's w1 where the truth is known, else its "
+                  "test_nll), as a table and as CSV.",
+                  {"csv": Argument(optional_str, None, help="where the CSV goes; null: <sweep folder>/compare.csv")},
+                  lambda sweep_dir, csv: compare(sweep_dir, csv))

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from ..atomic import write_text_atomic
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.console import print_summary
-from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, \
-    optional_int, parse_arguments
+from .arguments import DEVICE, THREADS, Argument, Command, at_least, optional_int
+from .run_folder import load_run, new_output_folder
 from ..tasks.metrics import train_likelihood
 from ..tasks.registry import task_for
 from ..training.baselines import load_baselines
@@ -31,10 +31,8 @@ ARGUMENTS = {
                   "importance samples per data point, an integer >= 1; default: the run's evaluation.nll_samples"),
     "n_samples": Argument(int, None, at_least(100), "draws of u = h(z) for the distribution metrics, >= 100"),
     "seed": Argument(int, None, help="seed of the evaluation draws, an integer"),
-    "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
-                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N"),
-    "threads": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
-                        "CPU threads, an integer >= 1"),
+    "device": DEVICE,
+    "threads": THREADS,
 }
 
 
@@ -83,21 +81,19 @@ def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, 
     return folder, summary
 
 
-def main(args: list[str]) -> None:
-    """``almond evaluate``: parses the arguments, evaluates, prints the summary table."""
+def run(run_dir: Path, **values) -> None:
+    """``almond evaluate``: evaluates and prints the summary table."""
+    folder, summary = evaluate(run_dir, **values)
+    if summary["evaluation"]["phase"] != Phase.DONE:
+        print(f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
+              "these are the scores of its last checkpoint")
+    print_summary(summary, folder)
+    print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
+          f"encoder proposals (nats, ± standard error)")
+    print(f"written to {folder}")
 
-    if help_requested("evaluate", args, ARGUMENTS, "Reloads the run's last checkpoint and writes the summary metrics and figures again into <run folder>/eval/<timestamp>/, leaving the run's own files as they are."):
-        return
 
-    def command() -> None:
-        run_dir, values = parse_arguments("evaluate", args, ARGUMENTS)
-        folder, summary = evaluate(run_dir, **values)
-        if summary["evaluation"]["phase"] != Phase.DONE:
-            print(f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
-                  "these are the scores of its last checkpoint")
-        print_summary(summary, folder)
-        print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
-              f"encoder proposals (nats, ± standard error)")
-        print(f"written to {folder}")
-
-    fail_on_usage_error(command)
+COMMAND = Command("evaluate", "run folder", "outputs/DATE/TIME",
+                  "Reloads the run's last checkpoint and writes the summary metrics and figures again into "
+                  "<run folder>/eval/<timestamp>/, leaving the run's own files as they are. With the defaults the "
+                  "scores equal the run's own summary.json.", ARGUMENTS, run)

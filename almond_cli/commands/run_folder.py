@@ -1,9 +1,5 @@
 """Reading a finished (or stopped) run back: its config, last checkpoint, model and data, for ``almond evaluate``
-and ``almond sample``. Nothing in the run folder is changed.
-
-Also the small ``key=value`` argument parser those two commands share, which refuses unknown keys and bad
-values the way ``almond train`` does (one paragraph, exit code 2).
-"""
+and ``almond sample``. Nothing in the run folder is changed."""
 
 from __future__ import annotations
 
@@ -20,56 +16,9 @@ from ..config import saved_config
 from ..data.dataset import Dataset
 from ..tasks.registry import build_dataset
 from ..training.build import load_model_state
-from ..errors import UsageError, fail
+from ..errors import UsageError
 from ..model.model import LatentVariableModel
 from ..training.runtime import configure_process, pick_device, seed_streams
-
-
-@dataclass
-class Argument:
-    """One ``key=value`` argument: how to parse it, its default, and a check returning an error or None."""
-
-    parse: Callable[[str], Any]
-    default: Any
-    check: Callable[[Any], str | None] = lambda value: None
-    help: str = ""
-
-
-def positive(value) -> str | None:
-    return None if value is not None and value > 0 else f"must be > 0, got {value}"
-
-
-def at_least(minimum):
-    return lambda value: None if value >= minimum else f"must be >= {minimum}, got {value}"
-
-
-def optional_int(text: str):
-    return None if text in ("null", "none", "") else int(text)
-
-
-def parse_arguments(command: str, args: list[str], spec: dict[str, Argument]) -> tuple[Path, dict]:
-    """Splits ``<run folder> key=value ...`` and checks every value; raises ``UsageError`` naming the key."""
-    usage = f"almond {command} <run folder> " + " ".join(f"[{key}=...]" for key in spec)
-    positional = [arg for arg in args if "=" not in arg]
-    if len(positional) != 1:
-        what = "no run folder" if not positional else f"{len(positional)} positional arguments ({' '.join(positional)})"
-        raise UsageError(f"{command}: got {what}; give exactly one run folder (outputs/DATE/TIME). Usage: {usage}")
-    values = {key: argument.default for key, argument in spec.items()}
-    for arg in args:
-        if "=" not in arg:
-            continue
-        key, text = arg.split("=", 1)
-        if key not in spec:
-            raise UsageError(f"{command}: unknown argument '{key}'; it takes {', '.join(sorted(spec))}. Usage: {usage}")
-        try:
-            value = spec[key].parse(text)
-        except ValueError:
-            raise UsageError(f"{command}: {key}={text!r} is not a valid value ({spec[key].help or 'see --help'})") from None
-        problem = spec[key].check(value)
-        if problem:
-            raise UsageError(f"{command}: {key} {problem}")
-        values[key] = value
-    return Path(positional[0]).expanduser(), values
 
 
 @dataclass
@@ -155,22 +104,3 @@ def new_output_folder(parent: Path) -> Path:
             continue
         return folder
     raise UsageError(f"cannot create a new folder in {parent}")  # pragma: no cover
-
-
-def fail_on_usage_error(function: Callable[[], None]) -> None:
-    """Runs a command; a ``UsageError`` becomes one paragraph on stderr and exit code 2 (no traceback)."""
-    try:
-        function()
-    except UsageError as error:
-        fail(str(error))
-
-
-def help_requested(command: str, args: list[str], spec: dict[str, Argument], description: str) -> bool:
-    """Prints the command's usage and arguments for ``-h``/``--help`` and returns True."""
-    if not any(arg in ("-h", "--help") for arg in args):
-        return False
-    print(f"usage: almond {command} <run folder> " + " ".join(f"[{key}=...]" for key in spec))
-    print(f"\n{description}\n")
-    for key, argument in spec.items():
-        print(f"  {key:<11} {argument.help or ''} (default: {argument.default})")
-    return True

@@ -24,8 +24,8 @@ from rich.table import Table
 from ..langevin import sampler
 from ..atomic import write_atomic, write_text_atomic
 from ..errors import UsageError
-from .run_folder import Argument, help_requested, at_least, fail_on_usage_error, load_run, new_output_folder, optional_int, \
-    parse_arguments, positive
+from .arguments import DEVICE, THREADS, Argument, Command, at_least, positive
+from .run_folder import load_run, new_output_folder
 from ..model.model import prior_draws
 from ..training.position import Phase
 from ..training.schedules import langevin_step_size
@@ -45,10 +45,8 @@ ARGUMENTS = {
     "step_size": Argument(float, None, positive, "Langevin step size > 0; None = the run's final training step size"),
     "level": Argument(float, 0.9, lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
                       "central interval probability in (0, 1)"),
-    "device": Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
-                       else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N"),
-    "threads": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
-                        "CPU threads, an integer >= 1"),
+    "device": DEVICE,
+    "threads": THREADS,
 }
 
 
@@ -305,14 +303,7 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
         console.print(f"  {100 * level:g}% interval coverage of the true values: {result['coverage']:.3f}")
 
 
-def main(args: list[str]) -> None:
-    """``almond sample``: parses the arguments and draws."""
-
-    if help_requested("sample", args, ARGUMENTS, 'Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out (.csv).'):
-        return
-
-    def command() -> None:
-        run_dir, values = parse_arguments("sample", args, ARGUMENTS)
-        sample(run_dir, **values)
-
-    fail_on_usage_error(command)
+COMMAND = Command("sample", "run folder", "outputs/DATE/TIME",
+                  "Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); "
+                  "what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out "
+                  "(.csv).", ARGUMENTS, sample)
