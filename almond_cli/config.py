@@ -48,7 +48,7 @@ class NormalMeansDataConfig:
 
 @dataclass
 class FileDataConfig:
-    """``data=file``: the user's own measurements (see ``data_files.py``)."""
+    """``data=file``: the user's own measurements (see ``data/files.py``)."""
 
     name: str = "file"
     path: Optional[str] = None

@@ -3,7 +3,7 @@
 A 2-process data-parallel run draws rank 1's Langevin noise and data order from other streams than a
 1-process run, so its metrics differ from the 1-process run's by Monte Carlo noise alone. This script
 measures that spread: the debug config (``debug=tiny``) trained in one process with the noise and order
-streams re-seeded K times (data and initial weights fixed). tests/test_distributed.py takes its tolerance
+streams re-seeded K times (data and initial weights fixed). tests/training/test_distributed.py takes its tolerance
 from these figures. Run: ``python benchmarks/noise_spread.py [K]``.
 """
 

@@ -153,7 +153,7 @@ def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:
 
 
 def resolve_resume(overrides: list[str], multirun: bool) -> list[str]:
-    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``resume.py``)."""
+    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``training/resume.py``)."""
     from ..training.resume import resume_overrides
 
     return resume_overrides(overrides, multirun)

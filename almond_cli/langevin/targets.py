@@ -10,7 +10,7 @@ function of z, and ``target.value_and_grad(z)`` is (log p(x, z) (B, C) detached,
 
 ``target_for(model, x, fast)`` returns an ``MLPTarget`` when ``fast`` is set and the decoder and the
 likelihood allow it, else an ``AutogradTarget`` of z -> model.log_joint(x, z), so callers never choose. The
-tests check both give the same chains for the same generator state (tests/test_fast_gradients.py).
+tests check both give the same chains for the same generator state (tests/langevin/test_targets.py).
 
 The hand-written gradient. For an MLP decoder u = W_L a_{L-1} + b_L, a_l = act(W_l a_{l-1} + b_l), a_0 = z,
 ∇_z log p(x, z) is one backward sweep of matrix products and elementwise derivative factors; written by hand

@@ -4,7 +4,7 @@ The default is the architecture of Qiu & Wang (2019, Section 5.3): three stride-
 batch norm and 64 filters each, into a 1024-unit dense layer; the decoder mirrors it with a dense layer and
 three stride-2 4×4 transposed convolutions back to one logit per pixel. Every size is a config value.
 
-Both networks keep the trainer's row contract (``networks.py``): images travel as flat rows (B, D) with
+Both networks keep the row contract of ``model/networks.py``: images travel as flat rows (B, D) with
 D = channels·rows·cols and are reshaped inside. The decoder accepts z with any leading dimensions, (B, C, d)
 for C chains per image, and runs them as one batch of B·C.
 

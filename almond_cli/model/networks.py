@@ -17,7 +17,7 @@ ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "elu":
 # - "pytorch": torch's own nn.Linear default (weights and biases uniform in ±1/sqrt(fan_in));
 # - "xavier_uniform": weights uniform in ±sqrt(6 / (fan_in + fan_out)), biases zero, as the authors' reference
 #   implementation starts (MXNet's Xavier initializer with its zero bias default). On the paper's exponential
-#   prior it gives a lower W1 in 15 of 20 seeds (benchmarks/README.md), with the same KS.
+#   prior it gives a lower W1 in 15 of 20 seeds (docs/reproducing-the-paper.md), with the same KS.
 INITIALISATIONS = ("pytorch", "xavier_uniform")
 
 

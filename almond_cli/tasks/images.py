@@ -1,6 +1,6 @@
 """The image task (``data=mnist``): held-out likelihood and pictures, as Qiu & Wang (2019, Section 5.3).
 
-Scores: ``test_nll`` and ``test_nll_se`` (``nll.py``) for the VAE warm start and for ALMOND, on the same
+Scores: ``test_nll`` and ``test_nll_se`` (``model/marginal.py``) for the VAE warm start and for ALMOND, on the same
 held-out images with the same K and draws. Figures in ``figures/``:
 
 - ``samples.png``: a 10×10 grid of decoder means sigmoid(h(z)) for z ~ N(0, I) (one seeded set of z),

@@ -53,7 +53,7 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     """
     # Eval mode for the whole update: batch norm then uses its running statistics, so the Langevin target is one
     # fixed function of z (not of the other chains in the batch) and the loss below differentiates that same
-    # target (see conv_networks.py). Networks without batch norm or dropout are unaffected.
+    # target (see model/conv_networks.py). Networks without batch norm or dropout are unaffected.
     with evaluation_mode(model):
         start = chains.gather(indices)
         with model.frozen():

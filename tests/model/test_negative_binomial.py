@@ -110,7 +110,7 @@ def test_value_and_grad_u_matches_log_prob_and_autograd():
 
 
 def test_fast_langevin_path_gives_the_autograd_chains():
-    """Same tolerance argument as tests/test_fast_gradients.py: float32, ten steps of size 0.01 → 1e-4."""
+    """Same tolerance argument as tests/langevin/test_targets.py: float32, ten steps of size 0.01 → 1e-4."""
     torch.manual_seed(0)
     likelihood = NegativeBinomial(2.0)
     model = LatentVariableModel(MLPEncoder(2, 1, [5]), MLPDecoder(1, 2, [6], "softplus"), likelihood)

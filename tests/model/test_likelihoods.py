@@ -20,7 +20,7 @@ from almond_cli.model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, Hete
                                           NegativeBinomial, Poisson, PoissonGLMM, likelihood_class, target_of)
 from almond_cli.model.model import standard_normal_log_prob
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "likelihood"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "likelihood"
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 B, C, P = 6, 4, 3
 

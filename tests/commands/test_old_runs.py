@@ -1,4 +1,4 @@
-"""A run folder written by almond 0.1.0, before the package moved into subpackages (``tests/data/run_v0_1_0``,
+"""A run folder written by almond 0.1.0, before the package moved into subpackages (``tests/fixtures/run_v0_1_0``,
 a ``debug=tiny`` run): its checkpoints and ``.hydra/config.yaml`` name the classes by their old import paths
 (``almond_cli.likelihoods.Gaussian``). Resume, ``almond evaluate`` and ``almond sample`` must still work on it."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import read_metrics, run_almond
 
-OLD_RUN = Path(__file__).resolve().parent / "data" / "run_v0_1_0"
+OLD_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0"
 
 
 @pytest.fixture

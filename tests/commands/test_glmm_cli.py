@@ -5,7 +5,7 @@ import json
 from conftest import read_metrics, run_almond
 
 # seed=2: with data.n=300, seed 1 happens to draw a count of 24,226, whose posterior is too sharp for Langevin
-# steps of 0.01 (see README, "GLMM": lower sampler.step_size for such data); that case is not this test's.
+# steps of 0.01 (see docs/glmm.md: lower sampler.step_size for such data); that case is not this test's.
 TINY_GLMM = ["experiment=glmm_cpu", "seed=2", "threads=1", "progress=plain", "data.n=300", "encoder.hidden_sizes=[8]",
              "decoder.hidden_sizes=[8]", "sampler.num_chains=2", "sampler.num_steps=2", "sampler.burn_in=1",
              "schedule.batch_size=150", "schedule.vae_epochs=2", "schedule.almond_epochs=2",
