@@ -15,10 +15,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UsageError
 from .data.files import validate_file_config
 from .data.idx import SPLITS as MNIST_SPLITS
 from .data.mnist import PIXEL_MODES
+from .errors import UsageError
 from .langevin.sampler import METHODS as SAMPLER_METHODS
 from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, target_of
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder

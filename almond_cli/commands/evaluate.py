@@ -16,15 +16,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
-from ..training.checkpoint import CheckpointError, load_checkpoint
-from ..training.console import print_summary
-from .arguments import DEVICE, THREADS, Argument, Command, at_least, optional_int
-from .run_folder import load_run, new_output_folder
 from ..tasks.metrics import train_likelihood
 from ..tasks.registry import task_for
 from ..training.baselines import load_baselines
 from ..training.build import load_model_state
+from ..training.checkpoint import CheckpointError, load_checkpoint
+from ..training.console import print_summary
 from ..training.position import Phase
+from .arguments import DEVICE, THREADS, Argument, Command, at_least, optional_int
+from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
     "k": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",

@@ -11,13 +11,13 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..config import saved_config
 from ..data.dataset import Dataset
-from ..tasks.registry import build_dataset
-from ..training.build import load_model_state
 from ..errors import UsageError
 from ..model.model import LatentVariableModel
+from ..tasks.registry import build_dataset
+from ..training.build import load_model_state
+from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.runtime import configure_process, pick_device, seed_streams
 
 

@@ -21,15 +21,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..langevin import sampler
 from ..atomic import write_atomic, write_text_atomic
 from ..errors import UsageError
-from .arguments import DEVICE, THREADS, Argument, Command, at_least, positive
-from .run_folder import load_run, new_output_folder
+from ..langevin import sampler
 from ..model.model import prior_draws
+from ..tasks.normal_means import normal_empirical_bayes
 from ..training.position import Phase
 from ..training.schedules import langevin_step_size
-from ..tasks.normal_means import normal_empirical_bayes
+from .arguments import DEVICE, THREADS, Argument, Command, at_least, positive
+from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
     "what": Argument(str, None, lambda v: None if v in ("prior", "posterior") else

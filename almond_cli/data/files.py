@@ -21,8 +21,8 @@ import torch
 
 from ..model.likelihoods import Likelihood, likelihood_class
 from .dataset import Dataset
-from .tables import FORMATS, DataFileError, Table, check_finite, column_index, first_bad, read_table, select_columns
 from .priors import EmpiricalPrior
+from .tables import FORMATS, DataFileError, Table, check_finite, column_index, first_bad, read_table, select_columns
 
 def check_likelihood_domain(table: Table, chosen: list[int], likelihood: type[Likelihood] | None) -> None:
     """Refuses values the likelihood gives zero probability (its ``support_violation``): counts for Poisson,

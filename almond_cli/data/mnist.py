@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .dataset import ImageDataset
 from ..errors import UsageError
+from .dataset import ImageDataset
 from .idx import IdxError, available_splits, load_split
 
 PIXEL_MODES = ("continuous", "threshold", "dynamic")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..model.model import evaluation_mode
 from . import sampler
 from .targets import AutogradTarget
-from ..model.model import evaluation_mode
 
 
 def split_rhat(draws: Tensor) -> Tensor:

@@ -198,18 +198,11 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(u)
 
 
-class Poisson(Likelihood):
-    """x | u ~ Poisson(exp(u)) per coordinate, u the log-rates; x non-negative integer counts."""
+class CountLikelihood(Likelihood):
+    """Counts 0, 1, 2, ... with u = h(z) the log of their mean: the support check and the mean link of Poisson and
+    negative binomial data (a base without a ``name``: not an option of its own)."""
 
-    name = "poisson"
     mean_name = "rate"
-
-    def param_dim(self, data_dim: int) -> int:
-        return data_dim
-
-    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
-        x = x.unsqueeze(1)
-        return (x * u - u.exp() - torch.lgamma(x + 1.0)).sum(-1)
 
     @classmethod
     def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
@@ -225,6 +218,19 @@ class Poisson(Likelihood):
     def mean(self, u: Tensor) -> Tensor:
         """E[x | u] = exp(u), the rate."""
         return torch.exp(u)
+
+
+class Poisson(CountLikelihood):
+    """x | u ~ Poisson(exp(u)) per coordinate, u the log-rates; x non-negative integer counts."""
+
+    name = "poisson"
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        x = x.unsqueeze(1)
+        return (x * u - u.exp() - torch.lgamma(x + 1.0)).sum(-1)
 
 
 class HeteroscedasticGaussian(Likelihood):
@@ -363,7 +369,7 @@ class PoissonGLMM(Likelihood):
         return log_prob, (counts - rate_slope).unsqueeze(-1) * zeta
 
 
-class NegativeBinomial(Likelihood):
+class NegativeBinomial(CountLikelihood):
     """x | u ~ NegativeBinomial with mean mu = exp(u) and dispersion r per coordinate: over-dispersed counts,
     Var[x | u] = mu + mu²/r (r → ∞ is the Poisson). u is the log-mean; r = exp(log_dispersion) (torch's
     ``total_count``) is one ``nn.Parameter`` learned with the decoder (part of theta, like PoissonGLMM's beta).
@@ -382,7 +388,6 @@ class NegativeBinomial(Likelihood):
     """
 
     name = "negative_binomial"
-    mean_name = "rate"
 
     def __init__(self, dispersion: float = 1.0):
         super().__init__()
@@ -425,18 +430,3 @@ class NegativeBinomial(Likelihood):
     def encoder_input(self, x: Tensor) -> Tensor:
         """log(1 + x): heavy-tailed counts as raw inputs saturate the encoder."""
         return torch.log1p(x)
-
-    @classmethod
-    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
-        """Cells that are negative or not an integer."""
-        bad = _count_violation(values)
-        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in every observation column") \
-            if bad.any() else None
-
-    @classmethod
-    def describe_violation(cls, value: float) -> str:
-        return _describe_count(value)
-
-    def mean(self, u: Tensor) -> Tensor:
-        """E[x | u] = exp(u), the rate (the mean count)."""
-        return torch.exp(u)

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ..data.clayton import clayton_lambda, empirical_lambda
-from .figures import plt, save_figure
 from ..data.priors import Prior
+from .figures import plt, save_figure
 
 COLOURS = {"vae": "tab:orange", "almond": "tab:blue", "gaussian_glmm": "tab:green"}
 

@@ -24,10 +24,10 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ..data.dataset import ImageDataset  # noqa: E402
-from .figures import save_figure  # noqa: E402
-from ..model.model import evaluation_mode, prior_draws  # noqa: E402
 from ..model.marginal import MarginalEstimate, estimate_log_marginal, nll_summary  # noqa: E402
+from ..model.model import evaluation_mode, prior_draws  # noqa: E402
 from .base import Task  # noqa: E402
+from .figures import save_figure  # noqa: E402
 
 GRID = 10          # samples.png is GRID × GRID
 NUM_RECONSTRUCTIONS = 12

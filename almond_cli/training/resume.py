@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
 from ..config import saved_config
 from ..errors import UsageError
+from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
                    "device", "resume", "evaluation", "logger", "diagnostics")

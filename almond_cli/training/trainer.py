@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from . import checkpoint as ckpt
-from . import phases
 from ..atomic import write_text_atomic
 from ..langevin.chains import PersistentChains
-from .chain_checks import periodic_rhat
-from .console import ProgressReporter, print_summary
 from ..tasks.registry import build_dataset, task_for
+from . import checkpoint as ckpt
+from . import phases
 from .baselines import fit_baselines
 from .build import build_model
+from .chain_checks import periodic_rhat
+from .console import ProgressReporter, print_summary
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
 from .position import Phase, Position
@@ -35,6 +35,7 @@ from .runtime import pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
 
 log = logging.getLogger("almond")
+
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite numbers; the message says where and what to change."""
