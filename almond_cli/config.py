@@ -7,6 +7,7 @@ Validation is pure: it builds no objects.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
@@ -239,7 +240,7 @@ CONFIG_GROUPS = frozenset({"data", "likelihood", "encoder", "decoder", "sampler"
                            "hparams_search", "logger"})
 STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-PROGRESS_MODES = ("auto", "rich", "plain", "quiet")
+PROGRESS_MODES = ("auto", "rich", "plain", "quiet", "silent")
 
 
 def register_schemas() -> None:
@@ -307,6 +308,30 @@ def saved_config(config_yaml: str):
         if node is not None and isinstance(node.get("_target_"), str):
             node._target_ = current_target(node._target_)
     return cfg
+
+
+def composition_message(error: Exception) -> str:
+    """Hydra's composition error in one line: the override, the reason, the valid options (schemas hidden)."""
+    text = str(error).split("Config search path")[0]
+    text = re.sub(r"To append to your config use \S+", "", text)  # almond refuses unknown keys anyway
+    cause = error.__cause__
+    if cause is not None:
+        text += ": " + str(cause).splitlines()[0]
+    words = [word for word in text.split() if not word.endswith("_schema")]
+    return " ".join(words).rstrip(" .:") + "."
+
+
+
+def override_parse_message(error: Exception, overrides: list[str]) -> str:
+    """Hydra's parse error of the command-line overrides, with the fix for its commonest cause: an unquoted value
+    with characters outside ASCII (an accented file name), which Hydra's override grammar does not accept."""
+    text = f"cannot parse the overrides: {error}".rstrip(". ")
+    unquoted = [o for o in overrides if not o.isascii() and "'" not in o and '"' not in o]
+    if unquoted:
+        key, _, value = unquoted[0].partition("=")
+        text += (f". Hydra reads a value with characters outside ASCII only when it is quoted: write "
+                 f"{key}=\"'{value}'\" (the shell's double quotes keep the single quotes for Hydra)")
+    return text + "."
 
 
 def _require(condition: bool, key: str, message: str) -> None:

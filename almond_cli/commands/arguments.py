@@ -51,6 +51,14 @@ def optional_int(text: str):
     return None if text in ("null", "none", "") else int(text)
 
 
+def boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise ValueError(text)
+
+
 def optional_str(text: str):
     return None if text in ("null", "none", "") else text
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -39,17 +38,6 @@ def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
-def composition_message(error: Exception) -> str:
-    """Hydra's composition error in one line: the override, the reason, the valid options (schemas hidden)."""
-    text = str(error).split("Config search path")[0]
-    text = re.sub(r"To append to your config use \S+", "", text)  # almond refuses unknown keys anyway
-    cause = error.__cause__
-    if cause is not None:
-        text += ": " + str(cause).splitlines()[0]
-    words = [word for word in text.split() if not word.endswith("_schema")]
-    return " ".join(words).rstrip(" .:") + "."
-
-
 def check_overrides(overrides: list[str], multirun: bool) -> None:
     """Composes the config once per sweep combination and validates it; exits 2 on the first problem.
 
@@ -59,7 +47,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ..config import CONFIG_GROUPS, register_schemas, validate
+    from ..config import CONFIG_GROUPS, composition_message, override_parse_message, register_schemas, validate
     from ..data.files import check_data_file
     from .extras import check_extras
 
@@ -72,7 +60,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     try:
         parsed = parser.parse_overrides(overrides)
     except Exception as error:  # Hydra's parse errors carry the offending text
-        fail(f"cannot parse the overrides: {error}")
+        fail(override_parse_message(error, overrides))
     combinations = [overrides]
     if multirun and all(not o.is_sweep_override() or o.value_type is not None for o in parsed):
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -153,10 +141,11 @@ def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:
 
 
 def resolve_resume(overrides: list[str], multirun: bool) -> list[str]:
-    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``training/resume.py``)."""
+    """``resume=<run folder or file | auto>`` continues that run in its own folder (see ``training/resume.py``).
+    The process that writes the run (rank 0 under torchrun) takes the folder's lock before reading it."""
     from ..training.resume import resume_overrides
 
-    return resume_overrides(overrides, multirun)
+    return resume_overrides(overrides, multirun, lock=not multirun and os.environ.get("RANK", "0") == "0")
 
 
 def fresh_output_dir(overrides: list[str], multirun: bool) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..config import saved_config
-from ..data.dataset import Dataset
+from ..data.dataset import Dataset, check_same_data
 from ..errors import UsageError
 from ..model.model import LatentVariableModel
 from ..tasks.registry import build_dataset
@@ -78,6 +78,7 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
     cfg = saved_config(payload["config_yaml"])
     _resolve_data_paths(cfg, run_dir)
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
+    check_same_data(payload.get("data"), dataset, command)
     chains = payload.get("chains")
     if chains is not None and chains["positions"].shape[0] != dataset.num_points:
         raise UsageError(f"{command}: the data now has {dataset.num_points} rows but the run was trained on "

@@ -28,7 +28,7 @@ from ..model.model import prior_draws
 from ..tasks.normal_means import normal_empirical_bayes
 from ..training.position import Phase
 from ..training.schedules import langevin_step_size
-from .arguments import DEVICE, THREADS, Argument, Command, at_least, positive
+from .arguments import DEVICE, THREADS, Argument, Command, at_least, boolean, positive
 from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
@@ -37,6 +37,7 @@ ARGUMENTS = {
     "n": Argument(int, 10_000, at_least(1), "number of prior draws, an integer >= 1"),
     "out": Argument(str, None, help="output file: .npy or .csv for prior draws, .csv for the posterior summary"),
     "draws_out": Argument(str, None, help="optional .npy file for all posterior draws, shape (rows, draws, P)"),
+    "overwrite": Argument(boolean, False, help="true lets out= and draws_out= replace an existing file"),
     "seed": Argument(int, 0, help="seed of the draws, an integer"),
     "num_chains": Argument(int, 20, at_least(1), "Langevin chains per data point, an integer >= 1"),
     "num_draws": Argument(int, 100, at_least(1), "draws kept per chain, an integer >= 1"),
@@ -195,6 +196,27 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     write_atomic(path, write)
 
 
+def check_output_file(key: str, path: str, run, overwrite: bool) -> Path:
+    """Where ``out=`` / ``draws_out=`` may write: never over the run's data files, never inside the run folder
+    (except its own ``samples/``), and over an existing file only with ``overwrite=true``."""
+    target = Path(path).expanduser().resolve()
+    data_files = {Path(str(value)).expanduser().resolve() for value in
+                  (run.cfg.data.get("path"), run.cfg.data.get("truth_path"), run.dataset.source) if value}
+    if target in data_files:
+        raise UsageError(f"sample: {key}={path} is a data file of the run {run.run_dir}; almond sample never writes "
+                         "over a run's data (resume, evaluate and sample would refuse the changed data): choose "
+                         "another file")
+    if target.is_relative_to(run.run_dir) and not target.is_relative_to(run.run_dir / "samples"):
+        raise UsageError(f"sample: {key}={path} is inside the run folder {run.run_dir}, which only almond train "
+                         "writes; leave out= out to write into its samples/ folder, or choose a path outside it")
+    if target.exists() and not overwrite:
+        raise UsageError(f"sample: {key}={path} exists; almond sample never replaces a file unless you add "
+                         "overwrite=true")
+    if target.is_dir():
+        raise UsageError(f"sample: {key}={path} is a folder; give a file name")
+    return target
+
+
 def _output_path(out: str | None, run_dir: Path, default_name: str) -> Path:
     if out is not None:
         return Path(out).expanduser()
@@ -203,7 +225,7 @@ def _output_path(out: str | None, run_dir: Path, default_name: str) -> Path:
 
 # ----- the command -------------------------------------------------------------------------------------------------
 def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | None = None,
-           draws_out: str | None = None, seed: int = 0, num_chains: int = 20, num_draws: int = 100, thin: int = 10,
+           draws_out: str | None = None, overwrite: bool = False, seed: int = 0, num_chains: int = 20, num_draws: int = 100, thin: int = 10,
            burn_in: int = 200, step_size: float | None = None, level: float = 0.9, device: str = "auto",
            threads: int | None = None) -> dict:
     """Runs ``almond sample`` and returns what it printed as numbers (see module docstring)."""
@@ -216,6 +238,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     if draws_out is not None and (what != "posterior" or Path(draws_out).suffix.lower() != ".npy"):
         raise UsageError(f"sample: draws_out={draws_out} is for what=posterior and must end in .npy")
     run = load_run("sample", run_dir, device, threads)
+    for key, path in (("out", out), ("draws_out", draws_out)):
+        if path is not None:
+            check_output_file(key, path, run, overwrite)
     if what == "prior":
         draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed),
                             run.device).numpy()

@@ -6,12 +6,14 @@ Data sets with more to say than x and the truth are typed subclasses (``GLMMData
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from .priors import Prior, make_prior
 
 
@@ -59,6 +61,23 @@ class Dataset:
         """Likelihood sizes the data define (the GLMM's number of fixed effects); none by default."""
         return {}
 
+    def arrays(self) -> dict[str, Tensor]:
+        """The arrays a fit depends on, by name: what ``fingerprint`` hashes."""
+        return {name: array for name, array in (("x", self.x), ("truth", self.truth)) if array is not None}
+
+    def fingerprint(self) -> dict:
+        """What identifies these data: a SHA-256 of every array as read (its shape, dtype and bytes), each array's
+        shape, and the file it came from. A checkpoint keeps it, so a run is never continued, scored or sampled
+        on data other than those it was fitted to (``check_same_data``)."""
+        digest = hashlib.sha256()
+        shapes = {}
+        for name, array in self.arrays().items():
+            array = array.detach().cpu().contiguous()
+            shapes[name] = list(array.shape)
+            digest.update(f"{name}:{tuple(array.shape)}:{array.dtype};".encode())
+            digest.update(array.numpy().tobytes())
+        return {"sha256": digest.hexdigest(), "shapes": shapes, "source": self.source or f"data={self.name}"}
+
 
 @dataclass
 class GLMMDataset(Dataset):
@@ -96,6 +115,33 @@ class ImageDataset(Dataset):
     train_labels: Tensor | None = None
     test_x: Tensor | None = None
     test_labels: Tensor | None = None
+
+    def arrays(self) -> dict[str, Tensor]:
+        return {**super().arrays(), **({"test_x": self.test_x} if self.test_x is not None else {})}
+
+
+def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
+    """Refuses ``dataset`` when it differs from the data a checkpoint's run was fitted to (``saved``: the
+    checkpoint's ``data`` fingerprint; None for a checkpoint written before almond kept one, which is not checked).
+
+    Raises:
+        UsageError: naming the file and what differs, and how to fit new data on purpose (a new run).
+    """
+    if saved is None:
+        return
+    now = dataset.fingerprint()
+    if now["sha256"] == saved["sha256"]:
+        return
+    differences = [f"{name} has shape {tuple(now['shapes'].get(name, ()))}, the run's had "
+                   f"{tuple(saved['shapes'].get(name, ()))}" for name in sorted(set(now["shapes"]) | set(saved["shapes"]))
+                   if now["shapes"].get(name) != saved["shapes"].get(name)]
+    if not differences:
+        differences = ["the values differ (same shapes, SHA-256 " + now["sha256"][:12] + " against the run's "
+                       + saved["sha256"][:12] + ")"]
+    source = now["source"] if now["source"] == saved["source"] else f"{now['source']} (the run read {saved['source']})"
+    raise UsageError(f"{command}: the data are not those this run was fitted to: {source}: {'; '.join(differences)}. "
+                     "A run is only continued, scored or sampled on its own data; to fit changed data, start a new "
+                     "run (almond train without resume=), which leaves this run folder as it is")
 
 
 def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch.Generator) -> Dataset:

@@ -275,8 +275,12 @@ def first_bad(table: Table, mask: np.ndarray, chosen: list[int]) -> tuple[int, i
     return int(row), chosen[int(position)]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(table: Table, chosen: list[int]) -> None:
-    """Refuses NaN and ±inf cells in the chosen columns, naming the first."""
+    """Refuses NaN and ±inf cells in the chosen columns, and values that are finite as read (float64) but not in
+    the float32 that training computes in (|value| > 3.4e38), naming the first."""
     values = table.values[:, chosen]
     bad = ~np.isfinite(values)
     if bad.any():
@@ -284,3 +288,10 @@ def check_finite(table: Table, chosen: list[int]) -> None:
         raise DataFileError(
             f"{table.path}: {table.row_label(row)}, {table.column_label(column)} is {table.values[row, column]}; "
             "every value must be a finite number (drop or impute that row)")
+    too_large = np.abs(values) > FLOAT32_MAX
+    if too_large.any():
+        row, column = first_bad(table, too_large, chosen)
+        raise DataFileError(
+            f"{table.path}: {table.row_label(row)}, {table.column_label(column)} is {table.values[row, column]:g}, "
+            f"beyond the float32 range (±{FLOAT32_MAX:.3g}) that training computes in; rescale that column "
+            "(other units) or drop the row")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -25,7 +26,7 @@ class ProgressReporter:
     """Reports epochs of a phase: a rich bar with loss, throughput and time left, or a log line every ~10%.
 
     Args:
-        mode: auto, rich, plain or quiet (nothing at all).
+        mode: auto, rich, plain, or quiet / silent (no progress at all).
         updates_per_epoch: parameter updates in one epoch, for the throughput in updates per second.
     """
 
@@ -115,6 +116,17 @@ def print_summary(summary: dict, run_dir) -> None:
     console.print(
         "time: VAE {:.1f} s, ALMOND {:.1f} s".format(timing.get("vae_seconds", 0.0), timing.get("almond_seconds", 0.0))
     )
+
+
+def report_end(mode: str, summary: dict, run_dir: Path) -> None:
+    """The end of a run on screen: the summary table, or with ``progress=quiet`` one line saying where the run is;
+    ``progress=silent`` prints nothing."""
+    if mode == "silent":
+        return
+    if mode == "quiet":
+        print(f"almond: run folder {run_dir}; summary {run_dir / 'summary.json'}")
+        return
+    print_summary(summary, run_dir)
 
 
 def _format(value) -> str:

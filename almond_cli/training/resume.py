@@ -13,9 +13,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import saved_config
+from ..config import composition_message, override_parse_message, saved_config
+from ..data.dataset import check_same_data
 from ..errors import UsageError
+from ..tasks.registry import build_dataset
 from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
+from .run_lock import hold
+from .runtime import seed_streams
 
 RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
                    "device", "resume", "evaluation", "logger", "diagnostics")
@@ -41,6 +45,9 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
     candidates = [checkpoint_dir / "last.pt"] + list(reversed(numbered_checkpoints(checkpoint_dir)))
     candidates = [path for path in candidates if path.is_file()]
     if not candidates:
+        if (target / "train.log").is_file():
+            raise UsageError(f"resume: {target} holds no checkpoint: that run stopped before writing its first one "
+                             "(its train.log says why), so there is nothing to continue; start a new run")
         raise UsageError(f"resume: {target} is not an almond run folder with checkpoints (no {checkpoint_dir}/last.pt)")
     problems = []
     for path in candidates:
@@ -87,11 +94,21 @@ def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
         f"{path} (checkpoint: {old!r}, command line: {new!r})"]
 
 
-def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
+def run_folder_of(target: str | Path) -> Path:
+    """The run folder a ``resume=`` target names: the folder itself, or the run of a checkpoint file."""
+    target = Path(target).expanduser()
+    if target.is_file():
+        return target.parent.parent if target.parent.name == "checkpoints" else target.parent
+    return target
+
+
+def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = False) -> list[str]:
     """Rewrites ``resume=...`` into the checkpoint file and the run folder Hydra must reuse.
 
-    Refuses (exit 2 via ``UsageError``) a missing or unusable checkpoint and overrides that contradict the
-    checkpoint's config.
+    With ``lock`` the run folder's lock is taken (for the rest of the process) before anything of the run is
+    read, so the checkpoint found is the run's newest and stays so. Refuses (exit 2 via ``UsageError``) a missing
+    or unusable checkpoint, one older than the run's newest (a resume never moves a run backwards), data that
+    are not the run's, and overrides that contradict the checkpoint's config.
     """
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -110,15 +127,26 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
         if run_dirs and not multirun and holds_a_run(run_dirs[-1]):
             raise _already_a_run(run_dirs[-1])
         return overrides
+    if lock and Path(resume_values[-1]).expanduser().exists():
+        hold(run_folder_of(resume_values[-1]))
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
+    refuse_moving_backwards(run_dir, checkpoint_path, payload)
     others = [o for o in overrides if not o.startswith("resume=")]
-    parsed = OverridesParser.create().parse_overrides(others)
+    try:
+        parsed = OverridesParser.create().parse_overrides(others)
+    except Exception as error:  # Hydra's parse errors carry the offending text
+        raise UsageError(f"resume: {override_parse_message(error, others)}") from None
     touched = _touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed])
     if touched:
         register_schemas()
         checkpoint_cfg = saved_config(payload["config_yaml"])
         with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
-            new_cfg = compose("train", overrides=others)
+            try:
+                new_cfg = compose("train", overrides=others)
+            except Exception as error:  # Hydra's composition errors: a typo, an unknown key or option
+                raise UsageError(f"resume: {composition_message(error)} Only run-length keys "
+                                 f"({', '.join(RUN_LENGTH_KEYS)}) may change on resume; `almond train --cfg job` "
+                                 "prints every key") from None
         conflicts = [d for path in touched for d in _differences(path, checkpoint_cfg, new_cfg)]
         if conflicts:
             raise UsageError(
@@ -126,9 +154,24 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str]:
                 f"randomness must stay as they were: {'; '.join(conflicts)}. Drop them, or start a new run "
                 f"without resume=. Only run-length keys ({', '.join(RUN_LENGTH_KEYS)}) may change on resume."
             )
+    cfg = saved_config(payload["config_yaml"])
+    check_same_data(payload.get("data"), build_dataset(cfg.data, seed_streams(cfg.seed)["data"]), "resume")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return others + [f"resume={checkpoint_path}", f"hydra.run.dir={run_dir}",
                      f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
+def refuse_moving_backwards(run_dir: Path, checkpoint_path: Path, payload: dict) -> None:
+    """A checkpoint file given to ``resume=`` must be the run's newest loadable one: continuing an older one
+    would overwrite the later epochs (``metrics.jsonl``, ``summary.json``, the checkpoints)."""
+    _, newest_path, newest = find_checkpoint(run_dir)
+    step, newest_step = payload["position"]["global_step"], newest["position"]["global_step"]
+    if step < newest_step:
+        raise UsageError(
+            f"resume: {checkpoint_path} is at update {step} but the run's newest checkpoint {newest_path} is at "
+            f"update {newest_step}; a resume never moves a run backwards. Give the run folder to continue from its "
+            f"newest checkpoint, or, to branch from the older one on purpose, copy the run folder, delete the newer "
+            f"checkpoints in the copy and resume the copy")
 
 
 def _is_group(key: str) -> bool:

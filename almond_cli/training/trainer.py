@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
+from ..data.dataset import check_same_data
 from ..langevin.chains import PersistentChains
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
@@ -26,11 +27,11 @@ from . import phases
 from .baselines import fit_baselines
 from .build import build_model
 from .chain_checks import periodic_rhat
-from .console import ProgressReporter, print_summary
+from .console import ProgressReporter, report_end
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
 from .position import Phase, Position
-from .run_lock import RunFolderLock
+from .run_lock import RunFolderLock, held_here, record_holder
 from .runtime import pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
 
@@ -77,6 +78,7 @@ class TrainingRun:
         self.device = self.dist.device(pick_device(cfg.device))
         streams = seed_streams(cfg.seed)
         self.dataset = build_dataset(cfg.data, streams["data"])
+        self.data_fingerprint = self.dataset.fingerprint()
         torch.manual_seed(streams["init"])
         self.model = build_model(cfg, self.dataset).to(self.device)
         self.dist.broadcast_parameters(self.model)
@@ -121,6 +123,7 @@ class TrainingRun:
             "vae_metrics": self.vae_metrics,
             "vae_snapshot": self.vae_snapshot,
             "num_batches": self.num_batches,
+            "data": self.data_fingerprint,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -138,6 +141,7 @@ class TrainingRun:
 
     def resume_from(self, state: dict) -> None:
         """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
+        check_same_data(state.get("data"), self.dataset, "resume")
         state = self.dist.local_state(state)  # this rank's chains and generators; refuses another world size
         if state.get("num_batches") != self.num_batches:
             raise ckpt.CheckpointError(
@@ -236,9 +240,14 @@ class TrainingRun:
                       f"(for example to {self.cfg.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
         else:
             advice = f"lower schedule.vae_lr (now {self.cfg.schedule.vae_lr})"
+        if (self.checkpoint_dir / "last.pt").is_file():
+            state = f"The last good checkpoint in {self.checkpoint_dir} is intact and resumable"
+        else:
+            state = (f"It diverged before its first checkpoint, so {self.run_dir} holds no checkpoint and cannot be "
+                     "resumed: start a new run with the changed setting")
         raise DivergenceError(
             f"training diverged in {where}: the loss ({loss_mean}) or the Langevin chains became non-finite; "
-            f"{advice}. The last good checkpoint in {self.checkpoint_dir} is intact and resumable."
+            f"{advice}. {state}."
         )
 
     def _start_almond(self) -> None:
@@ -342,11 +351,14 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
         checkpoint: a loaded checkpoint of this run to continue from, or None for a new run.
     """
     run = TrainingRun(cfg, Path(run_dir))
-    # Rank 0 alone writes the folder, so it alone holds the lock.
-    with RunFolderLock(Path(run_dir)) if run.dist.is_writer else contextlib.nullcontext():
+    # Rank 0 alone writes the folder, so it alone holds the lock (the almond command may hold it already).
+    locked = not run.dist.is_writer or held_here(Path(run_dir))
+    if run.dist.is_writer and locked:
+        record_holder(Path(run_dir))
+    with contextlib.nullcontext() if locked else RunFolderLock(Path(run_dir)):
         if checkpoint is not None:
             run.resume_from(checkpoint)
         summary = run.run()
-    if cfg.progress != "quiet" and run.dist.is_writer:
-        print_summary(summary, run_dir)
+    if run.dist.is_writer:
+        report_end(cfg.progress, summary, Path(run_dir))
     return summary

@@ -1,7 +1,16 @@
-"""The installed command end to end on the tiny debug config."""
+"""The installed command end to end on the tiny debug config, and a short seeded run's accuracy."""
 
 import json
 
+import torch
+
+from almond_cli.config import saved_config
+from almond_cli.tasks.metrics import ks_distance, latent_draws, w1_distance
+from almond_cli.tasks.normal_means import normal_empirical_bayes
+from almond_cli.tasks.registry import build_dataset
+from almond_cli.training.build import load_model_state
+from almond_cli.training.checkpoint import load_checkpoint
+from almond_cli.training.runtime import seed_streams
 from conftest import read_metrics, run_almond
 
 TINY = ["debug=tiny", "progress=plain", "threads=1"]
@@ -27,3 +36,30 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     assert all({"step", "loss", "lr", "step_size", "seconds"} <= set(r) for r in almond)
     assert [r["step"] for r in records] == list(range(1, 41))
     assert (run_dir / "figures/latent_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The scores are those of the saved models: ALMOND's of last.pt, the VAE's of vae.pt, the baseline's of the
+    # moment fit to the data, recomputed here from the files alone (a row scored on the wrong model would differ).
+    payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    cfg = saved_config(payload["config_yaml"])
+    dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
+    for method, checkpoint in (("almond", "last.pt"), ("vae", "vae.pt")):
+        state = load_checkpoint(run_dir / "checkpoints" / checkpoint)["model"]
+        draws = latent_draws(load_model_state(cfg, dataset, state, torch.device("cpu")), cfg, "cpu")[:, 0]
+        assert summary[method]["ks"] == ks_distance(draws, dataset.prior.cdf), method
+    eb = normal_empirical_bayes(dataset.x, 1.0)
+    eb_draws = eb.sample(cfg.evaluation.num_draws, torch.Generator().manual_seed(cfg.evaluation.seed))
+    assert summary["baselines"]["normal_eb"]["w1"] == w1_distance(eb_draws, dataset.prior.cdf, *dataset.prior.bulk())
+    assert summary["almond"]["train_nll"] > 1.4  # −log p(x) per point of x = mu + N(0, 1): above 0.5 log(2πe)
+
+
+def test_a_short_seeded_run_beats_its_warm_start(tmp_path):
+    """ALMOND corrects the VAE: on the exponential prior, seed 1, a few seconds of training (the fast preset cut
+    to 200 + 100 epochs) lower W1 to the true prior from 0.427 to 0.231 (measured; seeds 2 and 3: 0.203 → 0.080,
+    0.238 → 0.062). The margin asked, 0.1, is below the smallest of those three gains (0.12)."""
+    run_dir = tmp_path / "run"
+    process = run_almond(["train", "experiment=mnn_exponential_fast", "seed=1", "threads=1", "progress=silent",
+                          "schedule.vae_epochs=200", "schedule.almond_epochs=100", "schedule.warmup_epochs=100",
+                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["almond"]["w1"] < summary["vae"]["w1"] - 0.1, summary
+    assert summary["almond"]["w1"] < summary["baselines"]["normal_eb"]["w1"]

@@ -61,6 +61,15 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     assert process.returncode == 0, process.stderr
     draws = np.load(tmp_path / "prior.npy")
     assert draws.shape == (3000, 1) and np.isfinite(draws).all() and draws.std() > 0
+    # They are u = h(z) of the run's final decoder for z from a CPU generator seeded by seed= (default 0).
+    import torch
+
+    from almond_cli.commands.run_folder import load_run
+    from almond_cli.model.model import prior_draws
+
+    run = load_run("test", run_dir, "cpu")
+    expected = prior_draws(run.model.decoder, 1, 3000, torch.Generator().manual_seed(0), "cpu").numpy()
+    assert np.array_equal(draws, expected)
     process = run_almond(["sample", str(run_dir), "what=posterior", "out=post.csv", "num_chains=8", "num_draws=20",
                           "burn_in=50", "threads=1"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr

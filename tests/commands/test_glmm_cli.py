@@ -33,6 +33,20 @@ def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
     assert baseline_summary["almond"] == summary["baselines"]["gaussian_glmm"]
     config = (baseline / "checkpoints" / "last.pt").read_bytes()
     assert b"almond_cli.model.networks.LinearDecoder" in config
+    # beta_error is the distance of the fitted fixed effects in last.pt to the simulation's own beta.
+    import torch
+
+    from almond_cli.config import saved_config
+    from almond_cli.tasks.registry import build_dataset
+    from almond_cli.training.checkpoint import load_checkpoint
+    from almond_cli.training.runtime import seed_streams
+
+    for folder, scores in ((run_dir, summary["almond"]), (baseline, summary["baselines"]["gaussian_glmm"])):
+        payload = load_checkpoint(folder / "checkpoints" / "last.pt")
+        cfg = saved_config(payload["config_yaml"])
+        truth = build_dataset(cfg.data, seed_streams(cfg.seed)["data"]).true_beta
+        fitted = payload["model"]["likelihood.beta"].double()
+        assert scores["beta_error"] == float((fitted - truth).norm())
 
 
 def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):

@@ -12,6 +12,16 @@ def test_ks_of_a_point_mass_against_a_uniform():
     assert abs(ks_distance((torch.arange(n, dtype=torch.float64) + 0.5) / n, uniform_cdf) - 0.5 / n) < 1e-12
 
 
+def test_ks_takes_the_larger_of_both_one_sided_distances():
+    """Both sides count: samples piled on the right (F_n below F) and on the left (F_n above F) give the same,
+    hand-computed distance. D+ = max(i/n − F(s_i)), D− = max(F(s_i) − (i−1)/n) for sorted s_1..s_n."""
+    uniform_cdf = lambda t: t.clamp(0, 1)  # noqa: E731
+    # Right: D+ = max(1/3 − 0.9, 2/3 − 0.95, 1 − 0.99) = 0.01, D− = max(0.9, 0.95 − 1/3, 0.99 − 2/3) = 0.9.
+    assert abs(ks_distance(torch.tensor([0.9, 0.95, 0.99], dtype=torch.float64), uniform_cdf) - 0.9) < 1e-12
+    # Left, the mirror image: D+ = 1 − 0.1 = 0.9, D− = 0.1 − 2/3 < 0.
+    assert abs(ks_distance(torch.tensor([0.01, 0.05, 0.1], dtype=torch.float64), uniform_cdf) - 0.9) < 1e-12
+
+
 def test_w1_of_a_shifted_sample_is_the_shift():
     prior = NormalPrior(0.0, 1.0)
     generator = torch.Generator().manual_seed(0)

@@ -39,6 +39,7 @@ def interrupt_at(monkeypatch, global_step: int) -> None:
     10,   # VAE phase, mid-epoch (epoch 3, update 2 of 4)
     31,   # ALMOND phase, mid-epoch (ALMOND epoch 2, update 3 of 4)
     32,   # exactly at a checkpoint boundary (end of ALMOND epoch 2, checkpoint.every_epochs=2)
+    38,   # SGD phase (ALMOND epoch 4 of 6, after warmup_epochs=2), mid-epoch: SGD's momentum buffers must resume
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, stop_step):
     cfg = compose_config(SMALL)
@@ -178,17 +179,20 @@ def test_divergence_stops_cleanly_and_leaves_the_checkpoint_resumable(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(tmp_path):
-    args = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=300", "schedule.almond_epochs=300",
+    args = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=100", "schedule.almond_epochs=600",
             "checkpoint.every_epochs=7", "checkpoint.every_minutes=0"]
     straight = run_almond([*args, "hydra.run.dir=straight"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     process = subprocess.Popen([almond_executable(), *args, "hydra.run.dir=killed"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (tmp_path / "killed" / "checkpoints" / "last.pt").exists():
-        time.sleep(0.05)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
+    # The kill falls in the ALMOND phase: after vae.pt (its first update) and well before its 600 epochs end.
+    while not (tmp_path / "killed" / "checkpoints" / "vae.pt").exists():
+        time.sleep(0.02)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.0))
     process.kill()
     process.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists(), "the kill came after the run had finished"
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["position"]["phase"] == "almond"
     resumed = run_almond(["train", f"resume={tmp_path / 'killed'}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_final_state(tmp_path / "straight", tmp_path / "killed")
