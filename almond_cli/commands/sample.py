@@ -24,6 +24,7 @@ from rich.table import Table
 from ..atomic import write_atomic, write_text_atomic
 from ..errors import UsageError
 from ..langevin import sampler
+from ..langevin.targets import AutogradTarget
 from ..model.model import prior_draws
 from ..tasks.normal_means import normal_empirical_bayes
 from ..training.position import Phase
@@ -75,8 +76,6 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
     Returns:
         (n, num_draws · C, P) draws of u on CPU, float32.
     """
-    from ..langevin.targets import AutogradTarget
-
     rows = max(1, max_particles // num_chains)
     chunks = []
     with model.frozen():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import composition_message, override_parse_message, saved_config
+from ..config import CONFIG_GROUPS, composition_message, override_parse_message, register_schemas, saved_config
 from ..data.dataset import check_same_data
 from ..errors import UsageError
 from ..tasks.registry import build_dataset
@@ -113,8 +113,6 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ..config import register_schemas
-
     resume_values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     if resume_values and resume_values[-1] == "auto" and not multirun:
@@ -175,8 +173,6 @@ def refuse_moving_backwards(run_dir: Path, checkpoint_path: Path, payload: dict)
 
 
 def _is_group(key: str) -> bool:
-    from ..config import CONFIG_GROUPS
-
     return key in CONFIG_GROUPS
 
 
