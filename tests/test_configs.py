@@ -126,3 +126,19 @@ def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError) as error:
         validate(cfg)
     assert error.value.key == key and key in str(error.value)
+
+
+@pytest.mark.parametrize("experiment", [e for e in options("experiment") if e.startswith("mnn_")])
+def test_a_paper_preset_applies_to_your_own_file(experiment, tmp_path):
+    """``experiment=mnn_* data=file ...`` keeps the preset's networks, sampler and schedule and takes the file's
+    data: an experiment pins its data only through its data option, which data=file replaces."""
+    (tmp_path / "m.csv").write_text("x,se\n1.0,1.0\n2.0,0.5\n")
+    published = compose_with([f"experiment={experiment}"])
+    mine = compose_with([f"experiment={experiment}", "data=file", f"data.path={tmp_path / 'm.csv'}",
+                         "data.columns=[x]", "data.sd_column=se", "likelihood=gaussian_hetero"])
+    validate(mine)
+    assert mine.data.name == "file" and "prior" not in mine.data
+    for section in ("encoder", "decoder"):
+        assert {k: v for k, v in mine[section].items()} == {k: v for k, v in published[section].items()}
+    assert mine.sampler == published.sampler and mine.schedule == published.schedule
+    assert mine.experiment_name == experiment
