@@ -153,6 +153,32 @@ class EmpiricalPrior(Prior):
         return float(self.values[0]), float(self.values[-1])
 
 
+class DiscretePrior(Prior):
+    """A distribution on finitely many points: sum_k weights[k] delta(support[k]) (the NPMLE's form)."""
+
+    def __init__(self, support, weights, name: str = "discrete"):
+        self.name = name
+        order = torch.argsort(_as_double(support))
+        self.support = _as_double(support)[order]
+        self.weights = _as_double(weights)[order] / float(_as_double(weights).sum())
+        self._cumulative = torch.cumsum(self.weights, 0)
+
+    def sample(self, n, generator):
+        return self.support[torch.multinomial(self.weights, n, replacement=True, generator=generator)]
+
+    def cdf(self, t):
+        t = _as_double(t)
+        index = torch.searchsorted(self.support, t, right=True)
+        padded = torch.cat([torch.zeros(1, dtype=torch.float64), self._cumulative])
+        return padded[index]
+
+    def pdf(self, t):
+        raise NotImplementedError("a discrete distribution has no density")
+
+    def bulk(self):
+        return float(self.support[0]), float(self.support[-1])
+
+
 def make_prior(name: str) -> Prior:
     """The paper's prior called ``name`` (one of ``PRIORS``), with the paper's parameters."""
     if name not in PRIORS:

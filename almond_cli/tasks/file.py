@@ -16,10 +16,10 @@ import torch
 from .base import Task
 from .figures import latent_density_figure, plt, save_figure
 from .metrics import evaluation_generator, latent_draws, train_likelihood
-from .normal_means import baseline_priors, distribution_scores
+from .normal_means import GaussianBaselinesMixin, distribution_scores, likelihood_comparison
 
 
-class FileTask(Task):
+class FileTask(GaussianBaselinesMixin, Task):
     """KS/W1 against the true values where ``data.truth_path`` gives them; latent mean and sd, and the training
     rows' ``train_nll``, always."""
 
@@ -33,11 +33,13 @@ class FileTask(Task):
         return {**scores, **train_likelihood(model, dataset, cfg, device)}
 
     def baselines(self, model, dataset, cfg, device, fitted):
+        priors = self._baseline_priors(model, dataset)
+        likelihoods = likelihood_comparison(model, dataset, cfg, device, priors)
         results = {}
-        for name, fit in baseline_priors(model.likelihood, dataset).items():
+        for name, fit in priors.items():
             draws = fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
             scores = distribution_scores(draws, dataset.prior) if dataset.prior is not None else {}
-            results[name] = {**scores, "u_mean": float(draws.mean()), "u_sd": float(draws.std())}
+            results[name] = {**scores, "u_mean": float(draws.mean()), "u_sd": float(draws.std()), **likelihoods[name]}
         return results
 
     def snapshot(self, model, dataset, cfg, device):
@@ -51,7 +53,7 @@ class FileTask(Task):
         if vae_snapshot is not None:
             panels["vae"] = (vae_snapshot["draws"][:, 0], summary.get("vae", {}))
         panels["almond"] = (final[:, 0], summary.get("almond", {}))
-        for name, fit in baseline_priors(model.likelihood, dataset).items():
+        for name, fit in self._baseline_priors(model, dataset).items():
             panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)),
                             summary.get("baselines", {}).get(name, {}))
         folder = Path(run_dir) / "figures"

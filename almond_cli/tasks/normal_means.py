@@ -6,19 +6,23 @@ empirical distribution of the n means mu_i the data were drawn with (``ks_true_m
 The second pair is the compound-decision view of empirical Bayes: the data carry information about the
 realised means, and only through them about the prior; a fit that recovered every mu_i exactly would still
 be ~0.08 from the exponential prior in W1 at n = 1000 (benchmarks/reproduce_mnn.py prints this per seed).
-The baseline is the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²). Every fit also reports the
-training rows' ``train_nll``.
+The baselines are the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²) and the Kiefer–Wolfowitz NPMLE
+(``tasks/empirical_bayes.py``). Every fit also reports the training rows' ``train_nll`` (exact for the baselines),
+and each baseline ALMOND's paired gain in log-likelihood per row.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from torch import Tensor
 
 from ..data.dataset import Dataset
 from ..data.priors import EmpiricalPrior, NormalPrior, Prior
+from ..model.marginal import estimate_log_marginal
 from .base import Task
+from .empirical_bayes import fit_npmle, marginal_log_likelihood
 from .figures import latent_density_figure
 from .metrics import evaluation_generator, ks_distance, latent_draws, train_likelihood, w1_distance
 
@@ -42,26 +46,65 @@ def normal_empirical_bayes(x: Tensor, noise_sd: float) -> NormalPrior:
     return NormalPrior(mean=float(x.mean()), variance=variance)
 
 
+def row_noise_sd(likelihood, x: Tensor):
+    """Each row's known noise sd: the sd column for ``gaussian_hetero``, else the one ``likelihood.sigma``."""
+    return x[:, -1].double() if likelihood.reads_sd_column else likelihood.noise_sd(x)
+
+
 def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:
-    """The normal empirical-Bayes prior, for Gaussian likelihoods with one measurement per row."""
+    """The classical empirical-Bayes priors, for Gaussian likelihoods with one measurement per row: the normal
+    fit by moments (``normal_eb``) and the Kiefer–Wolfowitz NPMLE (``npmle``)."""
     sd = likelihood.noise_sd(dataset.x)
     x = likelihood.observations(dataset.x)
     if sd is None or x.shape[1] != 1:
         return {}
-    return {"normal_eb": normal_empirical_bayes(x, sd)}
+    return {"normal_eb": normal_empirical_bayes(x, sd), "npmle": fit_npmle(x[:, 0], row_noise_sd(likelihood, dataset.x))}
 
 
-class NormalMeansTask(Task):
+def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:
+    """Each baseline's exact marginal log-likelihood per row, as ``train_nll`` ± ``train_nll_se`` (nats per row,
+    standard error over rows), and ALMOND's paired gain over it, ``almond_gain`` ± ``almond_gain_se``: the mean over
+    rows of ALMOND's estimated log p(x_i) minus the baseline's, > 0 where the neural prior fits the data better."""
+    if not priors:
+        return {}
+    almond = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
+                                   int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk)).log_marginal.double()
+    x = model.likelihood.observations(dataset.x)[:, 0]
+    sd = row_noise_sd(model.likelihood, dataset.x)
+    results = {}
+    for name, prior in priors.items():
+        exact = marginal_log_likelihood(prior, x, sd)
+        gain = almond - exact
+        root_n = math.sqrt(exact.numel())
+        results[name] = {"train_nll": float(-exact.mean()), "train_nll_se": float(exact.std()) / root_n,
+                         "almond_gain": float(gain.mean()), "almond_gain_se": float(gain.std()) / root_n}
+    return results
+
+
+class GaussianBaselinesMixin:
+    """The empirical-Bayes baselines of a task on Gaussian data, fitted once per task (scores and figures)."""
+
+    _priors: dict[str, Prior] | None = None
+
+    def _baseline_priors(self, model, dataset: Dataset) -> dict[str, Prior]:
+        if self._priors is None:
+            self._priors = baseline_priors(model.likelihood, dataset)
+        return self._priors
+
+
+class NormalMeansTask(GaussianBaselinesMixin, Task):
     """KS and W1 of the learned latent distribution to the true prior and to the true means; the normal
-    empirical-Bayes baseline scored alike."""
+    empirical-Bayes and NPMLE baselines scored alike."""
 
     def score(self, model, dataset, cfg, device):
         draws = latent_draws(model, cfg, device)
         return {**self._scores(draws[:, 0], dataset), **train_likelihood(model, dataset, cfg, device)}
 
     def baselines(self, model, dataset, cfg, device, fitted):
-        return {name: self._scores(fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), dataset)
-                for name, fit in baseline_priors(model.likelihood, dataset).items()}
+        priors = self._baseline_priors(model, dataset)
+        likelihoods = likelihood_comparison(model, dataset, cfg, device, priors)
+        return {name: {**self._scores(fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), dataset),
+                       **likelihoods[name]} for name, fit in priors.items()}
 
     @staticmethod
     def _scores(draws: Tensor, dataset: Dataset) -> dict[str, float]:
@@ -75,7 +118,7 @@ class NormalMeansTask(Task):
         if vae_snapshot is not None:
             panels["vae"] = (vae_snapshot["draws"], summary["vae"])
         panels["almond"] = (latent_draws(model, cfg, device)[:, 0], summary["almond"])
-        for name, fit in baseline_priors(model.likelihood, dataset).items():
+        for name, fit in self._baseline_priors(model, dataset).items():
             panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), summary["baselines"][name])
         latent_density_figure(panels, dataset.prior, float(cfg.data.noise_sd),
                               Path(run_dir) / "figures" / "latent_density.png")

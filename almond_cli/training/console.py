@@ -111,8 +111,13 @@ def print_summary(summary: dict, run_dir) -> None:
     for method, metrics in rows:
         table.add_row(method, *[_format(metrics.get(name)) for name in metric_names])
     timing = summary.get("timing", {})
-    console = Console(force_terminal=False) if not sys.stdout.isatty() else Console()
+    # off a terminal (a log, a pipe) the table keeps its natural width instead of 80 columns
+    console = Console(force_terminal=False, width=200) if not sys.stdout.isatty() else Console()
     console.print(table)
+    for name, metrics in summary.get("baselines", {}).items():
+        if "almond_gain" in metrics:
+            console.print(f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± "
+                          f"{metrics['almond_gain_se']:.4f} nats per data point (paired over rows, ± one standard error)")
     console.print(
         "time: VAE {:.1f} s, ALMOND {:.1f} s".format(timing.get("vae_seconds", 0.0), timing.get("almond_seconds", 0.0))
     )

@@ -49,6 +49,13 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     eb_draws = eb.sample(cfg.evaluation.num_draws, torch.Generator().manual_seed(cfg.evaluation.seed))
     assert summary["baselines"]["normal_eb"]["w1"] == w1_distance(eb_draws, dataset.prior.cdf, *dataset.prior.bulk())
     assert summary["almond"]["train_nll"] > 1.4  # −log p(x) per point of x = mu + N(0, 1): above 0.5 log(2πe)
+    # The baselines' likelihoods are exact, ALMOND's estimated; the paired gain is the difference of the two means.
+    assert set(summary["baselines"]) == {"normal_eb", "npmle"}
+    for baseline in summary["baselines"].values():
+        assert abs(baseline["almond_gain"] - (baseline["train_nll"] - summary["almond"]["train_nll"])) < 1e-9
+        assert baseline["almond_gain_se"] > 0
+    # The NPMLE maximises the likelihood over all priors: no normal prior does better on the same rows.
+    assert summary["baselines"]["npmle"]["train_nll"] < summary["baselines"]["normal_eb"]["train_nll"]
 
 
 def test_a_short_seeded_run_beats_its_warm_start(tmp_path):
