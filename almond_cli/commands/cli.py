@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
                    "[n=... out=...]", add_help=False)
+    sub.add_parser("prior", help="the fitted prior as numbers: almond prior <run folder> [n=... grid=...]",
+                   add_help=False)
     sub.add_parser("compare", help="a sweep's jobs sorted by the objective, also as CSV: "
                    "almond compare <sweep folder> [csv=...]", add_help=False)
     return parser
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_plugin_warnings()
     if command == "train":
         run_train(rest)
-    elif command in ("evaluate", "sample", "compare"):
+    elif command in ("evaluate", "sample", "prior", "compare"):
         from importlib import import_module
 
         from .arguments import run_command

@@ -127,6 +127,7 @@ def test_compare_takes_key_value_arguments_like_the_other_commands(tmp_path):
 
 @pytest.mark.parametrize("command, keys", [
     ("compare", ["csv"]),
+    ("prior", ["n", "grid", "seed", "device", "threads"]),
     ("evaluate", ["k", "n_samples", "seed", "device", "threads"]),
     ("sample", ["what", "n", "out", "num_chains", "step_size", "level", "device", "threads"]),
 ])
