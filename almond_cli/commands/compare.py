@@ -126,8 +126,15 @@ def write_csv(rows: list[JobRow], path: Path) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def varying(rows: list[JobRow], keys: list[str]) -> list[str]:
+    """The override keys whose value differs between jobs (those set alike in every job say nothing here)."""
+    return [k for k in keys if len({row.overrides.get(k) for row in rows}) > 1] if len(rows) > 1 else keys
+
+
 def render(rows: list[JobRow], sweep_dir: Path) -> Table:
     keys, metrics = columns(rows)
+    keys = varying(rows, keys)  # the CSV keeps every key and metric; the terminal the varying keys and ALMOND's
+    metrics = [m for m in metrics if m.startswith("almond.")] or metrics
     table = Table(title=f"almond compare ({sweep_dir}): {len(rows)} jobs, best objective first")
     for name in ("job", "status", "objective", *keys, *metrics):
         # fold rather than cut: a truncated metric name or number would be worse than a taller table
@@ -152,11 +159,89 @@ def compare(sweep_dir: str | Path, csv_path: str | Path | None = None) -> list[J
         best = yaml.safe_load(optimisation.read_text(encoding="utf-8")) or {}
         console.print(f"Optuna best: {best.get('best_params')} -> {best.get('best_value')}")
     console.print(f"written {csv_path}")
+    band = fitted_prior_band(rows, sweep_dir)
+    if band is not None:
+        console.print(f"written {band} and {band.with_suffix('.png')}: the fitted CDFs of the finished jobs and "
+                      "their pointwise band")
     return rows
+
+
+def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401) -> Path | None:
+    """The fitted prior CDF of every finished job on one grid, with the pointwise median and min–max band across
+    jobs (``compare_prior.csv``, ``compare_prior.png``): how much the fit moves between seeds or settings.
+
+    Needs at least two finished jobs with the same number of coordinates; exact CDFs for a one-dimensional latent,
+    empirical ones from 10,000 draws otherwise (``tasks/prior_summary.py``).
+    """
+    import torch
+
+    from ..model.model import prior_draws
+    from ..tasks.figures import plt, save_figure
+    from ..tasks.prior_summary import exact_cdf_and_density, exact_quantiles, pushforward_grid
+    from .run_folder import load_run
+
+    finished = [row for row in rows if row.status == "done" and (row.path / "checkpoints" / "last.pt").is_file()]
+    if len(finished) < 2:
+        return None
+    curves = {}  # job -> [(z, u) per coordinate] or draws (n, P)
+    for row in finished:
+        try:
+            run = load_run("compare", row.path, "cpu")
+        except UsageError as error:
+            print(f"almond: warning: job {row.name} left out of the prior band: {error}")
+            continue
+        if int(run.cfg.latent_dim) == 1:
+            z, u = pushforward_grid(run.model.decoder)
+            curves[row.name] = ("exact", z, u)
+        else:
+            draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), 10_000, torch.Generator().manual_seed(0),
+                                "cpu").double()
+            curves[row.name] = ("draws", None, draws)
+    widths = {curve[2].shape[1] for curve in curves.values()}
+    if len(curves) < 2 or len(widths) != 1:
+        return None
+    lines, figure_rows = ["coordinate,u,median,lower,upper," + ",".join(f"job_{name}" for name in curves)], []
+    for p in range(widths.pop()):
+        lows, highs = [], []
+        for kind, z, u in curves.values():
+            if kind == "exact":
+                edges = exact_quantiles(z, u[:, p], [0.001, 0.999])
+                lows.append(float(edges[0])), highs.append(float(edges[1]))
+            else:
+                lows.append(float(u[:, p].quantile(0.001))), highs.append(float(u[:, p].quantile(0.999)))
+        grid = torch.linspace(min(lows), max(highs), grid_size, dtype=torch.float64)
+        cdfs = []
+        for kind, z, u in curves.values():
+            if kind == "exact":
+                cdfs.append(exact_cdf_and_density(z, u[:, p], grid)[0])
+            else:
+                cdfs.append((u[:, p][None, :] <= grid[:, None]).double().mean(1))
+        stacked = torch.stack(cdfs)  # (jobs, grid)
+        median, lower, upper = stacked.median(0).values, stacked.min(0).values, stacked.max(0).values
+        for i in range(grid_size):
+            lines.append(",".join([str(p), f"{float(grid[i]):.8g}", f"{float(median[i]):.8g}", f"{float(lower[i]):.8g}",
+                                   f"{float(upper[i]):.8g}", *[f"{float(c[i]):.8g}" for c in cdfs]]))
+        figure_rows.append((p, grid, median, lower, upper, cdfs))
+    path = sweep_dir / "compare_prior.csv"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    figure, axes = plt.subplots(1, len(figure_rows), figsize=(4.6 * len(figure_rows), 3.6), squeeze=False)
+    for axis, (p, grid, median, lower, upper, cdfs) in zip(axes[0], figure_rows):
+        axis.fill_between(grid.numpy(), lower.numpy(), upper.numpy(), color="tab:blue", alpha=0.2,
+                          label=f"min–max of {len(cdfs)} jobs")
+        for cdf in cdfs:
+            axis.plot(grid.numpy(), cdf.numpy(), color="tab:blue", lw=0.6, alpha=0.6)
+        axis.plot(grid.numpy(), median.numpy(), color="black", lw=1.4, label="pointwise median")
+        axis.set_xlabel(f"u{p}")
+        axis.set_ylabel("fitted CDF")
+    axes[0][0].legend(fontsize=8, frameon=False)
+    figure.suptitle(f"fitted priors of the sweep {sweep_dir.name}")
+    save_figure(figure, path.with_suffix(".png"))
+    return path
 
 
 COMMAND = Command("compare", "sweep folder", "outputs/multirun/DATE/TIME",
                   "One row per job of a sweep, best objective first (ALMOND's w1 where the truth is known, else its "
-                  "test_nll), as a table and as CSV.",
+                  "test_nll), as a table (the keys that vary between jobs) and as CSV (every key); with two or more "
+                  "finished jobs also their fitted prior CDFs and pointwise band (compare_prior.csv and .png).",
                   {"csv": Argument(optional_str, None, help="where the CSV goes; null: <sweep folder>/compare.csv")},
                   lambda sweep_dir, csv: compare(sweep_dir, csv))

@@ -137,3 +137,25 @@ def test_every_subcommand_lists_its_keys_with_defaults(tmp_path, command, keys):
     listed = {line.split()[0]: line for line in process.stdout.splitlines() if line.startswith("  ")}
     for key in keys:
         assert key in listed and "(default: " in listed[key], key
+
+
+def test_compare_shows_what_varies_and_the_band_of_the_fitted_priors(tmp_path):
+    sweep = tmp_path / "sweep"
+    process = run_almond(["train", "--multirun", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    compared = run_almond(["compare", str(sweep)], cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    header = next(line for line in compared.stdout.splitlines() if "objective" in line and "status" in line)
+    assert "seed" in header and "debug" not in header and "threads" not in header  # only what varies
+    assert "almond.w1" in header and "vae.w1" not in header  # the VAE's columns stay in the CSV
+    assert "vae.w1" in (sweep / "compare.csv").read_text().splitlines()[0]
+    with open(sweep / "compare_prior.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 401 and set(rows[0]) == {"coordinate", "u", "median", "lower", "upper", "job_0", "job_1"}
+    for row in rows:
+        jobs = [float(row["job_0"]), float(row["job_1"])]
+        assert float(row["lower"]) == min(jobs) and float(row["upper"]) == max(jobs)
+        assert float(row["lower"]) <= float(row["median"]) <= float(row["upper"])
+    cdf = [float(row["job_0"]) for row in rows]
+    assert all(b >= a for a, b in zip(cdf, cdf[1:])) and cdf[-1] > 0.99
+    assert (sweep / "compare_prior.png").read_bytes()[:4] == b"\x89PNG"
