@@ -1,4 +1,6 @@
-"""Chain diagnostics: the split-R-hat of the log-joint across the persistent chains of a data point.
+"""Chain diagnostics: the split-R-hat of the log-joint across the persistent chains of a data point, and the
+field's conventions for any set of chains, the rank-normalised split-R-hat and the bulk and tail effective sample
+sizes of Vehtari et al. (2021) (``rank_rhat``, ``ess_bulk``, ``ess_tail``).
 
 Gelman et al. (Bayesian Data Analysis, 3rd ed., Section 11.4): split each of C chains of N draws into two
 halves, compare the variance between the 2C half-chain means (B) with the mean within-half variance (W);
@@ -14,6 +16,9 @@ It draws its noise from its own generator, so training (and exact resume) is una
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -80,3 +85,102 @@ def chain_rhat(model, chains, x: Tensor, num_points: int, step_size: float, burn
                 kept.append(state.log_joint)
     rhat = split_rhat(torch.stack(kept, dim=-1))  # (B, C, N) -> (B,)
     return {"rhat_max": float(rhat.max()), "rhat_median": float(rhat.median())}
+
+
+# ----- rank-normalised split-R-hat and effective sample size (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021) ---
+def _split_chains(draws: np.ndarray) -> np.ndarray:
+    """(M, N) -> (2M, N // 2): each chain's first and last halves (the middle draw of an odd N is dropped)."""
+    half = draws.shape[1] // 2
+    return np.concatenate([draws[:, :half], draws[:, draws.shape[1] - half:]], axis=0)
+
+
+def _rank_normalise(draws: np.ndarray) -> np.ndarray:
+    """Normal scores of the pooled fractional ranks, Φ⁻¹((r − 3/8) / (S + 1/4)), ties given their average rank."""
+    flat = draws.ravel()
+    order = np.argsort(flat, kind="mergesort")
+    ranks = np.empty(flat.size, dtype=np.float64)
+    ranks[order] = np.arange(1, flat.size + 1, dtype=np.float64)
+    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    if (counts > 1).any():  # average rank within each group of ties
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = (sums / counts)[inverse]
+    scores = torch.special.ndtri(torch.from_numpy((ranks - 0.375) / (flat.size + 0.25))).numpy()
+    return scores.reshape(draws.shape)
+
+
+def _plain_rhat(draws: np.ndarray) -> float:
+    """sqrt((B / W + N − 1) / N) with B the between-chain and W the mean within-chain variance of (M, N) draws."""
+    num = draws.shape[1]
+    between = num * np.var(draws.mean(axis=1), ddof=1)
+    within = np.mean(np.var(draws, axis=1, ddof=1))
+    if within == 0:
+        return 1.0 if between == 0 else math.inf
+    return float(np.sqrt((between / within + num - 1) / num))
+
+
+def rank_rhat(draws) -> float:
+    """The rank-normalised split-R-hat of (M chains, N draws): the larger of the bulk R-hat (of the rank-normalised
+    draws) and the tail R-hat (of the rank-normalised |draws − median|), as ArviZ's ``rhat(method="rank")``.
+    Values above 1.01 say the chains disagree (Vehtari et al. 2021 recommend that threshold)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    bulk = _plain_rhat(_rank_normalise(_split_chains(draws)))
+    tail = _plain_rhat(_rank_normalise(_split_chains(np.abs(draws - np.median(draws)))))
+    return max(bulk, tail)
+
+
+def _autocovariance(draws: np.ndarray) -> np.ndarray:
+    """Biased autocovariances of each chain, lags 0..N−1, by FFT: (M, N)."""
+    num = draws.shape[1]
+    centred = draws - draws.mean(axis=1, keepdims=True)
+    size = 1 << (2 * num - 1).bit_length()
+    spectrum = np.fft.rfft(centred, n=size, axis=1)
+    return np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=1)[:, :num] / num
+
+
+def _ess(draws: np.ndarray) -> float:
+    """Effective sample size of (M, N) draws: Geyer's initial positive and monotone sequences on the multi-chain
+    autocorrelation (Vehtari et al. 2021, Section 3.2; the same steps as ArviZ's ``_ess``)."""
+    chains, num = draws.shape
+    if num < 4:
+        return float("nan")
+    acov = _autocovariance(draws)
+    mean_var = np.mean(acov[:, 0]) * num / (num - 1.0)
+    var_plus = mean_var * (num - 1.0) / num
+    if chains > 1:
+        var_plus += np.var(draws.mean(axis=1), ddof=1)
+    if var_plus == 0:
+        return float(chains * num)
+    rho = np.zeros(num)
+    rho_even, rho_odd = 1.0, 1.0 - (mean_var - np.mean(acov[:, 1])) / var_plus
+    rho[0], rho[1] = rho_even, rho_odd
+    t = 1
+    while t < num - 3 and rho_even + rho_odd > 0.0:  # initial positive sequence
+        rho_even = 1.0 - (mean_var - np.mean(acov[:, t + 1])) / var_plus
+        rho_odd = 1.0 - (mean_var - np.mean(acov[:, t + 2])) / var_plus
+        if rho_even + rho_odd >= 0:
+            rho[t + 1], rho[t + 2] = rho_even, rho_odd
+        t += 2
+    max_t = t - 2
+    if rho_even > 0:
+        rho[max_t + 1] = rho_even
+    t = 1
+    while t <= max_t - 2:  # initial monotone sequence
+        if rho[t + 1] + rho[t + 2] > rho[t - 1] + rho[t]:
+            rho[t + 1] = rho[t + 2] = (rho[t - 1] + rho[t]) / 2.0
+        t += 2
+    total = chains * num
+    tau = -1.0 + 2.0 * np.sum(rho[:max_t + 1]) + np.sum(rho[max_t + 1:max_t + 2])
+    return float(total / max(tau, 1.0 / np.log10(total)))
+
+
+def ess_bulk(draws) -> float:
+    """Bulk effective sample size of (M chains, N draws): the ESS of the rank-normalised split chains."""
+    return _ess(_rank_normalise(_split_chains(np.asarray(draws, dtype=np.float64))))
+
+
+def ess_tail(draws) -> float:
+    """Tail effective sample size: the smaller ESS of the indicators of the 5 % and 95 % quantiles (split chains)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    low, high = np.quantile(draws, [0.05, 0.95])
+    return min(_ess(_split_chains((draws <= low).astype(np.float64))),
+               _ess(_split_chains((draws <= high).astype(np.float64))))

@@ -110,3 +110,18 @@ def test_evaluate_refuses_a_missing_folder_and_bad_k(tmp_path, capsys):
         with pytest.raises(SystemExit) as stopped:
             cli.main(["evaluate", *args])
         assert stopped.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_posterior_sampling_reports_its_effective_sample_size_and_warns_on_stuck_chains(finished_run, tmp_path):
+    """Chains that barely move (a step size of 1e-6, no burn-in, thin 1) give a few effective draws per row and
+    disagreeing chains: both warnings appear. Chains that mix (step 0.2, burn-in 100, thin 10; measured on this
+    run: bulk ESS 851 to 1,052 of 1,000 draws per row, R-hat at most 1.012 over its 120 rows) raise neither."""
+    _, run_dir = finished_run
+    stuck = run_almond(["sample", str(run_dir), "what=posterior", "out=stuck.csv", "num_chains=8", "num_draws=10",
+                        "thin=1", "burn_in=0", "step_size=1e-6", "threads=1"], cwd=tmp_path)
+    assert stuck.returncode == 0, stuck.stderr
+    assert "fewer than 100 effective draws" in stuck.stdout and "chains of some rows disagree" in stuck.stdout
+    mixing = run_almond(["sample", str(run_dir), "what=posterior", "out=mixing.csv", "num_chains=20",
+                         "num_draws=50", "thin=10", "burn_in=100", "step_size=0.2", "threads=1"], cwd=tmp_path)
+    assert mixing.returncode == 0, mixing.stderr
+    assert "effective sample size per row" in mixing.stdout and "warning" not in mixing.stdout
