@@ -7,8 +7,9 @@ column (``data.sd_column``) that travels as the last column of x (see ``Heterosc
 unlocks the KS/W1 scores and the posterior-mean MSE.
 
 The table itself is read by ``data/tables.py``; every problem is a ``DataFileError`` naming the file, the row
-and column and what to fix. ``check_data_file(cfg)`` runs all checks, including the ones that depend on the likelihood and the batch size,
-before the ``almond`` command hands over to Hydra, so bad data never leaves a run folder behind.
+and column and what to fix. ``check_data_file(cfg)`` runs all checks, including the ones that depend on the
+likelihood and the batch size, before the ``almond`` command hands over to Hydra, so bad data never leaves a run
+folder behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..model.likelihoods import Likelihood, likelihood_class
 from .dataset import Dataset
 from .priors import EmpiricalPrior
 from .tables import FORMATS, DataFileError, Table, check_finite, column_index, first_bad, read_table, select_columns
+
 
 def check_likelihood_domain(table: Table, chosen: list[int], likelihood: type[Likelihood] | None) -> None:
     """Refuses values the likelihood gives zero probability (its ``support_violation``): counts for Poisson,
