@@ -33,11 +33,14 @@ class MarginalEstimate(NamedTuple):
         log_marginal: (n,) log p̂(x) per image, in nats.
         posterior_mean: (n, d) self-normalised importance estimate of E[z | x].
         mc_variance: (n,) delta-method Monte Carlo variance of log p̂(x): Var(w) / (K · mean(w)²).
+        posterior_mean_u: (n, P) the same estimate of E[h(z) | x], the posterior mean of the decoder's output (the
+            empirical-Bayes estimate of u_i); None unless asked for.
     """
 
     log_marginal: Tensor
     posterior_mean: Tensor
     mc_variance: Tensor
+    posterior_mean_u: Tensor | None = None
 
 
 def gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
@@ -48,7 +51,7 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
 
 @torch.no_grad()
 def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: int, seed: int,
-                          chunk: int = 4096) -> MarginalEstimate:
+                          chunk: int = 4096, with_mean_u: bool = False) -> MarginalEstimate:
     """Importance-sampled log p(x) for each row of ``x``, with q(z | x) as proposal.
 
     Args:
@@ -58,13 +61,14 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
         seed: image i's draws come from a CPU generator seeded by seed + i (the same draws on any device and
             for any batching).
         chunk: decoder evaluations (images × K) per batch; bounds memory.
+        with_mean_u: also estimate E[h(z) | x] (``posterior_mean_u``).
 
     Returns:
         A ``MarginalEstimate`` of tensors on the CPU.
     """
     generator = torch.Generator()
     images_per_batch = max(1, chunk // num_samples)
-    log_marginals, means, variances = [], [], []
+    log_marginals, means, variances, means_u = [], [], [], []
     with evaluation_mode(model):
         for start in range(0, x.shape[0], images_per_batch):
             batch = x[start:start + images_per_batch]
@@ -74,7 +78,8 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
                                  for i in range(start, start + batch.shape[0])])
             noise = noise.to(device=mean.device, dtype=mean.dtype)
             z = mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * noise
-            log_weight = (model.log_lik(batch, z) + standard_normal_log_prob(z)
+            u = model.decoder(z)
+            log_weight = (model.likelihood.log_prob(batch, u) + standard_normal_log_prob(z)
                           - gaussian_log_prob(z, mean, log_var)).double()
             log_marginal = torch.logsumexp(log_weight, dim=1) - math.log(num_samples)
             normalised = torch.softmax(log_weight, dim=1)
@@ -84,7 +89,10 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
             log_marginals.append(log_marginal.cpu())
             means.append((normalised.unsqueeze(-1) * z.double()).sum(1).float().cpu())
             variances.append(variance.cpu())
-    return MarginalEstimate(torch.cat(log_marginals), torch.cat(means), torch.cat(variances))
+            if with_mean_u:
+                means_u.append((normalised.unsqueeze(-1) * u.double()).sum(1).cpu())
+    return MarginalEstimate(torch.cat(log_marginals), torch.cat(means), torch.cat(variances),
+                            torch.cat(means_u) if with_mean_u else None)
 
 
 def nll_summary(estimate: MarginalEstimate, prefix: str = "test") -> dict[str, float]:

@@ -56,7 +56,14 @@ def latent_draws(model, cfg, device) -> Tensor:
 
 def train_likelihood(model, dataset, cfg, device) -> dict[str, float]:
     """``train_nll`` and ``train_nll_se``: −log p(x) per data point on the training rows and its standard error,
-    by the importance-sampling estimator of ``model.marginal`` with ``evaluation.nll_samples`` draws each."""
+    by the importance-sampling estimator of ``model.marginal`` with ``evaluation.nll_samples`` draws each; where
+    the true u of every row is known, also ``mse_posterior_mean``: the mean squared error of the estimated
+    E[u_i | x_i] (the empirical-Bayes estimates) against them."""
+    truth = dataset.truth
     estimate = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
-                                     int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk))
-    return nll_summary(estimate, "train")
+                                     int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk),
+                                     with_mean_u=truth is not None)
+    scores = nll_summary(estimate, "train")
+    if truth is not None and estimate.posterior_mean_u.shape == truth.shape:
+        scores["mse_posterior_mean"] = float((estimate.posterior_mean_u - truth.double()).square().mean())
+    return scores

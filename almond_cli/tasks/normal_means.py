@@ -22,7 +22,7 @@ from ..data.dataset import Dataset
 from ..data.priors import EmpiricalPrior, NormalPrior, Prior
 from ..model.marginal import estimate_log_marginal
 from .base import Task
-from .empirical_bayes import fit_npmle, marginal_log_likelihood
+from .empirical_bayes import fit_npmle, marginal_log_likelihood, posterior_means
 from .figures import latent_density_figure
 from .metrics import evaluation_generator, ks_distance, latent_draws, train_likelihood, w1_distance
 
@@ -78,6 +78,9 @@ def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str
         root_n = math.sqrt(exact.numel())
         results[name] = {"train_nll": float(-exact.mean()), "train_nll_se": float(exact.std()) / root_n,
                          "almond_gain": float(gain.mean()), "almond_gain_se": float(gain.std()) / root_n}
+        if dataset.truth is not None and dataset.truth.shape[1] == 1:
+            error = posterior_means(prior, x, sd) - dataset.truth[:, 0].double()
+            results[name]["mse_posterior_mean"] = float(error.square().mean())
     return results
 
 

@@ -54,6 +54,13 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     for baseline in summary["baselines"].values():
         assert abs(baseline["almond_gain"] - (baseline["train_nll"] - summary["almond"]["train_nll"])) < 1e-9
         assert baseline["almond_gain_se"] > 0
+    # Posterior-mean MSE against the true means: exact for the baselines (recomputed here), estimated for the models.
+    from almond_cli.tasks.empirical_bayes import posterior_means
+
+    eb_means = posterior_means(eb, dataset.x[:, 0], 1.0)
+    assert summary["baselines"]["normal_eb"]["mse_posterior_mean"] == float(
+        (eb_means - dataset.truth[:, 0].double()).square().mean())
+    assert summary["almond"]["mse_posterior_mean"] > 0 and summary["vae"]["mse_posterior_mean"] > 0
     # The NPMLE maximises the likelihood over all priors: no normal prior does better on the same rows.
     assert summary["baselines"]["npmle"]["train_nll"] < summary["baselines"]["normal_eb"]["train_nll"]
 

@@ -10,7 +10,8 @@ TINY_GLMM = ["experiment=glmm_cpu", "seed=2", "threads=1", "progress=plain", "da
              "decoder.hidden_sizes=[8]", "sampler.num_chains=2", "sampler.num_steps=2", "sampler.burn_in=1",
              "schedule.batch_size=150", "schedule.vae_epochs=2", "schedule.almond_epochs=2",
              "schedule.warmup_epochs=1", "evaluation.num_draws=500"]
-METRICS = {"ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error", "train_nll", "train_nll_se"}
+METRICS = {"ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error", "train_nll", "train_nll_se",
+           "mse_posterior_mean"}
 
 
 def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):

@@ -122,3 +122,18 @@ def test_the_encoder_reads_the_likelihoods_encoder_input_as_in_training():
                                 ScaledInputGaussian(SIGMA)).double()
     estimate = estimate_log_marginal(model, x, num_samples=3, seed=1)
     torch.testing.assert_close(estimate.log_marginal, exact, rtol=0, atol=1e-8)
+
+
+def test_posterior_mean_of_the_decoder_output_uses_the_importance_weights():
+    """E[h(z) | x] for the linear decoder is W E[z | x] + b. With a shifted, widened proposal the weights are far
+    from uniform, so the estimate must weight the draws of h(z) exactly as those of z (to float rounding), and it
+    lands near the exact W m(x) + b: within 4 sd/sqrt(K) of each z coordinate, times |W_ij| <= 2 over d = 2."""
+    weight, bias, x, _ = linear_gaussian(seed=7, num_images=50)
+    model = model_with(PosteriorEncoder(weight, bias, shift=0.3, variance_factor=2.0), weight, bias)
+    estimate = estimate_log_marginal(model, x, num_samples=2000, seed=8, with_mean_u=True)
+    torch.testing.assert_close(estimate.posterior_mean_u, estimate.posterior_mean.double() @ weight.T + bias,
+                               rtol=0, atol=1e-5)
+    exact_mean, log_var = PosteriorEncoder(weight, bias)(x)
+    tolerance = 4 * float((0.5 * log_var).exp().max()) / math.sqrt(2000) * 2 * 2
+    assert float((estimate.posterior_mean_u - (exact_mean @ weight.T + bias)).abs().max()) < tolerance
+    assert estimate_log_marginal(model, x, num_samples=20, seed=8).posterior_mean_u is None
