@@ -321,7 +321,6 @@ def composition_message(error: Exception) -> str:
     return " ".join(words).rstrip(" .:") + "."
 
 
-
 def override_parse_message(error: Exception, overrides: list[str]) -> str:
     """Hydra's parse error of the command-line overrides, with the fix for its commonest cause: an unquoted value
     with characters outside ASCII (an accented file name), which Hydra's override grammar does not accept."""

@@ -27,7 +27,8 @@ from ..langevin import sampler
 from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import AutogradTarget
 from ..model.model import prior_draws
-from ..tasks.normal_means import normal_empirical_bayes
+from ..tasks.empirical_bayes import posterior_means
+from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
 from ..training.position import Phase
 from ..training.schedules import langevin_step_size
 from .arguments import DEVICE, THREADS, Argument, Command, at_least, boolean, positive
@@ -119,12 +120,8 @@ def normal_eb_means(x: torch.Tensor, sd: torch.Tensor | float) -> torch.Tensor:
     Returns:
         (n,) m + tau² / (tau² + sd_i²) (x_i − m).
     """
-    x = x.double()
     sd = torch.as_tensor(sd, dtype=torch.float64)
-    rms_sd = float(sd.square().mean().sqrt())
-    prior = normal_empirical_bayes(x, rms_sd)
-    tau2 = prior.sd ** 2
-    return prior.mean + tau2 / (tau2 + sd.square()) * (x - prior.mean)
+    return posterior_means(normal_empirical_bayes(x, float(sd.square().mean().sqrt())), x, sd)
 
 
 def comparison(dataset, likelihood, posterior_mean: torch.Tensor) -> dict[str, float]:
@@ -133,7 +130,7 @@ def comparison(dataset, likelihood, posterior_mean: torch.Tensor) -> dict[str, f
     results = {"mse_posterior_mean": float((posterior_mean.double() - truth).square().mean())}
     x = dataset.x.double()
     if likelihood.noise_sd(x) is not None:  # Gaussian noise: raw x and normal EB are estimates of u too
-        sd = x[:, -1] if likelihood.reads_sd_column else likelihood.noise_sd(x)
+        sd = row_noise_sd(likelihood, x)
         values = likelihood.observations(x)
         if values.shape == truth.shape:
             results["mse_raw_x"] = float((values - truth).square().mean())

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from ..data.priors import DiscretePrior, NormalPrior, Prior
-
-LOG_2PI = math.log(2.0 * math.pi)
+from ..model.model import LOG_2PI
 
 
 def _gaussian_log_density(x: Tensor, mean: Tensor, sd: Tensor) -> Tensor:
@@ -28,6 +27,11 @@ def _gaussian_log_density(x: Tensor, mean: Tensor, sd: Tensor) -> Tensor:
 
 def _sds(x: Tensor, sd) -> Tensor:
     return torch.as_tensor(sd, dtype=torch.float64).expand_as(x)
+
+
+def _log_joint(prior: DiscretePrior, x: Tensor, sd: Tensor) -> Tensor:
+    """log [w_k N(x_i; u_k, s_i²)] for the support points u_k of a discrete prior: (n, K)."""
+    return _gaussian_log_density(x[:, None], prior.support[None, :], sd[:, None]) + prior.weights.log()[None, :]
 
 
 def marginal_log_likelihood(prior: Prior, x: Tensor, sd) -> Tensor:
@@ -46,8 +50,7 @@ def marginal_log_likelihood(prior: Prior, x: Tensor, sd) -> Tensor:
     if isinstance(prior, NormalPrior):
         return _gaussian_log_density(x, torch.full_like(x, prior.mean), (prior.sd**2 + sd.square()).sqrt())
     if isinstance(prior, DiscretePrior):
-        terms = _gaussian_log_density(x[:, None], prior.support[None, :], sd[:, None]) + prior.weights.log()[None, :]
-        return torch.logsumexp(terms, dim=1)
+        return torch.logsumexp(_log_joint(prior, x, sd), dim=1)
     raise TypeError(f"no closed-form marginal likelihood for {type(prior).__name__}")
 
 
@@ -93,6 +96,5 @@ def posterior_means(prior: Prior, x: Tensor, sd) -> Tensor:
         tau2 = prior.sd**2
         return prior.mean + tau2 / (tau2 + sd.square()) * (x - prior.mean)
     if isinstance(prior, DiscretePrior):
-        terms = _gaussian_log_density(x[:, None], prior.support[None, :], sd[:, None]) + prior.weights.log()[None, :]
-        return (torch.softmax(terms, dim=1) * prior.support[None, :]).sum(1)
+        return (torch.softmax(_log_joint(prior, x, sd), dim=1) * prior.support[None, :]).sum(1)
     raise TypeError(f"no closed-form posterior mean for {type(prior).__name__}")

@@ -128,7 +128,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     if lock and Path(resume_values[-1]).expanduser().exists():
         hold(run_folder_of(resume_values[-1]))
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
-    refuse_moving_backwards(run_dir, checkpoint_path, payload)
+    if Path(resume_values[-1]).expanduser().is_file():  # a run folder gives its newest checkpoint already
+        refuse_moving_backwards(run_dir, checkpoint_path, payload)
+    checkpoint_cfg = saved_config(payload["config_yaml"])
     others = [o for o in overrides if not o.startswith("resume=")]
     try:
         parsed = OverridesParser.create().parse_overrides(others)
@@ -137,7 +139,6 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     touched = _touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed])
     if touched:
         register_schemas()
-        checkpoint_cfg = saved_config(payload["config_yaml"])
         with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
             try:
                 new_cfg = compose("train", overrides=others)
@@ -152,8 +153,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
                 f"randomness must stay as they were: {'; '.join(conflicts)}. Drop them, or start a new run "
                 f"without resume=. Only run-length keys ({', '.join(RUN_LENGTH_KEYS)}) may change on resume."
             )
-    cfg = saved_config(payload["config_yaml"])
-    check_same_data(payload.get("data"), build_dataset(cfg.data, seed_streams(cfg.seed)["data"]), "resume")
+    check_same_data(payload.get("data"),
+                    build_dataset(checkpoint_cfg.data, seed_streams(checkpoint_cfg.seed)["data"]), "resume")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return others + [f"resume={checkpoint_path}", f"hydra.run.dir={run_dir}",
                      f"hydra.output_subdir=.hydra/resume-{stamp}"]
