@@ -210,8 +210,8 @@ class TensorBoardLoggerConfig:
 @dataclass
 class DiagnosticsConfig:
     rhat_every_epochs: int = 10
-    rhat_draws: int = 20
     rhat_points: int = 64
+    trajectory_epochs: int = 50
 
 
 @dataclass
@@ -377,8 +377,8 @@ def validate(cfg) -> None:
     diag = cfg.diagnostics
     _require(diag.rhat_every_epochs >= 0, "diagnostics.rhat_every_epochs",
              f"must be >= 0 (0 = off), got {diag.rhat_every_epochs}")
-    _require(diag.rhat_draws >= 4, "diagnostics.rhat_draws",
-             f"must be >= 4 (split-R-hat halves each chain), got {diag.rhat_draws}")
+    _require(diag.trajectory_epochs >= 4, "diagnostics.trajectory_epochs",
+             f"must be >= 4 (split-R-hat halves each chain's trajectory), got {diag.trajectory_epochs}")
     _require(diag.rhat_points >= 1, "diagnostics.rhat_points", f"must be >= 1, got {diag.rhat_points}")
     if cfg.logger is not None:
         _require(cfg.logger.flush_seconds > 0, "logger.flush_seconds", f"must be > 0, got {cfg.logger.flush_seconds}")

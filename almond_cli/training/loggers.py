@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-CHAIN_FIELDS = ("mean_log_joint", "grad_norm", "nonfinite_fraction", "rhat_max", "rhat_median")
+CHAIN_FIELDS = ("mean_log_joint", "grad_norm", "nonfinite_fraction", "rhat_max", "rhat_median", "ess_bulk_min",
+                "ess_bulk_median", "ess_tail_min", "posterior_ks_mean", "posterior_ks_max")
 SKIPPED_FIELDS = ("phase", "epoch", "step", "elapsed")
 
 

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import phases
 from .baselines import fit_baselines
 from .build import build_model
-from .chain_checks import periodic_rhat
+from .chain_checks import ChainTrajectory, periodic_rhat
 from .console import ProgressReporter, report_end
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
@@ -91,6 +91,7 @@ class TrainingRun:
         self.noise_generator = torch.Generator(device=self.device).manual_seed(self.dist.rank_seed(streams["noise"]))
         self.order_generator = torch.Generator().manual_seed(self.dist.rank_seed(streams["order"]))
         self.chains: PersistentChains | None = None
+        self.trajectory = ChainTrajectory(int(cfg.diagnostics.rhat_points), int(cfg.diagnostics.trajectory_epochs))
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
@@ -114,6 +115,7 @@ class TrainingRun:
             "vae_optimiser": self.vae_optimiser.state_dict(),
             "almond_optimisers": self.almond_optimisers.state_dict(),
             "chains": None if self.chains is None else self.chains.state_dict(),
+            "trajectory": self.trajectory.state_dict(),
             "order": self.order,
             "rng": {
                 "noise": self.noise_generator.get_state(),
@@ -132,6 +134,8 @@ class TrainingRun:
         self.vae_optimiser.load_state_dict(state["vae_optimiser"])
         self.almond_optimisers.load_state_dict(state["almond_optimisers"])
         self.chains = None if state["chains"] is None else PersistentChains.from_state_dict(state["chains"], self.device)
+        self.trajectory = ChainTrajectory.from_state_dict(state.get("trajectory"), self.trajectory.points,
+                                                          self.trajectory.window)
         self.order = state["order"]
         self.noise_generator.set_state(state["rng"]["noise"])
         self.order_generator.set_state(state["rng"]["order"])
@@ -212,7 +216,7 @@ class TrainingRun:
         loss_mean, diagnostics = self.dist.average_epoch(loss_mean, diagnostics, chains_finite)
         if not math.isfinite(loss_mean) or not chains_finite:
             self._diverged(loss_mean, fields)
-        diagnostics = {**diagnostics, **periodic_rhat(self)}  # split-R-hat every diagnostics.rhat_every_epochs
+        diagnostics = {**diagnostics, **periodic_rhat(self)}  # chain checks every diagnostics.rhat_every_epochs
         record = {"phase": position.phase.value, "epoch": position.epoch + 1, "step": position.global_step,
                   "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
                   "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}

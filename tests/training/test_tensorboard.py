@@ -30,7 +30,7 @@ def test_tensorboard_events_hold_the_run(tmp_path):
     scalars = set(events.Tags()["scalars"])
     expected = {"vae/loss", "vae/lr", "almond/loss", "almond/lr", "almond/langevin_step_size",
                 "chains/mean_log_joint", "chains/grad_norm", "chains/nonfinite_fraction", "chains/rhat_max",
-                "chains/rhat_median", "metrics/almond/w1", "metrics/almond/ks", "metrics/vae/w1",
+                "chains/rhat_median", "chains/ess_bulk_min", "chains/posterior_ks_mean", "metrics/almond/w1", "metrics/almond/ks", "metrics/vae/w1",
                 "metrics/normal_eb/w1"}
     assert expected <= scalars, expected - scalars
     assert events.Tags()["images"] == ["figures/latent_density"]
