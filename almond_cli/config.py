@@ -45,6 +45,7 @@ class NormalMeansDataConfig:
     n: int = 1000
     prior: PriorName = PriorName.exponential
     noise_sd: float = 1.0
+    holdout_fraction: float = 0.0
 
 
 @dataclass
@@ -63,6 +64,7 @@ class FileDataConfig:
     truth_array: Optional[str] = None
     truth_columns: Optional[List[str]] = None
     n: Optional[int] = None
+    holdout_fraction: float = 0.0
 
 
 @dataclass
@@ -106,6 +108,7 @@ class GLMMDataConfig:
     gamma_shape: float = 2.0
     gamma_scale: float = 1.0
     gaussian_baseline: bool = True
+    holdout_fraction: float = 0.0
 
 
 @dataclass
@@ -118,6 +121,7 @@ class GLMMFileDataConfig:
     fixed_effects: List[str] = field(default_factory=list)
     random_effects: List[str] = field(default_factory=list)
     gaussian_baseline: bool = True
+    holdout_fraction: float = 0.0
 
 
 @dataclass
@@ -393,6 +397,9 @@ def validate(cfg) -> None:
         if "init" in network:
             _require(network.init in INITIALISATIONS, f"{group}.init",
                      f"must be one of {list(INITIALISATIONS)}, got {network.init!r}")
+    if "holdout_fraction" in cfg.data:  # the non-image data; images have held_out_split / held_out_fraction
+        _require(0 <= cfg.data.holdout_fraction < 1, "data.holdout_fraction",
+                 f"must be in [0, 1) (0 trains on every row), got {cfg.data.holdout_fraction}")
     if cfg.data.name == "normal_means":
         _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
         _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")

@@ -128,6 +128,24 @@ def test_validation_names_the_key(override, key):
     assert error.value.key == key and key in str(error.value)
 
 
+@pytest.mark.parametrize("data", ["normal_means", "normal_means_normal", "file", "glmm", "glmm_file"])
+def test_holdout_fraction_is_a_share_of_rows_below_one(data, tmp_path):
+    """``data.holdout_fraction`` is a key of every non-image data option, 0 by default, and must lie in [0, 1)."""
+    from almond_cli.commands.cli import drop_default_experiment
+
+    (tmp_path / "m.csv").write_text("y,x,z\n1,0.1,0.2\n2,0.3,0.4\n")
+    extra = {"file": [f"data.path={tmp_path / 'm.csv'}", "data.columns=[x]"], "glmm": ["likelihood=poisson_glmm"],
+             "glmm_file": ["likelihood=poisson_glmm", f"data.path={tmp_path / 'm.csv'}", "data.response=y",
+                           "data.random_effects=[z]"]}
+    overrides = drop_default_experiment([f"data={data}", *extra.get(data, [])])
+    assert compose_with(overrides).data.holdout_fraction == 0.0
+    validate(compose_with(overrides + ["data.holdout_fraction=0.5"]))
+    for fraction in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError) as error:
+            validate(compose_with(overrides + [f"data.holdout_fraction={fraction}"]))
+        assert error.value.key == "data.holdout_fraction" and "must be in [0, 1)" in str(error.value)
+
+
 @pytest.mark.parametrize("experiment", [e for e in options("experiment") if e.startswith("mnn_")])
 def test_a_paper_preset_applies_to_your_own_file(experiment, tmp_path):
     """``experiment=mnn_* data=file ...`` keeps the preset's networks, sampler and schedule and takes the file's

@@ -7,7 +7,7 @@ Data sets with more to say than x and the truth are typed subclasses (``GLMMData
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -32,6 +32,9 @@ class Dataset:
         row_labels: how each row is named in output files (a CSV's line numbers); None numbers them 0..n-1.
         column_names: the names of the observation columns, where the file has a header.
         ids: each row's label from ``data.id_column``, and ``id_name`` that column's name.
+        heldout: the rows ``data.holdout_fraction`` kept out of training (a ``Dataset`` of the same kind, scored by
+            ``heldout_nll``); None when every row is trained on. This data set then holds the training rows only.
+        read_fingerprint: the ``fingerprint`` of every row as read, kept by ``hold_out``; None before a split.
     """
 
     x: Tensor
@@ -44,6 +47,8 @@ class Dataset:
     column_names: list[str] | None = None
     ids: list[str] | None = None
     id_name: str | None = None
+    heldout: Dataset | None = None
+    read_fingerprint: dict | None = field(default=None, repr=False)
 
     @property
     def num_points(self) -> int:
@@ -65,10 +70,23 @@ class Dataset:
         """The arrays a fit depends on, by name: what ``fingerprint`` hashes."""
         return {name: array for name, array in (("x", self.x), ("truth", self.truth)) if array is not None}
 
+    def select(self, rows: Tensor) -> Dataset:
+        """The data set of ``rows`` (indices into these rows), in that order: every per-row field follows, and the
+        rows keep their labels in output files."""
+        picked = rows.tolist()
+        labels = self.rows()
+        return replace(self, x=self.x[rows], truth=None if self.truth is None else self.truth[rows],
+                       row_labels=[labels[i] for i in picked],
+                       ids=None if self.ids is None else [self.ids[i] for i in picked],
+                       heldout=None, read_fingerprint=None)
+
     def fingerprint(self) -> dict:
         """What identifies these data: a SHA-256 of every array as read (its shape, dtype and bytes), each array's
         shape, and the file it came from. A checkpoint keeps it, so a run is never continued, scored or sampled
-        on data other than those it was fitted to (``check_same_data``)."""
+        on data other than those it was fitted to (``check_same_data``). After ``hold_out`` it is still that of
+        every row as read: the split itself follows from the saved config (``data.holdout_fraction``, ``seed``)."""
+        if self.read_fingerprint is not None:
+            return self.read_fingerprint
         digest = hashlib.sha256()
         shapes = {}
         for name, array in self.arrays().items():
@@ -119,6 +137,10 @@ class ImageDataset(Dataset):
     def arrays(self) -> dict[str, Tensor]:
         return {**super().arrays(), **({"test_x": self.test_x} if self.test_x is not None else {})}
 
+    def select(self, rows: Tensor) -> ImageDataset:
+        selected = super().select(rows)
+        return replace(selected, train_labels=None if self.train_labels is None else self.train_labels[rows])
+
 
 def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
     """Refuses ``dataset`` when it differs from the data a checkpoint's run was fitted to (``saved``: the
@@ -142,6 +164,39 @@ def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
     raise UsageError(f"{command}: the data are not those this run was fitted to: {source}: {'; '.join(differences)}. "
                      "A run is only continued, scored or sampled on its own data; to fit changed data, start a new "
                      "run (almond train without resume=), which leaves this run folder as it is")
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """Keeps ``round(fraction · n)`` random rows (at least one) out of training: ``data.holdout_fraction``.
+
+    The rows are a permutation's first ones, from a generator of their own stream, seeded by SHA-256 of
+    ``almond:{seed}:holdout`` (``seed``: the data stream's seed the data set was built with, itself derived from
+    the run's ``seed``), so the data set's own draws are unchanged and every command that rebuilds the data from
+    the saved config gets the same split. Both parts keep the order of the rows as read.
+
+    Args:
+        dataset: every row as read.
+        fraction: in [0, 1); 0 returns ``dataset`` itself.
+        seed: the seed ``dataset`` was built with.
+
+    Returns:
+        The training rows, with ``heldout`` the held-out rows and the fingerprint of every row as read.
+
+    Raises:
+        UsageError: when no row would be left to train on.
+    """
+    if fraction <= 0:
+        return dataset
+    n = dataset.num_points
+    count = max(1, round(fraction * n))
+    if count >= n:
+        raise UsageError(f"data.holdout_fraction: {fraction} of {n} rows holds out {count}, which leaves no row to "
+                         "train on; lower data.holdout_fraction (0 trains on every row) or use more data")
+    stream = int.from_bytes(hashlib.sha256(f"almond:{seed}:holdout".encode()).digest()[:8], "little") >> 1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(stream))
+    train_rows, heldout_rows = order[count:].sort().values, order[:count].sort().values
+    return replace(dataset.select(train_rows), heldout=dataset.select(heldout_rows),
+                   read_fingerprint=dataset.fingerprint())
 
 
 def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch.Generator) -> Dataset:

@@ -1,5 +1,6 @@
 """What the tasks measure: the distances of a sample to a known distribution (Kolmogorov–Smirnov, 1-Wasserstein),
-the draws of a learned latent distribution they are computed on, and the training rows' likelihood.
+the draws of a learned latent distribution they are computed on, and the training (and held-out) rows'
+likelihood.
 
 The distances score a learned latent distribution against the simulation's true prior (Qiu & Wang 2019, Table 1).
 """
@@ -54,11 +55,30 @@ def latent_draws(model, cfg, device) -> Tensor:
                        device)
 
 
+# What a score of the training rows is called when it is computed alike on the held-out rows (data.holdout_fraction).
+HELDOUT_NAMES = {"train_nll": "heldout_nll", "train_nll_se": "heldout_nll_se", "almond_gain": "almond_heldout_gain",
+                 "almond_gain_se": "almond_heldout_gain_se", "mse_posterior_mean": "heldout_mse_posterior_mean"}
+
+
+def heldout_names(scores: dict[str, float]) -> dict[str, float]:
+    """``scores`` of the held-out rows under their held-out names (``HELDOUT_NAMES``)."""
+    return {HELDOUT_NAMES[name]: value for name, value in scores.items()}
+
+
 def train_likelihood(model, dataset, cfg, device) -> dict[str, float]:
     """``train_nll`` and ``train_nll_se``: −log p(x) per data point on the training rows and its standard error,
     by the importance-sampling estimator of ``model.marginal`` with ``evaluation.nll_samples`` draws each; where
     the true u of every row is known, also ``mse_posterior_mean``: the mean squared error of the estimated
-    E[u_i | x_i] (the empirical-Bayes estimates) against them."""
+    E[u_i | x_i] (the empirical-Bayes estimates) against them. Where ``dataset.heldout`` holds rows kept out of
+    training, the same scores of those rows too: ``heldout_nll``, ``heldout_nll_se``, ``heldout_mse_posterior_mean``."""
+    scores = _likelihood_scores(model, dataset, cfg, device)
+    if dataset.heldout is not None:
+        scores.update(heldout_names(_likelihood_scores(model, dataset.heldout, cfg, device)))
+    return scores
+
+
+def _likelihood_scores(model, dataset, cfg, device) -> dict[str, float]:
+    """``train_likelihood``'s scores of the rows of ``dataset`` alone."""
     truth = dataset.truth
     estimate = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
                                      int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk),

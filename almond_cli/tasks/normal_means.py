@@ -8,7 +8,8 @@ realised means, and only through them about the prior; a fit that recovered ever
 be ~0.08 from the exponential prior in W1 at n = 1000 (benchmarks/reproduce_mnn.py prints this per seed).
 The baselines are the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²) and the Kiefer–Wolfowitz NPMLE
 (``tasks/empirical_bayes.py``). Every fit also reports the training rows' ``train_nll`` (exact for the baselines),
-and each baseline ALMOND's paired gain in log-likelihood per row.
+and each baseline ALMOND's paired gain in log-likelihood per row; with ``data.holdout_fraction`` the same of the
+held-out rows (``heldout_nll``, ``almond_heldout_gain``), every fit made on the training rows alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..model.marginal import estimate_log_marginal
 from .base import Task
 from .empirical_bayes import fit_npmle, marginal_log_likelihood, posterior_means
 from .figures import latent_density_figure
-from .metrics import evaluation_generator, ks_distance, latent_draws, train_likelihood, w1_distance
+from .metrics import evaluation_generator, heldout_names, ks_distance, latent_draws, train_likelihood, w1_distance
 
 
 def distribution_scores(draws: Tensor, prior: Prior) -> dict[str, float]:
@@ -64,9 +65,20 @@ def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:
 def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:
     """Each baseline's exact marginal log-likelihood per row, as ``train_nll`` ± ``train_nll_se`` (nats per row,
     standard error over rows), and ALMOND's paired gain over it, ``almond_gain`` ± ``almond_gain_se``: the mean over
-    rows of ALMOND's estimated log p(x_i) minus the baseline's, > 0 where the neural prior fits the data better."""
+    rows of ALMOND's estimated log p(x_i) minus the baseline's, > 0 where the neural prior fits the data better.
+    Where ``dataset.heldout`` holds rows kept out of training, the same of those rows under the priors fitted to the
+    training rows: ``heldout_nll`` ± ``heldout_nll_se`` and ``almond_heldout_gain`` ± ``almond_heldout_gain_se``."""
     if not priors:
         return {}
+    results = _paired_comparison(model, dataset, cfg, device, priors)
+    if dataset.heldout is not None:
+        for name, scores in _paired_comparison(model, dataset.heldout, cfg, device, priors).items():
+            results[name].update(heldout_names(scores))
+    return results
+
+
+def _paired_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:
+    """``likelihood_comparison``'s scores of the rows of ``dataset`` alone, under their training-row names."""
     almond = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
                                    int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk)).log_marginal.double()
     x = model.likelihood.observations(dataset.x)[:, 0]
@@ -75,13 +87,18 @@ def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str
     for name, prior in priors.items():
         exact = marginal_log_likelihood(prior, x, sd)
         gain = almond - exact
-        root_n = math.sqrt(exact.numel())
-        results[name] = {"train_nll": float(-exact.mean()), "train_nll_se": float(exact.std()) / root_n,
-                         "almond_gain": float(gain.mean()), "almond_gain_se": float(gain.std()) / root_n}
+        results[name] = {"train_nll": float(-exact.mean()), "train_nll_se": _standard_error(exact),
+                         "almond_gain": float(gain.mean()), "almond_gain_se": _standard_error(gain)}
         if dataset.truth is not None and dataset.truth.shape[1] == 1:
             error = posterior_means(prior, x, sd) - dataset.truth[:, 0].double()
             results[name]["mse_posterior_mean"] = float(error.square().mean())
     return results
+
+
+def _standard_error(values: Tensor) -> float:
+    """The standard error of the mean of ``values`` (n,); NaN for one row (a held-out set of one)."""
+    count = values.numel()
+    return float(values.std()) / math.sqrt(count) if count > 1 else float("nan")
 
 
 class GaussianBaselinesMixin:

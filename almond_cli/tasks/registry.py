@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.dataset import Dataset, build_normal_means
+from ..data.dataset import Dataset, build_normal_means, hold_out
 from ..data.files import build_file_dataset
 from ..data.glmm import build_glmm_file, build_glmm_simulation
 from ..data.mnist import build_mnist
@@ -47,8 +47,11 @@ def _option(name: str) -> DataOption:
 
 
 def build_dataset(data_cfg, seed: int) -> Dataset:
-    """Builds the data set that ``data_cfg`` names; simulations draw from a generator seeded by ``seed``."""
-    return _option(data_cfg.name).build(data_cfg, torch.Generator().manual_seed(seed))
+    """Builds the data set that ``data_cfg`` names; simulations draw from a generator seeded by ``seed``. With
+    ``data.holdout_fraction`` > 0 it holds the training rows and ``heldout`` the rest (``data.dataset.hold_out``):
+    training, resume, ``almond evaluate``, ``sample`` and ``prior`` all build their data here, so all see one split."""
+    dataset = _option(data_cfg.name).build(data_cfg, torch.Generator().manual_seed(seed))
+    return hold_out(dataset, float(data_cfg.get("holdout_fraction", 0.0)), seed)  # a run saved before the key: 0
 
 
 def task_for(dataset: Dataset) -> Task:

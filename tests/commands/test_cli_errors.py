@@ -15,6 +15,7 @@ from conftest import run_almond
     ("sampler.burn_in=10", "sampler.burn_in"),
     ("+sampler.foo=1", "sampler.foo"),
     ("sampler.stepsize=0.1", "stepsize"),
+    ("data.holdout_fraction=1.0", "data.holdout_fraction"),
 ])
 def test_bad_input_exits_2_with_one_clear_paragraph(tmp_path, override, needle):
     process = run_almond(["train", override, "debug=tiny"], cwd=tmp_path, timeout=120)

@@ -54,6 +54,7 @@ def copy(trained, tmp_path) -> Path:
     (["schedule.almond_epoch=50"], "almond_epoch"),
     (["sampler=hmc"], "sampler"),
     (["data.path=other.csv"], "data"),
+    (["data.holdout_fraction=0.2"], "data.holdout_fraction (checkpoint: 0.0, command line: 0.2)"),
 ])
 def test_resume_with_a_bad_override_is_one_paragraph(copy, overrides, fragment):
     run = copy / "run"
