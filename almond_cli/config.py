@@ -20,7 +20,9 @@ from .data.files import validate_file_config
 from .data.idx import SPLITS as MNIST_SPLITS
 from .data.mnist import PIXEL_MODES
 from .errors import UsageError
+from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
+from .langevin.tabulated import TABULATE_MODES
 from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, target_of
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
 
@@ -171,6 +173,9 @@ class SamplerConfig:
     burn_in: int = 9
     num_chains: int = 100
     method: str = "ula"
+    precision: str = "fp32"
+    tabulate: str = "off"
+    table_nodes: int = 2049
 
 
 @dataclass
@@ -356,6 +361,19 @@ def validate(cfg) -> None:
              "at least one Langevin state must be kept")
     method = sampler.get("method", "ula")  # a checkpoint written before the key existed resumes as ULA
     _require(method in SAMPLER_METHODS, "sampler.method", f"must be one of {list(SAMPLER_METHODS)}, got {method!r}")
+    precision = sampler.get("precision", "fp32")  # a checkpoint written before the key existed resumes as fp32
+    _require(precision in PRECISIONS, "sampler.precision",
+             f"must be one of {list(PRECISIONS)}, got {precision!r}")
+    # Keys added after checkpoints were written: an older run resumes with tabulation off.
+    tabulate = str(sampler.get("tabulate", "off"))
+    _require(tabulate in TABULATE_MODES, "sampler.tabulate",
+             f"must be one of {list(TABULATE_MODES)}, got {tabulate!r} (in YAML quote \"on\" and \"off\": bare, "
+             f"they are booleans)")
+    _require(tabulate != "on" or cfg.latent_dim == 1, "sampler.tabulate",
+             f"'on' needs latent_dim 1 (the table is over a one-dimensional z), got latent_dim {cfg.latent_dim}; "
+             f"use 'auto' or 'off'")
+    table_nodes = sampler.get("table_nodes", 2049)
+    _require(table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
     _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
     _require(schedule.almond_epochs >= 0, "schedule.almond_epochs", f"must be >= 0, got {schedule.almond_epochs}")

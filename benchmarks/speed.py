@@ -24,7 +24,15 @@ each of those layers alone — its forward and its input gradient, on the very i
 "ratio" = achieved step GFLOP/s ÷ the same layers' own throughput. Layers with a single input or output
 feature (outer products and matrix-vector products, not matmul-bound) are left out of the reference.
 
+Against the machine: the same run also times a 2048³ fp32 matmul (best of ``--repeats``), and a bfloat16 one
+where the CPU has native bf16 products (avx512_bf16 or amx_bf16, ``langevin.precision``); each path's step
+GFLOP/s is divided by the fp32 one ("÷ GEMM fp32"), a bf16 path's by the bf16 one too ("÷ GEMM bf16").
+``--precision bf16`` or ``both`` adds the fused path with ``sampler.precision=bf16`` (``fast_bf16``: the
+decoder's sweeps in bfloat16, see docs/speed.md); its "same shapes" reference stays the fp32 layers, so its ratio
+there is its gain over them.
+
 Usage:  python benchmarks/speed.py [--threads 2] [--rounds 3] [--only exponential mixture] [--json out.json]
+        python benchmarks/speed.py --precision both          # fast (fp32), fast_bf16 and autograd paths
         python benchmarks/speed.py --threads 1 --clock cpu     # CPU time: a proxy for idle-machine time
         python benchmarks/speed.py --mnist-root PATH           # default: ../shared/data/mnist beside the repo
 """
@@ -43,6 +51,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from almond_cli.langevin import precision as precisions
 from almond_cli.langevin import sampler
 from almond_cli.training import phases
 from almond_cli.langevin.chains import PersistentChains
@@ -174,6 +183,47 @@ def layer_reference(layers, repeats: int) -> float | None:
     return None if total_seconds == 0 else total_flops / total_seconds / 1e9
 
 
+def best(function, repeats: int) -> float:
+    """Least seconds of ``function()`` over ``repeats`` calls after one warm-up call, on ``clock``."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        started = clock()
+        function()
+        samples.append(clock() - started)
+    return min(samples)
+
+
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> dict:
+    """The CPU model and the vector/matrix flags that decide which GEMM kernels run (Linux /proc/cpuinfo)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    flags = precisions.cpu_flags()
+    return {"model": model, "flags": None if flags is None else [f for f in CPU_FLAGS_SHOWN if f in flags],
+            "bf16_native": precisions.choose_precision("auto", "cpu", flags) == "bf16"}
+
+
+def gemm_peaks(repeats: int, bf16: bool) -> dict:
+    """Best-of-``repeats`` GFLOP/s of a 2048³ matmul in fp32, and in bf16 when ``bf16`` (the CPU has it natively)."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not bf16:
+            peaks[name] = None
+            continue
+        a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+        peaks[name] = 2.0 * 2048**3 / best(lambda: a @ b, max(repeats, 3)) / 1e9
+    return peaks
+
+
 def machine_peaks(repeats: int) -> dict:
     """Large square fp32 matmul and a 64→64 3×3 conv on 14×14 maps (channels_last), GFLOP/s."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -186,7 +236,15 @@ def machine_peaks(repeats: int) -> dict:
     return {"matmul_2048_gflops": square, "conv64_3x3_14x14_gflops": conv_gflops}
 
 
-def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path) -> dict:
+# --precision: the fused paths timed, as (path name, sampler.precision).
+FAST_PATHS = {"fp32": (("fast", "fp32"),), "bf16": (("fast_bf16", "bf16"),),
+              "both": (("fast", "fp32"), ("fast_bf16", "bf16"))}
+
+
+def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, precision: str = "fp32",
+                   gemm: dict | None = None) -> dict:
+    """One workload's row: every path's ms per step and update, and its GFLOP/s against the same layers alone
+    and, when ``gemm`` (``gemm_peaks``) is given, against the machine's 2048³ GEMM."""
     spec, model, x, chains = build(name, mnist_root)
     model.eval()  # as almond_update: batch norm uses its running statistics during the update
     batch, steps, burn_in, step_size = spec["batch"], spec["steps"], spec["burn_in"], spec["step_size"]
@@ -195,19 +253,21 @@ def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path) -> di
     generator = torch.Generator().manual_seed(1)
     start = chains.gather(indices)
     has_fast_path = isinstance(target_for(model, x), MLPTarget)
-    paths = (("fast", True), ("autograd", False)) if has_fast_path else (("autograd", False),)
+    # (path, fast, sampler.precision); an autograd target runs fp32 whatever is asked, so it is timed once.
+    paths = [(path, True, chosen) for path, chosen in FAST_PATHS[precision]] if has_fast_path else []
+    paths.append(("autograd", False, "fp32"))
     if name in HEAVY:
         rounds, repeats = 1, 1
-    results = {path: {"step": [], "update": []} for path, _ in paths}
+    results = {path: {"step": [], "update": []} for path, _, _ in paths}
     for _ in range(rounds):
-        for path, fast in paths:
+        for path, fast, chosen in paths:
             def run_steps():
                 with model.frozen():
-                    sampler.run(start, target_for(model, x, fast), step_size, steps, burn_in, generator)
+                    sampler.run(start, target_for(model, x, fast, chosen), step_size, steps, burn_in, generator)
 
             def run_update():
                 phases.almond_update(model, optimiser, chains, indices, x, step_size, steps, burn_in, generator,
-                                     fast=fast)
+                                     fast=fast, precision=chosen)
 
             results[path]["step"].append(timed(run_steps, repeats) / steps)
             results[path]["update"].append(timed(run_update, repeats))
@@ -217,12 +277,17 @@ def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path) -> di
     flops_step, flops_update = step_flops(layers), update_flops(spec, layers)
     row = {"workload": name, **spec, "step_gflop": flops_step / 1e9, "update_gflop": flops_update / 1e9,
            "reference_gflops_same_shapes": reference, "paths": {}}
-    for path, times in results.items():
+    for path, _, chosen in paths:
+        times = results[path]
         step_s, update_s = statistics.median(times["step"]), statistics.median(times["update"])
         achieved = flops_step / step_s / 1e9
         row["paths"][path] = {"ms_per_step": 1e3 * step_s, "ms_per_update": 1e3 * update_s,
-                              "step_gflops": achieved,
+                              "step_gflops": achieved, "precision": chosen,
                               "ratio_to_reference": None if reference is None else achieved / reference}
+        if gemm is not None:
+            row["paths"][path]["ratio_to_gemm_fp32"] = achieved / gemm["fp32"]
+            bf16_peak = gemm["bf16"] if chosen == "bf16" else None  # a bf16 path against the bf16 GEMM only
+            row["paths"][path]["ratio_to_gemm_bf16"] = None if bf16_peak is None else achieved / bf16_peak
     return row
 
 
@@ -234,6 +299,24 @@ def load_note() -> str:
         return "load average unknown"
 
 
+def print_against_gemm(rows: list[dict], cpu: dict, gemm: dict, threads: int) -> None:
+    """Each path's step GFLOP/s over the same run's best 2048³ GEMM, with the CPU and torch it ran on."""
+    flags = "unknown (no /proc/cpuinfo)" if cpu["flags"] is None else (" ".join(cpu["flags"]) or "none of them")
+    print(f"\nCPU {cpu['model']}; flags {flags} (of {' '.join(CPU_FLAGS_SHOWN)}); torch {torch.__version__}, "
+          f"threads={threads}")
+    bf16 = "n/a (no native bf16)" if gemm["bf16"] is None else f"{gemm['bf16']:.0f} GFLOP/s"
+    print(f"GEMM 2048^3, best of the run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {bf16}")
+    header = (f"{'workload':17s} {'path':9s} {'precision':9s} {'GFLOP/s':>8s} {'÷ GEMM fp32':>11s} "
+              f"{'÷ GEMM bf16':>11s}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        for path, result in row["paths"].items():
+            ratio16 = result.get("ratio_to_gemm_bf16")
+            print(f"{row['workload']:17s} {path:9s} {result['precision']:9s} {result['step_gflops']:8.1f} "
+                  f"{result['ratio_to_gemm_fp32']:11.2f} {'-' if ratio16 is None else f'{ratio16:.2f}':>11s}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -242,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), help="run only these workloads")
     parser.add_argument("--mnist-root", type=Path, default=MNIST_ROOT, help="folder with the MNIST IDX files")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--precision", choices=sorted(FAST_PATHS), default="fp32",
+                        help="sampler.precision of the fused path: fp32 (default), bf16, or both side by side")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
                              "machine's time when others load it (meaningful with --threads 1 only)")
@@ -253,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_process(args.threads)
     load_before = load_note()
     peaks = machine_peaks(args.repeats)
+    cpu = cpu_description()
+    gemm = gemm_peaks(args.repeats, cpu["bf16_native"])
     rows, skipped = [], {}
     for name in args.only or WORKLOADS:
         if name.startswith("mnist") and not args.mnist_root.is_dir():
             skipped[name] = f"no MNIST files at {args.mnist_root} (give --mnist-root)"
             continue
-        rows.append(bench_workload(name, args.rounds, args.repeats, args.mnist_root))
+        rows.append(bench_workload(name, args.rounds, args.repeats, args.mnist_root, args.precision, gemm))
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}")
     print(f"machine: fp32 matmul 2048^3 {peaks['matmul_2048_gflops']:.0f} GFLOP/s; conv 64->64 3x3 14x14 "
@@ -278,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'' if ratio is None else f'{ratio:6.2f}'}")
     for name, why in skipped.items():
         print(f"{name:17s} skipped: {why}")
+    print_against_gemm(rows, cpu, gemm, args.threads)
     load_after = load_note()
     print(f"machine load: before {load_before}; after {load_after} (shared machines inflate wall times)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"torch": torch.__version__, "threads": args.threads, "clock": args.clock, "machine": peaks,
+                       "cpu": cpu, "gemm_2048_best_gflops": gemm, "precision": args.precision,
                        "rows": rows, "skipped": skipped, "load_before": load_before, "load_after": load_after},
                       handle, indent=2)
     return 0

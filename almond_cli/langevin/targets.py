@@ -8,9 +8,11 @@ function of z, and ``target.value_and_grad(z)`` is (log p(x, z) (B, C) detached,
   gradient with ``torch.autograd.grad``;
 - ``MLPTarget``: the hand-written value and gradient for MLP decoders, described below.
 
-``target_for(model, x, fast)`` returns an ``MLPTarget`` when ``fast`` is set and the decoder and the
+``target_for(model, x, fast, precision)`` returns an ``MLPTarget`` when ``fast`` is set and the decoder and the
 likelihood allow it, else an ``AutogradTarget`` of z -> model.log_joint(x, z), so callers never choose. The
 tests check both give the same chains for the same generator state (tests/langevin/test_targets.py).
+``precision`` (``sampler.precision``, see ``precision.py``) puts the ``MLPTarget``'s decoder sweeps in bfloat16;
+an ``AutogradTarget`` runs float32 whatever is asked. ``target.precision`` says which ran.
 
 The hand-written gradient. For an MLP decoder u = W_L a_{L-1} + b_L, a_l = act(W_l a_{l-1} + b_l), a_0 = z,
 ∇_z log p(x, z) is one backward sweep of matrix products and elementwise derivative factors; written by hand
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.networks import MLPDecoder
+from .precision import DTYPES, resolve_precision
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -49,7 +52,11 @@ class Target(abc.ABC):
     - ``target.value_and_grad(z)`` returns (log p(x, z) (B, C) detached, ∇_z log p(x, z) (B, C, d)). It is the
       only method the sampler calls; a subclass with its own gradient must agree with autograd on
       ``__call__`` (``AutogradTarget`` is that autograd).
+
+    ``precision`` is the number format the decoder's products run in, ``"fp32"`` or ``"bf16"``.
     """
+
+    precision = "fp32"
 
     @abc.abstractmethod
     def __call__(self, z: Tensor) -> Tensor:
@@ -128,8 +135,9 @@ def mlp_layers(decoder: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] |
 
 
 def _linear(a: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """a (N, k) @ weight.T (k → m) + bias; a broadcast multiply-add when k = 1 (an outer product)."""
-    if weight.shape[1] == 1:
+    """a (N, k) @ weight.T (k → m) + bias; a broadcast multiply-add when k = 1 (an outer product), except in
+    bfloat16, whose broadcast multiply-add torch runs 4–9× slower on CPU than a k = 1 bfloat16 addmm."""
+    if weight.shape[1] == 1 and weight.dtype != torch.bfloat16:
         return torch.addcmul(bias, a, weight.view(1, -1))
     return torch.addmm(bias, a, weight.t())
 
@@ -137,23 +145,34 @@ def _linear(a: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 class MLPTarget(Target):
     """log p(x, z) = log f(x | h(z)) + log N(z; 0, I) and its z-gradient for an MLP decoder.
 
+    With ``precision="bf16"`` the decoder's sweeps (products, bias adds, activations and their derivatives) run
+    in bfloat16 on weights rounded once per target; z enters rounded to bfloat16, u and ∂log p/∂z leave as
+    float32, and the likelihood's value and gradient, the prior term and −z are float32. The value feeds MALA's
+    acceptance test, which then corrects towards the bfloat16 decoder's posterior.
+
     Args:
         model: the ``LatentVariableModel``; its likelihood has ``value_and_grad_u``.
         layers: the decoder's layers from ``mlp_layers``.
         x: (B, D) the batch's data.
+        precision: ``"fp32"`` (the parameters' own dtype, bitwise the plain path) or ``"bf16"``.
     """
 
-    def __init__(self, model, layers, x: Tensor):
+    def __init__(self, model, layers, x: Tensor, precision: str = "fp32"):
         self.model = model
         self.layers = layers
         self.likelihood = model.likelihood
         self.x = x
-        self.weights = [linear.weight.detach() for linear, _ in layers]
-        self.biases = [linear.bias.detach() for linear, _ in layers]
+        self.precision = precision
+        weights = [linear.weight.detach() for linear, _ in layers]
+        # fp32 keeps the parameters' dtype, so every .to(self.dtype) below is a no-op there.
+        self.dtype = weights[0].dtype if precision == "fp32" else DTYPES[precision]
+        self.weights = [weight.to(self.dtype) for weight in weights]
+        self.biases = [linear.bias.detach().to(self.dtype) for linear, _ in layers]
         self.scalar_output = self.weights[-1].shape[0] == 1 and len(layers) > 1
         if self.scalar_output:
-            # ∂u/∂a_{L-1} = w_L for every particle: fold it into the layer below, diag(w_L) W_{L-1}.
-            self.folded = self.weights[-1].view(-1, 1) * self.weights[-2]
+            # ∂u/∂a_{L-1} = w_L for every particle: fold it into the layer below, diag(w_L) W_{L-1} (in the
+            # parameters' dtype, then rounded once).
+            self.folded = (weights[-1].view(-1, 1) * weights[-2]).to(self.dtype)
 
     def __call__(self, z: Tensor) -> Tensor:
         """log p(x, z) for z (B, C, d), (B, C), through the model's own forward (autograd works)."""
@@ -164,7 +183,7 @@ class MLPTarget(Target):
         sweep written out (no graph)."""
         batch, chains, latent_dim = z.shape
         with torch.no_grad():
-            a = z.reshape(batch * chains, latent_dim)
+            a = z.reshape(batch * chains, latent_dim).to(self.dtype)
             derivatives = []
             for (linear, activation), weight, bias in zip(self.layers, self.weights, self.biases):
                 h = _linear(a, weight, bias)
@@ -173,7 +192,7 @@ class MLPTarget(Target):
                 else:
                     a = _activation_and_derivative(activation, h)
                     derivatives.append(h)
-            u = a.view(batch, chains, -1)
+            u = a.view(batch, chains, -1).to(z.dtype)
             log_lik, grad_u = self.likelihood.value_and_grad_u(self.x, u)
             grad_u = grad_u.reshape(batch * chains, -1)
             if self.scalar_output:
@@ -184,14 +203,14 @@ class MLPTarget(Target):
                 for index in range(hidden - 1, -1, -1):
                     g.mul_(derivatives[index])
                     g = self._back(g, self.weights[index])
-                grad = g.mul_(grad_u)
+                grad = g.to(z.dtype).mul_(grad_u)
             else:
-                g = grad_u
+                g = grad_u.to(self.dtype)
                 for index in range(len(self.layers) - 1, -1, -1):
                     g = self._back(g, self.weights[index])
                     if index > 0:
                         g.mul_(derivatives[index - 1])
-                grad = g
+                grad = g.to(z.dtype)
             grad = grad.view(batch, chains, latent_dim).sub_(z)
             # A sum over a length-1 axis is a reduction kernel (~50 µs on 100k chains); a view is free.
             squared = z.view(batch, chains).square() if latent_dim == 1 else z.square().sum(-1)
@@ -206,11 +225,32 @@ class MLPTarget(Target):
         return g @ weight
 
 
-def target_for(model, x: Tensor, fast: bool = True) -> Target:
-    """The Langevin target of ``model`` on data ``x`` (B, D): the fused ``MLPTarget`` where the decoder and
-    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z)."""
+def _fast_layers(model, fast: bool):
+    """``mlp_layers`` of the decoder when the fused path applies (``fast`` set, likelihood with
+    ``value_and_grad_u``, plain MLP decoder), else None."""
     if fast and hasattr(model.likelihood, "value_and_grad_u"):
-        layers = mlp_layers(model.decoder)
-        if layers is not None:
-            return MLPTarget(model, layers, x)
+        return mlp_layers(model.decoder)
+    return None
+
+
+def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32") -> Target:
+    """The Langevin target of ``model`` on data ``x`` (B, D): the fused ``MLPTarget`` where the decoder and
+    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z).
+
+    ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``, resolved for ``x``'s device by
+    ``precision.resolve_precision``); it applies to the ``MLPTarget`` only: an ``AutogradTarget`` (conv or
+    other non-MLP decoders, likelihoods without ``value_and_grad_u``, ``fast=False``) falls back to float32.
+    The returned target's ``precision`` is the one that runs (``target_precision`` says it without building one).
+    """
+    layers = _fast_layers(model, fast)
+    if layers is not None:
+        return MLPTarget(model, layers, x, resolve_precision(precision, x.device))
     return AutogradTarget(lambda z: model.log_joint(x, z))
+
+
+def target_precision(model, device: torch.device | str, precision: str, fast: bool = True) -> str:
+    """The precision ``target_for(model, x, fast, precision)`` runs for data on ``device``: ``"fp32"`` or ``"bf16"``
+    (what a run records in summary.json)."""
+    if _fast_layers(model, fast) is None:
+        return "fp32"
+    return resolve_precision(precision, device)

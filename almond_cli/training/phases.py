@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..langevin import sampler
+from ..langevin import sampler, tabulated
 from ..langevin.chains import PersistentChains
 from ..langevin.targets import target_for
 from ..model.model import LatentVariableModel, evaluation_mode
@@ -39,7 +39,8 @@ def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, gener
 def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
                   indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
                   generator: torch.Generator, fast: bool = True,
-                  method: str = "ula") -> tuple[Tensor, sampler.StepInfo]:
+                  method: str = "ula", precision: str = "fp32", tabulate: str = "off",
+                  table_nodes: int = 2049) -> tuple[Tensor, sampler.StepInfo]:
     """One ALMOND update of the generative parameters on the batch ``indices`` (B,) with data ``x`` (B, D).
 
     The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
@@ -47,6 +48,14 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     hand-written one of ``targets.MLPTarget`` where the model allows it (same chains to float rounding), else
     autograd (``targets.target_for``).
     ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
+    ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"``, ``"auto"``): the number format of the fused
+    target's decoder sweeps while the chains move (``targets.target_for``); the loss and its parameter gradient
+    below are always computed in the parameters' own dtype.
+    ``tabulate`` is ``sampler.tabulate`` (``"off"``, ``"on"``, ``"auto"``): for a one-dimensional latent the chains
+    move under ``tabulated.TabulatedTarget``, h and h' tabulated once at ``table_nodes`` nodes over the chains'
+    range and interpolated per particle (``precision`` then does not apply); the loss is then
+    ``tabulated.tabulated_loss``: its value from the interpolated h, the likelihood parameters' gradient at the
+    particles, the decoder's through the G nodes (equal to the exact gradient up to the Hermite error).
 
     Returns:
         (detached loss, Langevin diagnostics of the batch).
@@ -57,14 +66,22 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     with evaluation_mode(model):
         start = chains.gather(indices)
         with model.frozen():
-            kept, info = sampler.run(start, target_for(model, x, fast), step_size, num_steps, burn_in,
-                                     generator, method)
+            table = None
+            if tabulated.wanted(model, tabulate):
+                target = table = tabulated.TabulatedTarget.around(model, x, start, step_size, num_steps,
+                                                                  table_nodes)
+            else:
+                target = target_for(model, x, fast, precision)
+            kept, info = sampler.run(start, target, step_size, num_steps, burn_in, generator, method)
         chains.scatter(indices, kept[-1])
         num_kept, batch, num_chains, latent_dim = kept.shape
         # Kept states of all chains form one (B, K'·C) axis of particles per data point.
         particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
         optimiser.zero_grad(set_to_none=True)
-        loss = -model.log_lik(x, particles).mean()
+        if table is None:
+            loss = -model.log_lik(x, particles).mean()
+        else:  # the same loss, its decoder gradient through the table's G nodes instead of every particle
+            loss = tabulated.tabulated_loss(model, table, x, particles)
         loss.backward()
         optimiser.step()
     return loss.detach(), info

@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
 from ..data.dataset import check_same_data
+from ..langevin import tabulated
 from ..langevin.chains import PersistentChains
+from ..langevin.targets import target_precision
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
 from . import phases
@@ -206,6 +208,8 @@ class TrainingRun:
         loss, info = phases.almond_update(
             self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
             cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
+            precision=cfg.sampler.get("precision", "fp32"), tabulate=str(cfg.sampler.get("tabulate", "off")),
+            table_nodes=int(cfg.sampler.get("table_nodes", 2049)),
         )
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
@@ -327,6 +331,17 @@ class TrainingRun:
         if self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes):
             self.save()
 
+    def _precision_record(self) -> dict:
+        """How the Langevin steps ran: ``sampler.precision`` as asked, the precision the decoder's products ran in
+        (``langevin``: fp32 where only autograd applies), and whether h was tabulated (``sampler.tabulate``; the
+        table is built in float64 and read in float32, so ``langevin`` is fp32 then)."""
+        sampler_cfg = self.cfg.sampler
+        requested = sampler_cfg.get("precision", "fp32")
+        table = tabulated.wanted(self.model, str(sampler_cfg.get("tabulate", "off")))
+        return {"requested": requested, "langevin": "fp32" if table else target_precision(self.model, self.device,
+                                                                                          requested),
+                "tabulated": table}
+
     def _finish(self) -> dict:
         """Scores the final model, writes summary.json, the figures and the final checkpoint."""
         self.save()
@@ -337,6 +352,7 @@ class TrainingRun:
                                              fit_baselines(self.task, self.dataset, self.cfg, self.run_dir,
                                                            TrainingRun)),
             "timing": {"vae_seconds": self.position.vae_seconds, "almond_seconds": self.position.almond_seconds},
+            "precision": self._precision_record(),
         }
         if self.dist.is_writer:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -13,6 +13,7 @@ from conftest import run_almond
     ("encoder=transformer", "encoder"),
     ("experiment=mnn_nothing", "experiment"),
     ("sampler.burn_in=10", "sampler.burn_in"),
+    ("sampler.precision=fp16", "sampler.precision"),
     ("+sampler.foo=1", "sampler.foo"),
     ("sampler.stepsize=0.1", "stepsize"),
     ("data.holdout_fraction=1.0", "data.holdout_fraction"),
