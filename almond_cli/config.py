@@ -23,7 +23,7 @@ from .errors import UsageError
 from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
 from .langevin.tabulated import TABULATE_MODES
-from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, target_of
+from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, likelihood_class, target_of
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
 
 
@@ -372,6 +372,11 @@ def validate(cfg) -> None:
     _require(tabulate != "on" or cfg.latent_dim == 1, "sampler.tabulate",
              f"'on' needs latent_dim 1 (the table is over a one-dimensional z), got latent_dim {cfg.latent_dim}; "
              f"use 'auto' or 'off'")
+    likelihood = likelihood_class(str(cfg.likelihood.get("_target_", "")))
+    _require(tabulate != "on" or likelihood is None or hasattr(likelihood, "value_and_grad_u"), "sampler.tabulate",
+             f"'on' needs a likelihood with a closed-form gradient in u (gaussian, gaussian_hetero, negative_binomial, "
+             f"poisson_glmm); likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples "
+             f"exactly) or 'off'")
     table_nodes = sampler.get("table_nodes", 2049)
     _require(table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")

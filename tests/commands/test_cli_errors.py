@@ -17,9 +17,10 @@ from conftest import run_almond
     ("+sampler.foo=1", "sampler.foo"),
     ("sampler.stepsize=0.1", "stepsize"),
     ("data.holdout_fraction=1.0", "data.holdout_fraction"),
+    ("likelihood=poisson sampler.tabulate=on", "sampler.tabulate"),
 ])
 def test_bad_input_exits_2_with_one_clear_paragraph(tmp_path, override, needle):
-    process = run_almond(["train", override, "debug=tiny"], cwd=tmp_path, timeout=120)
+    process = run_almond(["train", *override.split(), "debug=tiny"], cwd=tmp_path, timeout=120)
     assert process.returncode == 2, process.stderr
     assert "Traceback" not in process.stderr + process.stdout
     message = process.stderr.strip()

@@ -60,6 +60,10 @@ def test_heteroscedastic_gaussian_matches_torch_normal_with_each_rows_sd():
     assert log_prob.shape == (B, C)
     expected = D.Normal(u, sd.unsqueeze(1)).log_prob(values.unsqueeze(1)).sum(-1)
     assert torch.allclose(log_prob, expected, **TIGHT)
+    u.requires_grad_(True)
+    value, grad = likelihood.value_and_grad_u(x, u)  # the fast Langevin path's value and ∂/∂u
+    (expected_grad,) = torch.autograd.grad(likelihood.log_prob(x, u).sum(), u)
+    assert torch.allclose(value, expected, **TIGHT) and torch.allclose(grad, expected_grad, **TIGHT)
 
 
 def test_bernoulli_matches_torch_bernoulli_with_logits_on_binary_data():
