@@ -133,7 +133,7 @@ def test_summary_records_the_precision_that_ran(tmp_path, monkeypatch):
 
     monkeypatch.setattr(targets, "MLPTarget", Recording)
     cfg = compose_config(["debug=tiny", "progress=silent", "threads=1", "sampler.precision=auto",
-                          "schedule.vae_epochs=2", "schedule.almond_epochs=2", "schedule.warmup_epochs=1",
+                          "sampler.tabulate=off", "schedule.vae_epochs=2", "schedule.almond_epochs=2", "schedule.warmup_epochs=1",
                           "checkpoint.every_minutes=0", "diagnostics.rhat_every_epochs=0"])
     summary = train(cfg, tmp_path / "run")
     assert ran and set(ran) == {"bf16"}  # debug=tiny's MLP decoder: the fused target, one per update

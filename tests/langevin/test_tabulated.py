@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from almond_cli.config import ConfigError, register_schemas, validate
+from almond_cli.config import ConfigError, SamplerConfig, register_schemas, validate
 from almond_cli.langevin import sampler, targets, tabulated
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.langevin.tabulated import TabulatedTarget
@@ -262,7 +262,9 @@ def compose_with(overrides):
 
 def test_config_keys():
     cfg = compose_with([])
-    assert cfg.sampler.tabulate == "off" and cfg.sampler.table_nodes == 2049
+    assert cfg.sampler.tabulate == "auto" and cfg.sampler.table_nodes == 2049
+    # A run saved before the key existed is completed from the schema's default: it continues exactly as it ran.
+    assert SamplerConfig().tabulate == "off"
     validate(compose_with(["sampler.tabulate=on", "sampler.table_nodes=513"]))
     validate(compose_with(["sampler.tabulate=auto", "latent_dim=2"]))
     for overrides, key in ((["sampler.tabulate=sometimes"], "sampler.tabulate"),
