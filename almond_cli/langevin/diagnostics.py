@@ -17,33 +17,38 @@ from ..model.model import evaluation_mode, standard_normal_log_prob
 
 # ----- rank-normalised split-R-hat and effective sample size (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021) ---
 def _split_chains(draws: np.ndarray) -> np.ndarray:
-    """(M, N) -> (2M, N // 2): each chain's first and last halves (the middle draw of an odd N is dropped)."""
-    half = draws.shape[1] // 2
-    return np.concatenate([draws[:, :half], draws[:, draws.shape[1] - half:]], axis=0)
+    """(..., M, N) -> (..., 2M, N // 2): each chain's first and last halves (the middle draw of an odd N is dropped)."""
+    half = draws.shape[-1] // 2
+    return np.concatenate([draws[..., :half], draws[..., draws.shape[-1] - half:]], axis=-2)
 
 
 def _rank_normalise(draws: np.ndarray) -> np.ndarray:
-    """Normal scores of the pooled fractional ranks, Φ⁻¹((r − 3/8) / (S + 1/4)), ties given their average rank."""
-    flat = draws.ravel()
-    order = np.argsort(flat, kind="mergesort")
-    ranks = np.empty(flat.size, dtype=np.float64)
-    ranks[order] = np.arange(1, flat.size + 1, dtype=np.float64)
-    _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    if (counts > 1).any():  # average rank within each group of ties
-        sums = np.bincount(inverse, weights=ranks)
-        ranks = (sums / counts)[inverse]
-    scores = torch.special.ndtri(torch.from_numpy((ranks - 0.375) / (flat.size + 0.25))).numpy()
+    """Normal scores of the fractional ranks pooled over the last two axes (chains and draws),
+    Φ⁻¹((r − 3/8) / (S + 1/4)), ties given their average rank; leading axes are independent sets of chains."""
+    rows = draws.reshape(-1, draws.shape[-2] * draws.shape[-1])
+    size = rows.shape[1]
+    positions = np.broadcast_to(np.arange(1, size + 1, dtype=np.float64), rows.shape)
+    order = np.argsort(rows, axis=1)  # one sort per set: ties are averaged below, so it need not be stable
+    ranks = np.empty(rows.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, positions, axis=1)
+    ordered = np.take_along_axis(rows, order, axis=1)
+    tied = ordered[:, 1:] == ordered[:, :-1]
+    for row in np.flatnonzero(tied.any(axis=1)):  # average rank within each group of equal values
+        group = np.concatenate([[0], np.cumsum(~tied[row])])  # group of each sorted value
+        ranks[row, order[row]] = (np.bincount(group, weights=positions[row]) / np.bincount(group))[group]
+    scores = torch.special.ndtri(torch.from_numpy((ranks - 0.375) / (size + 0.25))).numpy()
     return scores.reshape(draws.shape)
 
 
-def _plain_rhat(draws: np.ndarray) -> float:
-    """sqrt((B / W + N − 1) / N) with B the between-chain and W the mean within-chain variance of (M, N) draws."""
-    num = draws.shape[1]
-    between = num * np.var(draws.mean(axis=1), ddof=1)
-    within = np.mean(np.var(draws, axis=1, ddof=1))
-    if within == 0:
-        return 1.0 if between == 0 else math.inf
-    return float(np.sqrt((between / within + num - 1) / num))
+def _plain_rhat(draws: np.ndarray) -> np.ndarray:
+    """sqrt((B / W + N − 1) / N) with B the between-chain and W the mean within-chain variance of (..., M, N) draws;
+    1 where both vanish, inf where only W does."""
+    num = draws.shape[-1]
+    between = num * np.var(draws.mean(axis=-1), axis=-1, ddof=1)
+    within = np.mean(np.var(draws, axis=-1, ddof=1), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rhat = np.sqrt((between / within + num - 1) / num)
+    return np.where(within == 0, np.where(between == 0, 1.0, math.inf), rhat)
 
 
 def rank_rhat(draws) -> float:
@@ -51,67 +56,83 @@ def rank_rhat(draws) -> float:
     draws) and the tail R-hat (of the rank-normalised |draws − median|), as ArviZ's ``rhat(method="rank")``.
     Values above 1.01 say the chains disagree (Vehtari et al. 2021 recommend that threshold)."""
     draws = np.asarray(draws, dtype=np.float64)
-    bulk = _plain_rhat(_rank_normalise(_split_chains(draws)))
-    tail = _plain_rhat(_rank_normalise(_split_chains(np.abs(draws - np.median(draws)))))
-    return max(bulk, tail)
+    return float(_rank_rhat(draws, _rank_normalise(_split_chains(draws))))
+
+
+def _rank_rhat(draws: np.ndarray, bulk_scores: np.ndarray) -> np.ndarray:
+    """``rank_rhat`` of each set of chains (..., M, N), with the rank-normalised split chains already computed
+    (the bulk ESS needs them too)."""
+    pooled = draws.reshape(*draws.shape[:-2], -1)
+    deviation = np.abs(draws - np.median(pooled, axis=-1)[..., None, None])
+    return np.maximum(_plain_rhat(bulk_scores), _plain_rhat(_rank_normalise(_split_chains(deviation))))
 
 
 def _autocovariance(draws: np.ndarray) -> np.ndarray:
-    """Biased autocovariances of each chain, lags 0..N−1, by FFT: (M, N)."""
-    num = draws.shape[1]
-    centred = draws - draws.mean(axis=1, keepdims=True)
+    """Biased autocovariances of each chain, lags 0..N−1, by FFT: (..., M, N)."""
+    num = draws.shape[-1]
+    centred = draws - draws.mean(axis=-1, keepdims=True)
     size = 1 << (2 * num - 1).bit_length()
-    spectrum = np.fft.rfft(centred, n=size, axis=1)
-    return np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=1)[:, :num] / num
+    spectrum = np.fft.rfft(centred, n=size, axis=-1)
+    return np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=-1)[..., :num] / num
 
 
-def _ess(draws: np.ndarray) -> float:
-    """Effective sample size of (M, N) draws: Geyer's initial positive and monotone sequences on the multi-chain
-    autocorrelation (Vehtari et al. 2021, Section 3.2; the same steps as ArviZ's ``_ess``)."""
-    chains, num = draws.shape
+def _ess(draws: np.ndarray) -> np.ndarray:
+    """Effective sample size of each set of (..., M, N) draws: Geyer's initial positive and monotone sequences on the
+    multi-chain autocorrelation (Vehtari et al. 2021, Section 3.2; the same steps as ArviZ's ``_ess``)."""
+    chains, num = draws.shape[-2:]
+    leading = draws.shape[:-2]
     if num < 4:
-        return float("nan")
-    acov = _autocovariance(draws)
-    mean_var = np.mean(acov[:, 0]) * num / (num - 1.0)
-    var_plus = mean_var * (num - 1.0) / num
-    if chains > 1:
-        var_plus += np.var(draws.mean(axis=1), ddof=1)
-    if var_plus == 0:
-        return float(chains * num)
-    rho = np.zeros(num)
-    rho_even, rho_odd = 1.0, 1.0 - (mean_var - np.mean(acov[:, 1])) / var_plus
-    rho[0], rho[1] = rho_even, rho_odd
-    t = 1
-    while t < num - 3 and rho_even + rho_odd > 0.0:  # initial positive sequence
-        rho_even = 1.0 - (mean_var - np.mean(acov[:, t + 1])) / var_plus
-        rho_odd = 1.0 - (mean_var - np.mean(acov[:, t + 2])) / var_plus
-        if rho_even + rho_odd >= 0:
-            rho[t + 1], rho[t + 2] = rho_even, rho_odd
-        t += 2
-    max_t = t - 2
-    if rho_even > 0:
-        rho[max_t + 1] = rho_even
-    t = 1
-    while t <= max_t - 2:  # initial monotone sequence
-        if rho[t + 1] + rho[t + 2] > rho[t - 1] + rho[t]:
-            rho[t + 1] = rho[t + 2] = (rho[t - 1] + rho[t]) / 2.0
-        t += 2
+        return np.full(leading, np.nan)
+    mean_acov = _autocovariance(draws).mean(axis=-2).reshape(-1, num)  # the mean over chains at each lag
+    chain_means = draws.mean(axis=-1).reshape(-1, chains)
+    between = np.var(chain_means, axis=-1, ddof=1) if chains > 1 else np.zeros(len(chain_means))
     total = chains * num
-    tau = -1.0 + 2.0 * np.sum(rho[:max_t + 1]) + np.sum(rho[max_t + 1:max_t + 2])
-    return float(total / max(tau, 1.0 / np.log10(total)))
+    result = np.empty(len(mean_acov))
+    for index, (acov, extra) in enumerate(zip(mean_acov, between)):
+        mean_var = acov[0] * num / (num - 1.0)
+        var_plus = mean_var * (num - 1.0) / num + extra
+        if var_plus == 0:
+            result[index] = total
+            continue
+        rho = np.zeros(num)
+        rho_even, rho_odd = 1.0, 1.0 - (mean_var - acov[1]) / var_plus
+        rho[0], rho[1] = rho_even, rho_odd
+        t = 1
+        while t < num - 3 and rho_even + rho_odd > 0.0:  # initial positive sequence
+            rho_even = 1.0 - (mean_var - acov[t + 1]) / var_plus
+            rho_odd = 1.0 - (mean_var - acov[t + 2]) / var_plus
+            if rho_even + rho_odd >= 0:
+                rho[t + 1], rho[t + 2] = rho_even, rho_odd
+            t += 2
+        max_t = t - 2
+        if rho_even > 0:
+            rho[max_t + 1] = rho_even
+        t = 1
+        while t <= max_t - 2:  # initial monotone sequence
+            if rho[t + 1] + rho[t + 2] > rho[t - 1] + rho[t]:
+                rho[t + 1] = rho[t + 2] = (rho[t - 1] + rho[t]) / 2.0
+            t += 2
+        tau = -1.0 + 2.0 * np.sum(rho[:max_t + 1]) + np.sum(rho[max_t + 1:max_t + 2])
+        result[index] = total / max(tau, 1.0 / np.log10(total))
+    return result.reshape(leading)
+
+
+def _ess_tail(draws: np.ndarray) -> np.ndarray:
+    """``ess_tail`` of each set of chains (..., M, N)."""
+    pooled = draws.reshape(*draws.shape[:-2], -1)
+    low, high = np.quantile(pooled, [0.05, 0.95], axis=-1)
+    return np.minimum(_ess(_split_chains((draws <= low[..., None, None]).astype(np.float64))),
+                      _ess(_split_chains((draws <= high[..., None, None]).astype(np.float64))))
 
 
 def ess_bulk(draws) -> float:
     """Bulk effective sample size of (M chains, N draws): the ESS of the rank-normalised split chains."""
-    return _ess(_rank_normalise(_split_chains(np.asarray(draws, dtype=np.float64))))
+    return float(_ess(_rank_normalise(_split_chains(np.asarray(draws, dtype=np.float64)))))
 
 
 def ess_tail(draws) -> float:
     """Tail effective sample size: the smaller ESS of the indicators of the 5 % and 95 % quantiles (split chains)."""
-    draws = np.asarray(draws, dtype=np.float64)
-    low, high = np.quantile(draws, [0.05, 0.95])
-    return min(_ess(_split_chains((draws <= low).astype(np.float64))),
-               _ess(_split_chains((draws <= high).astype(np.float64))))
+    return float(_ess_tail(np.asarray(draws, dtype=np.float64)))
 
 
 def trajectory_convergence(draws) -> dict[str, float]:
@@ -126,14 +147,15 @@ def trajectory_convergence(draws) -> dict[str, float]:
         ``ess_bulk_median`` and ``ess_tail_min`` (effective draws per point, out of C · N).
     """
     draws = np.asarray(draws, dtype=np.float64)
-    points, _, num, width = draws.shape
+    num = draws.shape[2]
     if num < 4:
         raise ValueError(f"trajectory diagnostics need >= 4 draws per chain, got {num}")
-    rhat = np.array([max(rank_rhat(draws[i, :, :, k]) for k in range(width)) for i in range(points)])
+    chains = np.ascontiguousarray(draws.transpose(0, 3, 1, 2))  # (P, d, C, N): one set of chains per coordinate
+    scores = _rank_normalise(_split_chains(chains))  # shared by the bulk R-hat and the bulk ESS
+    rhat = _rank_rhat(chains, scores).max(axis=1)
     results = {"rhat_max": float(rhat.max()), "rhat_median": float(np.median(rhat))}
     if num >= 8:  # ESS splits each chain in two and needs >= 4 draws per half
-        bulk = np.array([min(ess_bulk(draws[i, :, :, k]) for k in range(width)) for i in range(points)])
-        tail = np.array([min(ess_tail(draws[i, :, :, k]) for k in range(width)) for i in range(points)])
+        bulk, tail = _ess(scores).min(axis=1), _ess_tail(chains).min(axis=1)
         results.update({"ess_bulk_min": float(bulk.min()), "ess_bulk_median": float(np.median(bulk)),
                         "ess_tail_min": float(tail.min())})
     return results
