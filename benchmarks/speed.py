@@ -150,15 +150,20 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
 
 
-def timed(function, repeats: int) -> float:
-    """Median seconds of ``function()`` over ``repeats`` calls after one warm-up call, on ``clock``."""
+def samples(function, repeats: int) -> list[float]:
+    """Seconds of ``function()`` in each of ``repeats`` calls after one warm-up call, on ``clock``."""
     function()
-    samples = []
+    seconds = []
     for _ in range(repeats):
         started = clock()
         function()
-        samples.append(clock() - started)
-    return statistics.median(samples)
+        seconds.append(clock() - started)
+    return seconds
+
+
+def timed(function, repeats: int) -> float:
+    """Median seconds of ``function()`` over ``repeats`` calls after one warm-up call, on ``clock``."""
+    return statistics.median(samples(function, repeats))
 
 
 def layer_reference(layers, repeats: int) -> float | None:
@@ -185,13 +190,7 @@ def layer_reference(layers, repeats: int) -> float | None:
 
 def best(function, repeats: int) -> float:
     """Least seconds of ``function()`` over ``repeats`` calls after one warm-up call, on ``clock``."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        started = clock()
-        function()
-        samples.append(clock() - started)
-    return min(samples)
+    return min(samples(function, repeats))
 
 
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")

@@ -45,30 +45,12 @@ from almond_cli.training import phases
 from almond_cli.training.build import build_model
 from almond_cli.training.runtime import configure_process
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import CLOCKS, compose, load_note  # noqa: E402  (the benchmarks folder is not a package)
+
 WORKLOADS = {"exponential": "mnn_exponential", "mixture": "mnn_mixture"}
 SIZES = (1000, 100_000)
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
-
-
-def compose(experiment: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    from almond_cli.config import register_schemas, validate
-
-    register_schemas()
-    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
-        cfg = hydra_compose("train", overrides=[f"experiment={experiment}", *overrides])
-    validate(cfg)
-    return cfg
-
-
-def load_note() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-        return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 def bench(name: str, num_points: int, rounds: int, nodes: int, batch_size: int = 1000) -> dict:
