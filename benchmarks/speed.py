@@ -150,6 +150,20 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
 
 
+def add_clock_option(parser: argparse.ArgumentParser) -> None:
+    """``--clock wall|cpu`` (the benchmarks' timing clock)."""
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
+                             "machine's time when others load it (meaningful with --threads 1 only)")
+
+
+def chosen_clock(parser: argparse.ArgumentParser, args):
+    """The clock ``--clock`` names; CPU time only with one thread (idle OpenMP threads spin and count as CPU time)."""
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (idle OpenMP threads spin and count as CPU time)")
+    return CLOCKS[args.clock]
+
+
 def samples(function, repeats: int) -> list[float]:
     """Seconds of ``function()`` in each of ``repeats`` calls after one warm-up call, on ``clock``."""
     function()
@@ -326,14 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--precision", choices=sorted(FAST_PATHS), default="fp32",
                         help="sampler.precision of the fused path: fp32 (default), bf16, or both side by side")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
-                             "machine's time when others load it (meaningful with --threads 1 only)")
+    add_clock_option(parser)
     args = parser.parse_args(argv)
-    if args.clock == "cpu" and args.threads != 1:
-        parser.error("--clock cpu needs --threads 1 (idle OpenMP threads spin and count as CPU time)")
     global clock
-    clock = CLOCKS[args.clock]
+    clock = chosen_clock(parser, args)
     configure_process(args.threads)
     load_before = load_note()
     peaks = machine_peaks(args.repeats)

@@ -46,7 +46,7 @@ from almond_cli.training.build import build_model
 from almond_cli.training.runtime import configure_process
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import CLOCKS, compose, load_note  # noqa: E402  (the benchmarks folder is not a package)
+from speed import add_clock_option, chosen_clock, compose, load_note  # noqa: E402  (the benchmarks folder is not a package)
 
 WORKLOADS = {"exponential": "mnn_exponential", "mixture": "mnn_mixture"}
 SIZES = (1000, 100_000)
@@ -115,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2049, help="sampler.table_nodes")
     parser.add_argument("--only", nargs="+", choices=list(WORKLOADS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="numbers of rows n")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall (default) or cpu: this process's CPU time, a proxy for an idle machine's time "
-                             "when others load it (with --threads 1 only)")
+    add_clock_option(parser)
     args = parser.parse_args(argv)
-    if args.clock == "cpu" and args.threads != 1:
-        parser.error("--clock cpu needs --threads 1 (idle OpenMP threads spin and count as CPU time)")
     global clock
-    clock = CLOCKS[args.clock]
+    clock = chosen_clock(parser, args)
     configure_process(args.threads)
     load_before = load_note()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "

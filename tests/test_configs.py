@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from almond_cli.config import ConfigError, register_schemas, validate
+from almond_cli.config import ConfigError, validate
 from almond_cli.errors import UsageError
+from conftest import compose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -18,14 +18,8 @@ def options(group):
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_with(overrides):
-    register_schemas()
-    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def test_the_default_is_the_papers_exponential_experiment():
-    cfg = compose_with([])
+    cfg = compose_config([])
     assert cfg.experiment_name == "mnn_exponential"
     assert cfg.data.name == "normal_means" and cfg.data.n == 1000 and cfg.data.prior.value == "exponential"
     assert list(cfg.encoder.hidden_sizes) == [10] and list(cfg.decoder.hidden_sizes) == [10]
@@ -61,7 +55,7 @@ def test_every_group_option_composes_and_validates(group):
             skipped.append(missing)
             continue
         # As the command does: another model-group option drops the default experiment's keys.
-        cfg = compose_with(drop_default_experiment([f"{group}={option}"]))
+        cfg = compose_config(drop_default_experiment([f"{group}={option}"]))
         OmegaConf.to_yaml(cfg, resolve=True)
         try:
             validate(cfg)
@@ -74,7 +68,7 @@ def test_every_group_option_composes_and_validates(group):
                 continue
             partner = re.search(r"(?:needs|use) (\w+=\w+)", message)
             assert isinstance(error, ConfigError) and partner, error
-            paired = compose_with(drop_default_experiment([f"{group}={option}", partner.group(1)]))
+            paired = compose_config(drop_default_experiment([f"{group}={option}", partner.group(1)]))
             try:
                 validate(paired)
             except UsageError as still:
@@ -87,7 +81,7 @@ def test_every_group_option_composes_and_validates(group):
 def test_every_experiment_composes_validates_and_builds(experiment):
     from almond_cli.training.build import build_model
 
-    cfg = compose_with([f"experiment={experiment}"])
+    cfg = compose_config([f"experiment={experiment}"])
     validate(cfg)
     assert cfg.experiment_name == experiment
     if cfg.data.name == "normal_means":
@@ -99,14 +93,14 @@ def test_every_experiment_composes_validates_and_builds(experiment):
 
 
 def test_mixture_experiment_pins_the_papers_sizes():
-    cfg = compose_with(["experiment=mnn_mixture"])
+    cfg = compose_config(["experiment=mnn_mixture"])
     assert list(cfg.decoder.hidden_sizes) == [50, 100, 50] and cfg.schedule.vae_draws == 100
     assert cfg.data.prior.value == "mixture"
 
 
 @pytest.mark.parametrize("experiment", ["mnn_exponential", "mnn_normal", "mnn_mixture"])
 def test_paper_experiments_start_as_the_reference_implementation(experiment):
-    cfg = compose_with([f"experiment={experiment}"])
+    cfg = compose_config([f"experiment={experiment}"])
     assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
 
 
@@ -122,7 +116,7 @@ def test_paper_experiments_start_as_the_reference_implementation(experiment):
     ("device=tpu", "device"),
 ])
 def test_validation_names_the_key(override, key):
-    cfg = compose_with([override])
+    cfg = compose_config([override])
     with pytest.raises(ConfigError) as error:
         validate(cfg)
     assert error.value.key == key and key in str(error.value)
@@ -138,11 +132,11 @@ def test_holdout_fraction_is_a_share_of_rows_below_one(data, tmp_path):
              "glmm_file": ["likelihood=poisson_glmm", f"data.path={tmp_path / 'm.csv'}", "data.response=y",
                            "data.random_effects=[z]"]}
     overrides = drop_default_experiment([f"data={data}", *extra.get(data, [])])
-    assert compose_with(overrides).data.holdout_fraction == 0.0
-    validate(compose_with(overrides + ["data.holdout_fraction=0.5"]))
+    assert compose_config(overrides).data.holdout_fraction == 0.0
+    validate(compose_config(overrides + ["data.holdout_fraction=0.5"]))
     for fraction in ("1.0", "-0.1"):
         with pytest.raises(ConfigError) as error:
-            validate(compose_with(overrides + [f"data.holdout_fraction={fraction}"]))
+            validate(compose_config(overrides + [f"data.holdout_fraction={fraction}"]))
         assert error.value.key == "data.holdout_fraction" and "must be in [0, 1)" in str(error.value)
 
 
@@ -151,8 +145,8 @@ def test_a_paper_preset_applies_to_your_own_file(experiment, tmp_path):
     """``experiment=mnn_* data=file ...`` keeps the preset's networks, sampler and schedule and takes the file's
     data: an experiment pins its data only through its data option, which data=file replaces."""
     (tmp_path / "m.csv").write_text("x,se\n1.0,1.0\n2.0,0.5\n")
-    published = compose_with([f"experiment={experiment}"])
-    mine = compose_with([f"experiment={experiment}", "data=file", f"data.path={tmp_path / 'm.csv'}",
+    published = compose_config([f"experiment={experiment}"])
+    mine = compose_config([f"experiment={experiment}", "data=file", f"data.path={tmp_path / 'm.csv'}",
                          "data.columns=[x]", "data.sd_column=se", "likelihood=gaussian_hetero"])
     validate(mine)
     assert mine.data.name == "file" and "prior" not in mine.data

@@ -9,10 +9,9 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from torch import nn
 
-from almond_cli.config import ConfigError, SamplerConfig, register_schemas, validate
+from almond_cli.config import ConfigError, SamplerConfig, validate
 from almond_cli.langevin import sampler, targets, tabulated
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.langevin.tabulated import TabulatedTarget
@@ -20,6 +19,7 @@ from almond_cli.model.likelihoods import Bernoulli, Gaussian, NegativeBinomial
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import Decoder, MLPDecoder, MLPEncoder
 from almond_cli.training import phases
+from conftest import compose_config
 
 VALUE_CONSTANT = 1.0 / 384.0
 SLOPE_CONSTANT = math.sqrt(3.0) / 216.0
@@ -254,24 +254,18 @@ def test_which_models_are_tabulated():
         tabulated.wanted(make_model([10]), "sometimes")
 
 
-def compose_with(overrides):
-    register_schemas()
-    with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def test_config_keys():
-    cfg = compose_with([])
+    cfg = compose_config([])
     assert cfg.sampler.tabulate == "auto" and cfg.sampler.table_nodes == 2049
     # A run saved before the key existed is completed from the schema's default: it continues exactly as it ran.
     assert SamplerConfig().tabulate == "off"
-    validate(compose_with(["sampler.tabulate=on", "sampler.table_nodes=513"]))
-    validate(compose_with(["sampler.tabulate=auto", "latent_dim=2"]))
+    validate(compose_config(["sampler.tabulate=on", "sampler.table_nodes=513"]))
+    validate(compose_config(["sampler.tabulate=auto", "latent_dim=2"]))
     for overrides, key in ((["sampler.tabulate=sometimes"], "sampler.tabulate"),
                            (["sampler.tabulate=on", "latent_dim=2"], "sampler.tabulate"),
                            (["sampler.table_nodes=1"], "sampler.table_nodes")):
         with pytest.raises(ConfigError) as error:
-            validate(compose_with(overrides))
+            validate(compose_config(overrides))
         assert error.value.key == key
 
 
