@@ -229,6 +229,12 @@ class DataParallel:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value.item()) or None
 
+    def finish(self) -> None:
+        """Waits for every rank to complete its run; none tears its connections down (at exit) while a peer is
+        still in a collective, which can make gloo abort that peer."""
+        if self.active:
+            dist.barrier()
+
     # ----- checkpoints -------------------------------------------------------------------------------------
     def gather_state(self, state: dict) -> dict | None:
         """On rank 0, ``state`` plus every rank's chains, data order and generators; None on other ranks."""

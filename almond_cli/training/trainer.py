@@ -359,6 +359,7 @@ class TrainingRun:
             self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
         self.logger.log_summary(summary, self.run_dir, self.position.global_step)
         self.logger.close()
+        self.dist.finish()
         return summary
 
 

@@ -60,6 +60,7 @@ def _hooks_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         loaded = torch.load(os.path.join(out_dir, "gathered.pt"), weights_only=True)
         results["local"] = parallel.local_state(loaded)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        parallel.finish()  # no rank tears its connections down while the other is still communicating
     finally:
         dist.destroy_process_group()
 
