@@ -206,6 +206,7 @@ class EvaluationConfig:
     nll_samples: int = 1000
     nll_images: Optional[int] = None
     nll_chunk: int = 4096
+    nll_prior_fraction: float = 0.0  # train.yaml sets 0.1; a run saved before the key existed is scored as it was
 
 
 @dataclass
@@ -359,6 +360,12 @@ def validate(cfg) -> None:
     _require(0 <= sampler.burn_in < sampler.num_steps, "sampler.burn_in",
              f"must satisfy 0 <= burn_in < num_steps ({sampler.num_steps}), got {sampler.burn_in}; "
              "at least one Langevin state must be kept")
+    evaluation = cfg.evaluation  # the marginal-likelihood estimator every task scores train_nll with
+    _require(evaluation.nll_samples >= 1, "evaluation.nll_samples", f"must be >= 1, got {evaluation.nll_samples}")
+    _require(evaluation.nll_chunk >= 1, "evaluation.nll_chunk", f"must be >= 1, got {evaluation.nll_chunk}")
+    prior_fraction = evaluation.get("nll_prior_fraction", 0.0)
+    _require(0 <= prior_fraction < 1, "evaluation.nll_prior_fraction",
+             f"must be in [0, 1) (the prior's share of the importance proposal), got {prior_fraction}")
     method = sampler.get("method", "ula")  # a checkpoint written before the key existed resumes as ULA
     _require(method in SAMPLER_METHODS, "sampler.method", f"must be one of {list(SAMPLER_METHODS)}, got {method!r}")
     precision = sampler.get("precision", "fp32")  # a checkpoint written before the key existed resumes as fp32
@@ -455,10 +462,8 @@ def _validate_images(cfg) -> None:
     _require(data.subset is None or data.subset >= 1, "data.subset", f"must be >= 1 or null, got {data.subset}")
     _require(data.pixels in PIXEL_MODES, "data.pixels", f"must be one of {list(PIXEL_MODES)}, got {data.pixels!r}")
     _require(0 < data.threshold < 1, "data.threshold", f"must be in (0, 1), got {data.threshold}")
-    _require(evaluation.nll_samples >= 1, "evaluation.nll_samples", f"must be >= 1, got {evaluation.nll_samples}")
     _require(evaluation.nll_images is None or evaluation.nll_images >= 2, "evaluation.nll_images",
              f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}")
-    _require(evaluation.nll_chunk >= 1, "evaluation.nll_chunk", f"must be >= 1, got {evaluation.nll_chunk}")
     for group in ("encoder", "decoder"):
         network = cfg[group]
         if "channels" in network:

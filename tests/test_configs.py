@@ -114,6 +114,7 @@ def test_paper_experiments_start_as_the_reference_implementation(experiment):
     ("decoder.hidden_sizes=[10,0]", "decoder.hidden_sizes"),
     ("encoder.init=he_normal", "encoder.init"),
     ("device=tpu", "device"),
+    ("evaluation.nll_prior_fraction=1.0", "evaluation.nll_prior_fraction"),
 ])
 def test_validation_names_the_key(override, key):
     cfg = compose_config([override])

@@ -2,8 +2,8 @@
 
 Reloads ``checkpoints/last.pt`` (and ``checkpoints/vae.pt`` for the VAE row, and the fitted baselines' own
 checkpoints), recomputes the task's summary metrics and figures with ``n_samples`` draws of u = h(z), with the
-importance-sampled negative log-likelihood per data point ``train_nll`` (``k`` encoder proposals each; Burda et
-al. 2016) from the same estimator training scores with (``model/marginal.py``), and writes all of it into a fresh
+importance-sampled negative log-likelihood per data point ``train_nll`` (``k`` draws each; Burda et al. 2016) from
+the same estimator training scores with (``model/marginal.py``), and writes all of it into a fresh
 ``eval/<timestamp>/`` beside the run's own files, which stay untouched. With the run's own ``k``, ``n_samples``
 and ``seed`` (the defaults) the scores equal those of the run's ``summary.json``.
 """
@@ -89,7 +89,7 @@ def run(run_dir: Path, **values) -> None:
               "these are the scores of its last checkpoint")
     print_summary(summary, folder)
     print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
-          f"encoder proposals (nats, ± standard error)")
+          f"draws from the encoder mixed with the prior (nats, ± standard error)")
     print(f"written to {folder}")
 
 

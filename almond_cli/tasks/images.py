@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ..data.dataset import ImageDataset  # noqa: E402
-from ..model.marginal import MarginalEstimate, estimate_log_marginal, nll_summary  # noqa: E402
+from ..model.marginal import MarginalEstimate, estimate_with, nll_summary  # noqa: E402
 from ..model.model import evaluation_mode, prior_draws  # noqa: E402
 from .base import Task  # noqa: E402
 from .figures import save_figure  # noqa: E402
@@ -76,8 +76,7 @@ class ImageTask(Task):
 
     def _estimate_for(self, model, dataset, cfg, device) -> MarginalEstimate:
         x, _ = held_out(dataset, cfg)
-        return estimate_log_marginal(model, x.to(device), int(cfg.evaluation.nll_samples), int(cfg.evaluation.seed),
-                                     int(cfg.evaluation.nll_chunk))
+        return estimate_with(cfg.evaluation, model, x.to(device))
 
     def score(self, model, dataset, cfg, device):
         self._estimate = self._estimate_for(model, dataset, cfg, device)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..model.marginal import estimate_log_marginal, nll_summary
+from ..model.marginal import estimate_with, nll_summary
 from ..model.model import prior_draws
 
 CdfFn = Callable[[Tensor], Tensor]
@@ -80,9 +80,7 @@ def train_likelihood(model, dataset, cfg, device) -> dict[str, float]:
 def _likelihood_scores(model, dataset, cfg, device) -> dict[str, float]:
     """``train_likelihood``'s scores of the rows of ``dataset`` alone."""
     truth = dataset.truth
-    estimate = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
-                                     int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk),
-                                     with_mean_u=truth is not None)
+    estimate = estimate_with(cfg.evaluation, model, dataset.x.to(device), with_mean_u=truth is not None)
     scores = nll_summary(estimate, "train")
     if truth is not None and estimate.posterior_mean_u.shape == truth.shape:
         scores["mse_posterior_mean"] = float((estimate.posterior_mean_u - truth.double()).square().mean())

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..data.dataset import Dataset
 from ..data.priors import EmpiricalPrior, NormalPrior, Prior
-from ..model.marginal import estimate_log_marginal
+from ..model.marginal import estimate_with
 from .base import Task
 from .empirical_bayes import fit_npmle, marginal_log_likelihood, posterior_means
 from .figures import latent_density_figure
@@ -79,8 +79,7 @@ def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str
 
 def _paired_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:
     """``likelihood_comparison``'s scores of the rows of ``dataset`` alone, under their training-row names."""
-    almond = estimate_log_marginal(model, dataset.x.to(device), int(cfg.evaluation.nll_samples),
-                                   int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk)).log_marginal.double()
+    almond = estimate_with(cfg.evaluation, model, dataset.x.to(device)).log_marginal.double()
     x = model.likelihood.observations(dataset.x)[:, 0]
     sd = row_noise_sd(model.likelihood, dataset.x)
     results = {}

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from almond_cli.model.marginal import estimate_log_marginal
+from almond_cli.model.marginal import estimate_with
 from almond_cli.tasks.normal_means import NormalMeansTask
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import build_model
@@ -26,8 +26,7 @@ def test_heldout_scores_of_the_model_and_the_exact_baselines():
     baselines = task.baselines(model, dataset, cfg, "cpu", {})
 
     # The model: the importance-sampling estimator on the held-out rows alone.
-    almond = estimate_log_marginal(model, heldout.x, 50, int(cfg.evaluation.seed), int(cfg.evaluation.nll_chunk),
-                                   with_mean_u=True)
+    almond = estimate_with(cfg.evaluation, model, heldout.x, with_mean_u=True)
     assert scores["heldout_nll"] == float(-almond.log_marginal.mean())
     assert scores["heldout_nll_se"] == float(almond.log_marginal.std()) / math.sqrt(50)
     mse = float((almond.posterior_mean_u - heldout.truth.double()).square().mean())
