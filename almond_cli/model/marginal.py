@@ -17,9 +17,10 @@ weight divides by the mixture's density (the balance heuristic, unbiased for p(x
 A weight is then at most f(x | h(z)) / a, whatever the encoder; where the encoder is good the prior draws carry
 little weight and the estimate costs the precision of a·K draws.
 
-``test_nll`` is the mean of −log p̂ over the held-out images in nats per image, and ``test_nll_se`` its standard error over images. Image i's draws come from a CPU generator
-seeded by ``evaluation.seed`` + i, so the VAE warm start and ALMOND (which share the encoder: ALMOND does not
-train it) are scored with the same K, the same images and the same draws.
+``test_nll`` is the mean of −log p̂ over the held-out images in nats per image, and ``test_nll_se`` its standard
+error over images. Image i's draws come from a CPU generator seeded by ``evaluation.seed`` + i, so the VAE warm
+start and ALMOND (which share the encoder: ALMOND does not train it) are scored with the same K, the same images
+and the same draws.
 
 The same weights give the self-normalised importance estimate of the posterior mean E[z | x] under the
 model's own decoder, which the latent map uses.
