@@ -38,6 +38,7 @@ BARS = {"exponential": {"ks": 0.06, "w1": 0.13}, "mixture": {"ks": 0.10, "w1": 0
         "glmm": {"ks": 0.025, "w1": 0.10, "lambda_l1": 0.06, "beta_error": 0.15}}
 TIME_TARGET_S = {"exponential": 12.0, "mixture": 110.0, "normal": 13.0, "glmm": 3600.0}
 REFERENCE_S = {"exponential": 118.0, "mixture": 1098.0, "normal": 130.0}
+GLMM_SCORES = ("lambda_l1", "beta_error")  # ALMOND's scores beyond KS and W1 that a GLMM run records and prints
 
 
 def almond_command() -> list[str]:
@@ -83,7 +84,7 @@ def run_once(experiment: str, seed: int, threads: int, extra: list[str], workdir
     record = {"experiment": experiment, "seed": seed, "wall_s": wall, "vae_s": timing["vae_seconds"],
               "almond_s": timing["almond_seconds"], "ks": summary["almond"]["ks"], "w1": summary["almond"]["w1"],
               "vae_ks": summary["vae"]["ks"], "vae_w1": summary["vae"]["w1"]}
-    record.update({key: summary["almond"][key] for key in ("lambda_l1", "beta_error") if key in summary["almond"]})
+    record.update({key: summary["almond"][key] for key in GLMM_SCORES if key in summary["almond"]})
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     acceptance = [m["acceptance_rate"] for m in metrics if m.get("phase") == "almond" and "acceptance_rate" in m]
     if acceptance:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             record = run_once(experiment, seed, args.threads, args.overrides, workdir)
             records.append(record)
-            glmm = "".join(f"  {key} {record[key]:.4f}" for key in ("lambda_l1", "beta_error") if key in record)
+            glmm = "".join(f"  {key} {record[key]:.4f}" for key in GLMM_SCORES if key in record)
             print(f"  {experiment} seed {seed}: wall {record['wall_s']:.1f} s (VAE {record['vae_s']:.1f} s, "
                   f"ALMOND {record['almond_s']:.1f} s)  KS {record['ks']:.4f}  W1 {record['w1']:.4f}{glmm}", flush=True)
         rows.append(summarise(experiment, records))
