@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_mnn import almond_command  # noqa: E402  (the benchmarks folder is not a package)
+from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
 METHODS = {"normal EB": ("baselines", "normal_eb"), "NPMLE": ("baselines", "npmle"), "VAE": ("vae",),
            "ALMOND": ("almond",)}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
 METRICS = ("ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error")
 METHODS = ("vae", "almond", "gaussian_glmm")
@@ -26,14 +28,9 @@ PAPER = {"vae": {"ks": 0.136, "w1": 0.335}, "almond": {"ks": 0.015, "w1": 0.062}
          "gaussian_glmm": {"ks": 0.107, "w1": 0.359}}  # paper's Gaussian row is lme4's
 
 
-def almond_command() -> str:
-    beside = Path(sys.executable).parent / "almond"
-    return str(beside) if beside.exists() else (shutil.which("almond") or "almond")
-
-
 def launch(seed: int, out: Path, experiment: str, threads: int, overrides: list[str]) -> subprocess.Popen:
     run_dir = out / f"seed{seed}"
-    args = [almond_command(), "train", f"experiment={experiment}", f"seed={seed}", f"threads={threads}",
+    args = [*almond_command(), "train", f"experiment={experiment}", f"seed={seed}", f"threads={threads}",
             "progress=plain", f"hydra.run.dir={run_dir}", *overrides]
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / f"seed{seed}.log", "w")

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,17 +24,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def almond_command() -> str:
-    beside = Path(sys.executable).parent / "almond"
-    return str(beside) if beside.exists() else (shutil.which("almond") or "almond")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
 
 def run_seed(seed: int, args, extra: list[str]) -> dict:
     run_dir = Path(args.out) / f"seed-{seed}"
     if not (args.reuse and (run_dir / "summary.json").is_file()):
         started = time.monotonic()
-        command = [almond_command(), "train", "experiment=mnist_cpu", f"data.root={args.root}", f"seed={seed}",
+        command = [*almond_command(), "train", "experiment=mnist_cpu", f"data.root={args.root}", f"seed={seed}",
                    "progress=plain", f"hydra.run.dir={run_dir}", *extra]
         with open(Path(args.out) / f"seed-{seed}.log", "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

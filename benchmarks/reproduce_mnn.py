@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
 PAPER = {  # medians over 100 replications, paper Table 1 (ALMOND, VAE)
     "exponential": {"almond": (0.05, 0.10), "vae": (0.09, 0.22)},
@@ -31,11 +33,6 @@ PAPER = {  # medians over 100 replications, paper Table 1 (ALMOND, VAE)
 
 # Runs made before the true-means metrics existed lack them; their medians print as nan.
 METRICS = ("ks", "w1", "ks_true_means", "w1_true_means")
-
-
-def almond_command() -> list[str]:
-    beside = Path(sys.executable).parent / "almond"
-    return [str(beside)] if beside.exists() else [shutil.which("almond") or "almond"]
 
 
 def run_one(prior: str, seed: int, out: Path, extra: list[str]) -> dict:
