@@ -9,6 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# A healthy chain stays where its N(0, I) prior lives: a coordinate beyond ±1e4 has prior log-density below −5e7, far
+# more than one data point's likelihood can make up. An unadjusted sampler that got there has gone unstable; it can
+# wander at such magnitudes for many epochs, finite and useless, before it overflows (a GLMM run at n = 40,000 sat at
+# |z| ≈ 1e9 for 63 epochs).
+ESCAPE_BOUND = 1e4
+
 
 class PersistentChains:
     """A (n, C, d) store of chain positions for n data points, C chains each, d latent dimensions.
@@ -25,6 +31,12 @@ class PersistentChains:
     @property
     def num_chains(self) -> int:
         return self.positions.shape[1]
+
+    def healthy(self) -> bool:
+        """True when every position is finite and within ±``ESCAPE_BOUND``."""
+        if self.positions.numel() == 0:
+            return True
+        return bool(self.positions.abs().amax() <= ESCAPE_BOUND)  # NaN compares False, so a NaN chain is unhealthy
 
     def gather(self, indices: Tensor) -> Tensor:
         """Returns a copy of the chains of data points ``indices`` (B,), shape (B, C, d)."""

@@ -201,13 +201,13 @@ class DataParallel:
             tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 
-    def average_epoch(self, loss_mean: float, diagnostics: dict, chains_finite: bool) -> tuple[float, dict]:
-        """Means over ranks of an epoch's loss and diagnostics; a rank with non-finite chains makes the loss NaN
+    def average_epoch(self, loss_mean: float, diagnostics: dict, chains_healthy: bool) -> tuple[float, dict]:
+        """Means over ranks of an epoch's loss and diagnostics; a rank with diverged chains makes the loss NaN
         everywhere, so every rank stops on the divergence together instead of waiting for the others."""
         if not self.active:
             return loss_mean, diagnostics
         names = sorted(diagnostics)
-        values = torch.tensor([loss_mean + (0.0 if chains_finite else float("nan")),
+        values = torch.tensor([loss_mean + (0.0 if chains_healthy else float("nan")),
                                *[float(diagnostics[n]) for n in names]], dtype=torch.float64)
         dist.all_reduce(values)
         values /= self.world_size

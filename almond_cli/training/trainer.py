@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from ..atomic import write_text_atomic
 from ..data.dataset import check_same_data
 from ..langevin import tabulated
-from ..langevin.chains import PersistentChains
+from ..langevin.chains import ESCAPE_BOUND, PersistentChains
 from ..langevin.targets import target_precision
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
@@ -216,9 +216,9 @@ class TrainingRun:
 
     def _end_epoch(self, loss_mean: float, diagnostics: dict, fields: dict) -> None:
         position = self.position
-        chains_finite = self.chains is None or bool(torch.isfinite(self.chains.positions).all())
-        loss_mean, diagnostics = self.dist.average_epoch(loss_mean, diagnostics, chains_finite)
-        if not math.isfinite(loss_mean) or not chains_finite:
+        chains_healthy = self.chains is None or self.chains.healthy()
+        loss_mean, diagnostics = self.dist.average_epoch(loss_mean, diagnostics, chains_healthy)
+        if not math.isfinite(loss_mean) or not chains_healthy:
             self._diverged(loss_mean, fields)
         diagnostics = {**diagnostics, **periodic_rhat(self)}  # chain checks every diagnostics.rhat_every_epochs
         record = {"phase": position.phase.value, "epoch": position.epoch + 1, "step": position.global_step,
@@ -246,6 +246,8 @@ class TrainingRun:
             advice = (f"the Langevin step size in force was {fields.get('step_size'):.3g} "
                       f"(sampler.step_size={self.cfg.sampler.step_size}); lower sampler.step_size "
                       f"(for example to {self.cfg.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
+            if self.cfg.sampler.get("method", "ula") == "ula":
+                advice += ", or set sampler.method=mala, whose Metropolis correction rejects the unstable moves"
         else:
             advice = f"lower schedule.vae_lr (now {self.cfg.schedule.vae_lr})"
         if (self.checkpoint_dir / "last.pt").is_file():
@@ -253,10 +255,12 @@ class TrainingRun:
         else:
             state = (f"It diverged before its first checkpoint, so {self.run_dir} holds no checkpoint and cannot be "
                      "resumed: start a new run with the changed setting")
-        raise DivergenceError(
-            f"training diverged in {where}: the loss ({loss_mean}) or the Langevin chains became non-finite; "
-            f"{advice}. {state}."
-        )
+        if math.isfinite(loss_mean):
+            what = (f"the Langevin chains left the prior's range (a coordinate beyond |z| = {ESCAPE_BOUND:g}, or "
+                    f"non-finite) while the loss ({loss_mean:.6g}) was still finite")
+        else:
+            what = f"the loss became non-finite ({loss_mean})"
+        raise DivergenceError(f"training diverged in {where}: {what}; {advice}. {state}.")
 
     def _start_almond(self) -> None:
         """At the VAE/ALMOND boundary: score the VAE, keep its checkpoint, start chains from the encoder."""
@@ -320,16 +324,26 @@ class TrainingRun:
                 count = self.num_batches
                 self._end_epoch(position.loss_sum / count,
                                 {k: v / count for k, v in position.diagnostics_sum.items()}, fields)
-            self._maybe_save_on_time()
+            save_due = self._save_due_on_time()
             self.stop_signal = self.dist.agree_on_signal(self.stop_signal)  # all ranks stop at the same update
-            if self.stop_signal is not None:
+            if save_due or self.stop_signal is not None:
+                self._stop_if_diverged_mid_epoch(fields)
                 path = self.save()
-                raise Interrupted(self.stop_signal, path)
+                if self.stop_signal is not None:
+                    raise Interrupted(self.stop_signal, path)
 
-    def _maybe_save_on_time(self) -> None:
+    def _save_due_on_time(self) -> bool:
         minutes = self.cfg.checkpoint.every_minutes
-        if self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes):
-            self.save()
+        return self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes)
+
+    def _stop_if_diverged_mid_epoch(self, fields: dict) -> None:
+        """Before a save between epoch ends (on time or on a signal): a diverged state must not become the last
+        checkpoint, so the run stops as ``_end_epoch`` would and the previous checkpoint stays the last one."""
+        position = self.position
+        loss_so_far = position.loss_sum / position.batch if position.batch else 0.0
+        healthy = math.isfinite(loss_so_far) and (self.chains is None or self.chains.healthy())
+        if self.dist.any(not healthy):
+            self._diverged(loss_so_far, fields)
 
     def _precision_record(self) -> dict:
         """How the Langevin steps ran: ``sampler.precision`` as asked, the precision the decoder's products ran in

@@ -1,6 +1,6 @@
 import torch
 
-from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.chains import ESCAPE_BOUND, PersistentChains
 
 
 def test_gather_scatter_round_trip_by_data_index():
@@ -25,3 +25,12 @@ def test_state_dict_round_trip():
     chains = PersistentChains(torch.randn(4, 2, 3))
     again = PersistentChains.from_state_dict(chains.state_dict())
     assert torch.equal(again.positions, chains.positions) and again.num_chains == 2
+
+
+def test_healthy_chains_are_finite_and_within_the_escape_bound():
+    assert PersistentChains(torch.randn(4, 2, 3)).healthy()
+    assert PersistentChains(torch.full((2, 1, 1), ESCAPE_BOUND)).healthy()  # the bound itself still counts
+    for bad in (float("nan"), float("inf"), -float("inf"), -2 * ESCAPE_BOUND):
+        positions = torch.randn(4, 2, 3)
+        positions[3, 1, 2] = bad
+        assert not PersistentChains(positions).healthy(), bad

@@ -46,8 +46,8 @@ def _hooks_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         norm(torch.full((4, 2), 10.0 * rank) + torch.arange(4.0).unsqueeze(1)).sum().backward()
         norm_optimiser.step()
         results["running_mean"] = norm.running_mean.clone()
-        results["epoch"] = parallel.average_epoch(2.0 * (rank + 1), {"grad_norm": float(rank)}, chains_finite=True)
-        results["nonfinite"] = parallel.average_epoch(1.0, {}, chains_finite=rank == 0)[0]
+        results["epoch"] = parallel.average_epoch(2.0 * (rank + 1), {"grad_norm": float(rank)}, chains_healthy=True)
+        results["nonfinite"] = parallel.average_epoch(1.0, {}, chains_healthy=rank == 0)[0]
         results["any"] = parallel.any(rank == 1)
         results["signal"] = parallel.agree_on_signal(15 if rank == 1 else None)
         state = {"chains": {"positions": torch.full((4, 2, 1), float(rank))}, "order": None,

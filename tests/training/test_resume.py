@@ -1,6 +1,7 @@
 """Exact resume: a run interrupted anywhere and resumed ends bitwise equal to the run left alone (CPU)."""
 
 import json
+import math
 import os
 import pickle
 import random
@@ -12,6 +13,7 @@ import time
 import pytest
 import torch
 
+from almond_cli.langevin.chains import PersistentChains
 from almond_cli.training.checkpoint import CheckpointError, load_checkpoint
 from almond_cli.training.trainer import Interrupted, TrainingRun, train
 from conftest import almond_executable, assert_same_final_state, compose_config, read_metrics, run_almond
@@ -175,6 +177,34 @@ def test_divergence_stops_cleanly_and_leaves_the_checkpoint_resumable(tmp_path):
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert checkpoint["position"]["phase"] == "almond" and checkpoint["position"]["global_step"] == 20
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_chains_that_escape_the_prior_stop_the_run_while_the_loss_is_still_finite(tmp_path):
+    # At step 30 the tiny model's chains reach |z| > 1e4 in the first ALMOND epoch with a finite loss (~1e8);
+    # without the escape check they run on, finite and meaningless, until an overflow at epoch 5.
+    run_dir = tmp_path / "run"
+    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=30", f"hydra.run.dir={run_dir}"],
+                         cwd=tmp_path)
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert "diverged in almond epoch 1:" in process.stderr and "|z| = 10000" in process.stderr
+    reported_loss = float(process.stderr.split("while the loss (")[1].split(")")[0])
+    assert math.isfinite(reported_loss)  # so the chain check, not the loss check, stopped it
+    assert "sampler.method=mala" in process.stderr
+    assert [row for row in read_metrics(run_dir) if row["phase"] == "almond"] == []
+
+
+def test_a_save_between_epoch_ends_never_makes_a_diverged_state_the_last_checkpoint(tmp_path):
+    # Four updates an epoch and a time-based save after every update: the chains escape within ALMOND epoch 1, before
+    # its end-of-epoch check. Without the check before each save, last.pt held NaN chains while the message called it
+    # "the last good checkpoint".
+    run_dir = tmp_path / "run"
+    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=30", "schedule.batch_size=50",
+                          "checkpoint.every_minutes=1e-9", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert process.returncode == 1 and "diverged in almond epoch 1:" in process.stderr
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        chains = load_checkpoint(path)["chains"]
+        assert chains is None or PersistentChains.from_state_dict(chains).healthy(), path.name
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["global_step"] == 80  # the VAE's end
 
 
 @pytest.mark.slow
