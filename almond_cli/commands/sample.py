@@ -24,6 +24,7 @@ from rich.table import Table
 from ..atomic import write_atomic, write_text_atomic
 from ..errors import UsageError
 from ..langevin import sampler
+from ..langevin.chains import ESCAPE_BOUND, within_prior_range
 from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import AutogradTarget
 from ..model.model import prior_draws
@@ -265,8 +266,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     x = run.dataset.x.to(run.device)
     generator = torch.Generator(device=run.device).manual_seed(seed)
     draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start)
-    if not torch.isfinite(draws).all():
-        raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g}; "
+    if not within_prior_range(draws):
+        raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g} (a draw is non-finite "
+                         f"or beyond |z| = {ESCAPE_BOUND:g}); "
                          f"retry with a smaller step_size (for example {step_size / 10:.3g})")
     stats = summarise(draws, level)
     likelihood = run.model.likelihood

@@ -16,6 +16,13 @@ from torch import Tensor
 ESCAPE_BOUND = 1e4
 
 
+def within_prior_range(z: Tensor) -> bool:
+    """True when every coordinate of ``z`` is finite and within ±``ESCAPE_BOUND``."""
+    if z.numel() == 0:
+        return True
+    return bool(z.abs().amax() <= ESCAPE_BOUND)  # NaN compares False, so a NaN chain is out of range
+
+
 class PersistentChains:
     """A (n, C, d) store of chain positions for n data points, C chains each, d latent dimensions.
 
@@ -34,9 +41,7 @@ class PersistentChains:
 
     def healthy(self) -> bool:
         """True when every position is finite and within ±``ESCAPE_BOUND``."""
-        if self.positions.numel() == 0:
-            return True
-        return bool(self.positions.abs().amax() <= ESCAPE_BOUND)  # NaN compares False, so a NaN chain is unhealthy
+        return within_prior_range(self.positions)
 
     def gather(self, indices: Tensor) -> Tensor:
         """Returns a copy of the chains of data points ``indices`` (B,), shape (B, C, d)."""

@@ -125,3 +125,14 @@ def test_posterior_sampling_reports_its_effective_sample_size_and_warns_on_stuck
                          "num_draws=50", "thin=10", "burn_in=100", "step_size=0.2", "threads=1"], cwd=tmp_path)
     assert mixing.returncode == 0, mixing.stderr
     assert "effective sample size per row" in mixing.stdout and "warning" not in mixing.stdout
+
+
+def test_posterior_sampling_refuses_chains_that_escaped_even_when_finite(finished_run, tmp_path):
+    # At step 3 this run's chains escape to |z| ~ 1e6 without overflowing; unchecked, sample wrote posterior means
+    # of order 1e5 for data near 1 and exited 0.
+    _, run_dir = finished_run
+    process = run_almond(["sample", str(run_dir), "what=posterior", "out=escaped.csv", "num_chains=4",
+                          "num_draws=10", "thin=1", "burn_in=0", "step_size=3", "threads=1"], cwd=tmp_path)
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert "diverged with step_size=3" in process.stderr and "|z| = 10000" in process.stderr
+    assert not (tmp_path / "escaped.csv").exists()
