@@ -57,6 +57,45 @@ def test_value_and_gradient_match_autograd(hidden, activation, latent_dim, data_
     torch.testing.assert_close(target(z), model.log_joint(x, z))
 
 
+@pytest.mark.parametrize("hidden,activation,latent_dim,data_dim", CASES)
+def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(hidden, activation, latent_dim, data_dim,
+                                                                 monkeypatch):
+    model = make_model(hidden, activation, latent_dim, data_dim)
+    x = torch.randn(13, data_dim) * 2
+    z = torch.randn(13, 9, latent_dim) * 2
+    whole = sampler.evaluate(z, targets.target_for(model, x))
+    target = targets.target_for(model, x)
+    widest = max(weight.shape[0] for weight in target.weights)
+    monkeypatch.setattr(targets, "BLOCK_BYTES", 4 * 9 * widest * 4)  # blocks of 4 rows: 4, 4, 4 and 1
+    assert target.rows_per_block(z) == 4
+    blocked = sampler.evaluate(z, target)
+    # Per row the same products and elementwise ops; only the matmul kernel's blocking may change float32 rounding.
+    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch):
+    model, x = make_glmm_model()
+    z = torch.randn(15, 9, 2) * 2
+    whole = sampler.evaluate(z, targets.target_for(model, x))
+    monkeypatch.setattr(targets, "BLOCK_BYTES", 1)  # one row per block
+    target = targets.target_for(model, x)
+    assert target.rows_per_block(z) == 1
+    blocked = sampler.evaluate(z, target)
+    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-6, atol=1e-5)
+
+
+def test_block_size_follows_the_widest_layer_and_a_gpu_or_bf16_sweeps_the_whole_batch():
+    model = make_model([50, 100, 50], "softplus", 1, 1)
+    target = targets.target_for(model, torch.randn(1000, 1))
+    # The mixture's paper shape: B 1000, C 100; a row's widest activation is 100 chains x 100 units x 4 bytes.
+    assert target.rows_per_block(torch.zeros(1000, 100, 1)) == targets.BLOCK_BYTES // (100 * 100 * 4) == 52
+    assert target.rows_per_block(torch.zeros(1000, 100, 1, device="meta")) == 1000
+    bf16 = targets.MLPTarget(model, targets.mlp_layers(model.decoder), torch.randn(1000, 1), precision="bf16")
+    assert bf16.rows_per_block(torch.zeros(1000, 100, 1)) == 1000
+
+
 def test_softplus_far_outside_its_linear_range():
     """softplus' threshold (h > 20 returns h) and deep negative inputs give the same derivative as autograd."""
     model = make_model([10], "softplus", 1, 1)
