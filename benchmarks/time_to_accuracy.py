@@ -78,7 +78,8 @@ def run_once(experiment: str, seed: int, threads: int, extra: list[str], workdir
     timing = summary["timing"]
     record = {"experiment": experiment, "seed": seed, "wall_s": wall, "vae_s": timing["vae_seconds"],
               "almond_s": timing["almond_seconds"], "ks": summary["almond"]["ks"], "w1": summary["almond"]["w1"],
-              "vae_ks": summary["vae"]["ks"], "vae_w1": summary["vae"]["w1"]}
+              "vae_ks": summary["vae"]["ks"], "vae_w1": summary["vae"]["w1"],
+              "precision": summary.get("precision", {}).get("langevin", "fp32")}  # runs before the record were fp32
     record.update({key: summary["almond"][key] for key in GLMM_SCORES if key in summary["almond"]})
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     acceptance = [m["acceptance_rate"] for m in metrics if m.get("phase") == "almond" and "acceptance_rate" in m]
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
             glmm = "".join(f"  {key} {record[key]:.4f}" for key in GLMM_SCORES if key in record)
             print(f"  {experiment} seed {seed}: wall {record['wall_s']:.1f} s (VAE {record['vae_s']:.1f} s, "
-                  f"ALMOND {record['almond_s']:.1f} s)  KS {record['ks']:.4f}  W1 {record['w1']:.4f}{glmm}", flush=True)
+                  f"ALMOND {record['almond_s']:.1f} s, Langevin in {record['precision']})  KS {record['ks']:.4f}  "
+                  f"W1 {record['w1']:.4f}{glmm}", flush=True)
         rows.append(summarise(experiment, records))
     header = (f"{'experiment':26s} {'wall s':>7s} {'VAE s':>6s} {'ALMOND s':>8s} {'KS':>7s} {'W1':>7s} "
               f"{'bars':>5s} {'target s':>8s} {'vs ref':>7s}")
