@@ -49,8 +49,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 # widest activation takes about this many bytes, the temporaries are reused from the heap and stay in cache.
 # Measured on the 2-core EPYC (benchmarks/README.md): the mixture's step 35,000 -> 250 minor page faults and
 # 155 -> 103 ms (1 thread); GLMM 95 -> 82 ms. bfloat16 is not blocked: its products go through oneDNN, whose
-# per-call cost made 2 MiB blocks slower there (mixture 41 -> 49 ms, 2 threads). A GPU wants the whole batch in
-# each launch, so it is not blocked either.
+# per-call cost made 2 MiB blocks slower there (mixture 41 -> 49 ms, 2 threads). Nor is a GPU (not measured here):
+# there each op is a kernel launch, and launches over the whole batch are what keep the device busy.
 BLOCK_BYTES = 2 * 1024 * 1024
 
 

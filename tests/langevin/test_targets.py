@@ -69,9 +69,10 @@ def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(hidden, activat
     monkeypatch.setattr(targets, "BLOCK_BYTES", 4 * 9 * widest * 4)  # blocks of 4 rows: 4, 4, 4 and 1
     assert target.rows_per_block(z) == 4
     blocked = sampler.evaluate(z, target)
-    # Per row the same products and elementwise ops; only the matmul kernel's blocking may change float32 rounding.
-    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-6, atol=1e-6)
+    # Per row the same products and elementwise ops; a matmul kernel chosen for the smaller blocks may sum in another
+    # order, so allow float32 rounding of sums over up to 100 terms (the tolerance of the autograd comparison above).
+    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch):
@@ -82,8 +83,8 @@ def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch):
     target = targets.target_for(model, x)
     assert target.rows_per_block(z) == 1
     blocked = sampler.evaluate(z, target)
-    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(blocked.log_joint, whole.log_joint, rtol=1e-5, atol=1e-4)  # as the autograd check
+    torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-5, atol=1e-4)
 
 
 def test_block_size_follows_the_widest_layer_and_a_gpu_or_bf16_sweeps_the_whole_batch():
