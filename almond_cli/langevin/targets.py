@@ -23,8 +23,8 @@ it needs no graph, saves only act'(h_l) per layer, and folds work away where the
   particle: ∇_z = ∂log f/∂u · ∂u/∂z, and the last layer's weights fold into the next matrix
   (diag(w_L) W_{L-1}), so the backward sweep starts one layer lower;
 - act'(h) overwrites h in place (softplus' = sigmoid, tanh' = 1 − tanh², relu' = 1[h > 0]);
-- on a CPU the sweeps run over blocks of data rows (each with all its chains) small enough that a block's
-  activations stay in cache between the elementwise passes (``BLOCK_BYTES``).
+- on one CPU thread the sweeps run over blocks of data rows (each with all its chains) small enough that a
+  block's activations stay in cache between the elementwise passes (``BLOCK_BYTES``).
 
 A likelihood joins the fast path by defining ``value_and_grad_u(x, u) -> (log f (B, C), ∂log f/∂u
 (B, C, P))`` (``likelihoods.Gaussian`` does).
@@ -43,15 +43,17 @@ from .precision import DTYPES, resolve_precision
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-# On a CPU, a float32 sweep over all B·C particles at once allocates each layer's activations afresh (40 MB for the
-# mixture's 100-unit layer at B 1000, C 100): allocations that large are mmapped, so every step page-faults its
-# temporaries in again, and every elementwise pass streams them through main memory. Swept in blocks of rows whose
-# widest activation takes about this many bytes, the temporaries are reused from the heap and stay in cache.
-# Measured on the 2-core EPYC (benchmarks/README.md): the mixture's step 35,000 -> 250 minor page faults and
-# 155 -> 103 ms (1 thread); GLMM 95 -> 82 ms. bfloat16 is not blocked: its products go through oneDNN, whose
-# per-call cost made 2 MiB blocks slower there (mixture 41 -> 49 ms, 2 threads). Nor is a GPU (not measured here):
-# there each op is a kernel launch, and launches over the whole batch are what keep the device busy.
+# With one CPU thread, a float32 sweep over all B·C particles at once streams each layer's activations (40 MB for
+# the mixture's 100-unit layer at B 1000, C 100) through main memory on every elementwise pass; swept in blocks of
+# rows whose widest activation takes about this many bytes, those passes hit cache. Measured on the 2-core EPYC
+# with the product's process settings (benchmarks/blocked_sweep.py, benchmarks/README.md): one thread, 1.22x per
+# mixture update and 1.14x per GLMM update. With two threads every elementwise op of a block is split between the
+# threads, and blocks ranged from 0.87x to 1.27x of the whole batch from run to run, so only a single thread blocks
+# (``BLOCK_MAX_THREADS``). bfloat16 is not blocked: its products go through oneDNN, whose per-call cost made 2 MiB
+# blocks slower in the one comparison made (mixture, 2 threads: 41 -> 49 ms per step). Nor is a GPU (not measured here): each op is a kernel launch there,
+# and launches over the whole batch are what keep the device busy.
 BLOCK_BYTES = 2 * 1024 * 1024
+BLOCK_MAX_THREADS = 1
 
 
 class Target(abc.ABC):
@@ -192,7 +194,7 @@ class MLPTarget(Target):
 
     def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(log p(x, z) (B, C), ∇_z log p(x, z) (B, C, d)) for z (B, C, d), by one forward and one backward
-        sweep written out (no graph), over blocks of rows on a CPU."""
+        sweep written out (no graph), over blocks of rows on one CPU thread."""
         rows = self.rows_per_block(z)
         if rows >= z.shape[0]:
             return self._sweep(self.x, z)
@@ -201,9 +203,10 @@ class MLPTarget(Target):
         return torch.cat([value for value, _ in blocks]), torch.cat([grad for _, grad in blocks])
 
     def rows_per_block(self, z: Tensor) -> int:
-        """How many data rows (with all their chains) one sweep takes: all of them on a GPU or in bfloat16, else
-        as many as keep the widest activation within ``BLOCK_BYTES``."""
-        if z.device.type != "cpu" or self.dtype == torch.bfloat16:
+        """How many data rows (with all their chains) one sweep takes: all of them on a GPU, in bfloat16 or with more
+        than ``BLOCK_MAX_THREADS`` CPU threads, else as many as keep the widest activation within ``BLOCK_BYTES``."""
+        if (z.device.type != "cpu" or self.dtype == torch.bfloat16
+                or torch.get_num_threads() > BLOCK_MAX_THREADS):
             return z.shape[0]
         widest = max(weight.shape[0] for weight in self.weights)
         per_row = z.shape[1] * widest * self.weights[0].element_size()

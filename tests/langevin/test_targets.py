@@ -57,9 +57,18 @@ def test_value_and_gradient_match_autograd(hidden, activation, latent_dim, data_
     torch.testing.assert_close(target(z), model.log_joint(x, z))
 
 
+@pytest.fixture
+def one_thread():
+    """Blocked sweeps run with one CPU thread only (``targets.BLOCK_MAX_THREADS``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("hidden,activation,latent_dim,data_dim", CASES)
 def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(hidden, activation, latent_dim, data_dim,
-                                                                 monkeypatch):
+                                                                 monkeypatch, one_thread):
     model = make_model(hidden, activation, latent_dim, data_dim)
     x = torch.randn(13, data_dim) * 2
     z = torch.randn(13, 9, latent_dim) * 2
@@ -75,7 +84,7 @@ def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(hidden, activat
     torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch):
+def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch, one_thread):
     model, x = make_glmm_model()
     z = torch.randn(15, 9, 2) * 2
     whole = sampler.evaluate(z, targets.target_for(model, x))
@@ -87,14 +96,17 @@ def test_glmm_rows_keep_their_own_covariates_when_swept_in_blocks(monkeypatch):
     torch.testing.assert_close(blocked.grad, whole.grad, rtol=1e-5, atol=1e-4)
 
 
-def test_block_size_follows_the_widest_layer_and_a_gpu_or_bf16_sweeps_the_whole_batch():
+def test_block_size_follows_the_widest_layer_and_only_one_fp32_cpu_thread_blocks(one_thread):
     model = make_model([50, 100, 50], "softplus", 1, 1)
     target = targets.target_for(model, torch.randn(1000, 1))
+    z = torch.zeros(1000, 100, 1)
     # The mixture's paper shape: B 1000, C 100; a row's widest activation is 100 chains x 100 units x 4 bytes.
-    assert target.rows_per_block(torch.zeros(1000, 100, 1)) == targets.BLOCK_BYTES // (100 * 100 * 4) == 52
+    assert target.rows_per_block(z) == targets.BLOCK_BYTES // (100 * 100 * 4) == 52
     assert target.rows_per_block(torch.zeros(1000, 100, 1, device="meta")) == 1000
     bf16 = targets.MLPTarget(model, targets.mlp_layers(model.decoder), torch.randn(1000, 1), precision="bf16")
-    assert bf16.rows_per_block(torch.zeros(1000, 100, 1)) == 1000
+    assert bf16.rows_per_block(z) == 1000
+    torch.set_num_threads(2)
+    assert target.rows_per_block(z) == 1000
 
 
 def test_softplus_far_outside_its_linear_range():
