@@ -50,8 +50,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 # mixture update and 1.14x per GLMM update. With two threads every elementwise op of a block is split between the
 # threads, and blocks ranged from 0.87x to 1.27x of the whole batch from run to run, so only a single thread blocks
 # (``BLOCK_MAX_THREADS``). bfloat16 is not blocked: its products go through oneDNN, whose per-call cost made 2 MiB
-# blocks slower in the one comparison made (mixture, 2 threads: 41 -> 49 ms per step). Nor is a GPU (not measured here): each op is a kernel launch there,
-# and launches over the whole batch are what keep the device busy.
+# blocks slower in the one comparison made (mixture, 2 threads: 41 -> 49 ms per step). Nor is a GPU (not measured
+# here): each op is a kernel launch there, and launches over the whole batch are what keep the device busy.
 BLOCK_BYTES = 2 * 1024 * 1024
 BLOCK_MAX_THREADS = 1
 
