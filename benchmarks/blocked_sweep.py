@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmarks folder is not a package)
 
-from almond_cli.langevin import sampler, targets  # noqa: E402
-from almond_cli.training import phases  # noqa: E402
+from almond_cli.langevin import targets  # noqa: E402
 from almond_cli.training.runtime import configure_process  # noqa: E402
 
 WHOLE = 1 << 62  # a block budget no batch reaches: one sweep over all rows
@@ -34,13 +33,8 @@ def minor_faults() -> int:
 
 
 def measure(name: str, variants: dict[str, int], rounds: int) -> dict[str, dict[str, float]]:
-    spec, model, x, chains = speed.build(name, speed.MNIST_ROOT)
-    model.eval()  # as almond_update
-    batch, steps, burn_in, step_size = spec["batch"], spec["steps"], spec["burn_in"], spec["step_size"]
-    indices = torch.arange(batch)
-    optimiser = torch.optim.SGD(model.generative_parameters, lr=1e-9)  # a real step that barely moves
-    generator = torch.Generator().manual_seed(1)
-    start = chains.gather(indices)
+    workload = speed.Workload(name, speed.MNIST_ROOT)
+    steps = workload.spec["steps"]
     samples = {label: {"step": [], "update": [], "faults": []} for label in variants}
     default = targets.BLOCK_BYTES, targets.BLOCK_MAX_THREADS
     targets.BLOCK_MAX_THREADS = torch.get_num_threads()  # time blocks at any thread count, whatever the product does
@@ -49,14 +43,11 @@ def measure(name: str, variants: dict[str, int], rounds: int) -> dict[str, dict[
             for label, budget in variants.items():
                 targets.BLOCK_BYTES = budget
                 faults, began = minor_faults(), time.perf_counter()
-                with model.frozen():
-                    sampler.run(start, targets.target_for(model, x, True, "fp32"), step_size, steps, burn_in,
-                                generator)
+                workload.run_steps(fast=True, precision="fp32")
                 samples[label]["step"].append(1e3 * (time.perf_counter() - began) / steps)
                 samples[label]["faults"].append((minor_faults() - faults) / steps)
                 began = time.perf_counter()
-                phases.almond_update(model, optimiser, chains, indices, x, step_size, steps, burn_in, generator,
-                                     fast=True, precision="fp32")
+                workload.run_update(fast=True, precision="fp32")
                 samples[label]["update"].append(1e3 * (time.perf_counter() - began))
     finally:
         targets.BLOCK_BYTES, targets.BLOCK_MAX_THREADS = default
@@ -77,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = speed.cpu_description()
     print(f"CPU {cpu['model']}; flags {' '.join(cpu['flags'] or []) or '-'}; torch {torch.__version__}, "
           f"threads={args.threads}, medians of {args.rounds} interleaved rounds; {speed.load_note()}")
-    print(f"{'workload':12s} {'sweep':12s} {'ms/step':>8s} {'ms/update':>10s} {'faults/step':>12s} {'update speed-up':>16s}")
+    print(f"{'workload':12s} {'sweep':12s} {'ms/step':>8s} {'ms/update':>10s} {'faults/step':>12s} "
+          f"{'update speed-up':>16s}")
     for name in args.only:
         rows = measure(name, variants, args.rounds)
         whole = rows["whole batch"]["update"]

@@ -254,17 +254,38 @@ FAST_PATHS = {"fp32": (("fast", "fp32"),), "bf16": (("fast_bf16", "bf16"),),
               "both": (("fast", "fp32"), ("fast_bf16", "bf16"))}
 
 
+class Workload:
+    """A workload ready to time as ``almond_update`` runs it: the model in eval mode (batch norm uses its running
+    statistics during the update), one batch and its chains, a parameter step that barely moves, one generator."""
+
+    def __init__(self, name: str, mnist_root: Path):
+        self.spec, self.model, self.x, self.chains = build(name, mnist_root)
+        self.model.eval()
+        self.indices = torch.arange(self.spec["batch"])
+        self.optimiser = torch.optim.SGD(self.model.generative_parameters, lr=1e-9)  # a real step that barely moves
+        self.generator = torch.Generator().manual_seed(1)
+        self.start = self.chains.gather(self.indices)
+
+    def run_steps(self, fast: bool, precision: str) -> None:
+        """The K Langevin steps of one update from the same start, the parameters frozen."""
+        spec = self.spec
+        with self.model.frozen():
+            sampler.run(self.start, target_for(self.model, self.x, fast, precision), spec["step_size"],
+                        spec["steps"], spec["burn_in"], self.generator)
+
+    def run_update(self, fast: bool, precision: str) -> None:
+        """One whole ALMOND update: K steps over the persistent chains and the parameter step."""
+        spec = self.spec
+        phases.almond_update(self.model, self.optimiser, self.chains, self.indices, self.x, spec["step_size"],
+                             spec["steps"], spec["burn_in"], self.generator, fast=fast, precision=precision)
+
+
 def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, precision: str = "fp32",
                    gemm: dict | None = None) -> dict:
     """One workload's row: every path's ms per step and update, and its GFLOP/s against the same layers alone
     and, when ``gemm`` (``gemm_peaks``) is given, against the machine's 2048³ GEMM."""
-    spec, model, x, chains = build(name, mnist_root)
-    model.eval()  # as almond_update: batch norm uses its running statistics during the update
-    batch, steps, burn_in, step_size = spec["batch"], spec["steps"], spec["burn_in"], spec["step_size"]
-    indices = torch.arange(batch)
-    optimiser = torch.optim.SGD(model.generative_parameters, lr=1e-9)  # a real step that barely moves
-    generator = torch.Generator().manual_seed(1)
-    start = chains.gather(indices)
+    workload = Workload(name, mnist_root)
+    spec, model, x = workload.spec, workload.model, workload.x
     has_fast_path = isinstance(target_for(model, x), MLPTarget)
     # (path, fast, sampler.precision); an autograd target runs fp32 whatever is asked, so it is timed once.
     paths = [(path, True, chosen) for path, chosen in FAST_PATHS[precision]] if has_fast_path else []
@@ -274,17 +295,9 @@ def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, preci
     results = {path: {"step": [], "update": []} for path, _, _ in paths}
     for _ in range(rounds):
         for path, fast, chosen in paths:
-            def run_steps():
-                with model.frozen():
-                    sampler.run(start, target_for(model, x, fast, chosen), step_size, steps, burn_in, generator)
-
-            def run_update():
-                phases.almond_update(model, optimiser, chains, indices, x, step_size, steps, burn_in, generator,
-                                     fast=fast, precision=chosen)
-
-            results[path]["step"].append(timed(run_steps, repeats) / steps)
-            results[path]["update"].append(timed(run_update, repeats))
-    layers = decoder_layers(model, start.reshape(-1, spec["latent"]))
+            results[path]["step"].append(timed(lambda: workload.run_steps(fast, chosen), repeats) / spec["steps"])
+            results[path]["update"].append(timed(lambda: workload.run_update(fast, chosen), repeats))
+    layers = decoder_layers(model, workload.start.reshape(-1, spec["latent"]))
     with model.frozen():  # input gradients only, as in the Langevin step
         reference = layer_reference(layers, repeats)
     flops_step, flops_update = step_flops(layers), update_flops(spec, layers)
