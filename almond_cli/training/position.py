@@ -39,4 +39,6 @@ class Position:
 
     @classmethod
     def from_state(cls, state: dict) -> "Position":
-        return cls(**{**state, "phase": Phase(state["phase"])})
+        # A copy of the running sums: the run adds to them, and the checkpoint it came from may be used again.
+        sums = dict(state.get("diagnostics_sum", {}))
+        return cls(**{**state, "phase": Phase(state["phase"]), "diagnostics_sum": sums})
