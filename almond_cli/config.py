@@ -243,6 +243,7 @@ class TrainConfig:
     threads: Optional[int] = None
     progress: str = "auto"
     resume: Optional[str] = None
+    warm_start: Optional[str] = None
 
 
 # The Hydra config groups of configs/ (a ``key=option`` override of one of these picks a file, not a value).

@@ -63,11 +63,12 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
     raise UsageError(f"resume: no checkpoint in {checkpoint_dir} can be loaded: {'; '.join(problems)}")
 
 
-def _touched_subtrees(override_keys: list[tuple[str, bool]]) -> list[str]:
-    """Config paths an override decides: a key, a group's subtree, or everything for global groups."""
+def touched_subtrees(override_keys: list[tuple[str, bool]], skip=lambda key: False) -> list[str]:
+    """Config paths the overrides (key, is a config group) decide: a key, a group's subtree, or everything for the
+    global groups; keys for which ``skip`` is true are left out."""
     paths = []
     for key, is_group in override_keys:
-        if key.startswith("hydra") or _is_run_length(key):
+        if skip(key):
             continue
         if is_group and key in ("experiment", "debug", "hparams_search"):
             paths.append("")
@@ -76,7 +77,9 @@ def _touched_subtrees(override_keys: list[tuple[str, bool]]) -> list[str]:
     return paths
 
 
-def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
+def config_differences(path: str, checkpoint_cfg, new_cfg, may_change=_is_run_length) -> list[str]:
+    """The keys under ``path`` (every key for "") whose values differ between the two configs, as
+    "key (checkpoint: old, command line: new)", leaving out those ``may_change`` allows."""
     old = OmegaConf.select(checkpoint_cfg, path) if path else checkpoint_cfg
     new = OmegaConf.select(new_cfg, path) if path else new_cfg
     def to_plain(node):
@@ -87,8 +90,9 @@ def _differences(path: str, checkpoint_cfg, new_cfg) -> list[str]:
     old, new = to_plain(old), to_plain(new)
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
-        return [d for key in keys for d in _differences(f"{path}.{key}" if path else key, checkpoint_cfg, new_cfg)]
-    if path and _is_run_length(path):
+        return [d for key in keys
+                for d in config_differences(f"{path}.{key}" if path else key, checkpoint_cfg, new_cfg, may_change)]
+    if path and may_change(path):
         return []
     return [] if old == new or (old is not None and new is not None and str(old) == str(new)) else [
         f"{path} (checkpoint: {old!r}, command line: {new!r})"]
@@ -136,7 +140,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
         parsed = OverridesParser.create().parse_overrides(others)
     except Exception as error:  # Hydra's parse errors carry the offending text
         raise UsageError(f"resume: {override_parse_message(error, others)}") from None
-    touched = _touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed])
+    touched = touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed],
+                               skip=lambda key: key.startswith("hydra") or _is_run_length(key))
     if touched:
         register_schemas()
         with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
@@ -146,7 +151,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
                 raise UsageError(f"resume: {composition_message(error)} Only run-length keys "
                                  f"({', '.join(RUN_LENGTH_KEYS)}) may change on resume; `almond train --cfg job` "
                                  "prints every key") from None
-        conflicts = [d for path in touched for d in _differences(path, checkpoint_cfg, new_cfg)]
+        conflicts = [d for path in touched for d in config_differences(path, checkpoint_cfg, new_cfg)]
         if conflicts:
             raise UsageError(
                 f"resume: these overrides contradict the checkpoint {checkpoint_path}, whose model, data and "

@@ -25,7 +25,7 @@ from ..langevin.chains import ESCAPE_BOUND, PersistentChains
 from ..langevin.targets import target_precision
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
-from . import phases
+from . import phases, warm_start
 from .baselines import fit_baselines
 from .build import build_model
 from .chain_checks import ChainTrajectory, periodic_rhat
@@ -165,6 +165,24 @@ class TrainingRun:
             position.phase = Phase.ALMOND
         if self.dist.is_writer:
             truncate_metrics(self.metrics_path, position)
+
+    def start_from_warm_start(self, path: Path, state: dict) -> None:
+        """Starts the ALMOND phase from another run's VAE checkpoint ``state`` (``warm_start=``, see
+        ``warm_start.py``): its model, position, generators, VAE metrics and time, with this run's own ALMOND
+        optimisers (their settings may differ), and its VAE lines of ``metrics.jsonl``."""
+        check_same_data(state.get("data"), self.dataset, "warm_start")
+        saved_world = (state.get("data_parallel") or {"world_size": 1})["world_size"]
+        if saved_world != self.dist.world_size:
+            raise ckpt.CheckpointError(
+                f"warm_start: {path} was written by {saved_world} process(es) and this run has "
+                f"{self.dist.world_size}; every process's random streams are in it, so start this run with the "
+                f"same number (torchrun --nproc_per_node={saved_world}, or plain almond train for 1)")
+        state = self.dist.local_state(state)
+        self.load_state_dict({**state, "almond_optimisers": self.almond_optimisers.state_dict()})
+        if self.dist.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.metrics_path, warm_start.vae_metrics_lines(path, self.position))
+        log.info("warm start: the VAE phase (%d epochs) of %s", self.position.vae_epochs_done, path)
 
     def save(self, extra_name: str | None = None) -> Path:
         """Writes ``last.pt`` (and keeps up to ``checkpoint.keep`` older ones); returns its path."""
@@ -377,13 +395,16 @@ class TrainingRun:
         return summary
 
 
-def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
+def train(cfg, run_dir: str | Path, checkpoint: dict | None = None,
+          warm: tuple[Path, dict] | None = None) -> dict:
     """Trains the model ``cfg`` describes into ``run_dir`` and returns the summary dict.
 
     Args:
         cfg: the composed config.
         run_dir: the run folder (created if needed).
         checkpoint: a loaded checkpoint of this run to continue from, or None for a new run.
+        warm: (path, loaded checkpoint) of another run's VAE to start the ALMOND phase from (``warm_start=``),
+            for a new run.
     """
     run = TrainingRun(cfg, Path(run_dir))
     # Rank 0 alone writes the folder, so it alone holds the lock (the almond command may hold it already).
@@ -393,6 +414,8 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None) -> dict:
     with contextlib.nullcontext() if locked else RunFolderLock(Path(run_dir)):
         if checkpoint is not None:
             run.resume_from(checkpoint)
+        elif warm is not None:
+            run.start_from_warm_start(*warm)
         summary = run.run()
     if run.dist.is_writer:
         report_end(cfg.progress, summary, Path(run_dir))

@@ -1,0 +1,136 @@
+"""Starting ALMOND from another run's VAE: ``almond train warm_start=<run folder | its checkpoints/vae.pt>``.
+
+A new run (its own folder) takes the finished VAE warm start of an earlier run, its ``checkpoints/vae.pt``,
+and trains only the ALMOND phase, so ALMOND settings can be compared, or swept, without repaying the warm start
+(28 minutes of the paper's GLMM on a CPU). The config is the warm start's, with the command line's values for
+the keys that only the ALMOND phase reads (``ALMOND_KEYS``) and for the run-length keys; an override that would
+change the model, the data, the VAE or the randomness is refused with the list of conflicts, as ``resume=`` does.
+The VAE's metrics, time and ``metrics.jsonl`` lines come with it, so the new run's ``summary.json`` reads as if
+it had trained the VAE itself. Given the warm start's own settings, the new run's ALMOND phase is the warm start's,
+bitwise on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..config import override_parse_message, saved_config
+from ..errors import UsageError
+from .checkpoint import CheckpointError, load_checkpoint
+from .position import Phase, Position
+from .resume import RUN_LENGTH_KEYS, config_differences, touched_subtrees
+
+# What only the ALMOND phase reads: the sampler, the ALMOND optimisers and their schedule, the minibatch size
+# (the VAE's is kept in its own config) and the run's name.
+ALMOND_KEYS = ("sampler", "schedule.almond_epochs", "schedule.warmup_epochs", "schedule.adam_lr", "schedule.sgd_lr",
+               "schedule.sgd_momentum", "schedule.weight_decay", "schedule.batch_size", "experiment_name")
+# The VAE is over: its length is the warm start's, not a run-length key here.
+_FIXED = ("schedule.vae_epochs",)
+
+
+def _under(key: str, prefixes) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def may_change(key: str) -> bool:
+    """Whether a warm-started run may set ``key`` differently from its warm start."""
+    if _under(key, _FIXED):
+        return False
+    return _under(key, ALMOND_KEYS) or _under(key, RUN_LENGTH_KEYS) or _under(key, ("warm_start",))
+
+
+def vae_checkpoint(target: str | Path) -> Path:
+    """The VAE checkpoint ``warm_start=`` names: a run folder's ``checkpoints/vae.pt``, or a file."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "vae.pt"
+        if not path.is_file():
+            raise UsageError(f"warm_start: {Path(target)} holds no checkpoints/vae.pt: the run never finished its VAE "
+                             "phase (or is not an almond run folder); give a run whose VAE is done, or its vae.pt")
+    elif not path.is_file():
+        raise UsageError(f"warm_start: {Path(target)} does not exist; give a run folder (outputs/DATE/TIME) whose VAE "
+                         "phase is done, or its checkpoints/vae.pt")
+    return path
+
+
+def load_warm_start(target: str | Path) -> tuple[Path, dict]:
+    """(path, checkpoint) of the warm start ``target`` names; refuses a checkpoint that is not at the end of a VAE."""
+    path = vae_checkpoint(target)
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as error:
+        raise UsageError(f"warm_start: {error}") from None
+    position = Position.from_state(payload["position"])
+    if position.phase != Phase.ALMOND or position.epoch != 0 or position.batch != 0:
+        raise UsageError(
+            f"warm_start: {path} is not the end of a VAE phase (it is at {position.phase} epoch {position.epoch}, "
+            f"update {position.batch} of its epoch); give the run folder or its checkpoints/vae.pt. To continue "
+            "that checkpoint itself, use resume=")
+    return path, payload
+
+
+def _parsed_keys(overrides: list[str]) -> list[tuple[str, bool]]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ..config import CONFIG_GROUPS
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's parse errors carry the offending text
+        raise UsageError(f"warm_start: {override_parse_message(error, overrides)}") from None
+    return [(o.key_or_group, o.key_or_group in CONFIG_GROUPS) for o in parsed]
+
+
+def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
+    """The config of a run started from ``cfg.warm_start``, the warm start's path and its checkpoint.
+
+    The warm start's config, with ``cfg``'s values for the ALMOND and run-length keys that ``overrides`` (the
+    command line's) touch; refuses (``UsageError``) any touched key outside those whose value differs.
+    """
+    path, payload = load_warm_start(cfg.warm_start)
+    source = saved_config(payload["config_yaml"])
+    touched = touched_subtrees(_parsed_keys(overrides), skip=lambda key: key.startswith("hydra"))
+    conflicts = list(dict.fromkeys(d for subtree in touched for d in config_differences(subtree, source, cfg,
+                                                                                        may_change)))
+    if conflicts:
+        raise UsageError(
+            f"warm_start: these settings differ from the warm start {path}, whose model, data, VAE and randomness "
+            f"this run keeps: {'; '.join(conflicts)}. Drop them (the warm start's config is in its run folder's "
+            f".hydra/config.yaml), or train a new VAE without warm_start=. A warm-started run may change only the "
+            f"ALMOND phase ({', '.join(ALMOND_KEYS)}) and the run-length keys.")
+    effective = source.copy()
+    OmegaConf.set_struct(effective, False)
+    for subtree in touched:
+        for key in _leaves(cfg, subtree):
+            if may_change(key):
+                OmegaConf.update(effective, key, OmegaConf.select(cfg, key), force_add=True)
+    effective.warm_start = str(path)
+    effective.resume = None
+    return effective, path, payload
+
+
+def _leaves(cfg, subtree: str) -> list[str]:
+    node = OmegaConf.select(cfg, subtree) if subtree else cfg
+    if not OmegaConf.is_dict(node):
+        return [subtree]
+    return [leaf for key in node for leaf in _leaves(cfg, f"{subtree}.{key}" if subtree else str(key))]
+
+
+def vae_metrics_lines(path: Path, position: Position) -> str:
+    """The warm start's ``metrics.jsonl`` lines of its VAE phase (empty when its run folder has none)."""
+    metrics = path.parent.parent / "metrics.jsonl"
+    if path.parent.name != "checkpoints" or not metrics.is_file():
+        return ""
+    lines = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("phase") == Phase.VAE.value and record.get("step", -1) <= position.global_step:
+            lines.append(line + "\n")
+    return "".join(lines)
+
