@@ -2,7 +2,7 @@
 
 A new run (its own folder) takes the finished VAE warm start of an earlier run, its ``checkpoints/vae.pt``,
 and trains only the ALMOND phase, so ALMOND settings can be compared, or swept, without repaying the warm start
-(28 minutes of the paper's GLMM on a CPU). The config is the warm start's, with the command line's values for
+(about 10 minutes of the paper's GLMM on two CPU cores). The config is the warm start's, with the command line's values for
 the keys that only the ALMOND phase reads (``ALMOND_KEYS``) and for the run-length keys; an override that would
 change the model, the data, the VAE or the randomness is refused with the list of conflicts, as ``resume=`` does.
 The VAE's metrics, time and ``metrics.jsonl`` lines come with it, so the new run's ``summary.json`` reads as if
@@ -24,7 +24,7 @@ from .position import Phase, Position
 from .resume import RUN_LENGTH_KEYS, config_differences, touched_subtrees
 
 # What only the ALMOND phase reads: the sampler, the ALMOND optimisers and their schedule, the minibatch size
-# (the VAE's is kept in its own config) and the run's name.
+# (the VAE's stays on record in the warm start's own run folder) and the run's name.
 ALMOND_KEYS = ("sampler", "schedule.almond_epochs", "schedule.warmup_epochs", "schedule.adam_lr", "schedule.sgd_lr",
                "schedule.sgd_momentum", "schedule.weight_decay", "schedule.batch_size", "experiment_name")
 # The VAE is over: its length is the warm start's, not a run-length key here.
