@@ -182,6 +182,7 @@ class TrainingRun:
         if self.dist.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.metrics_path, warm_start.vae_metrics_lines(path, self.position))
+        self.save(extra_name="vae.pt")  # this run's own: what almond evaluate's VAE row and a resume from it read
         log.info("warm start: the VAE phase (%d epochs) of %s", self.position.vae_epochs_done, path)
 
     def save(self, extra_name: str | None = None) -> Path:

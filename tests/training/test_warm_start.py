@@ -43,6 +43,10 @@ def test_almond_settings_change_and_the_vae_is_the_warm_starts(tmp_path):
     cfg, warm = warm_started(tmp_path / "source", ["sampler.num_chains=3", "schedule.almond_epochs=2",
                                                    "schedule.adam_lr=0.5"])
     summary = train(cfg, tmp_path / "branch", warm=warm)
+    own_vae = load_checkpoint(tmp_path / "branch" / "checkpoints" / "vae.pt")  # for almond evaluate's VAE row
+    source_vae = load_checkpoint(tmp_path / "source" / "checkpoints" / "vae.pt")
+    assert all(torch.equal(own_vae["model"][k], source_vae["model"][k]) for k in source_vae["model"])
+    assert OmegaConf.create(own_vae["config_yaml"]).sampler.num_chains == 3
     final = load_checkpoint(tmp_path / "branch" / "checkpoints" / "last.pt")
     assert final["chains"]["positions"].shape == (200, 3, 1)
     assert final["position"]["vae_epochs_done"] == 6
