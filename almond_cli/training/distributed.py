@@ -248,17 +248,19 @@ class DataParallel:
             return None
         return {**state, "data_parallel": {"world_size": self.world_size, "ranks": parts}}
 
-    def local_state(self, state: dict) -> dict:
-        """This rank's view of a checkpoint; refuses one written by a different number of processes."""
+    def local_state(self, state: dict, key: str = "resume") -> dict:
+        """This rank's view of a checkpoint; refuses one written by a different number of processes. ``key`` is the
+        command-line key that brought the checkpoint (``resume`` or ``warm_start``), for the message."""
         from .checkpoint import CheckpointError
 
         saved = state.get("data_parallel") or {"world_size": 1}
         if saved["world_size"] != self.world_size:
+            verb = "resume" if key == "resume" else "start this run"
             raise CheckpointError(
                 f"this checkpoint was written by a data-parallel run of {saved['world_size']} process(es) and this "
-                f"run has {self.world_size}; every process's chains and random streams are in it, so resume with "
+                f"run has {self.world_size}; every process's chains and random streams are in it, so {verb} with "
                 f"the same number: torchrun --nproc_per_node={saved['world_size']} (times nodes) ... "
-                f"almond train resume=<run folder>" + (" (or plain `almond train resume=...`)"
+                f"almond train {key}=<run folder>" + (f" (or plain `almond train {key}=...`)"
                                                         if saved["world_size"] == 1 else "")
             )
         if not self.active:

@@ -63,6 +63,18 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
     raise UsageError(f"resume: no checkpoint in {checkpoint_dir} can be loaded: {'; '.join(problems)}")
 
 
+def override_keys(overrides: list[str], command_key: str) -> list[tuple[str, bool]]:
+    """(key, is a config group) of each command-line override; a parse error is refused in words, prefixed with
+    ``command_key`` (``resume`` or ``warm_start``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's parse errors carry the offending text
+        raise UsageError(f"{command_key}: {override_parse_message(error, overrides)}") from None
+    return [(o.key_or_group, _is_group(o.key_or_group)) for o in parsed]
+
+
 def touched_subtrees(override_keys: list[tuple[str, bool]], skip=lambda key: False) -> list[str]:
     """Config paths the overrides (key, is a config group) decide: a key, a group's subtree, or everything for the
     global groups; keys for which ``skip`` is true are left out."""
@@ -115,7 +127,6 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     are not the run's, and overrides that contradict the checkpoint's config.
     """
     from hydra import compose, initialize_config_module
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     resume_values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
@@ -136,11 +147,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
     checkpoint_cfg = saved_config(payload["config_yaml"])
     others = [o for o in overrides if not o.startswith("resume=")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(others)
-    except Exception as error:  # Hydra's parse errors carry the offending text
-        raise UsageError(f"resume: {override_parse_message(error, others)}") from None
-    touched = touched_subtrees([(o.key_or_group, _is_group(o.key_or_group)) for o in parsed],
+    touched = touched_subtrees(override_keys(others, "resume"),
                                skip=lambda key: key.startswith("hydra") or _is_run_length(key))
     if touched:
         register_schemas()

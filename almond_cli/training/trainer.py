@@ -25,7 +25,7 @@ from ..langevin.chains import ESCAPE_BOUND, PersistentChains
 from ..langevin.targets import target_precision
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
-from . import phases, warm_start
+from . import phases
 from .baselines import fit_baselines
 from .build import build_model
 from .chain_checks import ChainTrajectory, periodic_rhat
@@ -53,13 +53,15 @@ class Interrupted(Exception):
         self.checkpoint_path = checkpoint_path
 
 
-def truncate_metrics(path: Path, position: Position) -> None:
+def truncate_metrics(path: Path, position: Position, source: Path | None = None) -> None:
     """Keeps the metrics lines of the epochs a checkpoint has finished (those whose ``step`` it has reached),
-    once each, so a resume neither repeats nor skips an epoch; a line cut off by a kill is dropped too."""
-    if not path.exists():
+    once each, so a resume neither repeats nor skips an epoch; a line cut off by a kill is dropped too. With
+    ``source``, those lines of another run's ``metrics.jsonl`` (a warm start's) become ``path``."""
+    source = path if source is None else source
+    if not source.exists():
         return
     by_step: dict[int, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in source.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -171,17 +173,11 @@ class TrainingRun:
         ``warm_start.py``): its model, position, generators, VAE metrics and time, with this run's own ALMOND
         optimisers (their settings may differ), and its VAE lines of ``metrics.jsonl``."""
         check_same_data(state.get("data"), self.dataset, "warm_start")
-        saved_world = (state.get("data_parallel") or {"world_size": 1})["world_size"]
-        if saved_world != self.dist.world_size:
-            raise ckpt.CheckpointError(
-                f"warm_start: {path} was written by {saved_world} process(es) and this run has "
-                f"{self.dist.world_size}; every process's random streams are in it, so start this run with the "
-                f"same number (torchrun --nproc_per_node={saved_world}, or plain almond train for 1)")
-        state = self.dist.local_state(state)
+        state = self.dist.local_state(state, "warm_start")
         self.load_state_dict({**state, "almond_optimisers": self.almond_optimisers.state_dict()})
-        if self.dist.is_writer:
+        if self.dist.is_writer and path.parent.name == "checkpoints":  # the VAE's epochs, from its run folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.metrics_path, warm_start.vae_metrics_lines(path, self.position))
+            truncate_metrics(self.metrics_path, self.position, source=path.parent.parent / "metrics.jsonl")
         self.save(extra_name="vae.pt")  # this run's own: what almond evaluate's VAE row and a resume from it read
         log.info("warm start: the VAE phase (%d epochs) of %s", self.position.vae_epochs_done, path)
 

@@ -2,9 +2,10 @@
 
 A new run (its own folder) takes the finished VAE warm start of an earlier run, its ``checkpoints/vae.pt``,
 and trains only the ALMOND phase, so ALMOND settings can be compared, or swept, without repaying the warm start
-(about 10 minutes of the paper's GLMM on two CPU cores). The config is the warm start's, with the command line's values for
-the keys that only the ALMOND phase reads (``ALMOND_KEYS``) and for the run-length keys; an override that would
-change the model, the data, the VAE or the randomness is refused with the list of conflicts, as ``resume=`` does.
+(about 10 minutes of the paper's GLMM on two CPU cores). The config is the warm start's, with the command line's
+values for the keys that only the ALMOND phase reads (``ALMOND_KEYS``) and for the run-length keys; an override
+that would change the model, the data, the VAE or the randomness is refused with the list of conflicts, as
+``resume=`` does.
 The VAE's metrics, time and ``metrics.jsonl`` lines come with it, so the new run's ``summary.json`` reads as if
 it had trained the VAE itself. Given the warm start's own settings, the new run's ALMOND phase is the warm start's,
 bitwise on CPU.
@@ -12,16 +13,15 @@ bitwise on CPU.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import override_parse_message, saved_config
+from ..config import saved_config
 from ..errors import UsageError
 from .checkpoint import CheckpointError, load_checkpoint
 from .position import Phase, Position
-from .resume import RUN_LENGTH_KEYS, config_differences, touched_subtrees
+from .resume import RUN_LENGTH_KEYS, config_differences, override_keys, touched_subtrees
 
 # What only the ALMOND phase reads: the sampler, the ALMOND optimisers and their schedule, the minibatch size
 # (the VAE's stays on record in the warm start's own run folder) and the run's name.
@@ -72,18 +72,6 @@ def load_warm_start(target: str | Path) -> tuple[Path, dict]:
     return path, payload
 
 
-def _parsed_keys(overrides: list[str]) -> list[tuple[str, bool]]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ..config import CONFIG_GROUPS
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as error:  # Hydra's parse errors carry the offending text
-        raise UsageError(f"warm_start: {override_parse_message(error, overrides)}") from None
-    return [(o.key_or_group, o.key_or_group in CONFIG_GROUPS) for o in parsed]
-
-
 def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
     """The config of a run started from ``cfg.warm_start``, the warm start's path and its checkpoint.
 
@@ -92,7 +80,7 @@ def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
     """
     path, payload = load_warm_start(cfg.warm_start)
     source = saved_config(payload["config_yaml"])
-    touched = touched_subtrees(_parsed_keys(overrides), skip=lambda key: key.startswith("hydra"))
+    touched = touched_subtrees(override_keys(overrides, "warm_start"), skip=lambda key: key.startswith("hydra"))
     conflicts = list(dict.fromkeys(d for subtree in touched for d in config_differences(subtree, source, cfg,
                                                                                         may_change)))
     if conflicts:
@@ -117,20 +105,4 @@ def _leaves(cfg, subtree: str) -> list[str]:
     if not OmegaConf.is_dict(node):
         return [subtree]
     return [leaf for key in node for leaf in _leaves(cfg, f"{subtree}.{key}" if subtree else str(key))]
-
-
-def vae_metrics_lines(path: Path, position: Position) -> str:
-    """The warm start's ``metrics.jsonl`` lines of its VAE phase (empty when its run folder has none)."""
-    metrics = path.parent.parent / "metrics.jsonl"
-    if path.parent.name != "checkpoints" or not metrics.is_file():
-        return ""
-    lines = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("phase") == Phase.VAE.value and record.get("step", -1) <= position.global_step:
-            lines.append(line + "\n")
-    return "".join(lines)
 

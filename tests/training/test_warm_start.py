@@ -118,3 +118,12 @@ def test_only_the_end_of_a_vae_phase_is_a_warm_start(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(UsageError, match="warm_start: .*not an almond checkpoint"):
         load_warm_start(tmp_path / "foreign.pt")
+
+
+def test_a_warm_start_from_another_number_of_processes_is_refused_in_words(tmp_path):
+    train(compose_config(SMALL), tmp_path / "source")
+    cfg, (path, payload) = warm_started(tmp_path / "source", [])
+    payload = {**payload, "data_parallel": {"world_size": 2, "ranks": [{}, {}]}}
+    with pytest.raises(UsageError, match=r"nproc_per_node=2 .* almond train warm_start="):
+        TrainingRun(cfg, tmp_path / "branch").start_from_warm_start(path, payload)
+    assert not (tmp_path / "branch" / "checkpoints").exists()
