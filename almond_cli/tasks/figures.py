@@ -27,6 +27,27 @@ def save_figure(figure, path: Path) -> None:
     write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
 
 
+def method_panels(summary: dict, vae_draws: torch.Tensor | None, almond_draws: torch.Tensor,
+                  baseline_draws: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, dict]]:
+    """The panels of a figure that sets the methods side by side, in the summary table's order: the VAE warm start
+    (where its snapshot was kept), ALMOND, then each baseline, each with its draws and its row of ``summary``.
+
+    Args:
+        summary: the run's summary (``vae``, ``almond``, ``baselines``); a missing row gives empty metrics.
+        vae_draws: the VAE's draws from its snapshot, or None.
+        almond_draws: ALMOND's draws.
+        baseline_draws: {baseline name: its draws}.
+
+    Returns:
+        {method name: (draws, metrics)}.
+    """
+    panels = {} if vae_draws is None else {"vae": (vae_draws, summary.get("vae", {}))}
+    panels["almond"] = (almond_draws, summary.get("almond", {}))
+    for name, draws in baseline_draws.items():
+        panels[name] = (draws, summary.get("baselines", {}).get(name, {}))
+    return panels
+
+
 def marginal_data_density(prior: Prior, noise_sd: float, grid: torch.Tensor) -> torch.Tensor:
     """Density of x = mu + noise_sd · N(0, 1), mu ~ prior, on ``grid``, by numerical convolution."""
     lower, upper = prior.bulk()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .base import Task
-from .figures import latent_density_figure, plt, save_figure
+from .figures import latent_density_figure, method_panels, plt, save_figure
 from .metrics import evaluation_generator, latent_draws, train_likelihood
 from .normal_means import GaussianBaselinesMixin, distribution_scores, likelihood_comparison
 
@@ -49,13 +49,10 @@ class FileTask(GaussianBaselinesMixin, Task):
         final = latent_draws(model, cfg, device)
         if final.shape[1] != 1:
             return  # a multivariate latent distribution has no one-panel picture here
-        panels = {}
-        if vae_snapshot is not None:
-            panels["vae"] = (vae_snapshot["draws"][:, 0], summary.get("vae", {}))
-        panels["almond"] = (final[:, 0], summary.get("almond", {}))
-        for name, fit in self._baseline_priors(model, dataset).items():
-            panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)),
-                            summary.get("baselines", {}).get(name, {}))
+        baselines = {name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
+                     for name, fit in self._baseline_priors(model, dataset).items()}
+        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"][:, 0], final[:, 0],
+                               baselines)
         folder = Path(run_dir) / "figures"
         noise_sd = model.likelihood.noise_sd(dataset.x)
         if dataset.prior is not None and noise_sd is not None:

@@ -23,6 +23,7 @@ from ..data.clayton import lambda_l1
 from ..data.dataset import GLMMDataset
 from ..model.networks import LinearDecoder
 from .base import Task
+from .figures import method_panels
 from .glmm_figures import random_effects_figure
 from .metrics import ks_distance, latent_draws, train_likelihood, w1_distance
 
@@ -77,7 +78,7 @@ class GLMMTask(Task):
     """Random-effects distribution scores, fixed-effect error, the Gaussian GLMM baseline, the figure."""
 
     def __init__(self):
-        self._baseline_draws: dict[str, tuple[Tensor, dict]] = {}
+        self._baseline_draws: dict[str, Tensor] = {}
 
     def score(self, model, dataset, cfg, device):
         return {**score_model(model, dataset, cfg, device)[0], **train_likelihood(model, dataset, cfg, device)}
@@ -90,16 +91,13 @@ class GLMMTask(Task):
             return {}
         scores, draws = score_model(fitted[BASELINE], dataset, cfg, device)
         scores.update(train_likelihood(fitted[BASELINE], dataset, cfg, device))
-        self._baseline_draws[BASELINE] = (draws, scores)
+        self._baseline_draws[BASELINE] = draws
         return {BASELINE: scores}
 
     def snapshot(self, model, dataset, cfg, device):
         return {"draws": latent_draws(model, cfg, device)}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
-        panels = {}
-        if vae_snapshot is not None:
-            panels["vae"] = (vae_snapshot["draws"], summary["vae"])
-        panels["almond"] = (latent_draws(model, cfg, device), summary["almond"])
-        panels.update(self._baseline_draws)
+        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"],
+                               latent_draws(model, cfg, device), self._baseline_draws)
         random_effects_figure(panels, dataset.prior, dataset.copula_theta, Path(run_dir) / "figures" / "random_effects.png")

@@ -24,7 +24,7 @@ from ..data.priors import EmpiricalPrior, NormalPrior, Prior
 from ..model.marginal import estimate_with
 from .base import Task
 from .empirical_bayes import fit_npmle, marginal_log_likelihood, posterior_means
-from .figures import latent_density_figure
+from .figures import latent_density_figure, method_panels
 from .metrics import evaluation_generator, heldout_names, ks_distance, latent_draws, train_likelihood, w1_distance
 
 
@@ -133,11 +133,9 @@ class NormalMeansTask(GaussianBaselinesMixin, Task):
         return {"draws": latent_draws(model, cfg, device)[:, 0]}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
-        panels = {}
-        if vae_snapshot is not None:
-            panels["vae"] = (vae_snapshot["draws"], summary["vae"])
-        panels["almond"] = (latent_draws(model, cfg, device)[:, 0], summary["almond"])
-        for name, fit in self._baseline_priors(model, dataset).items():
-            panels[name] = (fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), summary["baselines"][name])
+        baselines = {name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
+                     for name, fit in self._baseline_priors(model, dataset).items()}
+        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"],
+                               latent_draws(model, cfg, device)[:, 0], baselines)
         latent_density_figure(panels, dataset.prior, float(cfg.data.noise_sd),
                               Path(run_dir) / "figures" / "latent_density.png")
