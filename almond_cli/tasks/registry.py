@@ -26,7 +26,7 @@ from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
 from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
 from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
 from ..errors import require
-from ..model.likelihoods import likelihood_class
+from ..model.likelihoods import Likelihood, likelihood_class
 from .base import Task
 from .file import FileTask
 from .glmm import GLMMTask
@@ -112,12 +112,16 @@ def task_for(dataset: Dataset) -> Task:
 def validate_data(cfg) -> None:
     """The data option's own config rules, then whether the likelihood reads its rows; raises ``UsageError``
     (``ConfigError`` naming ``likelihood`` for a clash). Pure: reads no file (``config.validate`` runs it)."""
-    name = cfg.data.name
-    option = _option(name)
-    option.validate(cfg)
+    _option(cfg.data.name).validate(cfg)
     likelihood = likelihood_class(str(cfg.likelihood.get("_target_", "")))
-    if likelihood is None:  # a class almond does not know: its rows are the user's business
-        return
+    if likelihood is not None:  # a class almond does not know: its rows are the user's business
+        check_likelihood(cfg.data.name, likelihood)
+
+
+def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
+    """Refuses (``ConfigError`` naming ``likelihood``, with the option to use instead) a likelihood that does not
+    read the rows of data option ``name``: see ``DataOption.likelihoods``."""
+    option = _option(name)
     if option.likelihoods is not None:
         require(likelihood.name in option.likelihoods, "likelihood",
                 f"data={name} needs " + " or ".join(f"likelihood={n}" for n in option.likelihoods))
