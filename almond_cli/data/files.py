@@ -133,10 +133,11 @@ def read_file_data(data_cfg, likelihood: type[Likelihood] | None = None) -> File
     if limit is not None and limit < table.values.shape[0]:  # a quick trial on the first rows
         table = table.head(limit)
     row_columns, keys = {}, {}
-    for name in row_column_names():
-        key = f"data.{row_column_key(name)}"
-        if data_cfg.get(row_column_key(name)) is not None:
-            row_columns[name] = column_index(table, data_cfg[row_column_key(name)], key)
+    for name in row_column_names():  # the likelihood's per-row columns, in the order rows carry them
+        selector = data_cfg.get(row_column_key(name))
+        if selector is not None:
+            key = f"data.{row_column_key(name)}"
+            row_columns[name] = column_index(table, selector, key)
             keys[row_columns[name]] = key
     id_column = None
     if data_cfg.get("id_column") is not None:
