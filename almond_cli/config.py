@@ -9,77 +9,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data.files import validate_file_config
-from .data.idx import SPLITS as MNIST_SPLITS
-from .data.mnist import PIXEL_MODES
-from .errors import UsageError
+# The data options' schemas live with their option (``tasks/registry.py``); the names stay importable from here.
+from .data.files import FileDataConfig  # noqa: F401
+from .data.glmm import GLMMDataConfig, GLMMFileDataConfig  # noqa: F401
+from .data.mnist import MnistDataConfig  # noqa: F401
+from .data.normal_means import NormalMeansDataConfig, PriorName  # noqa: F401
+from .errors import ConfigError
+from .errors import require as _require
 from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
 from .langevin.tabulated import TABULATE_MODES
-from .model.likelihoods import Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, likelihood_class, target_of
+from .model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, likelihood_class,
+                                target_of)
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
-
-
-class ConfigError(UsageError):
-    """A config value is out of range; ``key`` names it, the message says what to do."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-class PriorName(Enum):
-    normal = "normal"
-    exponential = "exponential"
-    mixture = "mixture"
-
-
-@dataclass
-class NormalMeansDataConfig:
-    name: str = "normal_means"
-    n: int = 1000
-    prior: PriorName = PriorName.exponential
-    noise_sd: float = 1.0
-    holdout_fraction: float = 0.0
-
-
-@dataclass
-class FileDataConfig:
-    """``data=file``: the user's own measurements (see ``data/files.py``)."""
-
-    name: str = "file"
-    path: Optional[str] = None
-    format: str = "auto"
-    header: Optional[bool] = None
-    array: Optional[str] = None
-    columns: Optional[List[str]] = None
-    sd_column: Optional[str] = None
-    id_column: Optional[str] = None
-    truth_path: Optional[str] = None
-    truth_array: Optional[str] = None
-    truth_columns: Optional[List[str]] = None
-    n: Optional[int] = None
-    holdout_fraction: float = 0.0
-
-
-@dataclass
-class MnistDataConfig:
-    name: str = "mnist"
-    root: Optional[str] = None
-    splits: List[str] = field(default_factory=lambda: ["train"])
-    held_out_split: Optional[str] = None
-    held_out_fraction: float = 0.1
-    split_seed: int = 0
-    subset: Optional[int] = None
-    pixels: str = "continuous"
-    threshold: float = 0.5
+from .tasks.registry import register_data_schemas, validate_data
 
 
 @dataclass
@@ -97,33 +46,6 @@ class ConvNetworkConfig:
 @dataclass
 class BernoulliLikelihoodConfig:
     _target_: str = target_of(Bernoulli)
-
-
-@dataclass
-class GLMMDataConfig:
-    name: str = "glmm"
-    n: int = 10_000
-    p: int = 5
-    covariate_sd: float = 0.2
-    beta_bound: float = 2.0
-    copula_theta: float = 2.0
-    gamma_shape: float = 2.0
-    gamma_scale: float = 1.0
-    gaussian_baseline: bool = True
-    holdout_fraction: float = 0.0
-
-
-@dataclass
-class GLMMFileDataConfig:
-    name: str = "glmm_file"
-    path: str = MISSING
-    n: Optional[int] = None
-    header: bool = True
-    response: str = MISSING
-    fixed_effects: List[str] = field(default_factory=list)
-    random_effects: List[str] = field(default_factory=list)
-    gaussian_baseline: bool = True
-    holdout_fraction: float = 0.0
 
 
 @dataclass
@@ -159,7 +81,8 @@ class NegativeBinomialLikelihoodConfig:
 
 @dataclass
 class TargetOnlyLikelihoodConfig:
-    """A likelihood with no settings (bernoulli, poisson, gaussian_hetero)."""
+    """A likelihood with no settings whose YAML names its class (poisson, gaussian_hetero); bernoulli, with no
+    settings either, has its own schema (``BernoulliLikelihoodConfig``) whose default names its class."""
 
     _target_: str = MISSING
 
@@ -258,18 +181,14 @@ def register_schemas() -> None:
     """Stores the schemas under the names the YAML options list in their defaults."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(group="data", name="normal_means_schema", node=NormalMeansDataConfig)
+    register_data_schemas(store)
     store.store(group="encoder", name="mlp_schema", node=MLPNetworkConfig)
     store.store(group="decoder", name="mlp_schema", node=MLPNetworkConfig)
-    store.store(group="data", name="glmm_schema", node=GLMMDataConfig)
-    store.store(group="data", name="glmm_file_schema", node=GLMMFileDataConfig)
     store.store(group="decoder", name="linear_schema", node=LinearNetworkConfig)
     store.store(group="likelihood", name="poisson_glmm_schema", node=PoissonGLMMLikelihoodConfig)
     store.store(group="likelihood", name="gaussian_schema", node=GaussianLikelihoodConfig)
-    store.store(group="data", name="file_schema", node=FileDataConfig)
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
     store.store(group="likelihood", name="negative_binomial_schema", node=NegativeBinomialLikelihoodConfig)
-    store.store(group="data", name="mnist_schema", node=MnistDataConfig)
     store.store(group="encoder", name="conv_schema", node=ConvNetworkConfig)
     store.store(group="decoder", name="conv_schema", node=ConvNetworkConfig)
     store.store(group="likelihood", name="bernoulli_schema", node=BernoulliLikelihoodConfig)
@@ -344,11 +263,6 @@ def override_parse_message(error: Exception, overrides: list[str]) -> str:
     return text + "."
 
 
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(key, message)
-
-
 def validate(cfg) -> None:
     """Checks ranges and cross-field rules of a composed config; raises ``ConfigError`` naming the key."""
     sampler, schedule = cfg.sampler, cfg.schedule
@@ -381,10 +295,10 @@ def validate(cfg) -> None:
              f"'on' needs latent_dim 1 (the table is over a one-dimensional z), got latent_dim {cfg.latent_dim}; "
              f"use 'auto' or 'off'")
     likelihood = likelihood_class(str(cfg.likelihood.get("_target_", "")))
+    closed_form = sorted(name for name, cls in LIKELIHOODS.items() if hasattr(cls, "value_and_grad_u"))
     _require(tabulate != "on" or likelihood is None or hasattr(likelihood, "value_and_grad_u"), "sampler.tabulate",
-             f"'on' needs a likelihood with a closed-form gradient in u (gaussian, gaussian_hetero, negative_binomial, "
-             f"poisson_glmm); likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples "
-             f"exactly) or 'off'")
+             f"'on' needs a likelihood with a closed-form gradient in u ({', '.join(closed_form)}); "
+             f"likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples exactly) or 'off'")
     table_nodes = sampler.get("table_nodes", 2049)
     _require(table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
@@ -428,72 +342,21 @@ def validate(cfg) -> None:
         if "init" in network:
             _require(network.init in INITIALISATIONS, f"{group}.init",
                      f"must be one of {list(INITIALISATIONS)}, got {network.init!r}")
-    if "holdout_fraction" in cfg.data:  # the non-image data; images have held_out_split / held_out_fraction
-        _require(0 <= cfg.data.holdout_fraction < 1, "data.holdout_fraction",
-                 f"must be in [0, 1) (0 trains on every row), got {cfg.data.holdout_fraction}")
-    if cfg.data.name == "normal_means":
-        _require(cfg.data.n >= 2, "data.n", f"must be >= 2, got {cfg.data.n}")
-        _require(cfg.data.noise_sd > 0, "data.noise_sd", f"must be > 0, got {cfg.data.noise_sd}")
-    if cfg.data.name == "file":
-        validate_file_config(cfg)
-        _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
-    if cfg.data.name == "mnist":
-        _validate_images(cfg)
-    _validate_glmm(cfg)
-    if "sigma" in cfg.likelihood:
-        _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
-    if "dispersion" in cfg.likelihood:
-        _require(cfg.likelihood.dispersion > 0, "likelihood.dispersion",
-                 f"must be > 0 (the negative binomial's starting r), got {cfg.likelihood.dispersion}")
-
-
-
-
-def _validate_images(cfg) -> None:
-    """Range checks of ``data=mnist``, the conv networks and the held-out likelihood's settings."""
-    data, evaluation = cfg.data, cfg.evaluation
-    _require(len(data.splits) >= 1 and all(s in MNIST_SPLITS for s in data.splits), "data.splits",
-             f"must list one or both of {list(MNIST_SPLITS)}, got {list(data.splits)}")
-    _require(data.held_out_split is None or data.held_out_split in MNIST_SPLITS, "data.held_out_split",
-             f"must be null or one of {list(MNIST_SPLITS)}, got {data.held_out_split!r}")
-    _require(data.held_out_split is None or data.held_out_split not in data.splits, "data.held_out_split",
-             f"{data.held_out_split!r} is also in data.splits; held-out images must not be trained on")
-    _require(0 < data.held_out_fraction < 1 or data.held_out_split is not None, "data.held_out_fraction",
-             f"must be in (0, 1) (or set data.held_out_split), got {data.held_out_fraction}")
-    _require(data.subset is None or data.subset >= 1, "data.subset", f"must be >= 1 or null, got {data.subset}")
-    _require(data.pixels in PIXEL_MODES, "data.pixels", f"must be one of {list(PIXEL_MODES)}, got {data.pixels!r}")
-    _require(0 < data.threshold < 1, "data.threshold", f"must be in (0, 1), got {data.threshold}")
-    _require(evaluation.nll_images is None or evaluation.nll_images >= 2, "evaluation.nll_images",
-             f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}")
-    for group in ("encoder", "decoder"):
-        network = cfg[group]
         if "channels" in network:
             _require(len(network.channels) >= 1 and all(int(c) >= 1 for c in network.channels), f"{group}.channels",
                      f"must list at least one filter count, each >= 1, got {list(network.channels)}")
             _require(network.kernel_size >= 1 and network.stride >= 1, f"{group}.kernel_size",
                      f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
             _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")
-GLMM_DATA = ("glmm", "glmm_file")
-
-
-def _validate_glmm(cfg) -> None:
-    """The GLMM data sets and the Poisson GLMM likelihood need each other; the simulation's ranges."""
-    is_glmm_data = cfg.data.name in GLMM_DATA
-    is_glmm_likelihood = cfg.likelihood.get("_target_") == target_of(PoissonGLMM)
-    _require(is_glmm_data == is_glmm_likelihood, "likelihood",
-             f"data={cfg.data.name} needs " + ("likelihood=poisson_glmm" if is_glmm_data else
-                                               "a likelihood other than poisson_glmm, which reads GLMM rows "
-                                               "[y, fixed covariates, random covariates]; use data=glmm or "
-                                               "data=glmm_file"))
-    if not is_glmm_likelihood:
-        return
-    _require(cfg.likelihood.max_linear_predictor > 0, "likelihood.max_linear_predictor",
-             f"must be > 0, got {cfg.likelihood.max_linear_predictor}")
-    if cfg.data.name == "glmm":
-        data = cfg.data
-        _require(data.n >= 2, "data.n", f"must be >= 2, got {data.n}")
-        _require(data.p >= 1, "data.p", f"must be >= 1, got {data.p}")
-        for key in ("covariate_sd", "beta_bound", "copula_theta", "gamma_shape", "gamma_scale"):
-            _require(data[key] > 0, f"data.{key}", f"must be > 0, got {data[key]}")
-    else:
-        _require(cfg.data.n is None or cfg.data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {cfg.data.n}")
+    if "holdout_fraction" in cfg.data:  # the non-image data; images have held_out_split / held_out_fraction
+        _require(0 <= cfg.data.holdout_fraction < 1, "data.holdout_fraction",
+                 f"must be in [0, 1) (0 trains on every row), got {cfg.data.holdout_fraction}")
+    validate_data(cfg)  # the data option's own rules and whether the likelihood reads its rows (tasks/registry.py)
+    if "sigma" in cfg.likelihood:
+        _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
+    if "dispersion" in cfg.likelihood:
+        _require(cfg.likelihood.dispersion > 0, "likelihood.dispersion",
+                 f"must be > 0 (the negative binomial's starting r), got {cfg.likelihood.dispersion}")
+    if "max_linear_predictor" in cfg.likelihood:
+        _require(cfg.likelihood.max_linear_predictor > 0, "likelihood.max_linear_predictor",
+                 f"must be > 0, got {cfg.likelihood.max_linear_predictor}")

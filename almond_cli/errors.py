@@ -7,6 +7,20 @@ class UsageError(Exception):
     """Bad input (config, data file, checkpoint, command argument). The message is shown as it is."""
 
 
+class ConfigError(UsageError):
+    """A config value is out of range or clashes with another; ``key`` names it, the message says what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raises ``ConfigError(key, message)`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
 EXIT_USAGE = 2
 
 

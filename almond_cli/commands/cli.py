@@ -41,6 +41,7 @@ def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
 def check_overrides(overrides: list[str], multirun: bool) -> None:
     """Composes the config once per sweep combination and validates it; exits 2 on the first problem.
 
+    Everything a run would refuse is refused here, before Hydra makes the run folder (``check_before_run``).
     Hydra accepts ``+group.key=value`` for keys no schema knows and drops nothing it then ignores, so such
     additions are refused here too (groups and ``hydra.*`` keys excepted).
     """
@@ -48,7 +49,6 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from ..config import CONFIG_GROUPS, composition_message, override_parse_message, register_schemas, validate
-    from ..data.files import check_data_file
     from .extras import check_extras
 
     register_schemas()
@@ -84,9 +84,29 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                      f"the options of each group are the files in configs/<group>/)")
             try:
                 validate(cfg)
-                check_data_file(cfg)  # reads the user's data file now, so bad data leaves no run folder
+                check_before_run(cfg, combination)
             except UsageError as error:
                 fail(f"{error}")
+
+
+def check_before_run(cfg, overrides: list[str]) -> None:
+    """What the run would refuse once started, refused now, while no run folder exists: a warm start that does
+    not fit (its config is then the run's), the data (the data option's files read with every check, and the
+    hold-out split: ``tasks.registry.check_before_run``) and a device this machine lacks. A resumed run's data and
+    config were checked against its checkpoint by ``resolve_resume``. Raises ``UsageError``."""
+    from ..config import validate
+    from ..tasks.registry import check_before_run as check_data
+    from ..training.runtime import pick_device, seed_streams
+    from ..training.warm_start import warm_start_config
+
+    if cfg.get("resume"):
+        pick_device(cfg.device)
+        return
+    if cfg.get("warm_start"):
+        cfg = warm_start_config(cfg, overrides)[0]
+        validate(cfg)
+    check_data(cfg, seed_streams(cfg.seed)["data"])  # reads the user's data file now: bad data leave no folder
+    pick_device(cfg.device)
 
 
 def run_train(args: list[str]) -> None:

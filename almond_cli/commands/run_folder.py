@@ -15,7 +15,7 @@ from ..config import saved_config
 from ..data.dataset import Dataset, check_same_data
 from ..errors import UsageError
 from ..model.model import LatentVariableModel
-from ..tasks.registry import build_dataset
+from ..tasks.registry import build_dataset, resolve_data_paths
 from ..training.build import load_model_state
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.runtime import configure_process, pick_device, seed_streams
@@ -46,18 +46,11 @@ class LoadedRun:
 
 def _resolve_data_paths(cfg, run_dir: Path) -> None:
     """Relative data paths were relative to where ``almond train`` ran; Hydra kept that folder."""
-    if cfg.data.get("name") != "file":
-        return
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     train_cwd = None
     if hydra_file.is_file():
         train_cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd")
-    for key in ("path", "truth_path"):
-        value = cfg.data.get(key)
-        if value and not Path(value).expanduser().is_absolute() and train_cwd:
-            candidate = Path(train_cwd) / value
-            if not Path(value).exists() and candidate.exists():
-                cfg.data[key] = str(candidate)
+    resolve_data_paths(cfg, train_cwd)
 
 
 def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | None = None) -> LoadedRun:

@@ -149,11 +149,11 @@ def _names(dataset, width: int) -> list[str]:
 
 
 def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
-    """The per-row table: row, observations, [sd], [truth], post_mean, post_sd, interval bounds, and for
-    Poisson/Bernoulli the posterior mean of the rate exp(u) / probability sigmoid(u)."""
+    """The per-row table: row, observations, the likelihood's per-row columns under their names (``sd`` for
+    gaussian_hetero), [truth], post_mean, post_sd, interval bounds, and for Poisson/Bernoulli the posterior mean of
+    the rate exp(u) / probability sigmoid(u)."""
     x = dataset.x.double()
-    has_sd = likelihood.reads_sd_column
-    values = likelihood.observations(x)
+    values, row_columns = likelihood.split_row(x)
     observed = _names(dataset, values.shape[1])
     num_latent = stats["mean"].shape[1]
     suffixes = [""] if num_latent == 1 else [f"_{name}" for name in observed] if len(observed) == num_latent \
@@ -162,7 +162,7 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
     ids = dataset.ids
     header = ["row"] + ([dataset.id_name or "id"] if ids is not None else []) + [*observed]
-    header += ["sd"] if has_sd else []
+    header += list(row_columns)
     if dataset.truth is not None:
         header += [f"truth{s}" for s in suffixes]
     for s in suffixes:
@@ -175,8 +175,7 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     writer.writerow(header)
     for i in range(x.shape[0]):
         line = [rows[i]] + ([ids[i]] if ids is not None else []) + [f"{v:.6g}" for v in values[i].tolist()]
-        if has_sd:
-            line.append(f"{float(x[i, -1]):.6g}")
+        line += [f"{float(column[i]):.6g}" for column in row_columns.values()]
         if dataset.truth is not None:
             line += [f"{v:.6g}" for v in dataset.truth[i].tolist()]
         for p in range(num_latent):

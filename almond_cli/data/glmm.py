@@ -10,15 +10,65 @@ y_i ~ Poisson(exp(x_i·beta + zeta_i·u_i)).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List, Optional
+
 import numpy as np
 import torch
+from omegaconf import MISSING
 
+from ..errors import require
 from .clayton import ShiftedGamma, clayton_random_effects
 from .dataset import GLMMDataset
 from .tables import EXTENSIONS, DataFileError, check_finite, column_index, first_bad, read_table
 
-# A GLMM table's problems are data-file problems: the same reader, the same kind of message.
-GLMMFileError = DataFileError
+
+@dataclass
+class GLMMDataConfig:
+    """``data=glmm``: the paper's simulation (see ``make_glmm``)."""
+
+    name: str = "glmm"
+    n: int = 10_000
+    p: int = 5
+    covariate_sd: float = 0.2
+    beta_bound: float = 2.0
+    copula_theta: float = 2.0
+    gamma_shape: float = 2.0
+    gamma_scale: float = 1.0
+    gaussian_baseline: bool = True
+    holdout_fraction: float = 0.0
+
+
+@dataclass
+class GLMMFileDataConfig:
+    """``data=glmm_file``: a user's count table (see ``load_glmm_file``)."""
+
+    name: str = "glmm_file"
+    path: str = MISSING
+    n: Optional[int] = None
+    header: bool = True
+    response: str = MISSING
+    fixed_effects: List[str] = field(default_factory=list)
+    random_effects: List[str] = field(default_factory=list)
+    gaussian_baseline: bool = True
+    holdout_fraction: float = 0.0
+
+
+def validate_glmm_config(cfg) -> None:
+    """The ranges of ``data=glmm``'s simulation."""
+    data = cfg.data
+    require(data.n >= 2, "data.n", f"must be >= 2, got {data.n}")
+    require(data.p >= 1, "data.p", f"must be >= 1, got {data.p}")
+    for key in ("covariate_sd", "beta_bound", "copula_theta", "gamma_shape", "gamma_scale"):
+        require(data[key] > 0, f"data.{key}", f"must be > 0, got {data[key]}")
+
+
+def validate_glmm_file_config(cfg) -> None:
+    """Config rules of ``data=glmm_file`` that need no file access."""
+    data = cfg.data
+    require(data.n is None or data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {data.n}")
+    require(len(data.random_effects) >= 1, "data.random_effects",
+            "give at least one random-effect covariate column, for example data.random_effects=[z1,z2]")
 
 
 def make_glmm(n: int, p: int, covariate_sd: float, beta_bound: float, theta: float, gamma_shape: float,
@@ -56,16 +106,16 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
         A GLMMDataset with x (n, 1 + p + q) in the order [response, fixed..., random...].
 
     Raises:
-        GLMMFileError: a missing or empty file, an unknown column, a column used twice, a ragged row, a value
+        DataFileError: a missing or empty file, an unknown column, a column used twice, a ragged row, a value
             that is not a finite number, or a count that is negative or not an integer.
     """
     if not random_effects:
-        raise GLMMFileError("data.random_effects: give at least one random-effect covariate column, for example "
+        raise DataFileError("data.random_effects: give at least one random-effect covariate column, for example "
                             "data.random_effects=[z1,z2]")
     fmt = "auto" if str(path).lower().endswith(tuple(EXTENSIONS)) else "csv"
     table = read_table(path, fmt, header)
     if table.values.shape[0] == 0:
-        raise GLMMFileError(f"data.path: {table.path} holds no data rows; it needs a header row (data.header=true) "
+        raise DataFileError(f"data.path: {table.path} holds no data rows; it needs a header row (data.header=true) "
                             "and at least one row of numbers")
     if n is not None:
         table = table.head(n)
@@ -76,7 +126,7 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
     if len(set(order)) != len(order):
         repeated = sorted({index for index in order if order.count(index) > 1})
         label = [table.names[index] if table.names else index for index in repeated]
-        raise GLMMFileError(f"data: column(s) {label} of {table.path} are used more than once among data.response, "
+        raise DataFileError(f"data: column(s) {label} of {table.path} are used more than once among data.response, "
                             "data.fixed_effects and data.random_effects; each column may play one role")
     table.check_numeric(order)
     check_finite(table, order)
@@ -84,7 +134,7 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
     bad = (counts < 0) | (counts != np.round(counts))
     if bad.any():
         row, column = first_bad(table, bad, order[:1])
-        raise GLMMFileError(f"data.response: {table.path}: {table.row_label(row)}, {table.column_label(column)} is "
+        raise DataFileError(f"data.response: {table.path}: {table.row_label(row)}, {table.column_label(column)} is "
                             f"{table.values[row, column]:g}, which is not a count (a non-negative integer); the "
                             "Poisson GLMM needs counts")
     fixed_names = [table.names[index] if table.names else f"col{index}" for index in indices["data.fixed_effects"]]
@@ -102,3 +152,9 @@ def build_glmm_file(data_cfg, generator: torch.Generator | None = None) -> GLMMD
     """The ``data=glmm_file`` table ``data_cfg`` names (``generator`` is unused: a file is not a simulation)."""
     return load_glmm_file(data_cfg.path, data_cfg.response, data_cfg.fixed_effects, data_cfg.random_effects,
                           data_cfg.header, data_cfg.get("n"))
+
+
+def check_glmm_file(cfg, generator: torch.Generator | None = None) -> GLMMDataset:
+    """Reads ``data=glmm_file``'s table with every check (counts in the response, finite covariates within float32,
+    each column in one role), before any run folder exists; returns it as ``build_glmm_file`` does."""
+    return build_glmm_file(cfg.data, generator)

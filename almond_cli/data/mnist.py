@@ -20,16 +20,61 @@ Labels are kept (``ImageDataset.train_labels``, ``test_labels``) for the latent 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import UsageError, require
 from .dataset import ImageDataset
-from .idx import IdxError, available_splits, load_split
+from .idx import SPLITS, IdxError, available_splits, load_split
 
 PIXEL_MODES = ("continuous", "threshold", "dynamic")
+
+
+@dataclass
+class MnistDataConfig:
+    """``data=mnist``: MNIST-format IDX files in ``root`` (see ``build_mnist``)."""
+
+    name: str = "mnist"
+    root: Optional[str] = None
+    splits: List[str] = field(default_factory=lambda: ["train"])
+    held_out_split: Optional[str] = None
+    held_out_fraction: float = 0.1
+    split_seed: int = 0
+    subset: Optional[int] = None
+    pixels: str = "continuous"
+    threshold: float = 0.5
+
+
+PATH_KEYS = ("root",)
+"""The key of ``data=mnist`` that names a folder, relative to where ``almond train`` ran."""
+
+
+def validate_mnist_config(cfg) -> None:
+    """Range checks of ``data=mnist`` and of the held-out likelihood's image count."""
+    data, evaluation = cfg.data, cfg.evaluation
+    require(len(data.splits) >= 1 and all(s in SPLITS for s in data.splits), "data.splits",
+            f"must list one or both of {list(SPLITS)}, got {list(data.splits)}")
+    require(data.held_out_split is None or data.held_out_split in SPLITS, "data.held_out_split",
+            f"must be null or one of {list(SPLITS)}, got {data.held_out_split!r}")
+    require(data.held_out_split is None or data.held_out_split not in data.splits, "data.held_out_split",
+            f"{data.held_out_split!r} is also in data.splits; held-out images must not be trained on")
+    require(0 < data.held_out_fraction < 1 or data.held_out_split is not None, "data.held_out_fraction",
+            f"must be in (0, 1) (or set data.held_out_split), got {data.held_out_fraction}")
+    require(data.subset is None or data.subset >= 1, "data.subset", f"must be >= 1 or null, got {data.subset}")
+    require(data.pixels in PIXEL_MODES, "data.pixels", f"must be one of {list(PIXEL_MODES)}, got {data.pixels!r}")
+    require(0 < data.threshold < 1, "data.threshold", f"must be in (0, 1), got {data.threshold}")
+    require(evaluation.nll_images is None or evaluation.nll_images >= 2, "evaluation.nll_images",
+            f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}")
+
+
+def check_mnist_files(cfg, generator: torch.Generator | None = None) -> None:
+    """Refuses a missing ``data.root`` or split before any run folder exists, without reading the images (which
+    training reads once); returns None: the hold-out of images is their own (``data.held_out_*``)."""
+    _image_root(cfg.data)
 
 
 def dynamic_binarise(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -45,19 +90,12 @@ def _pixels(images: Tensor, mode: str, threshold: float) -> Tensor:
     return x
 
 
-def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageDataset:
-    """Reads the splits ``data_cfg`` names and makes the training rows and the held-out images (``generator`` is
-    unused: the held-out split and dynamic binarisation of held-out images draw from ``data.split_seed``).
-
-    Returns:
-        An ``ImageDataset`` with x (n_train, D), ``train_labels`` (n_train,), ``test_x`` (n_test, D),
-        ``test_labels`` (n_test,), ``image_shape`` (channels, rows, cols) and ``pixels``.
-    """
+def _image_root(data_cfg) -> Path:
+    """``data.root`` as a folder that holds every split ``data_cfg`` reads; refuses it otherwise."""
     if data_cfg.root in (None, "", "???"):
         raise UsageError("data.root: data=mnist needs the folder of the MNIST-format IDX files, e.g. "
                          "data.root=/path/to/mnist (files train-images-idx3-ubyte.gz, ...); almond never downloads")
     root = Path(str(data_cfg.root)).expanduser()
-    mode = str(data_cfg.pixels)
     splits = [str(s) for s in data_cfg.splits]
     held_out_split = None if data_cfg.held_out_split in (None, "") else str(data_cfg.held_out_split)
     if not root.is_dir():
@@ -69,6 +107,21 @@ def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageData
             key = "data.held_out_split" if split == held_out_split and split not in splits else "data.splits"
             raise IdxError(f"{key}: split {split!r} is not in {root} (splits present: {present or 'none'}); "
                            f"set {key} to one of those, or add {split}-images-idx3-ubyte.gz and its labels file")
+    return root
+
+
+def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageDataset:
+    """Reads the splits ``data_cfg`` names and makes the training rows and the held-out images (``generator`` is
+    unused: the held-out split and dynamic binarisation of held-out images draw from ``data.split_seed``).
+
+    Returns:
+        An ``ImageDataset`` with x (n_train, D), ``train_labels`` (n_train,), ``test_x`` (n_test, D),
+        ``test_labels`` (n_test,), ``image_shape`` (channels, rows, cols) and ``pixels``.
+    """
+    root = _image_root(data_cfg)
+    mode = str(data_cfg.pixels)
+    splits = [str(s) for s in data_cfg.splits]
+    held_out_split = None if data_cfg.held_out_split in (None, "") else str(data_cfg.held_out_split)
     parts = [load_split(root, split) for split in splits]
     images = torch.cat([images for images, _ in parts])
     labels = torch.cat([labels for _, labels in parts])

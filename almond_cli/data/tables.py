@@ -94,14 +94,14 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
+def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str = "data.path") -> Table:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataFileError(f"{path} is not a UTF-8 text file (byte {error.start} cannot be decoded); "
                             "save it as UTF-8 CSV, or set data.format if it is a .npy/.npz file") from None
     if not text.strip():
-        raise DataFileError(f"{path} is empty: it has no rows; point data.path at the file with your measurements")
+        raise DataFileError(f"{path} is empty: it has no rows; point {key} at the file with your measurements")
     if delimiter is None:  # .txt: the first line decides between comma, tab, semicolon and spaces (np.savetxt)
         first = text.lstrip().splitlines()[0]
         delimiter = max([",", "\t", ";"], key=first.count) if any(c in first for c in ",\t;") else " "
@@ -128,7 +128,7 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None) -> Table:
         names = first
         rows, lines = rows[1:], lines[1:]
         if not rows:
-            raise DataFileError(f"{path} has a header row ({', '.join(names)}) but no data rows below it")
+            raise DataFileError(f"{key}: {path} has a header row ({', '.join(names)}) but no data rows below it")
     width = len(names) if names is not None else len(rows[0])
     what = "the header" if names is not None else f"line {lines[0]}"
     for fields, line in zip(rows, lines):
@@ -235,7 +235,7 @@ def read_table(path: str | Path, fmt: str = "auto", header: bool | None = None, 
     if kind == "npz":
         return _read_npz(path, array, array_key)
     return _read_text(path, {"csv": ",", "tsv": "\t"}[kind] if path.suffix.lower() != ".txt" or fmt != "auto" else None,
-                      header)
+                      header, key)
 
 
 # ----- selecting and checking -------------------------------------------------------------------------------------

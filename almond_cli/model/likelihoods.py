@@ -5,9 +5,9 @@ Every likelihood maps a batch of observations x of shape (B, D) and decoder outp
 Likelihoods are modules because some carry parameters that are learned with the decoder (theta).
 
 A likelihood owns everything about itself: its config option name (``name``, the file
-configs/likelihood/<name>.yaml), whether its rows carry a per-row sd column (``reads_sd_column``), the data
-it gives zero probability (``support_violation``, ``describe_violation``), its mean given u (``mean``,
-``mean_name``), the measurement columns of a row (``observations``), its Gaussian noise sd (``noise_sd``) and
+configs/likelihood/<name>.yaml), the per-row columns its rows carry after the measurements (``row_columns``,
+split off by ``observations`` and ``row_column``), the data it gives zero probability (``support_violation``,
+``describe_violation``), its mean given u (``mean``, ``mean_name``), its Gaussian noise sd (``noise_sd``) and
 what the encoder reads (``encoder_input``). Adding one is one subclass here (with a ``name``: it registers
 itself in ``LIKELIHOODS``), one YAML file and its tests.
 """
@@ -38,6 +38,22 @@ def likelihood_class(target: str) -> type["Likelihood"] | None:
     return None
 
 
+def row_column_names() -> tuple[str, ...]:
+    """Every per-row column name a registered likelihood declares (``Likelihood.row_columns``), in the order data
+    rows carry them: a data file lays out the row columns its config names in this order."""
+    return tuple(dict.fromkeys(name for cls in LIKELIHOODS.values() for name in cls.row_columns))
+
+
+def _check_row_column_order(cls: type["Likelihood"]) -> None:
+    """Refuses a likelihood whose ``row_columns`` list names that others share in another order: a file builds its
+    rows in one order (``row_column_names``) before it knows the likelihood."""
+    known = [name for name in row_column_names() if name in cls.row_columns]
+    shared = [name for name in cls.row_columns if name in known]
+    if shared != known:
+        raise TypeError(f"{target_of(cls)}.row_columns lists {shared} in another order than the registered "
+                        f"likelihoods ({known}); list them in that order")
+
+
 def _count_violation(values: np.ndarray) -> np.ndarray:
     """True where a cell is not a count 0, 1, 2, ...: negative or not an integer (NaN counts as the latter)."""
     return (values < 0) | (values != np.round(values))
@@ -56,14 +72,16 @@ class Likelihood(nn.Module):
     Class attributes:
         name: the config option (likelihood=<name>, configs/likelihood/<name>.yaml). A subclass that sets it
             in its own body registers itself in ``LIKELIHOODS``; None (the base) registers nothing.
-        reads_sd_column: True when each data row carries its known noise sd as the last column.
+        row_columns: the names of the per-row columns a data row carries after its measurements, in this order
+            (``("sd",)``: each row's known noise sd); () for none. ``data=file`` fills column ``name`` from
+            ``data.<name>_column``. Every likelihood lists shared names in one order (``row_column_names``).
         mean_name: the word for E[x | u] where it differs from u ("rate", "prob"), e.g. for a posterior-mean
             column ``post_mean_<mean_name>``; None where there is no separate mean to report (the Gaussians,
             whose mean is u itself, and the GLMM, whose mean needs the covariates).
     """
 
     name: ClassVar[str | None] = None
-    reads_sd_column: ClassVar[bool] = False
+    row_columns: ClassVar[tuple[str, ...]] = ()
     mean_name: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
@@ -71,6 +89,7 @@ class Likelihood(nn.Module):
         name = cls.__dict__.get("name")
         if name is None:
             return
+        _check_row_column_order(cls)
         known = LIKELIHOODS.get(name)
         if known is not None and target_of(known) != target_of(cls):  # the same path again is a module reload
             raise TypeError(f"likelihood name {name!r} of {target_of(cls)} is already taken by {target_of(known)}")
@@ -93,8 +112,8 @@ class Likelihood(nn.Module):
 
         Args:
             values: (n, k) float64 data columns laid out as the likelihood reads a row of x: the observation
-                columns, plus the sd column last where ``reads_sd_column`` (so for every likelihood but the
-                GLMM and gaussian_hetero these are exactly the observation columns).
+                columns, then the ``row_columns`` (so for every likelihood but the GLMM and gaussian_hetero these
+                are exactly the observation columns).
         Returns:
             None when every cell is fine; otherwise (a boolean (n, k) mask of the offending cells, a phrase
             saying what the likelihood needs, e.g. "likelihood=poisson needs counts 0, 1, 2, ... in every
@@ -113,9 +132,23 @@ class Likelihood(nn.Module):
         """E[x | u] for decoder outputs u (any shape), elementwise."""
         raise NotImplementedError(f"{type(self).__name__} does not define the mean of x given u")
 
-    def observations(self, x: Tensor) -> Tensor:
-        """The measurement columns of data rows x (n, D): x itself, or x without the sd column."""
-        return x[:, :-1] if self.reads_sd_column else x
+    @classmethod
+    def observations(cls, x):
+        """The measurement columns of data rows x (n, D + k) (a tensor or an array): x without its k
+        ``row_columns``, which is x itself for a likelihood without any."""
+        return x[:, :x.shape[1] - len(cls.row_columns)] if cls.row_columns else x
+
+    @classmethod
+    def row_column(cls, x, name: str):
+        """(n,) the per-row column ``name`` (one of ``row_columns``) of data rows x (n, D + k)."""
+        if name not in cls.row_columns:
+            raise KeyError(f"likelihood={cls.name} rows carry no {name!r} column (row_columns: {cls.row_columns})")
+        return x[:, x.shape[1] - len(cls.row_columns) + cls.row_columns.index(name)]
+
+    @classmethod
+    def split_row(cls, x) -> tuple:
+        """(measurements (n, D), {name: (n,) column} for each of ``row_columns``) of data rows x (n, D + k)."""
+        return cls.observations(x), {name: cls.row_column(x, name) for name in cls.row_columns}
 
     def noise_sd(self, x: Tensor) -> float | None:
         """The Gaussian noise sd of the data rows x (a summary over rows where it varies); None for a
@@ -241,7 +274,7 @@ class HeteroscedasticGaussian(Likelihood):
     """
 
     name = "gaussian_hetero"
-    reads_sd_column = True
+    row_columns = ("sd",)
 
     def param_dim(self, data_dim: int) -> int:
         if data_dim < 2:
@@ -279,8 +312,8 @@ class HeteroscedasticGaussian(Likelihood):
         return u
 
     def noise_sd(self, x: Tensor) -> float:
-        """The root mean square of the per-row sds (the last column), in float64."""
-        return float(x[:, -1].double().square().mean().sqrt())
+        """The root mean square of the per-row sds (the ``sd`` row column), in float64."""
+        return float(self.row_column(x, "sd").double().square().mean().sqrt())
 
 
 def _safe_exp(eta: Tensor, cap: float) -> Tensor:

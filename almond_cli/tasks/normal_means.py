@@ -48,8 +48,9 @@ def normal_empirical_bayes(x: Tensor, noise_sd: float) -> NormalPrior:
 
 
 def row_noise_sd(likelihood, x: Tensor):
-    """Each row's known noise sd: the sd column for ``gaussian_hetero``, else the one ``likelihood.sigma``."""
-    return x[:, -1].double() if likelihood.reads_sd_column else likelihood.noise_sd(x)
+    """Each row's known noise sd: the ``sd`` row column of a likelihood that declares one (``gaussian_hetero``),
+    else the one ``likelihood.sigma``."""
+    return likelihood.row_column(x, "sd").double() if "sd" in likelihood.row_columns else likelihood.noise_sd(x)
 
 
 def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:

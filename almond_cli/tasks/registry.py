@@ -1,20 +1,32 @@
-"""The one table of data sets: each ``data`` option's builder and the task that scores a model fitted to it.
+"""The one table of data sets: each ``data`` option, whole, as a plug-in.
 
-Adding a data set = its builder in ``data/``, its task in ``tasks/`` (or an existing one), a row here and a YAML
-file in ``configs/data/``.
+A ``DataOption`` carries everything almond knows about one option: its config schema, its builder, the task that
+scores fits to it, its config rules, the check of its files before any run folder exists, the keys that name
+files (resolved when a run is read back from another folder) and the likelihoods its rows are laid out for.
+Nothing outside this module asks for ``data.name``.
+
+Adding a data set = its schema, builder and checks in ``data/``, its task in ``tasks/`` (or an existing one), a
+row here and a YAML file in ``configs/data/`` (whose defaults list ``<name>_schema``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..data.dataset import Dataset, build_normal_means, hold_out
-from ..data.files import build_file_dataset
-from ..data.glmm import build_glmm_file, build_glmm_simulation
-from ..data.mnist import build_mnist
+from ..data.files import PATH_KEYS as FILE_PATH_KEYS
+from ..data.files import FileDataConfig, build_file_dataset, check_data_file, row_column_key, validate_file_config
+from ..data.glmm import (GLMMDataConfig, GLMMFileDataConfig, build_glmm_file, build_glmm_simulation, check_glmm_file,
+                         validate_glmm_config, validate_glmm_file_config)
+from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
+from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
+from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
+from ..errors import require
+from ..model.likelihoods import Likelihood, likelihood_class
 from .base import Task
 from .file import FileTask
 from .glmm import GLMMTask
@@ -22,21 +34,58 @@ from .images import ImageTask
 from .normal_means import NormalMeansTask
 
 
+def _no_rules(cfg) -> None:
+    """A data option without config rules of its own."""
+
+
 @dataclass(frozen=True)
 class DataOption:
-    """A ``data`` option: ``build(data_cfg, generator) -> Dataset`` (simulations draw from ``generator``) and
-    the ``Task`` class that scores fits to it."""
+    """A ``data`` option.
 
+    Attributes:
+        schema: the dataclass its YAML file extends, stored in Hydra's ``data`` group as ``<name>_schema``.
+        build: ``build(data_cfg, generator) -> Dataset``, every row as read or simulated (simulations draw from
+            ``generator``).
+        task: the ``Task`` class that scores fits to it.
+        validate: ``validate(cfg)``, its config rules that need no file (ranges, keys that go together); raises
+            ``UsageError`` naming the key. ``config.validate`` runs it.
+        check: ``check(cfg, generator) -> Dataset | None``, its data read with every check training would make
+            (against the likelihood and the schedule too), before any run folder exists: the data set as
+            ``build`` gives it, or None where reading it is left to training (images: checked, not read twice).
+            None: ``build`` is the check (a simulation).
+        path_keys: the ``data`` keys that name files or folders, relative to where ``almond train`` ran.
+        likelihoods: the likelihoods its rows are laid out for, by name (the GLMM's [y, covariates] rows:
+            ``poisson_glmm`` alone); None: any likelihood that reads rows of observations, that is one no option
+            names here, whose per-row columns (``Likelihood.row_columns``) the schema has a
+            ``<name>_column`` key for.
+    """
+
+    schema: type
     build: Callable[[Any, torch.Generator], Dataset]
     task: type[Task]
+    validate: Callable[[Any], None] = _no_rules
+    check: Callable[[Any, torch.Generator], Dataset | None] | None = None
+    path_keys: tuple[str, ...] = ()
+    likelihoods: tuple[str, ...] | None = None
 
+    def supplies(self, row_column: str) -> bool:
+        """Whether its data rows can carry the per-row column ``row_column`` (its schema has the key)."""
+        return row_column_key(row_column) in {f.name for f in fields(self.schema)}
+
+
+GLMM_LIKELIHOODS = ("poisson_glmm",)
 
 DATA_SETS: dict[str, DataOption] = {
-    "normal_means": DataOption(build_normal_means, NormalMeansTask),
-    "file": DataOption(build_file_dataset, FileTask),
-    "mnist": DataOption(build_mnist, ImageTask),
-    "glmm": DataOption(build_glmm_simulation, GLMMTask),
-    "glmm_file": DataOption(build_glmm_file, GLMMTask),
+    "normal_means": DataOption(NormalMeansDataConfig, build_normal_means, NormalMeansTask,
+                               validate=validate_normal_means_config),
+    "file": DataOption(FileDataConfig, build_file_dataset, FileTask, validate=validate_file_config,
+                       check=check_data_file, path_keys=FILE_PATH_KEYS),
+    "mnist": DataOption(MnistDataConfig, build_mnist, ImageTask, validate=validate_mnist_config,
+                        check=check_mnist_files, path_keys=IMAGE_PATH_KEYS),
+    "glmm": DataOption(GLMMDataConfig, build_glmm_simulation, GLMMTask, validate=validate_glmm_config,
+                       likelihoods=GLMM_LIKELIHOODS),
+    "glmm_file": DataOption(GLMMFileDataConfig, build_glmm_file, GLMMTask, validate=validate_glmm_file_config,
+                            check=check_glmm_file, path_keys=("path",), likelihoods=GLMM_LIKELIHOODS),
 }
 
 
@@ -57,3 +106,74 @@ def build_dataset(data_cfg, seed: int) -> Dataset:
 def task_for(dataset: Dataset) -> Task:
     """A fresh task for ``dataset``, by its ``name``."""
     return _option(dataset.name).task()
+
+
+# ----- checks -------------------------------------------------------------------------------------------------------
+def validate_data(cfg) -> None:
+    """The data option's own config rules, then whether the likelihood reads its rows; raises ``UsageError``
+    (``ConfigError`` naming ``likelihood`` for a clash). Pure: reads no file (``config.validate`` runs it)."""
+    _option(cfg.data.name).validate(cfg)
+    likelihood = likelihood_class(str(cfg.likelihood.get("_target_", "")))
+    if likelihood is not None:  # a class almond does not know: its rows are the user's business
+        check_likelihood(cfg.data.name, likelihood)
+
+
+def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
+    """Refuses (``ConfigError`` naming ``likelihood``, with the option to use instead) a likelihood that does not
+    read the rows of data option ``name``: see ``DataOption.likelihoods``."""
+    option = _option(name)
+    if option.likelihoods is not None:
+        require(likelihood.name in option.likelihoods, "likelihood",
+                f"data={name} needs " + " or ".join(f"likelihood={n}" for n in option.likelihoods))
+        return
+    owners = [other for other, entry in DATA_SETS.items() if entry.likelihoods and likelihood.name in entry.likelihoods]
+    require(not owners, "likelihood",
+            f"data={name} needs a likelihood other than {likelihood.name}, which reads only the rows of "
+            + " and ".join(f"data={o}" for o in owners) + "; use " + " or ".join(f"data={o}" for o in owners))
+    for column in likelihood.row_columns:
+        readers = [other for other, entry in DATA_SETS.items() if entry.supplies(column)]
+        require(option.supplies(column), "likelihood",
+                f"likelihood={likelihood.name} reads each row's {column} from a column of a table, which data={name} "
+                f"does not have; use " + " or ".join(f"data={r} with data.{row_column_key(column)}=NAME"
+                                                      for r in readers))
+
+
+def check_before_run(cfg, seed: int) -> None:
+    """Refuses, before any run folder exists, what training would refuse about the data: the option's files read
+    with every check (``DataOption.check``), and a ``data.holdout_fraction`` that leaves nothing to train on.
+
+    Args:
+        cfg: the composed, validated config.
+        seed: the data stream's seed, as training builds the data with (``build_dataset``).
+    """
+    option = _option(cfg.data.name)
+    generator = torch.Generator().manual_seed(seed)
+    dataset = option.build(cfg.data, generator) if option.check is None else option.check(cfg, generator)
+    if dataset is not None:
+        hold_out(dataset, float(cfg.data.get("holdout_fraction", 0.0)), seed)
+
+
+def resolve_data_paths(cfg, train_cwd: str | Path | None) -> None:
+    """Makes the option's relative ``path_keys`` point where they did for training: a relative path was relative
+    to where ``almond train`` ran (``train_cwd``); one that does not exist from here but does from there is
+    replaced, in ``cfg.data``, by the path from there.
+
+    Args:
+        cfg: a run's saved config (changed in place).
+        train_cwd: the folder ``almond train`` ran in (Hydra's ``hydra.runtime.cwd``), or None if unknown.
+    """
+    if not train_cwd:
+        return
+    option = DATA_SETS.get(cfg.data.get("name"))
+    for key in option.path_keys if option is not None else ():
+        value = cfg.data.get(key)
+        if value and not Path(value).expanduser().is_absolute():
+            candidate = Path(train_cwd) / value
+            if not Path(value).exists() and candidate.exists():
+                cfg.data[key] = str(candidate)
+
+
+def register_data_schemas(store) -> None:
+    """Stores every option's schema in Hydra's ``ConfigStore`` ``store`` as ``data/<name>_schema``."""
+    for name, option in DATA_SETS.items():
+        store.store(group="data", name=f"{name}_schema", node=option.schema)

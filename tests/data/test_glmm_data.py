@@ -5,7 +5,8 @@ import csv
 import pytest
 import torch
 
-from almond_cli.data.glmm import GLMMFileError, load_glmm_file, make_glmm
+from almond_cli.data.glmm import load_glmm_file, make_glmm
+from almond_cli.data.tables import DataFileError
 from conftest import run_almond
 
 
@@ -73,7 +74,7 @@ def test_file_round_trip_by_names_and_by_indices(tmp_path):
 ])
 def test_file_errors_name_the_row_and_column(tmp_path, rows, columns, message):
     path = _write(tmp_path / "bad.csv", ["y", "x", "z"], rows)
-    with pytest.raises(GLMMFileError) as error:
+    with pytest.raises(DataFileError) as error:
         load_glmm_file(str(path), columns.get("response", "y"), columns.get("fixed", ["x"]),
                        columns.get("random", ["z"]))
     assert message in str(error.value)

@@ -66,7 +66,7 @@ def test_support_check_reads_the_response_column_only(value, reason):
 def test_glmm_has_no_mean_of_u_alone_and_reads_whole_rows():
     likelihood = PoissonGLMM(num_fixed=1)
     assert likelihood.name == "poisson_glmm" and likelihood.mean_name is None
-    assert not likelihood.reads_sd_column and likelihood.noise_sd(torch.ones(2, 3)) is None
+    assert likelihood.row_columns == () and likelihood.noise_sd(torch.ones(2, 3)) is None
     with pytest.raises(NotImplementedError, match="linear_predictor"):
         likelihood.mean(torch.zeros(2, 1, 1))
 

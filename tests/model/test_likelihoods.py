@@ -17,7 +17,8 @@ from torch import distributions as D
 
 from almond_cli.model import likelihoods
 from almond_cli.model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, HeteroscedasticGaussian, Likelihood,
-                                          NegativeBinomial, Poisson, PoissonGLMM, likelihood_class, target_of)
+                                          NegativeBinomial, Poisson, PoissonGLMM, likelihood_class, row_column_names,
+                                          target_of)
 from almond_cli.model.model import standard_normal_log_prob
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "likelihood"
@@ -177,7 +178,37 @@ def test_observations_and_noise_sd():
         assert likelihood.observations(x) is x
     for likelihood in (Bernoulli(), Poisson(), NegativeBinomial(), PoissonGLMM(num_fixed=1)):
         assert likelihood.noise_sd(x) is None
-    assert [cls.name for cls in LIKELIHOODS.values() if cls.reads_sd_column] == ["gaussian_hetero"]
+    assert {cls.name: cls.row_columns for cls in LIKELIHOODS.values() if cls.row_columns} == {"gaussian_hetero": ("sd",)}
+
+
+def test_row_columns_split_a_row_into_measurements_and_named_columns():
+    x = torch.tensor([[0.5, -1.0, 1.0], [2.0, 0.0, 2.5]])
+    values, columns = HeteroscedasticGaussian.split_row(x)
+    assert torch.equal(values, x[:, :2]) and list(columns) == ["sd"] and torch.equal(columns["sd"], x[:, 2])
+    assert torch.equal(HeteroscedasticGaussian().row_column(x, "sd"), x[:, 2])
+    arrays = x.numpy()  # files split numpy rows the same way
+    assert np.array_equal(HeteroscedasticGaussian.observations(arrays), arrays[:, :2])
+    values, columns = Poisson.split_row(x)
+    assert values is x and columns == {}
+    with pytest.raises(KeyError, match="no 'sd' column"):
+        Gaussian.row_column(x, "sd")
+
+
+def test_a_likelihood_that_orders_shared_row_columns_differently_is_refused():
+    class Trials(Likelihood):  # a later binomial with an offset: a new column after the known ones is fine
+        name = "test_trials_offset"
+        row_columns = ("sd", "trials")
+
+    try:
+        assert row_column_names() == ("sd", "trials")
+        with pytest.raises(TypeError, match="another order"):
+            class Reversed(Likelihood):
+                name = "test_reversed"
+                row_columns = ("trials", "sd")
+    finally:
+        LIKELIHOODS.pop("test_trials_offset", None)
+        LIKELIHOODS.pop("test_reversed", None)
+    assert row_column_names() == ("sd",)
 
 
 # ----- the registry ---------------------------------------------------------------------------------------------
