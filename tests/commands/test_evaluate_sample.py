@@ -64,7 +64,7 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     # They are u = h(z) of the run's final decoder for z from a CPU generator seeded by seed= (default 0).
     import torch
 
-    from almond_cli.commands.run_folder import load_run
+    from almond_cli.training.run_folder import load_run
     from almond_cli.model.model import prior_draws
 
     run = load_run("test", run_dir, "cpu")
