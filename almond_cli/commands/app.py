@@ -10,15 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 
-from ..atomic import write_text_atomic
-from ..config import register_schemas, validate
+from ..config import register_schemas
 from ..errors import EXIT_USAGE, UsageError
 
 log = logging.getLogger("almond")
@@ -59,24 +56,11 @@ def objective(summary: dict) -> float:
 
 
 def task(cfg) -> float:
-    from ..training.resume import effective_config
-    from ..training.runtime import configure_process
-    from ..training.trainer import DivergenceError, Interrupted, train
-    from ..training.warm_start import warm_start_config
+    from ..training.trainer import DivergenceError, Interrupted, start
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        cfg, checkpoint = effective_config(cfg, HydraConfig.get().overrides.task, run_dir)
-        warm = None
-        if checkpoint is None and cfg.get("warm_start"):
-            cfg, warm_path, warm_payload = warm_start_config(cfg, list(HydraConfig.get().overrides.task))
-            warm = (warm_path, warm_payload)
-            subdir = HydraConfig.get().output_subdir  # None on torchrun's other ranks
-            if subdir:  # Hydra saved the composed config; this run's is the warm start's with the ALMOND overrides
-                write_text_atomic(Path(run_dir) / subdir / "config.yaml", OmegaConf.to_yaml(cfg))
-        validate(cfg)
-        configure_process(cfg.threads)
-        summary = train(cfg, run_dir, checkpoint=checkpoint, warm=warm)
+        summary = start(cfg, list(HydraConfig.get().overrides.task), run_dir, HydraConfig.get().output_subdir)
     except UsageError as error:
         if _is_multirun():
             raise

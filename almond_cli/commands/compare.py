@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..atomic import write_text_atomic
 from ..errors import UsageError
+from ..training.run_folder import RunFolder
 from .app import objective
 from .arguments import Argument, Command, optional_str
 
@@ -46,7 +47,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     """Job folders under ``sweep_dir`` (itself a job if it holds ``.hydra/overrides.yaml``), up to 2 levels."""
     candidates = [sweep_dir] + [p for p in sweep_dir.iterdir() if p.is_dir()]
     candidates += [q for p in candidates[1:] for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")]
-    jobs = [p for p in candidates if (p / ".hydra" / "overrides.yaml").is_file()]
+    jobs = [p for p in candidates if RunFolder(p).overrides.is_file()]
     return sorted(jobs, key=lambda p: _job_sort_key(str(p.relative_to(sweep_dir)) or "."))
 
 
@@ -64,13 +65,13 @@ def _flatten(summary: dict) -> dict[str, float]:
 
 def read_job(sweep_dir: Path, job_dir: Path) -> JobRow:
     """The row of one job folder."""
-    raw = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+    raw = yaml.safe_load(RunFolder(job_dir).overrides.read_text(encoding="utf-8")) or []
     overrides = {}
     for item in raw:
         key, _, value = str(item).partition("=")
         if not key.lstrip("+~").startswith("hydra"):
             overrides[key.lstrip("+~")] = value
-    summary_path = job_dir / "summary.json"
+    summary_path = RunFolder(job_dir).summary
     name = str(job_dir.relative_to(sweep_dir)) if job_dir != sweep_dir else "."
     if not summary_path.is_file():
         # Without summary.json the job failed, was stopped or still runs; its own train.log says which.
@@ -90,7 +91,7 @@ def collect(sweep_dir: str | Path) -> list[JobRow]:
         raise UsageError(f"compare: {sweep_dir} is not a folder; give a sweep folder (outputs/multirun/DATE/TIME)")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise UsageError(f"compare: {sweep_dir} holds no Hydra job folders (no */.hydra/overrides.yaml); "
+        raise UsageError(f"compare: {sweep_dir} holds no Hydra job folders (no */{RunFolder.OVERRIDES}); "
                          "give the folder a `almond train --multirun` printed as its sweep output")
     rows = [read_job(sweep_dir, job) for job in jobs]
     return sorted(rows, key=lambda row: (not math.isfinite(row.objective), row.objective))
@@ -178,9 +179,9 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
     from ..model.model import prior_draws
     from ..tasks.figures import plt, save_figure
     from ..tasks.prior_summary import exact_cdf_and_density, exact_quantiles, pushforward_grid
-    from .run_folder import load_run
+    from ..training.run_folder import load_run
 
-    finished = [row for row in rows if row.status == "done" and (row.path / "checkpoints" / "last.pt").is_file()]
+    finished = [row for row in rows if row.status == "done" and RunFolder(row.path).holds_a_run()]
     if len(finished) < 2:
         return None
     curves = {}  # job -> [(z, u) per coordinate] or draws (n, P)

@@ -1,11 +1,12 @@
 """``almond evaluate <run folder> [k=... n_samples=... seed=...]``: score a finished run again, without retraining.
 
-Reloads ``checkpoints/last.pt`` (and ``checkpoints/vae.pt`` for the VAE row, and the fitted baselines' own
-checkpoints), recomputes the task's summary metrics and figures with ``n_samples`` draws of u = h(z), with the
-importance-sampled negative log-likelihood per data point ``train_nll`` (``k`` draws each; Burda et al. 2016) from
-the same estimator training scores with (``model/marginal.py``), and writes all of it into a fresh
-``eval/<timestamp>/`` beside the run's own files, which stay untouched. With the run's own ``k``, ``n_samples``
-and ``seed`` (the defaults) the scores equal those of the run's ``summary.json``.
+Reads the run back from its newest loadable checkpoint (and ``vae.pt`` for the VAE row, and the fitted baselines'
+own checkpoints; ``training/run_folder.py``), computes its summary again by the one function training writes
+``summary.json`` with (``training/scoring.py``), with ``n_samples`` draws of u = h(z) and ``k`` importance samples
+per data point for ``train_nll`` (Burda et al. 2016; ``model/marginal.py``), and writes it with the figures into a
+fresh ``eval/<timestamp>/`` beside the run's own files, which stay untouched. With the run's own ``k``,
+``n_samples`` and ``seed`` (the defaults) the summary is the run's ``summary.json``, key for key and value for
+value, with an ``evaluation`` key added (the checkpoint read and the settings used).
 """
 
 from __future__ import annotations
@@ -16,15 +17,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
-from ..tasks.metrics import train_likelihood
 from ..tasks.registry import task_for
-from ..training.baselines import load_baselines
-from ..training.build import load_model_state
-from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.console import print_summary
-from ..training.position import Phase
+from ..training.run_folder import RunFolder, load_run
 from .arguments import DEVICE, THREADS, Argument, Command, at_least, optional_int
-from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
     "k": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
@@ -48,35 +44,17 @@ def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, 
     if k is not None:
         cfg.evaluation.nll_samples = k
     task = task_for(run.dataset)
-    models = {"almond": run.model}
-    vae_path = run.run_dir / "checkpoints" / "vae.pt"
-    if vae_path.is_file():
-        try:
-            models["vae"] = load_model_state(cfg, run.dataset, load_checkpoint(vae_path)["model"], run.device)
-        except CheckpointError as error:
-            print(f"almond: warning: the VAE row is left out: {error}")
-    summary: dict = {}
-    for name in ("vae", "almond"):
-        if name not in models:
-            continue
-        scores = task.score(models[name], run.dataset, cfg, run.device)
-        if "train_nll" not in scores:  # images score held-out images; the training rows are scored here too
-            scores.update(train_likelihood(models[name], run.dataset, cfg, run.device))
-        summary[name] = scores
-    fitted = load_baselines(task, run.dataset, cfg, run.run_dir, run.device)
-    summary["baselines"] = task.baselines(run.model, run.dataset, cfg, run.device, fitted)
-    position = run.payload["position"]
-    summary["timing"] = {"vae_seconds": position["vae_seconds"], "almond_seconds": position["almond_seconds"]}
-    summary["evaluation"] = {"checkpoint": str(run.checkpoint_path), "phase": position["phase"],
-                             "almond_epochs_done": position["epoch"] if position["phase"] != Phase.VAE else 0,
+    vae_model = run.vae_model()
+    summary = run.summary(task, vae_model)
+    position = run.position
+    summary["evaluation"] = {"checkpoint": str(run.checkpoint_path), "phase": str(position.phase),
+                             "almond_epochs_done": position.epoch if position.phase != "vae" else 0,
                              "k": int(cfg.evaluation.nll_samples), "n_samples": int(cfg.evaluation.num_draws),
                              "seed": int(cfg.evaluation.seed)}
-    folder = new_output_folder(run.run_dir / "eval")
-    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    vae_snapshot = None
-    if "vae" in models:
-        vae_snapshot = task.snapshot(models["vae"], run.dataset, cfg, run.device)
+    folder = run.folder.new_output_folder(RunFolder.EVAL)
+    write_text_atomic(folder / RunFolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / RunFolder.CONFIG_NAME, OmegaConf.to_yaml(cfg, resolve=True))
+    vae_snapshot = None if vae_model is None else task.snapshot(vae_model, run.dataset, cfg, run.device)
     task.figures(folder, run.model, run.dataset, cfg, run.device, summary, vae_snapshot)
     return folder, summary
 
@@ -84,16 +62,17 @@ def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, 
 def run(run_dir: Path, **values) -> None:
     """``almond evaluate``: evaluates and prints the summary table."""
     folder, summary = evaluate(run_dir, **values)
-    if summary["evaluation"]["phase"] != Phase.DONE:
+    if summary["evaluation"]["phase"] != "done":
         print(f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
               "these are the scores of its last checkpoint")
     print_summary(summary, folder)
-    print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
-          f"draws from the encoder mixed with the prior (nats, ± standard error)")
+    if "train_nll" in summary["almond"]:
+        print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
+              f"draws from the encoder mixed with the prior (nats, ± standard error)")
     print(f"written to {folder}")
 
 
 COMMAND = Command("evaluate", "run folder", "outputs/DATE/TIME",
-                  "Reloads the run's last checkpoint and writes the summary metrics and figures again into "
-                  "<run folder>/eval/<timestamp>/, leaving the run's own files as they are. With the defaults the "
-                  "scores equal the run's own summary.json.", ARGUMENTS, run)
+                  "Reloads the run's newest checkpoint and writes the summary metrics and figures again into "
+                  f"<run folder>/{RunFolder.EVAL}/<timestamp>/, leaving the run's own files as they are. With the "
+                  f"defaults the scores equal the run's own {RunFolder.SUMMARY}.", ARGUMENTS, run)

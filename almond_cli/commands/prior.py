@@ -21,8 +21,8 @@ from ..atomic import write_text_atomic
 from ..model.model import prior_draws
 from ..tasks.figures import plt, save_figure
 from ..tasks.prior_summary import summarise_prior
+from ..training.run_folder import RunFolder, load_run
 from .arguments import DEVICE, THREADS, Argument, Command, at_least
-from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
     "n": Argument(int, 10_000, at_least(100), "draws of u = h(z) for the dependence of coordinates (and the marginals "
@@ -70,7 +70,7 @@ def prior(run_dir: Path, n: int = 10_000, grid: int = 1001, seed: int = 0, devic
     latent_dim = int(run.cfg.latent_dim)
     draws = prior_draws(run.model.decoder, latent_dim, n, torch.Generator().manual_seed(seed), run.device)
     result = summarise_prior(run.model.decoder, latent_dim, draws, grid, run.device)
-    folder = new_output_folder(run.run_dir / "prior")
+    folder = run.folder.new_output_folder(RunFolder.PRIOR)
     write_text_atomic(folder / "prior.csv", _csv(["coordinate", "u", "density", "cdf"],
                                                  [(p, f"{u:.8g}", f"{d:.8g}", f"{c:.8g}") for p, u, d, c in result["grid"]]))
     keys = list(result["summary"][0])

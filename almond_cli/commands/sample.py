@@ -31,9 +31,9 @@ from ..model.model import prior_draws
 from ..tasks.empirical_bayes import posterior_means
 from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
 from ..training.position import Phase
+from ..training.run_folder import RunFolder, load_run
 from ..training.schedules import langevin_step_size
 from .arguments import DEVICE, THREADS, Argument, Command, at_least, boolean, positive
-from .run_folder import load_run, new_output_folder
 
 ARGUMENTS = {
     "what": Argument(str, None, lambda v: None if v in ("prior", "posterior") else
@@ -203,9 +203,10 @@ def check_output_file(key: str, path: str, run, overwrite: bool) -> Path:
         raise UsageError(f"sample: {key}={path} is a data file of the run {run.run_dir}; almond sample never writes "
                          "over a run's data (resume, evaluate and sample would refuse the changed data): choose "
                          "another file")
-    if target.is_relative_to(run.run_dir) and not target.is_relative_to(run.run_dir / "samples"):
+    if target.is_relative_to(run.run_dir) and not target.is_relative_to(run.folder.samples):
         raise UsageError(f"sample: {key}={path} is inside the run folder {run.run_dir}, which only almond train "
-                         "writes; leave out= out to write into its samples/ folder, or choose a path outside it")
+                         f"writes; leave out= out to write into its {RunFolder.SAMPLES}/ folder, or choose a path "
+                         "outside it")
     if target.exists() and not overwrite:
         raise UsageError(f"sample: {key}={path} exists; almond sample never replaces a file unless you add "
                          "overwrite=true")
@@ -214,10 +215,10 @@ def check_output_file(key: str, path: str, run, overwrite: bool) -> Path:
     return target
 
 
-def _output_path(out: str | None, run_dir: Path, default_name: str) -> Path:
+def _output_path(out: str | None, run, default_name: str) -> Path:
     if out is not None:
         return Path(out).expanduser()
-    return new_output_folder(run_dir / "samples") / default_name
+    return run.folder.new_output_folder(RunFolder.SAMPLES) / default_name
 
 
 # ----- the command -------------------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     if what == "prior":
         draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed),
                             run.device).numpy()
-        path = _output_path(out, run.run_dir, "prior.npy")
+        path = _output_path(out, run, "prior.npy")
         if path.suffix.lower() == ".csv":
             header = ",".join(["u"] if draws.shape[1] == 1 else [f"u{j}" for j in range(draws.shape[1])])
             text = io.StringIO()
@@ -273,7 +274,7 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     likelihood = run.model.likelihood
     if likelihood.mean_name is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
         stats["natural_mean"] = likelihood.mean(draws.double()).mean(1)
-    path = _output_path(out, run.run_dir, "posterior.csv")
+    path = _output_path(out, run, "posterior.csv")
     write_text_atomic(path, posterior_csv(run.dataset, likelihood, stats, level))
     if draws_out is not None:
         _save_array(Path(draws_out).expanduser(), draws.numpy())

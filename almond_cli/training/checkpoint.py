@@ -1,15 +1,12 @@
-"""Checkpoints: one dict holding everything needed to continue a run exactly, saved atomically and
+"""The checkpoint file format: one dict holding everything needed to continue a run exactly, saved atomically and
 loaded with ``torch.load(weights_only=True)`` so a file from elsewhere cannot run code.
 
-Layout of a run folder's ``checkpoints/``: ``last.pt`` (newest), ``vae.pt`` (end of the VAE warm start),
-and up to ``checkpoint.keep`` older ones named ``epoch-<phase>-<epoch>-<step>.pt``.
+Where a run's checkpoints go, what they are named and which one a run continues from is ``run_folder.py``'s.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -58,25 +55,3 @@ def load_checkpoint(path: str | Path) -> dict:
             f"this almond reads version {FORMAT_VERSION}"
         )
     return payload
-
-
-def publish_as_last(named: Path, checkpoint_dir: Path) -> None:
-    """Makes ``last.pt`` the same file as ``named`` by an atomic rename of a fresh hard link (or copy)."""
-    temporary = checkpoint_dir / f".last.pt.tmp-{os.getpid()}"
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(named, temporary)
-    except OSError:
-        shutil.copyfile(named, temporary)
-    os.replace(temporary, checkpoint_dir / "last.pt")
-
-
-def numbered_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """The ``step-*.pt`` checkpoints of a folder, oldest first."""
-    return sorted(checkpoint_dir.glob("step-*.pt"))
-
-
-def prune(checkpoint_dir: Path, keep: int) -> None:
-    """Deletes numbered checkpoints beyond the newest ``keep + 1`` (the newest is ``last.pt``'s twin)."""
-    for old in numbered_checkpoints(checkpoint_dir)[: -(keep + 1)]:
-        old.unlink(missing_ok=True)

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .run_folder import RunFolder
+
 log = logging.getLogger("almond")
 
 
@@ -144,7 +146,7 @@ def report_end(mode: str, summary: dict, run_dir: Path) -> None:
     if mode == "silent":
         return
     if mode == "quiet":
-        print(f"almond: run folder {run_dir}; summary {run_dir / 'summary.json'}")
+        print(f"almond: run folder {run_dir}; summary {RunFolder(run_dir).summary}")
         return
     print_summary(summary, run_dir)
 

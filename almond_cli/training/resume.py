@@ -8,7 +8,6 @@ list of conflicting keys. Run-length keys (``RUN_LENGTH_KEYS``) may change, e.g.
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -17,7 +16,8 @@ from ..config import CONFIG_GROUPS, composition_message, override_parse_message,
 from ..data.dataset import check_same_data
 from ..errors import UsageError
 from ..tasks.registry import build_dataset
-from .checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints
+from .checkpoint import load_checkpoint
+from .run_folder import RunFolder
 from .run_lock import hold
 from .runtime import seed_streams
 
@@ -30,37 +30,18 @@ def _is_run_length(key: str) -> bool:
 
 
 def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
-    """The run folder, the newest loadable checkpoint in it, and its contents.
+    """The run folder, the checkpoint to continue from, and its contents.
 
-    ``target`` is a run folder (its ``checkpoints/last.pt``, else the newest numbered checkpoint that
-    loads, with a warning) or a checkpoint file inside a run folder's ``checkpoints/``.
+    ``target`` is a run folder (its newest loadable checkpoint, ``RunFolder.newest_checkpoint``) or a checkpoint
+    file inside a run folder's ``checkpoints/``.
     """
     target = Path(target).expanduser()
     if not target.exists():
         raise UsageError(f"resume: {target} does not exist; give a run folder (outputs/DATE/TIME) or a .pt file")
     if target.is_file():
-        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-        return run_dir.resolve(), target.resolve(), load_checkpoint(target)
-    checkpoint_dir = target / "checkpoints"
-    candidates = [checkpoint_dir / "last.pt"] + list(reversed(numbered_checkpoints(checkpoint_dir)))
-    candidates = [path for path in candidates if path.is_file()]
-    if not candidates:
-        if (target / "train.log").is_file():
-            raise UsageError(f"resume: {target} holds no checkpoint: that run stopped before writing its first one "
-                             "(its train.log says why), so there is nothing to continue; start a new run")
-        raise UsageError(f"resume: {target} is not an almond run folder with checkpoints (no {checkpoint_dir}/last.pt)")
-    problems = []
-    for path in candidates:
-        try:
-            payload = load_checkpoint(path)
-        except CheckpointError as error:
-            problems.append(str(error))
-            continue
-        if problems:
-            print(f"almond: warning: skipped unusable checkpoint(s): {'; '.join(problems)}; resuming from {path}",
-                  file=sys.stderr)
-        return target.resolve(), path.resolve(), payload
-    raise UsageError(f"resume: no checkpoint in {checkpoint_dir} can be loaded: {'; '.join(problems)}")
+        return RunFolder.of_checkpoint(target).path.resolve(), target.resolve(), load_checkpoint(target)
+    path, payload = RunFolder(target).newest_checkpoint("resume")
+    return target.resolve(), path.resolve(), payload
 
 
 def override_keys(overrides: list[str], command_key: str) -> list[tuple[str, bool]]:
@@ -110,14 +91,6 @@ def config_differences(path: str, checkpoint_cfg, new_cfg, may_change=_is_run_le
         f"{path} (checkpoint: {old!r}, command line: {new!r})"]
 
 
-def run_folder_of(target: str | Path) -> Path:
-    """The run folder a ``resume=`` target names: the folder itself, or the run of a checkpoint file."""
-    target = Path(target).expanduser()
-    if target.is_file():
-        return target.parent.parent if target.parent.name == "checkpoints" else target.parent
-    return target
-
-
 def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = False) -> list[str]:
     """Rewrites ``resume=...`` into the checkpoint file and the run folder Hydra must reuse.
 
@@ -131,17 +104,17 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     resume_values = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     if resume_values and resume_values[-1] == "auto" and not multirun:
-        if run_dirs and holds_a_run(run_dirs[-1]):
+        if run_dirs and RunFolder(run_dirs[-1]).holds_a_run():
             resume_values[-1] = run_dirs[-1]
             overrides = [o for o in overrides if not o.startswith(("resume=", "hydra.run.dir="))]
         else:
             return [o for o in overrides if not o.startswith("resume=")]
     if not resume_values or resume_values[-1] in ("", "null", "auto"):
-        if run_dirs and not multirun and holds_a_run(run_dirs[-1]):
+        if run_dirs and not multirun and RunFolder(run_dirs[-1]).holds_a_run():
             raise _already_a_run(run_dirs[-1])
         return overrides
     if lock and Path(resume_values[-1]).expanduser().exists():
-        hold(run_folder_of(resume_values[-1]))
+        hold(RunFolder.of_target(resume_values[-1]).path)
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
     if Path(resume_values[-1]).expanduser().is_file():  # a run folder gives its newest checkpoint already
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
@@ -169,7 +142,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
                     build_dataset(checkpoint_cfg.data, seed_streams(checkpoint_cfg.seed)["data"]), "resume")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return others + [f"resume={checkpoint_path}", f"hydra.run.dir={run_dir}",
-                     f"hydra.output_subdir=.hydra/resume-{stamp}"]
+                     f"hydra.output_subdir={RunFolder.resume_config_dir(stamp)}"]
 
 
 def refuse_moving_backwards(run_dir: Path, checkpoint_path: Path, payload: dict) -> None:
@@ -189,15 +162,9 @@ def _is_group(key: str) -> bool:
     return key in CONFIG_GROUPS
 
 
-def holds_a_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` already has checkpoints (so training into it would overwrite a run)."""
-    checkpoint_dir = Path(run_dir) / "checkpoints"
-    return (checkpoint_dir / "last.pt").exists() or bool(numbered_checkpoints(checkpoint_dir))
-
-
 def _already_a_run(run_dir) -> UsageError:
     return UsageError(
-        f"hydra.run.dir: {run_dir} already holds a run (checkpoints/); continue it with resume={run_dir} "
+        f"hydra.run.dir: {run_dir} already holds a run ({RunFolder.CHECKPOINTS}/); continue it with resume={run_dir} "
         f"(or resume=auto), or choose another folder: almond never trains over an existing run"
     )
 
@@ -210,12 +177,12 @@ def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, 
     (same arguments, same folder) needs to find its own checkpoint.
     """
     if cfg.resume == "auto":
-        if not holds_a_run(run_dir):
+        if not RunFolder(run_dir).holds_a_run():
             cfg.resume = None
             return cfg, None
         cfg.resume = str(find_checkpoint(run_dir)[1])
     elif not cfg.resume:
-        if holds_a_run(run_dir):
+        if RunFolder(run_dir).holds_a_run():
             raise _already_a_run(run_dir)
         return cfg, None
     payload = load_checkpoint(cfg.resume)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from .run_folder import RunFolder
 
 
 class RunFolderLock:
@@ -35,7 +36,7 @@ class RunFolderLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            holder_file = self.run_dir / ".lock"
+            holder_file = RunFolder(self.run_dir).lock_file
             holder = holder_file.read_text().strip() if holder_file.is_file() else ""
             raise UsageError(
                 f"run folder {self.run_dir} is being written by {holder or 'another almond process'}; wait for it "
@@ -55,7 +56,7 @@ class RunFolderLock:
 
 def record_holder(run_dir: Path) -> None:
     """Writes ``almond pid N`` into ``<run>/.lock``: who holds the lock, for a refused second process."""
-    (Path(run_dir) / ".lock").write_text(f"almond pid {os.getpid()}\n")
+    RunFolder(run_dir).lock_file.write_text(f"almond pid {os.getpid()}\n")
 
 
 _HELD: dict[Path, RunFolderLock] = {}

@@ -19,10 +19,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
+from ..config import validate
 from ..data.dataset import check_same_data
-from ..langevin import tabulated
 from ..langevin.chains import ESCAPE_BOUND, PersistentChains
-from ..langevin.targets import target_precision
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
 from . import phases
@@ -33,9 +32,13 @@ from .console import ProgressReporter, report_end
 from .distributed import DataParallel
 from .loggers import NullLogger, build_logger
 from .position import Phase, Position
+from .resume import effective_config
+from .run_folder import RunFolder
 from .run_lock import RunFolderLock, held_here, record_holder
-from .runtime import pick_device, seed_streams
+from .runtime import configure_process, pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
+from .scoring import precision_record, summarise
+from .warm_start import warm_start_config
 
 log = logging.getLogger("almond")
 
@@ -107,8 +110,7 @@ class TrainingRun:
         self.logger: NullLogger = NullLogger()
         self.stop_signal: int | None = None
         self.last_save_time = time.monotonic()
-        self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.folder = RunFolder(self.run_dir)
 
     # ----- checkpoint state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -166,7 +168,7 @@ class TrainingRun:
         if position.phase == Phase.DONE and position.epoch < self.cfg.schedule.almond_epochs:
             position.phase = Phase.ALMOND
         if self.dist.is_writer:
-            truncate_metrics(self.metrics_path, position)
+            truncate_metrics(self.folder.metrics, position)
 
     def start_from_warm_start(self, path: Path, state: dict) -> None:
         """Starts the ALMOND phase from another run's VAE checkpoint ``state`` (``warm_start=``, see
@@ -175,28 +177,20 @@ class TrainingRun:
         check_same_data(state.get("data"), self.dataset, "warm_start")
         state = self.dist.local_state(state, "warm_start")
         self.load_state_dict({**state, "almond_optimisers": self.almond_optimisers.state_dict()})
-        if self.dist.is_writer and path.parent.name == "checkpoints":  # the VAE's epochs, from its run folder
+        if self.dist.is_writer and RunFolder.is_in_checkpoints(path):  # the VAE's epochs, from its run folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            truncate_metrics(self.metrics_path, self.position, source=path.parent.parent / "metrics.jsonl")
-        self.save(extra_name="vae.pt")  # this run's own: what almond evaluate's VAE row and a resume from it read
+            truncate_metrics(self.folder.metrics, self.position, source=RunFolder.of_checkpoint(path).metrics)
+        self.save(vae=True)  # this run's own: what almond evaluate's VAE row and a resume from it read
         log.info("warm start: the VAE phase (%d epochs) of %s", self.position.vae_epochs_done, path)
 
-    def save(self, extra_name: str | None = None) -> Path:
-        """Writes ``last.pt`` (and keeps up to ``checkpoint.keep`` older ones); returns its path."""
+    def save(self, vae: bool = False) -> Path:
+        """Writes the run's newest checkpoint (``RunFolder.save``: a numbered one, up to ``checkpoint.keep`` older
+        ones kept, and ``last.pt``; with ``vae`` also ``vae.pt``); returns the path of ``last.pt``."""
         state = self.dist.gather_state(self.state_dict())  # every rank's chains; None except on rank 0
-        if state is None:
-            self.last_save_time = time.monotonic()
-            return self.checkpoint_dir / "last.pt"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        position = self.position
-        named = self.checkpoint_dir / f"step-{position.global_step:09d}-{position.phase}.pt"
-        ckpt.save_checkpoint(state, named)
-        ckpt.publish_as_last(named, self.checkpoint_dir)
-        if extra_name is not None:
-            ckpt.save_checkpoint(state, self.checkpoint_dir / extra_name)
-        ckpt.prune(self.checkpoint_dir, keep=self.cfg.checkpoint.keep)
+        if state is not None:
+            self.folder.save(state, self.position.global_step, self.position.phase, self.cfg.checkpoint.keep, vae=vae)
         self.last_save_time = time.monotonic()
-        return self.checkpoint_dir / "last.pt"
+        return self.folder.last
 
     # ----- the loop ---------------------------------------------------------------------------------------
     def _epochs_in(self, phase: Phase) -> int:
@@ -240,7 +234,7 @@ class TrainingRun:
                   "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
                   "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}
         if self.dist.is_writer:
-            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            with open(self.folder.metrics, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         self.logger.log_epoch(record)
         self.reporter.end_epoch(position.epoch, loss_mean)
@@ -265,8 +259,8 @@ class TrainingRun:
                 advice += ", or set sampler.method=mala, whose Metropolis correction rejects the unstable moves"
         else:
             advice = f"lower schedule.vae_lr (now {self.cfg.schedule.vae_lr})"
-        if (self.checkpoint_dir / "last.pt").is_file():
-            state = f"The last good checkpoint in {self.checkpoint_dir} is intact and resumable"
+        if self.folder.last.is_file():
+            state = f"The last good checkpoint in {self.folder.checkpoints} is intact and resumable"
         else:
             state = (f"It diverged before its first checkpoint, so {self.run_dir} holds no checkpoint and cannot be "
                      "resumed: start a new run with the changed setting")
@@ -283,7 +277,7 @@ class TrainingRun:
         self.vae_snapshot = self.task.snapshot(self.model, self.dataset, self.cfg, self.device)
         self.position.vae_epochs_done = self.position.epoch
         self.position.phase, self.position.epoch, self.position.batch = Phase.ALMOND, 0, 0
-        self.save(extra_name="vae.pt")
+        self.save(vae=True)
 
     def _handle_signal(self, signal_number, _frame) -> None:
         self.stop_signal = signal_number
@@ -360,31 +354,15 @@ class TrainingRun:
         if self.dist.any(not healthy):
             self._diverged(loss_so_far, fields)
 
-    def _precision_record(self) -> dict:
-        """How the Langevin steps ran: ``sampler.precision`` as asked, the precision the decoder's products ran in
-        (``langevin``: fp32 where only autograd applies), and whether h was tabulated (``sampler.tabulate``; the
-        table is built in float64 and read in float32, so ``langevin`` is fp32 then)."""
-        sampler_cfg = self.cfg.sampler
-        requested = sampler_cfg.get("precision", "fp32")
-        table = tabulated.wanted(self.model, str(sampler_cfg.get("tabulate", "off")))
-        return {"requested": requested, "langevin": "fp32" if table else target_precision(self.model, self.device,
-                                                                                          requested),
-                "tabulated": table}
-
     def _finish(self) -> dict:
         """Scores the final model, writes summary.json, the figures and the final checkpoint."""
         self.save()
-        summary = {
-            "vae": self.vae_metrics,
-            "almond": self.task.score(self.model, self.dataset, self.cfg, self.device),
-            "baselines": self.task.baselines(self.model, self.dataset, self.cfg, self.device,
-                                             fit_baselines(self.task, self.dataset, self.cfg, self.run_dir,
-                                                           TrainingRun)),
-            "timing": {"vae_seconds": self.position.vae_seconds, "almond_seconds": self.position.almond_seconds},
-            "precision": self._precision_record(),
-        }
+        fitted = fit_baselines(self.task, self.dataset, self.cfg, self.run_dir, TrainingRun)
+        summary = summarise(self.task, self.dataset, self.cfg, self.device, almond=self.model, vae=self.vae_metrics,
+                            fitted_baselines=fitted, position=self.position,
+                            precision=precision_record(self.model, self.cfg, self.device))
         if self.dist.is_writer:
-            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(self.folder.summary, json.dumps(summary, indent=2) + "\n")
             self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
         self.logger.log_summary(summary, self.run_dir, self.position.global_step)
         self.logger.close()
@@ -417,3 +395,27 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None,
     if run.dist.is_writer:
         report_end(cfg.progress, summary, Path(run_dir))
     return summary
+
+
+def start(cfg, task_overrides: list[str], run_dir: str | Path, config_subdir: str | None) -> dict:
+    """``almond train`` from the config Hydra composed: a new run, the continuation of a run (``resume=``,
+    ``resume.py``) or a run started from another run's VAE (``warm_start=``, ``warm_start.py``), checked
+    (``config.validate``) and trained into ``run_dir``; returns the summary.
+
+    Args:
+        cfg: the composed config.
+        task_overrides: the command line's overrides (Hydra's ``overrides.task``).
+        run_dir: the run folder.
+        config_subdir: where in ``run_dir`` Hydra saved the composed config (its ``output_subdir``; None on
+            torchrun's other ranks); a warm-started run's own config replaces it there.
+    """
+    cfg, checkpoint = effective_config(cfg, task_overrides, run_dir)
+    warm = None
+    if checkpoint is None and cfg.get("warm_start"):
+        cfg, warm_path, warm_payload = warm_start_config(cfg, task_overrides)
+        warm = (warm_path, warm_payload)
+        if config_subdir:  # this run's config is the warm start's with the ALMOND overrides
+            write_text_atomic(RunFolder(run_dir).config_in(config_subdir), OmegaConf.to_yaml(cfg))
+    validate(cfg)
+    configure_process(cfg.threads)
+    return train(cfg, run_dir, checkpoint=checkpoint, warm=warm)

@@ -22,6 +22,7 @@ from ..errors import UsageError
 from .checkpoint import CheckpointError, load_checkpoint
 from .position import Phase, Position
 from .resume import RUN_LENGTH_KEYS, config_differences, override_keys, touched_subtrees
+from .run_folder import RunFolder
 
 # What only the ALMOND phase reads: the sampler, the ALMOND optimisers and their schedule, the minibatch size
 # (the VAE's stays on record in the warm start's own run folder) and the run's name.
@@ -46,13 +47,14 @@ def vae_checkpoint(target: str | Path) -> Path:
     """The VAE checkpoint ``warm_start=`` names: a run folder's ``checkpoints/vae.pt``, or a file."""
     path = Path(target).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "vae.pt"
+        path = RunFolder(path).vae
         if not path.is_file():
-            raise UsageError(f"warm_start: {Path(target)} holds no checkpoints/vae.pt: the run never finished its VAE "
-                             "phase (or is not an almond run folder); give a run whose VAE is done, or its vae.pt")
+            raise UsageError(f"warm_start: {Path(target)} holds no {RunFolder.VAE}: the run never finished its VAE "
+                             "phase (or is not an almond run folder); give a run whose VAE is done, or its "
+                             f"{path.name}")
     elif not path.is_file():
         raise UsageError(f"warm_start: {Path(target)} does not exist; give a run folder (outputs/DATE/TIME) whose VAE "
-                         "phase is done, or its checkpoints/vae.pt")
+                         f"phase is done, or its {RunFolder.VAE}")
     return path
 
 
@@ -67,7 +69,7 @@ def load_warm_start(target: str | Path) -> tuple[Path, dict]:
     if position.phase != Phase.ALMOND or position.epoch != 0 or position.batch != 0:
         raise UsageError(
             f"warm_start: {path} is not the end of a VAE phase (it is at {position.phase} epoch {position.epoch}, "
-            f"update {position.batch} of its epoch); give the run folder or its checkpoints/vae.pt. To continue "
+            f"update {position.batch} of its epoch); give the run folder or its {RunFolder.VAE}. To continue "
             "that checkpoint itself, use resume=")
     return path, payload
 
@@ -87,7 +89,7 @@ def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
         raise UsageError(
             f"warm_start: these settings differ from the warm start {path}, whose model, data, VAE and randomness "
             f"this run keeps: {'; '.join(conflicts)}. Drop them (the warm start's config is in its run folder's "
-            f".hydra/config.yaml), or train a new VAE without warm_start=. A warm-started run may change only the "
+            f"{RunFolder.CONFIG}), or train a new VAE without warm_start=. A warm-started run may change only the "
             f"ALMOND phase ({', '.join(ALMOND_KEYS)}) and the run-length keys.")
     effective = source.copy()
     OmegaConf.set_struct(effective, False)

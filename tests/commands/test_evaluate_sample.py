@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -55,6 +56,23 @@ def test_evaluate_writes_beside_the_run_without_touching_it(finished_run, tmp_pa
     assert summary["almond"]["ks"] != original["almond"]["ks"]
 
 
+def test_evaluate_with_the_run_settings_reproduces_its_summary_key_for_key(finished_run, tmp_path):
+    """Training and ``almond evaluate`` build the summary with one function (``training/scoring.py``): with the run's
+    own settings the evaluation is the run's ``summary.json``, every key and every value (the VAE row scored again
+    from ``vae.pt``, the timing read from the checkpoint), plus its own ``evaluation`` key."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[1], run_dir, ignore=shutil.ignore_patterns("eval", "samples"))
+    process = run_almond(["evaluate", str(run_dir), "threads=1"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    (out,) = (run_dir / "eval").iterdir()
+    evaluated = json.loads((out / "summary.json").read_text())
+    trained = json.loads((run_dir / "summary.json").read_text())
+    assert evaluated.pop("evaluation")["checkpoint"].endswith("last.pt")
+    assert list(evaluated) == list(trained) == ["vae", "almond", "baselines", "timing", "precision"]
+    for key in trained:
+        assert evaluated[key] == trained[key], key
+
+
 def test_sample_prior_and_posterior(finished_run, tmp_path):
     folder, run_dir = finished_run
     process = run_almond(["sample", str(run_dir), "what=prior", "n=3000", "out=prior.npy", "threads=1"], cwd=tmp_path)
@@ -64,7 +82,7 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     # They are u = h(z) of the run's final decoder for z from a CPU generator seeded by seed= (default 0).
     import torch
 
-    from almond_cli.commands.run_folder import load_run
+    from almond_cli.training.run_folder import load_run
     from almond_cli.model.model import prior_draws
 
     run = load_run("test", run_dir, "cpu")

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from almond_cli.commands.run_folder import load_run
+from almond_cli.training.run_folder import load_run
 from almond_cli.training.checkpoint import load_checkpoint
 from conftest import run_almond
 

@@ -42,6 +42,25 @@ def test_evaluate_an_old_run_reproduces_its_scores(old_run, tmp_path):
             assert evaluated["baselines"][name][metric] == value, (name, metric)
 
 
+def test_evaluate_and_sample_read_the_newest_loadable_checkpoint_as_resume_does(old_run, tmp_path):
+    """``last.pt`` and its numbered twin cut off by a kill: ``evaluate`` and ``sample`` read the run back from the
+    newest numbered checkpoint that loads (the rule resume follows) and say which, instead of refusing the run."""
+    checkpoints = old_run / "checkpoints"
+    for name in ("last.pt", "step-000000040-done.pt"):
+        data = (checkpoints / name).read_bytes()
+        (checkpoints / name).write_bytes(data[: len(data) // 2])
+    process = run_almond(["evaluate", str(old_run), "threads=1"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert "warning" in process.stderr and "damaged" in process.stderr
+    assert "evaluate uses " in process.stderr and "step-000000030-almond.pt" in process.stderr
+    (folder,) = (old_run / "eval").iterdir()
+    evaluation = json.loads((folder / "summary.json").read_text())["evaluation"]
+    assert evaluation["checkpoint"].endswith("step-000000030-almond.pt") and evaluation["phase"] == "almond"
+    out = tmp_path / "prior.csv"
+    process = run_almond(["sample", str(old_run), "what=prior", "n=10", f"out={out}", "threads=1"], cwd=tmp_path)
+    assert process.returncode == 0 and "sample uses " in process.stderr and "step-000000030" in process.stderr
+
+
 def test_sample_an_old_run(old_run, tmp_path):
     out = tmp_path / "prior.csv"
     process = run_almond(["sample", str(old_run), "what=prior", "n=200", f"out={out}", "threads=1"], cwd=tmp_path)
