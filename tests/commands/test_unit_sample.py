@@ -7,6 +7,7 @@ import csv
 import math
 
 import torch
+from conftest import compose_config
 
 from almond_cli.commands import run_folder
 from almond_cli.commands.sample import posterior_draws, sample
@@ -16,7 +17,6 @@ from almond_cli.model.networks import MLPDecoder, MLPEncoder
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training import trainer
 from almond_cli.training.trainer import train
-from conftest import compose_config
 
 
 def test_posterior_draws_of_a_unit_use_all_its_rows():

@@ -47,9 +47,9 @@ def test_a_units_fused_value_and_gradient_match_autograd(hidden, latent_dim, dat
     fused_target = targets.target_for(model, x, units=UNITS)
     assert isinstance(fused_target, targets.MLPTarget)
     # The tolerance of test_targets.py (float32 sums in another order), for sums over at most three rows.
-    for fused in (sampler.evaluate(z, fused_target),):
-        torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-5)
+    fused = sampler.evaluate(z, fused_target)
+    torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-5)
     # Swept in blocks of 2 units, each with all its rows.
     widest = max(weight.shape[0] for weight in fused_target.weights)
     monkeypatch.setattr(targets, "BLOCK_BYTES", 2 * 9 * widest * 4)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import assert_same_final_state, compose_config
 
+from almond_cli.tasks.registry import build_dataset
 from almond_cli.training import phases, trainer
 from almond_cli.training.distributed import DataParallel
 from almond_cli.training.runtime import seed_streams
 from almond_cli.training.trainer import train
-from almond_cli.tasks.registry import build_dataset
-from conftest import assert_same_final_state, compose_config
 
 # 200 points in batches of 64: 4 updates per epoch.
 SMALL = ["debug=tiny", "progress=silent", "threads=1", "schedule.batch_size=64", "schedule.vae_epochs=2",
