@@ -66,7 +66,7 @@ BLOCK_MAX_THREADS = 1
 class Target(abc.ABC):
     """The Langevin target log p(x, z) of one batch of data, as the sampler sees it.
 
-    Contract, for z of shape (B, C, d) (B data points, C chains, d latent dimensions):
+    Contract, for z of shape (B, C, d) (B units: data points, or groups of rows; C chains, d latent dimensions):
 
     - ``target(z)`` returns log p(x, z) of shape (B, C) as a differentiable function of z (autograd works
       through it; tests and diagnostics call it);
