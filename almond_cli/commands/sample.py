@@ -28,6 +28,7 @@ from ..langevin.chains import ESCAPE_BOUND, within_prior_range
 from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import AutogradTarget
 from ..model.model import prior_draws
+from ..model.units import UnitRows
 from ..tasks.empirical_bayes import posterior_means
 from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
 from ..training.position import Phase
@@ -58,8 +59,9 @@ ARGUMENTS = {
 # ----- drawing -----------------------------------------------------------------------------------------------------
 def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thin: int, burn_in: int,
                     step_size: float, generator: torch.Generator, start: torch.Tensor | None = None,
-                    max_particles: int = 200_000) -> torch.Tensor:
-    """Langevin draws of u = h(z) from p(z | x_i) for every row, by ``sampler.run``.
+                    max_particles: int = 200_000, unit_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Langevin draws of u = h(z) from p(z | x_i) for every row (every unit: p(z | its rows) where ``unit_index``
+    groups rows in units), by ``sampler.run``.
 
     Each chain runs ``burn_in`` steps, then keeps one state every ``thin`` steps, ``num_draws`` times.
 
@@ -75,21 +77,28 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
         start: (n, C', d) starting positions with C' >= C (e.g. the run's persistent chains); None starts
             from the encoder's q(z | x).
         max_particles: rows are processed in chunks of at most this many (row, chain) pairs.
+        unit_index: (n,) each row's unit 0..U-1 (``start`` is then (U, C', d)); None: every row its own unit.
 
     Returns:
-        (n, num_draws · C, P) draws of u on CPU, float32.
+        (n, num_draws · C, P) draws of u on CPU, float32; (U, num_draws · C, P) with units.
     """
     rows = max(1, max_particles // num_chains)
+    unit_rows = None if unit_index is None else UnitRows(unit_index)
     chunks = []
     with model.frozen():
-        for first in range(0, x.shape[0], rows):
-            batch = x[first:first + rows]
+        for first in range(0, x.shape[0] if unit_rows is None else unit_rows.num_units, rows):
+            units = None  # every row its own unit
+            if unit_rows is None:
+                batch = x[first:first + rows]
+            else:  # a chunk of units with all their rows
+                picked, units = unit_rows.of(torch.arange(first, min(first + rows, unit_rows.num_units)))
+                batch, units = x[picked.to(x.device)], units.to(x.device)
             if start is not None:
                 z = start[first:first + rows, :num_chains].to(x.device)
             else:
                 with torch.no_grad():
-                    z = model.sample_posterior_approx(batch, num_chains, generator)
-            log_joint = AutogradTarget(lambda z_: model.log_joint(batch, z_))
+                    z = model.sample_posterior_approx(batch, num_chains, generator, units)
+            log_joint = AutogradTarget(lambda z_: model.log_joint(batch, z_, units))
             if burn_in > 0:
                 kept, _ = sampler.run(z, log_joint, step_size, burn_in, burn_in - 1, generator)
                 z = kept[-1]
@@ -186,6 +195,31 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     return buffer.getvalue()
 
 
+def unit_posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
+    """The per-unit table where rows are grouped in units (``Dataset.unit_index``): unit label, number of rows,
+    post_mean, post_sd, interval bounds (and the natural-scale mean), one line per unit."""
+    num_latent = stats["mean"].shape[1]
+    suffixes = [""] if num_latent == 1 else [f"_{j}" for j in range(num_latent)]
+    tail = 100 * (1 - level) / 2
+    header = ["unit", "rows"]
+    for s in suffixes:
+        header += [f"post_mean{s}", f"post_sd{s}", f"q{tail:g}{s}", f"q{100 - tail:g}{s}"]
+        if "natural_mean" in stats:
+            header.append(f"post_mean_{likelihood.mean_name}{s}")
+    counts = torch.bincount(dataset.unit_index, minlength=dataset.num_units).tolist()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for i, label in enumerate(dataset.units()):
+        line = [label, counts[i]]
+        for p in range(num_latent):
+            line += [f"{float(stats[key][i, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
+            if "natural_mean" in stats:
+                line.append(f"{float(stats['natural_mean'][i, p]):.6g}")
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
 def _save_array(path: Path, array: np.ndarray) -> None:
     def write(handle):
         np.save(handle, array)
@@ -265,7 +299,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
         start = trained[:, torch.arange(num_chains) % trained.shape[1]]
     x = run.dataset.x.to(run.device)
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start)
+    grouped = run.dataset.unit_index is not None  # rows grouped in units: one posterior (and CSV line) per unit
+    draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start,
+                            unit_index=run.dataset.unit_index)
     if not within_prior_range(draws):
         raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g} (a draw is non-finite "
                          f"or beyond |z| = {ESCAPE_BOUND:g}); "
@@ -275,14 +311,14 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     if likelihood.mean_name is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
         stats["natural_mean"] = likelihood.mean(draws.double()).mean(1)
     path = _output_path(out, run, "posterior.csv")
-    write_text_atomic(path, posterior_csv(run.dataset, likelihood, stats, level))
+    write_text_atomic(path, (unit_posterior_csv if grouped else posterior_csv)(run.dataset, likelihood, stats, level))
     if draws_out is not None:
         _save_array(Path(draws_out).expanduser(), draws.numpy())
-    result = {"what": "posterior", "path": str(path), "rows": int(x.shape[0]), "draws_per_row": int(draws.shape[1]),
+    result = {"what": "posterior", "path": str(path), "rows": int(draws.shape[0]), "draws_per_row": int(draws.shape[1]),
               "step_size": step_size, "level": level,
               "mean_interval_width": float((stats["upper"] - stats["lower"]).mean()),
               "started_from": "the run's persistent chains" if start is not None else "the encoder"}
-    if run.dataset.truth is not None:
+    if run.dataset.truth is not None and not grouped:  # the truth is per row
         truth = run.dataset.truth.double()
         result.update(comparison(run.dataset, likelihood, stats["mean"]))
         result["coverage"] = float(((truth >= stats["lower"]) & (truth <= stats["upper"])).double().mean())
@@ -337,7 +373,7 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
                       f"{RHAT_ALARM}): "
                       "raise burn_in and thin, or choose a step_size that lets them move (larger if they barely move, smaller if they diverge)")
     level = result["level"]
-    if stats["mean"].shape[1] == 1 and values.shape[1] == 1:
+    if stats["mean"].shape[1] == 1 and values.shape[1] == 1 and run.dataset.unit_index is None:
         scale = {"prob": " (u is a logit)", "rate": " (u is a log-rate)"}.get(likelihood.mean_name, "")
         table = Table(title=f"first rows{scale}")
         observed = _names(run.dataset, 1)

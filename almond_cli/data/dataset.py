@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..model.units import UnitRows
 from .priors import Prior, make_prior
 
 
@@ -35,6 +36,11 @@ class Dataset:
         heldout: the rows ``data.holdout_fraction`` kept out of training (a ``Dataset`` of the same kind, scored by
             ``heldout_nll``); None when every row is trained on. This data set then holds the training rows only.
         read_fingerprint: the ``fingerprint`` of every row as read, kept by ``hold_out``; None before a split.
+        unit_index: (n,) long, the unit (0..U-1) each row belongs to: rows of one unit share one latent and one set
+            of persistent chains, and are batched, held out and sharded together (``model.units``). None, the
+            default, makes every row its own unit (U = n), with the one-row code path in every layer.
+        unit_labels: how each unit is named in output files (U labels); None numbers them 0..U-1 (the rows'
+            labels when every row is its own unit).
     """
 
     x: Tensor
@@ -49,10 +55,38 @@ class Dataset:
     id_name: str | None = None
     heldout: Dataset | None = None
     read_fingerprint: dict | None = field(default=None, repr=False)
+    unit_index: Tensor | None = field(default=None, repr=False)
+    unit_labels: list | None = None
+
+    def __post_init__(self):
+        if self.unit_index is not None:
+            if self.unit_index.shape != (self.x.shape[0],) or self.unit_index.dtype != torch.long:
+                raise ValueError(f"unit_index must be a long tensor of shape ({self.x.shape[0]},), got "
+                                 f"{self.unit_index.dtype} {tuple(self.unit_index.shape)}")
+            if self.unit_index.numel() and (int(self.unit_index.min()) < 0
+                                            or bool((torch.bincount(self.unit_index) == 0).any())):
+                raise ValueError("unit_index must number the units 0..U-1, each with at least one row")
 
     @property
     def num_points(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def num_units(self) -> int:
+        """U, the number of units (latents): the number of rows when every row is its own unit."""
+        if self.unit_index is None:
+            return self.num_points
+        return int(self.unit_index.max()) + 1 if self.unit_index.numel() else 0
+
+    def units(self) -> list:
+        """The label of every unit in output files: the rows' labels when every row is its own unit."""
+        if self.unit_labels is not None:
+            return self.unit_labels
+        return self.rows() if self.unit_index is None else list(range(self.num_units))
+
+    def unit_rows(self) -> UnitRows | None:
+        """The rows of each unit (``model.units.UnitRows``); None when every row is its own unit."""
+        return None if self.unit_index is None else UnitRows(self.unit_index, self.num_units)
 
     @property
     def data_dim(self) -> int:
@@ -68,17 +102,32 @@ class Dataset:
 
     def arrays(self) -> dict[str, Tensor]:
         """The arrays a fit depends on, by name: what ``fingerprint`` hashes."""
-        return {name: array for name, array in (("x", self.x), ("truth", self.truth)) if array is not None}
+        return {name: array for name, array in (("x", self.x), ("truth", self.truth), ("unit_index", self.unit_index))
+                if array is not None}
 
     def select(self, rows: Tensor) -> Dataset:
         """The data set of ``rows`` (indices into these rows), in that order: every per-row field follows, and the
-        rows keep their labels in output files."""
+        rows keep their labels in output files. The units the rows belong to are renumbered 0..U'-1 in the order of
+        their old numbers and keep their labels."""
         picked = rows.tolist()
         labels = self.rows()
+        units = {}
+        if self.unit_index is not None:
+            kept, unit_index = torch.unique(self.unit_index[rows], sorted=True, return_inverse=True)
+            unit_labels = self.units()
+            units = {"unit_index": unit_index, "unit_labels": [unit_labels[i] for i in kept.tolist()]}
         return replace(self, x=self.x[rows], truth=None if self.truth is None else self.truth[rows],
                        row_labels=[labels[i] for i in picked],
                        ids=None if self.ids is None else [self.ids[i] for i in picked],
-                       heldout=None, read_fingerprint=None)
+                       heldout=None, read_fingerprint=None, **units)
+
+    def select_units(self, units: Tensor) -> Dataset:
+        """The data set of ``units`` (indices into these units) with all their rows, in the order of the units'
+        numbers and the rows as read; the same as ``select`` when every row is its own unit."""
+        if self.unit_index is None:
+            return self.select(units)
+        rows, _ = self.unit_rows().of(units)
+        return self.select(rows.sort().values)
 
     def fingerprint(self) -> dict:
         """What identifies these data: a SHA-256 of every array as read (its shape, dtype and bytes), each array's
@@ -167,7 +216,9 @@ def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
 
 
 def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
-    """Keeps ``round(fraction · n)`` random rows (at least one) out of training: ``data.holdout_fraction``.
+    """Keeps ``round(fraction · n)`` random rows (at least one) out of training: ``data.holdout_fraction``. Where
+    rows are grouped in units (``Dataset.unit_index``), whole units are kept out the same way: ``round(fraction ·
+    U)`` of the U units with all their rows.
 
     The rows are a permutation's first ones, from a generator of their own stream, seeded by SHA-256 of
     ``almond:{seed}:holdout`` (``seed``: the data stream's seed the data set was built with, itself derived from
@@ -187,15 +238,17 @@ def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """
     if fraction <= 0:
         return dataset
-    n = dataset.num_points
+    n = dataset.num_units
+    what = "rows" if dataset.unit_index is None else "units"
     count = max(1, round(fraction * n))
     if count >= n:
-        raise UsageError(f"data.holdout_fraction: {fraction} of {n} rows holds out {count}, which leaves no row to "
-                         "train on; lower data.holdout_fraction (0 trains on every row) or use more data")
+        raise UsageError(f"data.holdout_fraction: {fraction} of {n} {what} holds out {count}, which leaves no "
+                         f"{what[:-1]} to train on; lower data.holdout_fraction (0 trains on every row) or use more "
+                         "data")
     stream = int.from_bytes(hashlib.sha256(f"almond:{seed}:holdout".encode()).digest()[:8], "little") >> 1
     order = torch.randperm(n, generator=torch.Generator().manual_seed(stream))
-    train_rows, heldout_rows = order[count:].sort().values, order[:count].sort().values
-    return replace(dataset.select(train_rows), heldout=dataset.select(heldout_rows),
+    train_units, heldout_units = order[count:].sort().values, order[:count].sort().values
+    return replace(dataset.select_units(train_units), heldout=dataset.select_units(heldout_units),
                    read_fingerprint=dataset.fingerprint())
 
 

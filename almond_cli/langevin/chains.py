@@ -1,7 +1,8 @@
-"""Persistent Langevin chains, stored by data index.
+"""Persistent Langevin chains, stored by unit index.
 
-ALMOND keeps every data point's C chains from one update to the next (persistent contrastive style), so a
-mini-batch gathers its chains by index before sampling and scatters them back after.
+ALMOND keeps every unit's C chains from one update to the next (persistent contrastive style), so a
+mini-batch of units gathers its chains by index before sampling and scatters them back after. A unit is what
+carries one latent (``model.units``): a data point when every row is its own unit, a group of rows otherwise.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ def within_prior_range(z: Tensor) -> bool:
 
 
 class PersistentChains:
-    """A (n, C, d) store of chain positions for n data points, C chains each, d latent dimensions.
+    """A (U, C, d) store of chain positions for U units, C chains each, d latent dimensions.
 
     Args:
-        positions: (n, C, d) initial positions; the store owns this tensor.
+        positions: (U, C, d) initial positions; the store owns this tensor.
     """
 
     def __init__(self, positions: Tensor):
@@ -44,11 +45,11 @@ class PersistentChains:
         return within_prior_range(self.positions)
 
     def gather(self, indices: Tensor) -> Tensor:
-        """Returns a copy of the chains of data points ``indices`` (B,), shape (B, C, d)."""
+        """Returns a copy of the chains of units ``indices`` (B,), shape (B, C, d)."""
         return self.positions.index_select(0, indices.to(self.positions.device))
 
     def scatter(self, indices: Tensor, z: Tensor) -> None:
-        """Stores ``z`` (B, C, d) as the chains of data points ``indices`` (B,)."""
+        """Stores ``z`` (B, C, d) as the chains of units ``indices`` (B,)."""
         self.positions.index_copy_(0, indices.to(self.positions.device), z.detach().to(self.positions.dtype))
 
     def state_dict(self) -> dict:

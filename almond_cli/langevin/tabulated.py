@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.networks import MLPDecoder
+from ..model.units import sum_over_rows
 from .targets import LOG_2PI, Target
 
 TABULATE_MODES = ("off", "on", "auto")
@@ -119,18 +120,20 @@ class TabulatedTarget(Target):
 
     Args:
         model: the ``LatentVariableModel``; latent_dim 1, its likelihood has ``value_and_grad_u``.
-        x: (B, D) the batch's data.
+        x: (R, D) the batch's rows.
         lower, upper: the grid's ends, lower < upper (``around`` picks them from the chains).
         num_nodes: G >= 2 grid nodes, spacing Δ = (upper − lower) / (G − 1).
+        units: (R,) each row's unit 0..B-1 (the chains are per unit, ``model.units``); None: row i is unit i.
     """
 
-    def __init__(self, model, x: Tensor, lower: float, upper: float, num_nodes: int):
+    def __init__(self, model, x: Tensor, lower: float, upper: float, num_nodes: int, units: Tensor | None = None):
         if num_nodes < 2 or not lower < upper:
             raise ValueError(f"need num_nodes >= 2 and lower < upper, got {num_nodes}, [{lower}, {upper}]")
         self.model = model
         self.decoder = model.decoder
         self.likelihood = model.likelihood
         self.x = x
+        self.units = units
         self.lower, self.upper, self.num_nodes = float(lower), float(upper), int(num_nodes)
         self.spacing = (self.upper - self.lower) / (self.num_nodes - 1)
         self.inverse_spacing = 1.0 / self.spacing
@@ -150,7 +153,7 @@ class TabulatedTarget(Target):
 
     @classmethod
     def around(cls, model, x: Tensor, z: Tensor, step_size: float, num_steps: int, num_nodes: int,
-               drift_bound: float = DRIFT_BOUND) -> "TabulatedTarget":
+               drift_bound: float = DRIFT_BOUND, units: Tensor | None = None) -> "TabulatedTarget":
         """The target with its grid over the finite range of the chains ``z`` (B, C, 1), widened by
         NUM_SD·sqrt(2 s K) + s K · drift_bound: where the chains can get in ``num_steps`` steps of size
         ``step_size``. One host synchronisation (the range), once per update."""
@@ -159,7 +162,7 @@ class TabulatedTarget(Target):
             finite = z[torch.isfinite(z)]
             low, high = (float(end) for end in torch.aminmax(finite)) if finite.numel() else (-1.0, 1.0)
         margin = NUM_SD * math.sqrt(2.0 * step_size * num_steps) + step_size * num_steps * drift_bound
-        return cls(model, x, low - margin, high + margin, num_nodes)
+        return cls(model, x, low - margin, high + margin, num_nodes, units)
 
     def locate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(cell (N,), t (N, 1), outside (M,)) for z (N,): each particle's cell (float, integral; 0 where outside)
@@ -201,7 +204,7 @@ class TabulatedTarget(Target):
         ``value_and_grad``'s)."""
         batch, chains, _ = z.shape
         u, _, _ = self.interpolate(z.reshape(batch * chains))
-        log_lik = self.likelihood.log_prob(self.x, u.view(batch, chains, -1))
+        log_lik = unit_log_prob(self.likelihood, self.x, u.view(batch, chains, -1), self.units)
         return log_lik - 0.5 * (z.squeeze(-1).square() + LOG_2PI)
 
     def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,7 +214,12 @@ class TabulatedTarget(Target):
             raise ValueError(f"the tabulated target is for latent_dim 1, got z of shape {tuple(z.shape)}")
         with torch.no_grad():
             u, slope, _ = self.interpolate(z.reshape(batch * chains))
-            log_lik, grad_u = self.likelihood.value_and_grad_u(self.x, u.view(batch, chains, -1))
+            u = u.view(batch, chains, -1)
+            if self.units is None:
+                log_lik, grad_u = self.likelihood.value_and_grad_u(self.x, u)
+            else:  # each row reads its unit's u; values and ∂/∂u summed back onto the units
+                log_lik, grad_u = self.likelihood.value_and_grad_u(self.x, u.index_select(0, self.units))
+                log_lik, grad_u = sum_over_rows(log_lik, self.units, batch), sum_over_rows(grad_u, self.units, batch)
             grad_u = grad_u.reshape(batch, chains, -1)
             slope = slope.view(batch, chains, -1)
             if self.output_dim == 1:
@@ -223,7 +231,14 @@ class TabulatedTarget(Target):
         return log_joint, grad
 
 
-def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor) -> Tensor:
+def unit_log_prob(likelihood, x: Tensor, u: Tensor, units: Tensor | None) -> Tensor:
+    """log f per unit: x (R, D), u (B, N, P) per unit, units (R,) or None (row i is unit i). Returns (B, N)."""
+    if units is None:
+        return likelihood.log_prob(x, u)
+    return sum_over_rows(likelihood.log_prob(x, u.index_select(0, units)), units, u.shape[0])
+
+
+def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor, units: Tensor | None = None) -> Tensor:
     """The ALMOND loss −mean log f(x | h(z)) over ``particles`` with h read from ``table``'s cubic Hermite
     interpolant p, as a scalar whose backward gives the parameter gradient through the table's nodes.
 
@@ -241,11 +256,12 @@ def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor) 
     Args:
         model: the ``LatentVariableModel`` the table was built from (its parameters unchanged since).
         table: the ``TabulatedTarget`` the particles were drawn under; its grid is reused.
-        x: (B, D) the batch's data.
-        particles: (B, N, 1) kept states of all chains per data point.
+        x: (R, D) the batch's rows.
+        particles: (B, N, 1) kept states of all chains per unit.
+        units: (R,) each row's unit 0..B-1; None: row i is unit i.
 
     Returns:
-        The scalar loss (per data point and particle).
+        The scalar loss (per unit and particle; a unit's log f is the sum over its rows).
     """
     batch, count, latent_dim = particles.shape
     if latent_dim != 1:
@@ -262,7 +278,7 @@ def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor) 
     interpolated = u.requires_grad_(True)
     if outside.numel():
         u = interpolated.index_put((outside,), decoder(z[outside].unsqueeze(-1)))
-    log_lik = model.likelihood.log_prob(x, u.view(batch, count, outputs))
+    log_lik = unit_log_prob(model.likelihood, x, u.view(batch, count, outputs), units)
     (grad_u,) = torch.autograd.grad(log_lik.sum(), interpolated, retain_graph=True)
     with torch.no_grad():
         # Hermite basis in t: value weights 1 − r and r (r = 3t² − 2t³) for the left and right node, slope

@@ -28,6 +28,12 @@ it needs no graph, saves only act'(h_l) per layer, and folds work away where the
 
 A likelihood joins the fast path by defining ``value_and_grad_u(x, u) -> (log f (B, C), ∂log f/∂u
 (B, C, P))`` (``likelihoods.Gaussian`` does).
+
+Units of several rows (``model.units``): with ``units`` (R,) mapping the rows x (R, D) to the B units whose
+latents z (B, C, d) move, the target is Σ_{r in unit} log f(x_r | h(z)) + log N(z; 0, I) per unit. The MLP
+target then runs the decoder's sweeps per (unit, chain), reads each row's u with one gather, takes the
+likelihood's value and ∂/∂u per row, and sums both back onto the units (``index_add``) before the backward
+sweep. ``units=None`` (every row its own unit) keeps the one-row path, with no gather.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.networks import MLPDecoder
+from ..model.units import sum_over_rows
 from .precision import DTYPES, resolve_precision
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -59,7 +66,7 @@ BLOCK_MAX_THREADS = 1
 class Target(abc.ABC):
     """The Langevin target log p(x, z) of one batch of data, as the sampler sees it.
 
-    Contract, for z of shape (B, C, d) (B data points, C chains, d latent dimensions):
+    Contract, for z of shape (B, C, d) (B units: data points, or groups of rows; C chains, d latent dimensions):
 
     - ``target(z)`` returns log p(x, z) of shape (B, C) as a differentiable function of z (autograd works
       through it; tests and diagnostics call it);
@@ -167,15 +174,17 @@ class MLPTarget(Target):
     Args:
         model: the ``LatentVariableModel``; its likelihood has ``value_and_grad_u``.
         layers: the decoder's layers from ``mlp_layers``.
-        x: (B, D) the batch's data.
+        x: (R, D) the batch's rows.
         precision: ``"fp32"`` (the parameters' own dtype, bitwise the plain path) or ``"bf16"``.
+        units: (R,) each row's unit 0..B-1 in the batch; None: row i is unit i (R = B).
     """
 
-    def __init__(self, model, layers, x: Tensor, precision: str = "fp32"):
+    def __init__(self, model, layers, x: Tensor, precision: str = "fp32", units: Tensor | None = None):
         self.model = model
         self.layers = layers
         self.likelihood = model.likelihood
         self.x = x
+        self.units = units
         self.precision = precision
         weights = [linear.weight.detach() for linear, _ in layers]
         # fp32 keeps the parameters' dtype, so every .to(self.dtype) below is a no-op there.
@@ -190,16 +199,22 @@ class MLPTarget(Target):
 
     def __call__(self, z: Tensor) -> Tensor:
         """log p(x, z) for z (B, C, d), (B, C), through the model's own forward (autograd works)."""
-        return self.model.log_joint(self.x, z)
+        return self.model.log_joint(self.x, z, self.units)
 
     def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(log p(x, z) (B, C), ∇_z log p(x, z) (B, C, d)) for z (B, C, d), by one forward and one backward
-        sweep written out (no graph), over blocks of rows on one CPU thread."""
+        sweep written out (no graph), over blocks of rows (of units, each with all its rows) on one CPU thread."""
         rows = self.rows_per_block(z)
-        if rows >= z.shape[0]:
+        if self.units is not None:
+            if rows >= z.shape[0]:
+                return self._sweep(self.x, z, self._unit_likelihood(self.units))
+            blocks = [self._sweep(x, z[start:start + rows], self._unit_likelihood(units))
+                      for start, x, units in self._unit_blocks(rows, z.shape[0])]
+        elif rows >= z.shape[0]:
             return self._sweep(self.x, z)
-        blocks = [self._sweep(self.x[start:start + rows], z[start:start + rows])
-                  for start in range(0, z.shape[0], rows)]
+        else:
+            blocks = [self._sweep(self.x[start:start + rows], z[start:start + rows])
+                      for start in range(0, z.shape[0], rows)]
         return torch.cat([value for value, _ in blocks]), torch.cat([grad for _, grad in blocks])
 
     def rows_per_block(self, z: Tensor) -> int:
@@ -212,8 +227,28 @@ class MLPTarget(Target):
         per_row = z.shape[1] * widest * self.weights[0].element_size()
         return max(1, BLOCK_BYTES // per_row)
 
-    def _sweep(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``value_and_grad`` of the rows ``x`` (b, D) with their chains ``z`` (b, C, d), all at once."""
+    def _unit_likelihood(self, units: Tensor):
+        """``value_and_grad_u`` per unit, for rows whose units are ``units`` (R,): u (B, C, P) per unit read by
+        each row, the rows' values (R, C) and gradients (R, C, P) summed onto their units: (B, C), (B, C, P)."""
+        def value_and_grad(x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+            log_lik, grad_u = self.likelihood.value_and_grad_u(x, u.index_select(0, units))
+            return sum_over_rows(log_lik, units, u.shape[0]), sum_over_rows(grad_u, units, u.shape[0])
+        return value_and_grad
+
+    def _unit_blocks(self, size: int, num_units: int) -> list[tuple[int, Tensor, Tensor]]:
+        """[(first unit, its block's rows (r, D), their units from 0 (r,))] for blocks of ``size`` units, found once
+        per block size (the batch's rows and units do not change while the chains move)."""
+        if getattr(self, "_blocks", (None,))[0] != size:
+            blocks = []
+            for start in range(0, num_units, size):
+                rows = ((self.units >= start) & (self.units < start + size)).nonzero().squeeze(1)
+                blocks.append((start, self.x.index_select(0, rows), self.units.index_select(0, rows) - start))
+            self._blocks = (size, blocks)
+        return self._blocks[1]
+
+    def _sweep(self, x: Tensor, z: Tensor, likelihood=None) -> tuple[Tensor, Tensor]:
+        """``value_and_grad`` of the rows ``x`` (b, D) with their chains ``z`` (b, C, d), all at once;
+        ``likelihood(x, u)`` is the likelihood's value and ∂/∂u (``value_and_grad_u`` when None)."""
         batch, chains, latent_dim = z.shape
         with torch.no_grad():
             a = z.reshape(batch * chains, latent_dim).to(self.dtype)
@@ -226,7 +261,7 @@ class MLPTarget(Target):
                     a = _activation_and_derivative(activation, h)
                     derivatives.append(h)
             u = a.view(batch, chains, -1).to(z.dtype)
-            log_lik, grad_u = self.likelihood.value_and_grad_u(x, u)
+            log_lik, grad_u = (likelihood or self.likelihood.value_and_grad_u)(x, u)
             grad_u = grad_u.reshape(batch * chains, -1)
             if self.scalar_output:
                 # ∂u/∂z per particle, then times ∂log f/∂u (N, 1).
@@ -266,9 +301,10 @@ def _fast_layers(model, fast: bool):
     return None
 
 
-def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32") -> Target:
-    """The Langevin target of ``model`` on data ``x`` (B, D): the fused ``MLPTarget`` where the decoder and
-    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z).
+def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32", units: Tensor | None = None) -> Target:
+    """The Langevin target of ``model`` on data ``x`` (R, D): the fused ``MLPTarget`` where the decoder and
+    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z, units).
+    ``units`` (R,) maps each row to its unit 0..B-1 (z is (B, C, d)); None: row i is unit i.
 
     ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``, resolved for ``x``'s device by
     ``precision.resolve_precision``); it applies to the ``MLPTarget`` only: an ``AutogradTarget`` (conv or
@@ -277,8 +313,10 @@ def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32") -> 
     """
     layers = _fast_layers(model, fast)
     if layers is not None:
-        return MLPTarget(model, layers, x, resolve_precision(precision, x.device))
-    return AutogradTarget(lambda z: model.log_joint(x, z))
+        return MLPTarget(model, layers, x, resolve_precision(precision, x.device), units)
+    if units is None:
+        return AutogradTarget(lambda z: model.log_joint(x, z))
+    return AutogradTarget(lambda z: model.log_joint(x, z, units))
 
 
 def target_precision(model, device: torch.device | str, precision: str, fast: bool = True) -> str:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .likelihoods import Likelihood
 from .networks import Decoder, Encoder
+from .units import count, sum_over_rows
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -75,32 +76,80 @@ class LatentVariableModel(nn.Module):
         """beta = (theta, eta): the decoder's and the likelihood's parameters."""
         return list(self.decoder.parameters()) + list(self.likelihood.parameters())
 
-    def log_lik(self, x: Tensor, z: Tensor) -> Tensor:
-        """log f(x | h(z)). Args: x (B, D), z (B, C, d). Returns (B, C)."""
-        return self.likelihood.log_prob(x, self.decoder(z))
+    def log_lik(self, x: Tensor, z: Tensor, units: Tensor | None = None) -> Tensor:
+        """log f(x | h(z)) per unit: the sum over each unit's rows (``model.units``).
 
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        """log f(x | h(z)) + log N(z; 0, I). Args: x (B, D), z (B, C, d). Returns (B, C)."""
-        return self.log_lik(x, z) + standard_normal_log_prob(z)
+        Args:
+            x: (R, D) the rows of B units.
+            z: (B, C, d) C latents per unit.
+            units: (R,) each row's unit 0..B-1 in the batch; None: row i is unit i (R = B).
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, log_var) of q(z | x), each (B, d), for data x (B, D): the encoder reads x through the
-        likelihood's ``encoder_input``, in training, chain starts and likelihood estimates alike."""
-        return self.encoder(self.likelihood.encoder_input(x))
+        Returns:
+            (B, C).
+        """
+        u = self.decoder(z)
+        if units is None:
+            return self.likelihood.log_prob(x, u)
+        # h once per unit, then each row reads its unit's u.
+        return sum_over_rows(self.likelihood.log_prob(x, u.index_select(0, units)), units, z.shape[0])
 
-    def sample_posterior_approx(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
-        """Draws from q(z | x). Args: x (B, D). Returns z (B, num_draws, d)."""
-        mean, log_var = self.encode(x)
+    def log_joint(self, x: Tensor, z: Tensor, units: Tensor | None = None) -> Tensor:
+        """log f(x | h(z)) + log N(z; 0, I) per unit. Args: x (R, D), z (B, C, d), units (R,) or None (see
+        ``log_lik``). Returns (B, C)."""
+        return self.log_lik(x, z, units) + standard_normal_log_prob(z)
+
+    def encode(self, x: Tensor, units: Tensor | None = None, num_units: int | None = None) -> tuple[Tensor, Tensor]:
+        """(mean, log_var) of q(z | x_unit), each (B, d), for the rows x (R, D) of B units: the encoder reads x
+        through the likelihood's ``encoder_input``, in training, chain starts and likelihood estimates alike.
+
+        A unit of several rows combines its rows' Gaussians q_r = N(m_r, 1/λ_r) (λ per coordinate) as a product
+        of experts with the prior counted once: if each q_r were the exact posterior p(z | x_r) ∝ N(z; 0, I)
+        f(x_r | z) of a Gaussian model, p(z | x_1..k) ∝ N(z; 0, I)^(1-k) Π_r q_r is Gaussian with precision
+        λ = Σ_r λ_r − (k − 1) and mean Σ_r λ_r m_r / λ (the prior's mean is 0), which is what this returns. Where
+        the encoder calls a row wider than the prior (λ_r < 1) that precision could fall to 0 or below, so it is
+        floored at max_r λ_r: a unit is never less certain than its surest row (in the Gaussian model it is
+        always at least that certain). The encoder is trained through this combination by the per-unit ELBO, so
+        it is an amortised q of the unit either way. A unit of one row gets that row's q, bitwise.
+
+        Args:
+            x: (R, D) rows.
+            units: (R,) each row's unit 0..B-1; None: row i is unit i (the encoder's output itself).
+            num_units: B; by default ``units.max() + 1``.
+        """
+        mean, log_var = self.encoder(self.likelihood.encoder_input(x))
+        if units is None:
+            return mean, log_var
+        num_units = count(units, x.shape[0]) if num_units is None else num_units
+        precision = (-log_var).exp()
+        total = sum_over_rows(precision, units, num_units)
+        weighted = sum_over_rows(precision * mean, units, num_units)
+        rows = sum_over_rows(torch.ones_like(units, dtype=precision.dtype), units, num_units).unsqueeze(-1)
+        surest = precision.new_zeros((num_units, precision.shape[-1])).scatter_reduce_(
+            0, units.unsqueeze(-1).expand_as(precision), precision, "amax", include_self=False)
+        combined = torch.maximum(total - (rows - 1.0), surest)
+        # A one-row unit takes its row's (mean, log_var) as they are (a sum of one term is exact), so an explicit
+        # one-row-per-unit map gives bitwise the outputs of units=None.
+        single = rows == 1.0
+        return (torch.where(single, sum_over_rows(mean, units, num_units), weighted / combined),
+                torch.where(single, sum_over_rows(log_var, units, num_units), -combined.log()))
+
+    def sample_posterior_approx(self, x: Tensor, num_draws: int, generator: torch.Generator | None,
+                                units: Tensor | None = None, num_units: int | None = None) -> Tensor:
+        """Draws from q(z | x_unit). Args: x (R, D), units (R,) or None (see ``encode``). Returns z (B, num_draws,
+        d)."""
+        mean, log_var = self.encode(x, units, num_units)
         return reparameterise(mean, log_var, num_draws, generator)
 
-    def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None) -> Tensor:
-        """The evidence lower bound per data point with ``num_draws`` reparameterised draws.
+    def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None,
+             units: Tensor | None = None) -> Tensor:
+        """The evidence lower bound per unit with ``num_draws`` reparameterised draws.
 
-        Args: x (B, D). Returns (B,): E_q[log f(x | h(z))] - KL(q(z | x) || N(0, I)).
+        Args: x (R, D), units (R,) or None (every row its own unit; see ``log_lik``). Returns (B,):
+        E_q[Σ_{r in unit} log f(x_r | h(z))] - KL(q(z | x_unit) || N(0, I)).
         """
-        mean, log_var = self.encode(x)
+        mean, log_var = self.encode(x, units)
         z = reparameterise(mean, log_var, num_draws, generator)
-        expected_log_lik = self.log_lik(x, z).mean(1)
+        expected_log_lik = self.log_lik(x, z, units).mean(1)
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1)
         return expected_log_lik - kl
 

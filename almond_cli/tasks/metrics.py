@@ -80,7 +80,9 @@ def train_likelihood(model, dataset, cfg, device) -> dict[str, float]:
 def _likelihood_scores(model, dataset, cfg, device) -> dict[str, float]:
     """``train_likelihood``'s scores of the rows of ``dataset`` alone."""
     truth = dataset.truth
-    estimate = estimate_with(cfg.evaluation, model, dataset.x.to(device), with_mean_u=truth is not None)
+    # Per unit where rows are grouped in units (train_nll is then per unit); row by row otherwise.
+    estimate = estimate_with(cfg.evaluation, model, dataset.x.to(device), with_mean_u=truth is not None,
+                             unit_index=dataset.unit_index)
     scores = nll_summary(estimate, "train")
     if truth is not None and estimate.posterior_mean_u.shape == truth.shape:
         scores["mse_posterior_mean"] = float((estimate.posterior_mean_u - truth.double()).square().mean())

@@ -10,6 +10,9 @@ CUDA ones. Nothing assumes a single node: the device is ``cuda:LOCAL_RANK``, the
 rank 0 and broadcast (``${now:...}`` would differ between ranks), and resume needs the run folder on a
 file system every node sees.
 
+With units of several rows (``Dataset.unit_index``) a rank's shard is a contiguous range of units with all their
+rows, and the number of units must divide evenly.
+
 Outside torchrun (or with one process) ``DataParallel`` is a no-op, so the trainer calls its hooks always.
 """
 
@@ -140,6 +143,25 @@ class DataParallel:
                              "number of updates per epoch)")
         size = num_points // self.world_size
         return x[self.rank * size:(self.rank + 1) * size]
+
+    def shard_units(self, x: torch.Tensor, unit_index: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                     torch.Tensor | None]:
+        """This rank's contiguous units with all their rows: (rows of x (n_rank, D), their units renumbered from 0
+        (n_rank,)); ``unit_index`` None (every row its own unit) is ``shard``. The number of units U must divide
+        evenly so every rank does equal updates."""
+        if unit_index is None:
+            return self.shard(x), None
+        if not self.active:
+            return x, unit_index
+        num_units = int(unit_index.max()) + 1
+        if num_units % self.world_size:
+            raise UsageError(f"data: {num_units} units do not split evenly over {self.world_size} processes; use a "
+                             f"process count that divides {num_units} (every rank must make the same number of "
+                             "updates per epoch)")
+        size = num_units // self.world_size
+        first = self.rank * size
+        rows = ((unit_index >= first) & (unit_index < first + size)).nonzero().squeeze(1)
+        return x[rows], unit_index[rows] - first
 
     def local_batch_size(self, global_batch_size: int) -> int:
         """This rank's share of the global batch (``schedule.batch_size`` is the global batch)."""

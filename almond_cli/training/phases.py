@@ -14,13 +14,15 @@ from ..langevin import sampler, tabulated
 from ..langevin.chains import PersistentChains
 from ..langevin.targets import target_for
 from ..model.model import LatentVariableModel, evaluation_mode
+from ..model.units import UnitRows
 
 
 def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: Tensor, num_draws: int,
-               generator: torch.Generator) -> Tensor:
-    """One Adam step on −ELBO of the batch ``x`` (B, D); returns the detached loss (per data point)."""
+               generator: torch.Generator, units: Tensor | None = None) -> Tensor:
+    """One Adam step on −ELBO of the batch ``x`` (R, D), the rows of B units (``units`` (R,) each row's unit
+    0..B-1; None: row i is unit i); returns the detached loss (per unit)."""
     optimiser.zero_grad(set_to_none=True)
-    loss = -model.elbo(x, num_draws, generator).mean()
+    loss = -model.elbo(x, num_draws, generator, units).mean()
     loss.backward()
     optimiser.step()
     return loss.detach()
@@ -28,11 +30,28 @@ def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: 
 
 @torch.no_grad()
 def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, generator: torch.Generator,
-                   batch_size: int) -> PersistentChains:
-    """Starts C chains per data point at draws from the encoder's q(z | x). Args: x (n, D)."""
+                   batch_size: int, unit_index: Tensor | None = None) -> PersistentChains:
+    """Starts C chains per unit at draws from the encoder's q(z | x_unit), ``batch_size`` units at a time.
+
+    Args:
+        x: (n, D) every row.
+        unit_index: (n,) each row's unit 0..U-1; None: row i is unit i.
+
+    Returns:
+        The (U, C, d) chains.
+    """
     with evaluation_mode(model):
-        parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
-                 for start in range(0, x.shape[0], batch_size)]
+        if unit_index is None:
+            parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
+                     for start in range(0, x.shape[0], batch_size)]
+        else:
+            unit_rows = UnitRows(unit_index)
+            parts = []
+            for start in range(0, unit_rows.num_units, batch_size):
+                units = torch.arange(start, min(start + batch_size, unit_rows.num_units))
+                rows, local = unit_rows.of(units)
+                parts.append(model.sample_posterior_approx(x[rows.to(x.device)], num_chains, generator,
+                                                           local.to(x.device), units.shape[0]))
     return PersistentChains(torch.cat(parts))
 
 
@@ -40,11 +59,12 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
                   indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
                   generator: torch.Generator, fast: bool = True,
                   method: str = "ula", precision: str = "fp32", tabulate: str = "off",
-                  table_nodes: int = 2049) -> tuple[Tensor, sampler.StepInfo]:
-    """One ALMOND update of the generative parameters on the batch ``indices`` (B,) with data ``x`` (B, D).
+                  table_nodes: int = 2049, units: Tensor | None = None) -> tuple[Tensor, sampler.StepInfo]:
+    """One ALMOND update of the generative parameters on the batch of units ``indices`` (B,) with their rows
+    ``x`` (R, D); ``units`` (R,) is each row's unit 0..B-1 in the batch (None: row i is unit i, R = B).
 
     The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
-    −mean over batch, kept states and chains of log f(x | h(z)). With ``fast`` the target's gradient is the
+    −mean over units, kept states and chains of log f(x_unit | h(z)) (a sum over the unit's rows). With ``fast`` the target's gradient is the
     hand-written one of ``targets.MLPTarget`` where the model allows it (same chains to float rounding), else
     autograd (``targets.target_for``).
     ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
@@ -69,19 +89,19 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
             table = None
             if tabulated.wanted(model, tabulate):
                 target = table = tabulated.TabulatedTarget.around(model, x, start, step_size, num_steps,
-                                                                  table_nodes)
+                                                                  table_nodes, units=units)
             else:
-                target = target_for(model, x, fast, precision)
+                target = target_for(model, x, fast, precision, units)
             kept, info = sampler.run(start, target, step_size, num_steps, burn_in, generator, method)
         chains.scatter(indices, kept[-1])
         num_kept, batch, num_chains, latent_dim = kept.shape
-        # Kept states of all chains form one (B, K'·C) axis of particles per data point.
+        # Kept states of all chains form one (B, K'·C) axis of particles per unit.
         particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
         optimiser.zero_grad(set_to_none=True)
         if table is None:
-            loss = -model.log_lik(x, particles).mean()
+            loss = -model.log_lik(x, particles, units).mean()
         else:  # the same loss, its decoder gradient through the table's G nodes instead of every particle
-            loss = tabulated.tabulated_loss(model, table, x, particles)
+            loss = tabulated.tabulated_loss(model, table, x, particles, units)
         loss.backward()
         optimiser.step()
     return loss.detach(), info

@@ -287,8 +287,8 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
     check_same_data(payload.get("data"), dataset, command)
     chains = payload.get("chains")
-    if chains is not None and chains["positions"].shape[0] != dataset.num_points:
-        raise UsageError(f"{command}: the data now has {dataset.num_points} rows but the run was trained on "
+    if chains is not None and chains["positions"].shape[0] != dataset.num_units:  # one set per unit
+        raise UsageError(f"{command}: the data now has {dataset.num_units} rows but the run was trained on "
                          f"{chains['positions'].shape[0]} ({cfg.data.get('path', cfg.data.name)}); the data file "
                          "changed since training, so this run cannot be evaluated or sampled on it")
     target = pick_device(device)

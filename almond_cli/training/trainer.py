@@ -22,6 +22,7 @@ from ..atomic import write_text_atomic
 from ..config import validate
 from ..data.dataset import check_same_data
 from ..langevin.chains import ESCAPE_BOUND, PersistentChains
+from ..model.units import UnitRows
 from ..tasks.registry import build_dataset, task_for
 from . import checkpoint as ckpt
 from . import phases
@@ -89,7 +90,11 @@ class TrainingRun:
         torch.manual_seed(streams["init"])
         self.model = build_model(cfg, self.dataset).to(self.device)
         self.dist.broadcast_parameters(self.model)
-        self.x = self.dist.shard(self.dataset.x).to(self.device)  # this rank's rows (all of them in one process)
+        # This rank's units and their rows (all of them in one process); unit_index None: every row its own unit.
+        x, self.unit_index = self.dist.shard_units(self.dataset.x, self.dataset.unit_index)
+        self.x = x.to(self.device)
+        self.unit_rows = None if self.unit_index is None else UnitRows(self.unit_index)
+        self.num_units = self.x.shape[0] if self.unit_rows is None else self.unit_rows.num_units
         self.vae_optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.schedule.vae_lr)
         self.almond_optimisers = AlmondOptimisers(self.model.generative_parameters, cfg.schedule)
         self.dist.average_gradients_before_step(self.vae_optimiser, self.almond_optimisers.adam,
@@ -104,9 +109,10 @@ class TrainingRun:
         self.task = task_for(self.dataset)
         self.vae_metrics: dict = {}
         self.vae_snapshot: dict | None = None
-        size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_points)
-        self.batch_size = min(size, self.x.shape[0])
-        self.num_batches = math.ceil(self.x.shape[0] / self.batch_size)
+        # schedule.batch_size counts units: a batch is a set of units with all their rows.
+        size = self.dist.local_batch_size(cfg.schedule.batch_size or self.dataset.num_units)
+        self.batch_size = min(size, self.num_units)
+        self.num_batches = math.ceil(self.num_units / self.batch_size)
         self.logger: NullLogger = NullLogger()
         self.stop_signal: int | None = None
         self.last_save_time = time.monotonic()
@@ -197,8 +203,9 @@ class TrainingRun:
         return self.cfg.schedule.vae_epochs if phase == Phase.VAE else self.cfg.schedule.almond_epochs
 
     def _batch_indices(self) -> torch.Tensor:
+        """The units of the current batch: an epoch permutes this rank's units."""
         if self.order is None:
-            self.order = torch.randperm(self.x.shape[0], generator=self.order_generator)
+            self.order = torch.randperm(self.num_units, generator=self.order_generator)
         start = self.position.batch * self.batch_size
         return self.order[start:start + self.batch_size]
 
@@ -206,11 +213,17 @@ class TrainingRun:
         """One parameter update of the current phase; returns (loss, diagnostics, record fields)."""
         position, cfg = self.position, self.cfg
         indices = self._batch_indices()
-        x = self.x[indices.to(self.device)]
+        units = None  # every row its own unit: the batch's rows are its units
+        if self.unit_rows is None:
+            x = self.x[indices.to(self.device)]
+        else:
+            rows, units = self.unit_rows.of(indices)
+            x, units = self.x[rows.to(self.device)], units.to(self.device)
         if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
             x = self.dataset.transform(x, self.noise_generator)
         if position.phase == Phase.VAE:
-            loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator)
+            loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator,
+                                     units=units)
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
         step_size = langevin_step_size(cfg.sampler, position.epoch)
         optimiser = self.almond_optimisers.for_epoch(position.epoch)
@@ -218,7 +231,7 @@ class TrainingRun:
             self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
             cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
             precision=cfg.sampler.get("precision", "fp32"), tabulate=str(cfg.sampler.get("tabulate", "off")),
-            table_nodes=int(cfg.sampler.get("table_nodes", 2049)),
+            table_nodes=int(cfg.sampler.get("table_nodes", 2049)), units=units,
         )
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
@@ -314,7 +327,7 @@ class TrainingRun:
                 self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
             if position.phase == Phase.ALMOND and self.chains is None:
                 self.chains = phases.initial_chains(self.model, self.x, self.cfg.sampler.num_chains,
-                                                    self.noise_generator, self.batch_size)
+                                                    self.noise_generator, self.batch_size, self.unit_index)
             started = time.perf_counter()
             loss, diagnostics, fields = self._update()
             loss_value = float(loss)
