@@ -9,7 +9,7 @@ import math
 import torch
 from conftest import compose_config
 
-from almond_cli.commands import run_folder
+from almond_cli.training import run_folder
 from almond_cli.commands.sample import posterior_draws, sample
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
