@@ -48,8 +48,9 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
+from ..model.model import LOG_2PI
 from ..model.networks import MLPDecoder
-from .targets import LOG_2PI, Target
+from .targets import Target
 
 TABULATE_MODES = ("off", "on", "auto")
 # The grid's margin beyond the chains' range: the noise of K steps, sqrt(2 s K) per chain, NUM_SD times (a chain
