@@ -8,7 +8,7 @@ Validation is pure: it builds no objects.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .errors import require as _require
 from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
+from .langevin.settings import SamplerSettings
 from .langevin.tabulated import TABULATE_MODES
 from .model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, likelihood_class,
                                 target_of)
@@ -89,16 +90,35 @@ class TargetOnlyLikelihoodConfig:
 
 @dataclass
 class SamplerConfig:
-    step_size: float = 0.01
-    step_size_decay: str = "inv_sqrt"
-    min_step_size_fraction: float = 0.1
-    num_steps: int = 10
-    burn_in: int = 9
-    num_chains: int = 100
-    method: str = "ula"
-    precision: str = "fp32"
-    tabulate: str = "off"
-    table_nodes: int = 2049
+    """The ``sampler`` group; its defaults are ``SamplerSettings``'s (one place)."""
+
+    step_size: float = SamplerSettings.step_size
+    step_size_decay: str = SamplerSettings.step_size_decay
+    min_step_size_fraction: float = SamplerSettings.min_step_size_fraction
+    num_steps: int = SamplerSettings.num_steps
+    burn_in: int = SamplerSettings.burn_in
+    num_chains: int = SamplerSettings.num_chains
+    method: str = SamplerSettings.method
+    precision: str = SamplerSettings.precision
+    tabulate: str = SamplerSettings.tabulate
+    table_nodes: int = SamplerSettings.table_nodes
+
+
+# How each sampler key is read from a config: YAML's bare on/off are booleans, so tabulate is read as text.
+_SAMPLER_TYPES = {"step_size": float, "step_size_decay": str, "min_step_size_fraction": float, "num_steps": int,
+                  "burn_in": int, "num_chains": int, "method": str, "precision": str, "tabulate": str,
+                  "table_nodes": int}
+
+
+def sampler_settings(sampler_cfg) -> SamplerSettings:
+    """The ``SamplerSettings`` of a run's ``sampler`` config. A key the config lacks (a run saved before the key
+    existed: ``method``, ``precision``, ``tabulate``, ``table_nodes``) takes ``SamplerSettings``'s default, which is
+    how such a run behaved (ULA, float32, no table)."""
+    values = {}
+    for setting in fields(SamplerSettings):
+        value = sampler_cfg.get(setting.name, setting.default)
+        values[setting.name] = value if value is None else _SAMPLER_TYPES[setting.name](value)
+    return SamplerSettings(**values)
 
 
 @dataclass
@@ -281,13 +301,11 @@ def validate(cfg) -> None:
     prior_fraction = evaluation.get("nll_prior_fraction", 0.0)
     _require(0 <= prior_fraction < 1, "evaluation.nll_prior_fraction",
              f"must be in [0, 1) (the prior's share of the importance proposal), got {prior_fraction}")
-    method = sampler.get("method", "ula")  # a checkpoint written before the key existed resumes as ULA
+    settings = sampler_settings(sampler)  # a run saved before a key existed reads that key's old behaviour
+    method, precision, tabulate = settings.method, settings.precision, settings.tabulate
     _require(method in SAMPLER_METHODS, "sampler.method", f"must be one of {list(SAMPLER_METHODS)}, got {method!r}")
-    precision = sampler.get("precision", "fp32")  # a checkpoint written before the key existed resumes as fp32
     _require(precision in PRECISIONS, "sampler.precision",
              f"must be one of {list(PRECISIONS)}, got {precision!r}")
-    # Keys added after checkpoints were written: an older run resumes with tabulation off.
-    tabulate = str(sampler.get("tabulate", "off"))
     _require(tabulate in TABULATE_MODES, "sampler.tabulate",
              f"must be one of {list(TABULATE_MODES)}, got {tabulate!r} (in YAML quote \"on\" and \"off\": bare, "
              f"they are booleans)")
@@ -299,8 +317,7 @@ def validate(cfg) -> None:
     _require(tabulate != "on" or likelihood is None or hasattr(likelihood, "value_and_grad_u"), "sampler.tabulate",
              f"'on' needs a likelihood with a closed-form gradient in u ({', '.join(closed_form)}); "
              f"likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples exactly) or 'off'")
-    table_nodes = sampler.get("table_nodes", 2049)
-    _require(table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {table_nodes}")
+    _require(settings.table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {settings.table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
     _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
     _require(schedule.almond_epochs >= 0, "schedule.almond_epochs", f"must be >= 0, got {schedule.almond_epochs}")

@@ -56,7 +56,8 @@ from almond_cli.langevin import sampler
 from almond_cli.training import phases
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.tasks.registry import build_dataset
-from almond_cli.langevin.targets import MLPTarget, target_for
+from almond_cli.langevin.settings import SamplerSettings
+from almond_cli.langevin.targets import AutogradTarget, MLPTarget, Target, target_for
 from almond_cli.training.runtime import configure_process
 from almond_cli.training.build import build_model
 
@@ -266,18 +267,37 @@ class Workload:
         self.generator = torch.Generator().manual_seed(1)
         self.start = self.chains.gather(self.indices)
 
+    def target(self, fast: bool, precision: str) -> Target:
+        """The fused target (``target_for``, in ``precision``) or, without ``fast``, the autograd reference."""
+        if fast:
+            return target_for(self.model, self.x, precision)
+        return AutogradTarget(lambda z: self.model.log_joint(self.x, z))
+
     def run_steps(self, fast: bool, precision: str) -> None:
         """The K Langevin steps of one update from the same start, the parameters frozen."""
         spec = self.spec
         with self.model.frozen():
-            sampler.run(self.start, target_for(self.model, self.x, fast, precision), spec["step_size"],
-                        spec["steps"], spec["burn_in"], self.generator)
+            sampler.run(self.start, self.target(fast, precision), spec["step_size"], spec["steps"], spec["burn_in"],
+                        self.generator)
 
     def run_update(self, fast: bool, precision: str) -> None:
-        """One whole ALMOND update: K steps over the persistent chains and the parameter step."""
+        """One whole ALMOND update: K steps over the persistent chains and the parameter step; ``fast`` is
+        ``phases.almond_update`` itself (no table), the autograd reference is the same update written out."""
         spec = self.spec
-        phases.almond_update(self.model, self.optimiser, self.chains, self.indices, self.x, spec["step_size"],
-                             spec["steps"], spec["burn_in"], self.generator, fast=fast, precision=precision)
+        if fast:
+            settings = SamplerSettings(num_steps=spec["steps"], burn_in=spec["burn_in"], precision=precision)
+            phases.almond_update(self.model, self.optimiser, self.chains, self.indices, self.x, spec["step_size"],
+                                 settings, self.generator)
+            return
+        start = self.chains.gather(self.indices)
+        with self.model.frozen():
+            kept, _ = sampler.run(start, self.target(False, precision), spec["step_size"], spec["steps"],
+                                  spec["burn_in"], self.generator)
+        self.chains.scatter(self.indices, kept[-1])
+        particles = kept.permute(1, 0, 2, 3).reshape(kept.shape[1], -1, kept.shape[-1])
+        self.optimiser.zero_grad(set_to_none=True)
+        (-self.model.log_lik(self.x, particles).mean()).backward()
+        self.optimiser.step()
 
 
 def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, precision: str = "fp32",

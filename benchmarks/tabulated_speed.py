@@ -38,6 +38,7 @@ import torch
 
 from almond_cli.langevin import sampler
 from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.tabulated import TabulatedTarget, tabulated_loss
 from almond_cli.langevin.targets import target_for
 from almond_cli.tasks.registry import build_dataset
@@ -69,9 +70,9 @@ def bench(name: str, num_points: int, rounds: int, nodes: int, batch_size: int =
     x0 = dataset.x[batches[0]]
     start = chains.gather(batches[0])
     with model.frozen():
-        exact = sampler.evaluate(start, target_for(model, x0))
+        exact = sampler.initial_state(start, target_for(model, x0))
         table = TabulatedTarget.around(model, x0, start, step_size, steps, nodes)
-        tabulated = sampler.evaluate(start, table)
+        tabulated = sampler.initial_state(start, table)
     grad_difference = float((exact.grad - tabulated.grad).abs().max())
     parameters = model.generative_parameters
     exact_grads = torch.autograd.grad(-model.log_lik(x0, start).mean(), parameters)
@@ -86,8 +87,9 @@ def bench(name: str, num_points: int, rounds: int, nodes: int, batch_size: int =
             for index in range(per_round):
                 indices = batches[(round_index * per_round + index) % num_batches]
                 started = clock()
-                phases.almond_update(model, optimiser, chains, indices, dataset.x[indices], step_size, steps,
-                                     burn_in, generator, tabulate=mode, table_nodes=nodes)
+                settings = SamplerSettings(num_steps=steps, burn_in=burn_in, tabulate=mode, table_nodes=nodes)
+                phases.almond_update(model, optimiser, chains, indices, dataset.x[indices], step_size, settings,
+                                     generator)
                 if round_index:
                     times[mode].append(clock() - started)
             # The Langevin steps alone (the table's construction included), from the first batch's chains.

@@ -2,7 +2,8 @@
 
 - ``what=prior``: n draws of u = h(z), z ~ N(0, I_d), from the learned latent distribution, to ``.npy`` or ``.csv``.
 - ``what=posterior``: for every data point, draws of u from p(u | x_i) under the fitted model by the same
-  multi-chain Langevin sampler that trained it (``sampler.run``; Qiu & Wang 2019, Section 3), started from
+  multi-chain Langevin sampler and target that trained it (``sampler.run`` under ``settings.build_target`` with the
+  run's sampler settings: tabulated, fused, bf16, MALA as training ran; Qiu & Wang 2019, Section 3), started from
   the run's persistent chains; a CSV with the posterior mean, sd and a central interval per row — the
   empirical-Bayes shrinkage estimates. Where the true latent values are known (a simulation, or
   ``data.truth_path``), the printed summary gives the mean squared error of the posterior means, and for a
@@ -22,11 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..atomic import write_atomic, write_text_atomic
+from ..config import sampler_settings
 from ..errors import UsageError
 from ..langevin import sampler
 from ..langevin.chains import ESCAPE_BOUND, within_prior_range
 from ..langevin.diagnostics import ess_bulk, rank_rhat
-from ..langevin.targets import AutogradTarget
+from ..langevin.settings import SamplerSettings, build_target
+from ..langevin.tabulated import TabulatedTarget
 from ..model.model import prior_draws
 from ..model.units import UnitRows
 from ..tasks.empirical_bayes import posterior_means
@@ -59,11 +62,17 @@ ARGUMENTS = {
 # ----- drawing -----------------------------------------------------------------------------------------------------
 def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thin: int, burn_in: int,
                     step_size: float, generator: torch.Generator, start: torch.Tensor | None = None,
-                    max_particles: int = 200_000, unit_index: torch.Tensor | None = None) -> torch.Tensor:
+                    max_particles: int = 200_000, settings: SamplerSettings = SamplerSettings(),
+                    unit_index: torch.Tensor | None = None) -> torch.Tensor:
     """Langevin draws of u = h(z) from p(z | x_i) for every row (every unit: p(z | its rows) where ``unit_index``
-    groups rows in units), by ``sampler.run``.
+    groups rows in units), by ``sampler.run`` under the target training used.
 
-    Each chain runs ``burn_in`` steps, then keeps one state every ``thin`` steps, ``num_draws`` times.
+    Each chain runs ``burn_in`` steps, then keeps one state every ``thin`` steps, ``num_draws`` times. Every such
+    segment runs under ``langevin.settings.build_target`` built for it, as an ALMOND update builds its target: the
+    tabulated decoder where ``settings.tabulate`` asks for it (its grid around the chains' range at the segment's
+    start, widened for the segment's steps), else the fused MLP target in ``settings.precision`` where the model
+    allows it, else autograd; moved by ``settings.method`` (ULA or MALA). The other fields of ``settings`` (the
+    step-size schedule, steps per update, chains) are training's and not read here.
 
     Args:
         model: the fitted ``LatentVariableModel`` (eval mode).
@@ -77,6 +86,8 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
         start: (n, C', d) starting positions with C' >= C (e.g. the run's persistent chains); None starts
             from the encoder's q(z | x).
         max_particles: rows are processed in chunks of at most this many (row, chain) pairs.
+        settings: the run's sampler settings (``config.sampler_settings``); the default is ULA on the fused
+            float32 target without a table.
         unit_index: (n,) each row's unit 0..U-1 (``start`` is then (U, C', d)); None: every row its own unit.
 
     Returns:
@@ -84,6 +95,7 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
     """
     rows = max(1, max_particles // num_chains)
     unit_rows = None if unit_index is None else UnitRows(unit_index)
+    segments = ([burn_in] if burn_in > 0 else []) + [thin] * num_draws
     chunks = []
     with model.frozen():
         for first in range(0, x.shape[0] if unit_rows is None else unit_rows.num_units, rows):
@@ -98,18 +110,26 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
             else:
                 with torch.no_grad():
                     z = model.sample_posterior_approx(batch, num_chains, generator, units)
-            log_joint = AutogradTarget(lambda z_: model.log_joint(batch, z_, units))
-            if burn_in > 0:
-                kept, _ = sampler.run(z, log_joint, step_size, burn_in, burn_in - 1, generator)
-                z = kept[-1]
             draws = []
-            for _ in range(num_draws):
-                kept, _ = sampler.run(z, log_joint, step_size, thin, thin - 1, generator)
+            for index, steps in enumerate(segments):
+                target = build_target(model, batch, z, settings, step_size, steps, units)
+                kept, _ = sampler.run(z, target, step_size, steps, steps - 1, generator, settings.method)
                 z = kept[-1]
-                with torch.no_grad():
-                    draws.append(model.decoder(z).cpu())  # (B, C, P)
+                if index >= len(segments) - num_draws:
+                    draws.append(decode(model, target, z).cpu())  # (B, C, P)
             chunks.append(torch.cat(draws, dim=1))
     return torch.cat(chunks).float()
+
+
+@torch.no_grad()
+def decode(model, target, z: torch.Tensor) -> torch.Tensor:
+    """u = h(z) (B, C, P) at the chains ``z`` (B, C, d) that ``target`` moved: read from its table when it is a
+    ``tabulated.TabulatedTarget`` (within its Hermite error of the decoder, 1e-6 and less, as training's loss reads
+    it; the decoder itself at a chain outside the grid), else the decoder's forward pass."""
+    if isinstance(target, TabulatedTarget):
+        batch, chains, _ = z.shape
+        return target.interpolate(z.reshape(batch * chains))[0].view(batch, chains, -1)
+    return model.decoder(z)
 
 
 def summarise(draws: torch.Tensor, level: float) -> dict[str, torch.Tensor]:
@@ -288,10 +308,11 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
         print(f"{n} draws of u = h(z) from the learned latent distribution -> {path}")
         print("mean " + ", ".join(f"{v:.4f}" for v in result["mean"]) + "; sd " + ", ".join(f"{v:.4f}" for v in result["sd"]))
         return result
+    settings = sampler_settings(run.cfg.sampler)  # the run's sampler: its method, precision and table
     if step_size is None:
         position = run.payload["position"]
-        step_size = langevin_step_size(run.cfg.sampler, max(position["epoch"] - 1, 0)) \
-            if position["phase"] != Phase.VAE else float(run.cfg.sampler.step_size)
+        step_size = langevin_step_size(settings, max(position["epoch"] - 1, 0)) \
+            if position["phase"] != Phase.VAE else settings.step_size
     chains = run.payload.get("chains")
     start = None
     if chains is not None:  # the training chains sit near the posterior already; tile them to num_chains
@@ -301,7 +322,7 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     generator = torch.Generator(device=run.device).manual_seed(seed)
     grouped = run.dataset.unit_index is not None  # rows grouped in units: one posterior (and CSV line) per unit
     draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start,
-                            unit_index=run.dataset.unit_index)
+                            settings=settings, unit_index=run.dataset.unit_index)
     if not within_prior_range(draws):
         raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g} (a draw is non-finite "
                          f"or beyond |z| = {ESCAPE_BOUND:g}); "

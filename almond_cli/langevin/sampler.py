@@ -62,9 +62,9 @@ class StepInfo(NamedTuple):
 METHODS = ("ula", "mala")
 
 
-def evaluate(z: Tensor, target: Target) -> LangevinState:
-    """Evaluates the target and its gradient at ``z`` (B, C, d) by ``target.value_and_grad``, the one
-    method of the target the sampler calls (a plain log-joint function is not a target: wrap it in
+def initial_state(z: Tensor, target: Target) -> LangevinState:
+    """The chains' state at ``z`` (B, C, d): the target and its gradient there, by ``target.value_and_grad``, the
+    one method of the target the sampler calls (a plain log-joint function is not a target: wrap it in
     ``targets.AutogradTarget``, and the sampler refuses one rather than choose a gradient for it)."""
     if not hasattr(target, "value_and_grad"):
         raise TypeError(f"the Langevin target must be a targets.Target with value_and_grad(z), got "
@@ -107,7 +107,7 @@ def step(
     Returns:
         The new state and its diagnostics.
     """
-    new_state = evaluate(propose(state, step_size, generator), target)
+    new_state, _ = transition(state, target, step_size, generator)
     return new_state, diagnose(new_state)
 
 
@@ -137,7 +137,7 @@ def mala_step(
     Returns:
         (the new state, (B, C) boolean tensor of accepted proposals).
     """
-    proposal = evaluate(propose(state, step_size, generator), target)
+    proposal = initial_state(propose(state, step_size, generator), target)
     log_ratio = (proposal.log_joint - state.log_joint
                  + log_proposal_density(state.z, proposal, step_size)
                  - log_proposal_density(proposal.z, state, step_size))
@@ -152,6 +152,20 @@ def mala_step(
     return new_state, accept
 
 
+def transition(
+    state: LangevinState,
+    target: Target,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    method: str = "ula",
+) -> tuple[LangevinState, Tensor | None]:
+    """One transition of every chain by ``method`` without diagnostics: ULA (``step``'s move) or MALA
+    (``mala_step``). Returns (the new state, MALA's (B, C) boolean tensor of accepted proposals or None)."""
+    if method == "mala":
+        return mala_step(state, target, step_size, generator)
+    return initial_state(propose(state, step_size, generator), target), None
+
+
 def run(
     z: Tensor,
     target: Target,
@@ -163,7 +177,8 @@ def run(
 ) -> tuple[Tensor, StepInfo]:
     """Runs ``num_steps`` transitions from ``z`` and returns the positions kept after burn-in.
 
-    The target is evaluated num_steps times: at the start and after every move but the last, since the
+    Every transition is ``transition``'s (``step``'s move, or ``mala_step``), except that ULA's last move is only
+    proposed. The target is evaluated num_steps times: at the start and after every move but the last, since the
     final positions are only kept (the caller's parameter update changes the target before they move again).
 
     Args:
@@ -184,20 +199,19 @@ def run(
         raise ValueError(f"need 0 <= burn_in < num_steps, got burn_in={burn_in}, num_steps={num_steps}")
     if method not in METHODS:
         raise ValueError(f"unknown sampler method {method!r}; choose one of {list(METHODS)}")
-    state = evaluate(z, target)
-    if method == "mala":
-        kept, accepted = [], torch.zeros((), device=z.device)
-        for index in range(num_steps):
-            state, accept = mala_step(state, target, step_size, generator)
-            accepted = accepted + accept.float().mean()
-            if index >= burn_in:
-                kept.append(state.z)
-        return torch.stack(kept), diagnose(state)._replace(acceptance_rate=accepted / num_steps)
-    kept = []
+    state = initial_state(z, target)
+    kept, accepted = [], torch.zeros((), device=z.device)
     for index in range(num_steps):
-        position = propose(state, step_size, generator)
+        if method == "ula" and index == num_steps - 1:
+            position = propose(state, step_size, generator)  # the last ULA move is only kept: not evaluated
+        else:
+            state, accept = transition(state, target, step_size, generator, method)
+            position = state.z
+            if accept is not None:
+                accepted = accepted + accept.float().mean()
         if index >= burn_in:
             kept.append(position)
-        if index < num_steps - 1:
-            state = evaluate(position, target)
-    return torch.stack(kept), diagnose(state)
+    info = diagnose(state)
+    if method == "mala":
+        info = info._replace(acceptance_rate=accepted / num_steps)
+    return torch.stack(kept), info

@@ -48,9 +48,10 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
+from ..model.model import LOG_2PI
 from ..model.networks import MLPDecoder
 from ..model.units import sum_over_rows
-from .targets import LOG_2PI, Target
+from .targets import Target
 
 TABULATE_MODES = ("off", "on", "auto")
 # The grid's margin beyond the chains' range: the noise of K steps, sqrt(2 s K) per chain, NUM_SD times (a chain

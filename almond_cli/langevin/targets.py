@@ -8,8 +8,9 @@ function of z, and ``target.value_and_grad(z)`` is (log p(x, z) (B, C) detached,
   gradient with ``torch.autograd.grad``;
 - ``MLPTarget``: the hand-written value and gradient for MLP decoders, described below.
 
-``target_for(model, x, fast, precision)`` returns an ``MLPTarget`` when ``fast`` is set and the decoder and the
-likelihood allow it, else an ``AutogradTarget`` of z -> model.log_joint(x, z), so callers never choose. The
+``target_for(model, x, precision)`` returns an ``MLPTarget`` when the decoder and the likelihood allow it, else an
+``AutogradTarget`` of z -> model.log_joint(x, z), so callers never choose (a reference that wants autograd builds
+the ``AutogradTarget`` itself; ``settings.build_target`` adds the tabulated decoder). The
 tests check both give the same chains for the same generator state (tests/langevin/test_targets.py).
 ``precision`` (``sampler.precision``, see ``precision.py``) puts the ``MLPTarget``'s decoder sweeps in bfloat16;
 an ``AutogradTarget`` runs float32 whatever is asked. ``target.precision`` says which ran.
@@ -38,17 +39,15 @@ sweep. ``units=None`` (every row its own unit) keeps the one-row path, with no g
 from __future__ import annotations
 
 import abc
-import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from ..model.model import LOG_2PI
 from ..model.networks import MLPDecoder
 from ..model.units import sum_over_rows
 from .precision import DTYPES, resolve_precision
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 # With one CPU thread, a float32 sweep over all B·C particles at once streams each layer's activations (40 MB for
 # the mixture's 100-unit layer at B 1000, C 100) through main memory on every elementwise pass; swept in blocks of
@@ -293,25 +292,25 @@ class MLPTarget(Target):
         return g @ weight
 
 
-def _fast_layers(model, fast: bool):
-    """``mlp_layers`` of the decoder when the fused path applies (``fast`` set, likelihood with
-    ``value_and_grad_u``, plain MLP decoder), else None."""
-    if fast and hasattr(model.likelihood, "value_and_grad_u"):
+def _fast_layers(model):
+    """``mlp_layers`` of the decoder when the fused path applies (likelihood with ``value_and_grad_u``, plain MLP
+    decoder), else None."""
+    if hasattr(model.likelihood, "value_and_grad_u"):
         return mlp_layers(model.decoder)
     return None
 
 
-def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32", units: Tensor | None = None) -> Target:
+def target_for(model, x: Tensor, precision: str = "fp32", units: Tensor | None = None) -> Target:
     """The Langevin target of ``model`` on data ``x`` (R, D): the fused ``MLPTarget`` where the decoder and
-    likelihood allow it and ``fast`` is set, else ``AutogradTarget`` of z -> model.log_joint(x, z, units).
+    likelihood allow it, else ``AutogradTarget`` of z -> model.log_joint(x, z, units).
     ``units`` (R,) maps each row to its unit 0..B-1 (z is (B, C, d)); None: row i is unit i.
 
     ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``, resolved for ``x``'s device by
     ``precision.resolve_precision``); it applies to the ``MLPTarget`` only: an ``AutogradTarget`` (conv or
-    other non-MLP decoders, likelihoods without ``value_and_grad_u``, ``fast=False``) falls back to float32.
+    other non-MLP decoders, likelihoods without ``value_and_grad_u``) runs float32.
     The returned target's ``precision`` is the one that runs (``target_precision`` says it without building one).
     """
-    layers = _fast_layers(model, fast)
+    layers = _fast_layers(model)
     if layers is not None:
         return MLPTarget(model, layers, x, resolve_precision(precision, x.device), units)
     if units is None:
@@ -319,9 +318,9 @@ def target_for(model, x: Tensor, fast: bool = True, precision: str = "fp32", uni
     return AutogradTarget(lambda z: model.log_joint(x, z, units))
 
 
-def target_precision(model, device: torch.device | str, precision: str, fast: bool = True) -> str:
-    """The precision ``target_for(model, x, fast, precision)`` runs for data on ``device``: ``"fp32"`` or ``"bf16"``
+def target_precision(model, device: torch.device | str, precision: str) -> str:
+    """The precision ``target_for(model, x, precision)`` runs for data on ``device``: ``"fp32"`` or ``"bf16"``
     (what a run records in summary.json)."""
-    if _fast_layers(model, fast) is None:
+    if _fast_layers(model) is None:
         return "fp32"
     return resolve_precision(precision, device)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..langevin import sampler, tabulated
 from ..langevin.chains import PersistentChains
-from ..langevin.targets import target_for
+from ..langevin.settings import SamplerSettings, build_target
 from ..model.model import LatentVariableModel, evaluation_mode
 from ..model.units import UnitRows
 
@@ -56,26 +56,19 @@ def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, gener
 
 
 def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
-                  indices: Tensor, x: Tensor, step_size: float, num_steps: int, burn_in: int,
-                  generator: torch.Generator, fast: bool = True,
-                  method: str = "ula", precision: str = "fp32", tabulate: str = "off",
-                  table_nodes: int = 2049, units: Tensor | None = None) -> tuple[Tensor, sampler.StepInfo]:
+                  indices: Tensor, x: Tensor, step_size: float, settings: SamplerSettings,
+                  generator: torch.Generator, units: Tensor | None = None) -> tuple[Tensor, sampler.StepInfo]:
     """One ALMOND update of the generative parameters on the batch of units ``indices`` (B,) with their rows
     ``x`` (R, D); ``units`` (R,) is each row's unit 0..B-1 in the batch (None: row i is unit i, R = B).
 
-    The chains move under a frozen copy of the target (no parameter gradients while sampling); the loss is
-    −mean over units, kept states and chains of log f(x_unit | h(z)) (a sum over the unit's rows). With ``fast`` the target's gradient is the
-    hand-written one of ``targets.MLPTarget`` where the model allows it (same chains to float rounding), else
-    autograd (``targets.target_for``).
-    ``method`` is the sampler's transition, ``"ula"`` or ``"mala"`` (see ``sampler.run``).
-    ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"``, ``"auto"``): the number format of the fused
-    target's decoder sweeps while the chains move (``targets.target_for``); the loss and its parameter gradient
-    below are always computed in the parameters' own dtype.
-    ``tabulate`` is ``sampler.tabulate`` (``"off"``, ``"on"``, ``"auto"``): for a one-dimensional latent the chains
-    move under ``tabulated.TabulatedTarget``, h and h' tabulated once at ``table_nodes`` nodes over the chains'
-    range and interpolated per particle (``precision`` then does not apply); the loss is then
-    ``tabulated.tabulated_loss``: its value from the interpolated h, the likelihood parameters' gradient at the
-    particles, the decoder's through the G nodes (equal to the exact gradient up to the Hermite error).
+    The chains move ``settings.num_steps`` steps of size ``step_size`` (the schedule's, this epoch) by
+    ``settings.method`` (``sampler.run``) under a frozen copy of the target that ``langevin.settings.build_target``
+    builds (no parameter gradients while sampling): the tabulated decoder where ``settings.tabulate`` asks for it,
+    else the fused MLP target in ``settings.precision`` where the model allows it, else autograd. The loss is −mean
+    over units, the states kept after ``settings.burn_in`` and chains of log f(x_unit | h(z)) (a sum over the unit's
+    rows), always in the parameters' own dtype; under a table it is ``tabulated.tabulated_loss``: its value from the
+    interpolated h, the likelihood parameters' gradient at the particles, the decoder's through the G nodes (equal to
+    the exact gradient up to the Hermite error).
 
     Returns:
         (detached loss, Langevin diagnostics of the batch).
@@ -86,22 +79,19 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
     with evaluation_mode(model):
         start = chains.gather(indices)
         with model.frozen():
-            table = None
-            if tabulated.wanted(model, tabulate):
-                target = table = tabulated.TabulatedTarget.around(model, x, start, step_size, num_steps,
-                                                                  table_nodes, units=units)
-            else:
-                target = target_for(model, x, fast, precision, units)
-            kept, info = sampler.run(start, target, step_size, num_steps, burn_in, generator, method)
+            target = build_target(model, x, start, settings, step_size, settings.num_steps, units)
+            kept, info = sampler.run(start, target, step_size, settings.num_steps, settings.burn_in, generator,
+                                     settings.method)
         chains.scatter(indices, kept[-1])
         num_kept, batch, num_chains, latent_dim = kept.shape
         # Kept states of all chains form one (B, K'·C) axis of particles per unit.
         particles = kept.permute(1, 0, 2, 3).reshape(batch, num_kept * num_chains, latent_dim)
         optimiser.zero_grad(set_to_none=True)
-        if table is None:
+        if isinstance(target, tabulated.TabulatedTarget):
+            # the same loss, its decoder gradient through the table's G nodes instead of every particle
+            loss = tabulated.tabulated_loss(model, target, x, particles, units)
+        else:
             loss = -model.log_lik(x, particles, units).mean()
-        else:  # the same loss, its decoder gradient through the table's G nodes instead of every particle
-            loss = tabulated.tabulated_loss(model, table, x, particles, units)
         loss.backward()
         optimiser.step()
     return loss.detach(), info

@@ -14,7 +14,8 @@ import torch
 
 
 def langevin_step_size(sampler_cfg, epoch: int) -> float:
-    """The step size in force during ALMOND epoch ``epoch`` (0-based)."""
+    """The step size in force during ALMOND epoch ``epoch`` (0-based), from ``sampler_cfg`` (a ``SamplerSettings``
+    or the ``sampler`` config: ``step_size``, ``step_size_decay``, ``min_step_size_fraction``)."""
     base = float(sampler_cfg.step_size)
     if sampler_cfg.step_size_decay == "constant":
         return base

@@ -8,6 +8,7 @@ training keeps both as its scores (``vae_metrics`` in the checkpoint) and as ``v
 
 from __future__ import annotations
 
+from ..config import sampler_settings
 from ..langevin import tabulated
 from ..langevin.targets import target_precision
 
@@ -16,9 +17,9 @@ def precision_record(model, cfg, device) -> dict:
     """How the Langevin steps run: ``sampler.precision`` as asked, the precision the decoder's products run in on
     ``device`` (``langevin``: fp32 where only autograd applies), and whether h is tabulated (``sampler.tabulate``;
     the table is built in float64 and read in float32, so ``langevin`` is fp32 then)."""
-    sampler_cfg = cfg.sampler
-    requested = sampler_cfg.get("precision", "fp32")
-    table = tabulated.wanted(model, str(sampler_cfg.get("tabulate", "off")))
+    settings = sampler_settings(cfg.sampler)  # a run saved before a key existed reads that key's old behaviour
+    requested = settings.precision
+    table = tabulated.wanted(model, settings.tabulate)
     return {"requested": requested, "langevin": "fp32" if table else target_precision(model, device, requested),
             "tabulated": table}
 

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
-from ..config import validate
+from ..config import sampler_settings, validate
 from ..data.dataset import check_same_data
 from ..langevin.chains import ESCAPE_BOUND, PersistentChains
 from ..model.units import UnitRows
@@ -81,6 +81,7 @@ class TrainingRun:
 
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
+        self.sampler = sampler_settings(cfg.sampler)
         self.run_dir = Path(run_dir)
         self.dist = DataParallel()  # data-parallel hooks; all no-ops in a single process
         self.device = self.dist.device(pick_device(cfg.device))
@@ -225,14 +226,10 @@ class TrainingRun:
             loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator,
                                      units=units)
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
-        step_size = langevin_step_size(cfg.sampler, position.epoch)
+        step_size = langevin_step_size(self.sampler, position.epoch)
         optimiser = self.almond_optimisers.for_epoch(position.epoch)
-        loss, info = phases.almond_update(
-            self.model, optimiser, self.chains, indices, x, step_size, cfg.sampler.num_steps,
-            cfg.sampler.burn_in, self.noise_generator, method=cfg.sampler.get("method", "ula"),
-            precision=cfg.sampler.get("precision", "fp32"), tabulate=str(cfg.sampler.get("tabulate", "off")),
-            table_nodes=int(cfg.sampler.get("table_nodes", 2049)), units=units,
-        )
+        loss, info = phases.almond_update(self.model, optimiser, self.chains, indices, x, step_size, self.sampler,
+                                          self.noise_generator, units=units)
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
 
@@ -266,9 +263,9 @@ class TrainingRun:
         where = f"{position.phase} epoch {position.epoch + 1}"
         if position.phase == Phase.ALMOND:
             advice = (f"the Langevin step size in force was {fields.get('step_size'):.3g} "
-                      f"(sampler.step_size={self.cfg.sampler.step_size}); lower sampler.step_size "
-                      f"(for example to {self.cfg.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
-            if self.cfg.sampler.get("method", "ula") == "ula":
+                      f"(sampler.step_size={self.sampler.step_size}); lower sampler.step_size "
+                      f"(for example to {self.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
+            if self.sampler.method == "ula":
                 advice += ", or set sampler.method=mala, whose Metropolis correction rejects the unstable moves"
         else:
             advice = f"lower schedule.vae_lr (now {self.cfg.schedule.vae_lr})"
@@ -326,7 +323,7 @@ class TrainingRun:
                 current_phase = position.phase
                 self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
             if position.phase == Phase.ALMOND and self.chains is None:
-                self.chains = phases.initial_chains(self.model, self.x, self.cfg.sampler.num_chains,
+                self.chains = phases.initial_chains(self.model, self.x, self.sampler.num_chains,
                                                     self.noise_generator, self.batch_size, self.unit_index)
             started = time.perf_counter()
             loss, diagnostics, fields = self._update()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from almond_cli.langevin import precision, targets
-from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.likelihoods import Gaussian, Poisson
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
 from almond_cli.training.trainer import train
@@ -84,11 +84,13 @@ def test_fp32_is_the_default_and_bitwise_the_plain_target():
 
 def test_autograd_target_runs_fp32_whatever_is_asked():
     torch.manual_seed(0)
-    model = LatentVariableModel(MLPEncoder(1, 1, [5]), MLPDecoder(1, 1, [6]), Gaussian(1.0))
-    target = targets.target_for(model, torch.randn(4, 1), fast=False, precision="bf16")
+    # A likelihood without value_and_grad_u (Poisson) has no fused path: autograd, in float32.
+    model = LatentVariableModel(MLPEncoder(1, 1, [5]), MLPDecoder(1, 1, [6]), Poisson())
+    target = targets.target_for(model, torch.randn(4, 1), precision="bf16")
     assert isinstance(target, targets.AutogradTarget) and target.precision == "fp32"
-    assert targets.target_precision(model, "cpu", "bf16", fast=False) == "fp32"
-    assert targets.target_precision(model, "cpu", "bf16") == "bf16"
+    assert targets.target_precision(model, "cpu", "bf16") == "fp32"
+    fused = LatentVariableModel(MLPEncoder(1, 1, [5]), MLPDecoder(1, 1, [6]), Gaussian(1.0))
+    assert targets.target_precision(fused, "cpu", "bf16") == "bf16"
 
 
 @pytest.mark.parametrize("flags,expected", [

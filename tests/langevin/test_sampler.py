@@ -55,22 +55,38 @@ def test_run_keeps_the_states_after_burn_in_and_is_reproducible():
     assert float(info.nonfinite_fraction) == 0.0 and math.isfinite(float(info.mean_log_joint))
 
 
-def test_run_matches_repeated_steps():
+@pytest.mark.parametrize("method", ["ula", "mala"])
+def test_run_is_repeated_steps_bit_for_bit(method):
+    """run is step (ULA) or mala_step (MALA) K times from the same generator state: the same positions, bit for
+    bit, and the diagnostics of the last evaluated state (for ULA the state before the last, unevaluated move)."""
     x = torch.randn(4)
     z = torch.randn(4, 2, 1)
-    kept, _ = sampler.run(z, log_joint_fn(x), 0.02, 3, 0, torch.Generator().manual_seed(5))
+    kept, info = sampler.run(z, log_joint_fn(x), 0.3, 5, 0, torch.Generator().manual_seed(5), method=method)
     generator = torch.Generator().manual_seed(5)
-    state = sampler.evaluate(z, log_joint_fn(x))
-    for index in range(3):
-        state, _ = sampler.step(state, log_joint_fn(x), 0.02, generator)
-        assert torch.allclose(state.z, kept[index])
+    state = sampler.initial_state(z, log_joint_fn(x))
+    accepted = torch.zeros(())
+    for index in range(5):
+        if method == "ula":
+            previous = state
+            state, _ = sampler.step(state, log_joint_fn(x), 0.3, generator)
+        else:
+            state, accept = sampler.mala_step(state, log_joint_fn(x), 0.3, generator)
+            accepted = accepted + accept.float().mean()
+        assert torch.equal(state.z, kept[index])
+    expected = sampler.diagnose(previous if method == "ula" else state)
+    for name in ("mean_log_joint", "grad_norm", "nonfinite_fraction"):
+        assert torch.equal(getattr(info, name), getattr(expected, name))
+    if method == "mala":
+        assert torch.equal(info.acceptance_rate, accepted / 5) and 0 < float(info.acceptance_rate) < 1
+    else:
+        assert info.acceptance_rate is None
 
 
 def test_one_step_is_the_langevin_update():
     x = torch.tensor([1.0])
     z = torch.tensor([[[0.5]]])
     generator = torch.Generator().manual_seed(9)
-    state = sampler.evaluate(z, log_joint_fn(x))
+    state = sampler.initial_state(z, log_joint_fn(x))
     noise = torch.randn((1, 1, 1), generator=torch.Generator().manual_seed(9))
     grad = (1.0 - 0.5) / NOISE_VAR - 0.5
     new_state, _ = sampler.step(state, log_joint_fn(x), 0.1, generator)
@@ -89,7 +105,7 @@ def test_nonfinite_targets_are_reported():
         return torch.where(z[..., 0] > 0, torch.full_like(z[..., 0], float("nan")), -z[..., 0].square())
 
     z = torch.tensor([[[1.0], [-1.0]]])
-    state = sampler.evaluate(z, AutogradTarget(broken))
+    state = sampler.initial_state(z, AutogradTarget(broken))
     assert float(sampler.diagnose(state).nonfinite_fraction) == 0.5
 
 
@@ -117,7 +133,7 @@ def test_the_sampler_calls_the_targets_value_and_grad_and_nothing_else(method, e
     assert target.calls == evaluations  # ULA: K evaluations; MALA: K + 1
     assert kept.shape == (4, 1, 2, 1) and torch.isfinite(info.mean_log_joint)
     # One step moves by s times the target's own gradient: −(0.5 − 2) = 1.5 and −(−1 − 2) = 3.
-    state = sampler.evaluate(z, target)
+    state = sampler.initial_state(z, target)
     assert torch.equal(state.grad, torch.tensor([[[1.5], [3.0]]]))
     noise = torch.randn((1, 2, 1), generator=torch.Generator().manual_seed(6))
     new_state, _ = sampler.step(state, target, 0.1, torch.Generator().manual_seed(6))
@@ -150,5 +166,5 @@ def test_autograd_target_gives_the_closed_form_gradient_of_a_gaussian():
     with torch.no_grad():
         torch.testing.assert_close(target.value_and_grad(z)[1], expected, rtol=1e-10, atol=1e-10)
     # The sampler's state carries exactly the target's value and gradient.
-    state = sampler.evaluate(z, target)
+    state = sampler.initial_state(z, target)
     assert torch.equal(state.log_joint, log_joint) and torch.equal(state.grad, grad)

@@ -14,6 +14,7 @@ from torch import nn
 from almond_cli.config import ConfigError, SamplerConfig, validate
 from almond_cli.langevin import sampler, targets, tabulated
 from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.tabulated import TabulatedTarget
 from almond_cli.model.likelihoods import Bernoulli, Gaussian, NegativeBinomial
 from almond_cli.model.model import LatentVariableModel
@@ -153,8 +154,8 @@ def test_value_and_gradient_match_the_exact_target(hidden):
     z = torch.randn(13, 9, 1) * 2
     with model.frozen():
         table = TabulatedTarget.around(model, x, z, 0.01, 10, 2049)
-        reference = sampler.evaluate(z, targets.target_for(model, x))
-        tabulated_state = sampler.evaluate(z, table)
+        reference = sampler.initial_state(z, targets.target_for(model, x))
+        tabulated_state = sampler.initial_state(z, table)
     torch.testing.assert_close(tabulated_state.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tabulated_state.grad, reference.grad, rtol=1e-5, atol=1e-5)
     # __call__ is the same interpolated function, and its autograd gradient is value_and_grad's.
@@ -173,8 +174,8 @@ def test_particles_outside_the_grid_take_the_exact_path():
     with model.frozen():
         table = TabulatedTarget(model, x, -1.0, 1.0, 2049)
         _, _, outside = table.interpolate(z.reshape(-1))
-        state = sampler.evaluate(z, table)
-        reference = sampler.evaluate(z, targets.target_for(model, x))
+        state = sampler.initial_state(z, table)
+        reference = sampler.initial_state(z, targets.target_for(model, x))
     beyond = (~(z.reshape(-1).abs() <= 1.0)).nonzero().squeeze(1)  # beyond the grid or not finite
     assert set(beyond.tolist()) <= set(outside.tolist()) and len(beyond) > 4 * 25 * 2 // 3
     torch.testing.assert_close(state.log_joint, reference.log_joint, rtol=1e-6, atol=1e-5, equal_nan=True)
@@ -230,8 +231,9 @@ def test_almond_update_samples_and_steps_through_the_table(monkeypatch):
         trained.load_state_dict(model.state_dict())
         chains = PersistentChains(start.clone())
         optimiser = torch.optim.SGD(trained.generative_parameters, lr=0.01)
-        loss, _ = phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01, 10, 5,
-                                       torch.Generator().manual_seed(3), tabulate=mode)
+        loss, _ = phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01,
+                                       SamplerSettings(num_steps=10, burn_in=5, tabulate=mode),
+                                       torch.Generator().manual_seed(3))
         results[mode] = (loss, chains.gather(torch.arange(30)), [p.detach().clone() for p in trained.parameters()])
         assert len(built) == (mode == "on")  # the chains moved under the table, and only when asked
     torch.testing.assert_close(results["on"][0], results["off"][0], rtol=1e-5, atol=1e-5)
@@ -402,7 +404,8 @@ def test_almond_update_with_the_table_off_is_the_exact_update_bit_for_bit(monkey
     x, start = torch.randn(30, 1) * 2, torch.randn(30, 10, 1)
     chains = PersistentChains(start.clone())
     phases.almond_update(model, torch.optim.SGD(model.generative_parameters, lr=0.01), chains, torch.arange(30), x,
-                         0.01, 10, 5, torch.Generator().manual_seed(3), tabulate="off")
+                         0.01, SamplerSettings(num_steps=10, burn_in=5, tabulate="off"),
+                         torch.Generator().manual_seed(3))
     optimiser = torch.optim.SGD(reference.generative_parameters, lr=0.01)
     with reference.frozen():
         kept, _ = sampler.run(start.clone(), targets.target_for(reference, x), 0.01, 10, 5,
@@ -442,8 +445,9 @@ def test_almond_updates_with_the_table_on_and_off_agree(likelihood, optimiser_na
         chains = PersistentChains(start.clone())
         optimiser = OPTIMISERS[optimiser_name](trained.generative_parameters)
         generator = torch.Generator().manual_seed(3)
-        losses = [phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01, 10, 5, generator,
-                                       tabulate=mode)[0] for _ in range(5)]
+        settings = SamplerSettings(num_steps=10, burn_in=5, tabulate=mode)
+        losses = [phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01, settings, generator)[0]
+                  for _ in range(5)]
         results[mode] = (torch.stack(losses),
                          [p.detach() - before for p, before in zip(trained.generative_parameters, initial)])
         assert len(calls) == 5 * (mode == "on")

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin import sampler, tabulated, targets
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.model.likelihoods import Gaussian, PoissonGLMM
@@ -43,11 +44,11 @@ def test_a_units_fused_value_and_gradient_match_autograd(hidden, latent_dim, dat
     model = make_model(hidden, latent_dim, data_dim)
     x = torch.randn(10, data_dim) * 2
     z = torch.randn(5, 9, latent_dim) * 2
-    reference = sampler.evaluate(z, targets.target_for(model, x, fast=False, units=UNITS))
+    reference = sampler.initial_state(z, targets.AutogradTarget(lambda q: model.log_joint(x, q, UNITS)))
     fused_target = targets.target_for(model, x, units=UNITS)
     assert isinstance(fused_target, targets.MLPTarget)
     # The tolerance of test_targets.py (float32 sums in another order), for sums over at most three rows.
-    fused = sampler.evaluate(z, fused_target)
+    fused = sampler.initial_state(z, fused_target)
     torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-5)
     # Swept in blocks of 2 units, each with all its rows.
@@ -55,7 +56,7 @@ def test_a_units_fused_value_and_gradient_match_autograd(hidden, latent_dim, dat
     monkeypatch.setattr(targets, "BLOCK_BYTES", 2 * 9 * widest * 4)
     blocked_target = targets.target_for(model, x, units=UNITS)
     assert blocked_target.rows_per_block(z) == 2
-    blocked = sampler.evaluate(z, blocked_target)
+    blocked = sampler.initial_state(z, blocked_target)
     torch.testing.assert_close(blocked.log_joint, reference.log_joint, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(blocked.grad, reference.grad, rtol=1e-5, atol=1e-5)
 
@@ -66,8 +67,8 @@ def test_a_units_glmm_rows_keep_their_own_covariates():
     model = LatentVariableModel(MLPEncoder(6, 2, [5]), MLPDecoder(2, 2, [6, 5]), likelihood)
     x = torch.cat([torch.poisson(torch.full((10, 1), 4.0)), torch.randn(10, 3), torch.randn(10, 2)], dim=1)
     z = torch.randn(5, 7, 2)
-    reference = sampler.evaluate(z, targets.target_for(model, x, fast=False, units=UNITS))
-    fused = sampler.evaluate(z, targets.target_for(model, x, units=UNITS))
+    reference = sampler.initial_state(z, targets.AutogradTarget(lambda q: model.log_joint(x, q, UNITS)))
+    fused = sampler.initial_state(z, targets.target_for(model, x, units=UNITS))
     torch.testing.assert_close(fused.log_joint, reference.log_joint, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(fused.grad, reference.grad, rtol=1e-5, atol=1e-4)
 
@@ -77,8 +78,8 @@ def test_a_units_tabulated_target_matches_the_exact_one():
     x = torch.randn(10, 1) * 2
     z = torch.randn(5, 9, 1)
     table = tabulated.TabulatedTarget.around(model, x, z, 0.01, 5, 2049, units=UNITS)
-    exact = sampler.evaluate(z, targets.target_for(model, x, fast=False, units=UNITS))
-    interpolated = sampler.evaluate(z, table)
+    exact = sampler.initial_state(z, targets.AutogradTarget(lambda q: model.log_joint(x, q, UNITS)))
+    interpolated = sampler.initial_state(z, table)
     # The Hermite error is below 1e-6 at 2049 nodes (tabulated.py); float32 sums of three rows on top.
     torch.testing.assert_close(interpolated.log_joint, exact.log_joint, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(interpolated.grad, exact.grad, rtol=1e-5, atol=1e-5)
@@ -90,6 +91,8 @@ def test_one_row_per_unit_gives_bitwise_the_unitless_chains_and_parameters(fast,
     """Four ALMOND updates with ``units`` the identity map end where ``units=None`` does, bitwise: the gathers of
     the identity and sums of one term onto zeros are exact. Small blocks make the fused sweep block both ways."""
     monkeypatch.setattr(targets, "BLOCK_BYTES", 3 * 6 * 10 * 4)
+    if not fast:  # the autograd target, as for a decoder or likelihood without the fused path
+        monkeypatch.setattr(targets, "_fast_layers", lambda model: None)
     outcomes = []
     for units in (None, torch.arange(12)):
         model = make_model([10], 1, 1)
@@ -99,8 +102,8 @@ def test_one_row_per_unit_gives_bitwise_the_unitless_chains_and_parameters(fast,
         generator = torch.Generator().manual_seed(3)
         for update in range(4):
             indices = torch.randperm(30, generator=torch.Generator().manual_seed(update))[:12]
-            phases.almond_update(model, optimiser, chains, indices, x[indices], 0.01, 5, 3, generator, fast=fast,
-                                 tabulate=tabulate, units=units)
+            phases.almond_update(model, optimiser, chains, indices, x[indices], 0.01,
+                                 SamplerSettings(num_steps=5, burn_in=3, tabulate=tabulate), generator, units=units)
         outcomes.append((torch.cat([p.detach().flatten() for p in model.generative_parameters]), chains.positions))
     assert torch.equal(outcomes[0][0], outcomes[1][0])
     assert torch.equal(outcomes[0][1], outcomes[1][1])
@@ -156,7 +159,8 @@ def test_chains_of_a_several_row_unit_reach_its_exact_conjugate_posterior(kind):
         if kind == "tabulated":
             target = tabulated.TabulatedTarget.around(model, x, start, step_size, steps, 2049, units=units)
         else:
-            target = targets.target_for(model, x, fast=kind == "fused", units=units)
+            target = (targets.target_for(model, x, units=units) if kind == "fused"
+                      else targets.AutogradTarget(lambda q: model.log_joint(x, q, units)))
             assert isinstance(target, targets.MLPTarget if kind == "fused" else targets.AutogradTarget)
         kept, _ = sampler.run(start, target, step_size, steps, steps - 1, generator)
     draws = kept[-1, :, :, 0].double()

@@ -15,6 +15,7 @@ from almond_cli.errors import UsageError
 from almond_cli.model.likelihoods import Bernoulli
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.training.phases import almond_update, vae_update
+from almond_cli.langevin.settings import SamplerSettings
 
 
 def small_model(latent_dim=3, batch_norm=True):
@@ -87,7 +88,8 @@ def test_almond_update_samples_a_fixed_target_and_freezes_running_statistics():
     chains = PersistentChains(torch.randn(8, 4, 3))
     optimiser = torch.optim.Adam(model.generative_parameters, lr=1e-3)
     gamma_before = norms[0].weight.detach().clone()
-    almond_update(model, optimiser, chains, torch.arange(8), x, 0.01, 3, 1, torch.Generator().manual_seed(2))
+    almond_update(model, optimiser, chains, torch.arange(8), x, 0.01, SamplerSettings(num_steps=3, burn_in=1),
+                  torch.Generator().manual_seed(2))
     for module, (mean, var, count) in zip(norms, before):
         assert torch.equal(module.running_mean, mean) and torch.equal(module.running_var, var)
         assert torch.equal(module.num_batches_tracked, count)

@@ -9,6 +9,7 @@ import torch
 
 from almond_cli.langevin import sampler
 from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.targets import target_for
 from almond_cli.model.model import evaluation_mode
 from almond_cli.training import phases
@@ -37,7 +38,8 @@ def test_an_update_stores_the_last_kept_state_of_each_chain():
         kept, _ = sampler.run(start.clone(), target_for(model, x), 0.05, 5, 1, torch.Generator().manual_seed(2))
     assert kept.shape[0] == 4 and not torch.equal(kept[0], kept[-1])
     optimiser = torch.optim.SGD(model.generative_parameters, lr=0.0)
-    phases.almond_update(model, optimiser, chains, indices, x, 0.05, 5, 1, torch.Generator().manual_seed(2))
+    phases.almond_update(model, optimiser, chains, indices, x, 0.05, SamplerSettings(num_steps=5, burn_in=1),
+                         torch.Generator().manual_seed(2))
     torch.testing.assert_close(chains.gather(indices), kept[-1], rtol=0, atol=0)
 
 
