@@ -20,7 +20,7 @@ from .data.files import FileDataConfig  # noqa: F401
 from .data.glmm import GLMMDataConfig, GLMMFileDataConfig  # noqa: F401
 from .data.mnist import MnistDataConfig  # noqa: F401
 from .data.normal_means import NormalMeansDataConfig, PriorName  # noqa: F401
-from .errors import ConfigError
+from .errors import ConfigError  # noqa: F401  (importable from here, as before)
 from .errors import require as _require
 from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS

@@ -44,7 +44,7 @@ def row_column_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for cls in LIKELIHOODS.values() for name in cls.row_columns))
 
 
-def _check_row_column_order(cls: type["Likelihood"]) -> None:
+def _check_row_column_order(cls: type[Likelihood]) -> None:
     """Refuses a likelihood whose ``row_columns`` list names that others share in another order: a file builds its
     rows in one order (``row_column_names``) before it knows the likelihood."""
     known = [name for name in row_column_names() if name in cls.row_columns]

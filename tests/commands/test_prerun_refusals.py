@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from almond_cli.commands import cli
-from conftest import run_almond
+from conftest import compose_config, run_almond
 
 TINY = ["debug=tiny", "threads=1"]
 GLMM_FILE = ["data=glmm_file", "likelihood=poisson_glmm", "decoder=linear", "data.response=y",
@@ -96,7 +96,6 @@ def test_a_good_glmm_file_passes_the_check(tmp_path):
     """The check refuses bad files only: the good rows of the cases above pass it and build the same data."""
     from almond_cli.config import validate
     from almond_cli.tasks.registry import build_dataset, check_before_run
-    from conftest import compose_config
 
     (tmp_path / "good.csv").write_text(GOOD_ROWS)
     cfg = compose_config([*TINY, "~experiment", *GLMM_FILE, f"data.path={tmp_path / 'good.csv'}"])
