@@ -128,8 +128,12 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
         label = [table.names[index] if table.names else index for index in repeated]
         raise DataFileError(f"data: column(s) {label} of {table.path} are used more than once among data.response, "
                             "data.fixed_effects and data.random_effects; each column may play one role")
-    table.check_numeric(order)
-    check_finite(table, order)
+    for key, columns in indices.items():  # the message names the key that chose the column
+        try:
+            table.check_numeric(columns)
+            check_finite(table, columns)
+        except DataFileError as error:
+            raise DataFileError(f"{key}: {error}") from None
     counts = table.values[:, order[:1]]
     bad = (counts < 0) | (counts != np.round(counts))
     if bad.any():

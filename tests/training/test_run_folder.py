@@ -65,6 +65,7 @@ def test_a_checkpoint_file_names_its_run(tmp_path):
     assert RunFolder.of_checkpoint(folder.last).path == folder.path
     assert RunFolder.of_target(folder.last).path == folder.path and RunFolder.of_target(folder.path).path == folder.path
     assert RunFolder.of_checkpoint(tmp_path / "loose.pt").path == tmp_path  # a file outside a checkpoints/ folder
-    assert folder.baseline("gaussian_glmm").last == folder.path / "baselines" / "gaussian_glmm" / "checkpoints" / "last.pt"
+    baseline = folder.path / "baselines" / "gaussian_glmm"
+    assert folder.baseline("gaussian_glmm").last == baseline / "checkpoints" / "last.pt"
     first, second = folder.new_output_folder(RunFolder.EVAL), folder.new_output_folder(RunFolder.EVAL)
     assert first != second and first.parent == second.parent == folder.path / "eval"
