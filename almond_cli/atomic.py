@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -26,8 +26,15 @@ from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
 from .langevin.settings import SamplerSettings
 from .langevin.tabulated import TABULATE_MODES
-from .model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, NegativeBinomial, PoissonGLMM, likelihood_class,
-                                target_of)
+from .model.likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    Gaussian,
+    NegativeBinomial,
+    PoissonGLMM,
+    likelihood_class,
+    target_of,
+)
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
 from .tasks.registry import register_data_schemas, validate_data
 
@@ -105,9 +112,18 @@ class SamplerConfig:
 
 
 # How each sampler key is read from a config: YAML's bare on/off are booleans, so tabulate is read as text.
-_SAMPLER_TYPES = {"step_size": float, "step_size_decay": str, "min_step_size_fraction": float, "num_steps": int,
-                  "burn_in": int, "num_chains": int, "method": str, "precision": str, "tabulate": str,
-                  "table_nodes": int}
+_SAMPLER_TYPES = {
+    "step_size": float,
+    "step_size_decay": str,
+    "min_step_size_fraction": float,
+    "num_steps": int,
+    "burn_in": int,
+    "num_chains": int,
+    "method": str,
+    "precision": str,
+    "tabulate": str,
+    "table_nodes": int,
+}
 
 
 def sampler_settings(sampler_cfg) -> SamplerSettings:
@@ -190,8 +206,20 @@ class TrainConfig:
 
 
 # The Hydra config groups of configs/ (a ``key=option`` override of one of these picks a file, not a value).
-CONFIG_GROUPS = frozenset({"data", "likelihood", "encoder", "decoder", "sampler", "schedule", "experiment", "debug",
-                           "hparams_search", "logger"})
+CONFIG_GROUPS = frozenset(
+    {
+        "data",
+        "likelihood",
+        "encoder",
+        "decoder",
+        "sampler",
+        "schedule",
+        "experiment",
+        "debug",
+        "hparams_search",
+        "logger",
+    }
+)
 STEP_SIZE_DECAYS = ("inv_sqrt", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_MODES = ("auto", "rich", "plain", "quiet", "silent")
@@ -244,7 +272,7 @@ def current_target(target: str) -> str:
     """``target`` with a module path of an earlier almond replaced by today's (``MOVED_TARGETS``)."""
     for old, new in MOVED_TARGETS.items():
         if target.startswith(old):
-            return new + target[len(old):]
+            return new + target[len(old) :]
     return target
 
 
@@ -278,8 +306,10 @@ def override_parse_message(error: Exception, overrides: list[str]) -> str:
     unquoted = [o for o in overrides if not o.isascii() and "'" not in o and '"' not in o]
     if unquoted:
         key, _, value = unquoted[0].partition("=")
-        text += (f". Hydra reads a value with characters outside ASCII only when it is quoted: write "
-                 f"{key}=\"'{value}'\" (the shell's double quotes keep the single quotes for Hydra)")
+        text += (
+            f". Hydra reads a value with characters outside ASCII only when it is quoted: write "
+            f"{key}=\"'{value}'\" (the shell's double quotes keep the single quotes for Hydra)"
+        )
     return text + "."
 
 
@@ -287,36 +317,56 @@ def validate(cfg) -> None:
     """Checks ranges and cross-field rules of a composed config; raises ``ConfigError`` naming the key."""
     sampler, schedule = cfg.sampler, cfg.schedule
     _require(sampler.step_size > 0, "sampler.step_size", f"must be > 0, got {sampler.step_size}; the paper uses 0.01")
-    _require(sampler.step_size_decay in STEP_SIZE_DECAYS, "sampler.step_size_decay",
-             f"must be one of {list(STEP_SIZE_DECAYS)}, got {sampler.step_size_decay!r}")
-    _require(0 < sampler.min_step_size_fraction <= 1, "sampler.min_step_size_fraction",
-             f"must be in (0, 1], got {sampler.min_step_size_fraction}")
+    _require(
+        sampler.step_size_decay in STEP_SIZE_DECAYS,
+        "sampler.step_size_decay",
+        f"must be one of {list(STEP_SIZE_DECAYS)}, got {sampler.step_size_decay!r}",
+    )
+    _require(
+        0 < sampler.min_step_size_fraction <= 1,
+        "sampler.min_step_size_fraction",
+        f"must be in (0, 1], got {sampler.min_step_size_fraction}",
+    )
     _require(sampler.num_steps >= 1, "sampler.num_steps", f"must be >= 1, got {sampler.num_steps}")
-    _require(0 <= sampler.burn_in < sampler.num_steps, "sampler.burn_in",
-             f"must satisfy 0 <= burn_in < num_steps ({sampler.num_steps}), got {sampler.burn_in}; "
-             "at least one Langevin state must be kept")
+    _require(
+        0 <= sampler.burn_in < sampler.num_steps,
+        "sampler.burn_in",
+        f"must satisfy 0 <= burn_in < num_steps ({sampler.num_steps}), got {sampler.burn_in}; "
+        "at least one Langevin state must be kept",
+    )
     evaluation = cfg.evaluation  # the marginal-likelihood estimator every task scores train_nll with
     _require(evaluation.nll_samples >= 1, "evaluation.nll_samples", f"must be >= 1, got {evaluation.nll_samples}")
     _require(evaluation.nll_chunk >= 1, "evaluation.nll_chunk", f"must be >= 1, got {evaluation.nll_chunk}")
     prior_fraction = evaluation.get("nll_prior_fraction", 0.0)
-    _require(0 <= prior_fraction < 1, "evaluation.nll_prior_fraction",
-             f"must be in [0, 1) (the prior's share of the importance proposal), got {prior_fraction}")
+    _require(
+        0 <= prior_fraction < 1,
+        "evaluation.nll_prior_fraction",
+        f"must be in [0, 1) (the prior's share of the importance proposal), got {prior_fraction}",
+    )
     settings = sampler_settings(sampler)  # a run saved before a key existed reads that key's old behaviour
     method, precision, tabulate = settings.method, settings.precision, settings.tabulate
     _require(method in SAMPLER_METHODS, "sampler.method", f"must be one of {list(SAMPLER_METHODS)}, got {method!r}")
-    _require(precision in PRECISIONS, "sampler.precision",
-             f"must be one of {list(PRECISIONS)}, got {precision!r}")
-    _require(tabulate in TABULATE_MODES, "sampler.tabulate",
-             f"must be one of {list(TABULATE_MODES)}, got {tabulate!r} (in YAML quote \"on\" and \"off\": bare, "
-             f"they are booleans)")
-    _require(tabulate != "on" or cfg.latent_dim == 1, "sampler.tabulate",
-             f"'on' needs latent_dim 1 (the table is over a one-dimensional z), got latent_dim {cfg.latent_dim}; "
-             f"use 'auto' or 'off'")
+    _require(precision in PRECISIONS, "sampler.precision", f"must be one of {list(PRECISIONS)}, got {precision!r}")
+    _require(
+        tabulate in TABULATE_MODES,
+        "sampler.tabulate",
+        f'must be one of {list(TABULATE_MODES)}, got {tabulate!r} (in YAML quote "on" and "off": bare, '
+        f"they are booleans)",
+    )
+    _require(
+        tabulate != "on" or cfg.latent_dim == 1,
+        "sampler.tabulate",
+        f"'on' needs latent_dim 1 (the table is over a one-dimensional z), got latent_dim {cfg.latent_dim}; "
+        f"use 'auto' or 'off'",
+    )
     likelihood = likelihood_class(str(cfg.likelihood.get("_target_", "")))
     closed_form = sorted(name for name, cls in LIKELIHOODS.items() if hasattr(cls, "value_and_grad_u"))
-    _require(tabulate != "on" or likelihood is None or hasattr(likelihood, "value_and_grad_u"), "sampler.tabulate",
-             f"'on' needs a likelihood with a closed-form gradient in u ({', '.join(closed_form)}); "
-             f"likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples exactly) or 'off'")
+    _require(
+        tabulate != "on" or likelihood is None or hasattr(likelihood, "value_and_grad_u"),
+        "sampler.tabulate",
+        f"'on' needs a likelihood with a closed-form gradient in u ({', '.join(closed_form)}); "
+        f"likelihood={getattr(likelihood, 'name', '?')} has none: use 'auto' (it then samples exactly) or 'off'",
+    )
     _require(settings.table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {settings.table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
     _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
@@ -327,53 +377,88 @@ def validate(cfg) -> None:
         _require(schedule[key] > 0, f"schedule.{key}", f"must be > 0, got {schedule[key]}")
     _require(0 <= schedule.sgd_momentum < 1, "schedule.sgd_momentum", f"must be in [0, 1), got {schedule.sgd_momentum}")
     _require(schedule.weight_decay >= 0, "schedule.weight_decay", f"must be >= 0, got {schedule.weight_decay}")
-    _require(schedule.batch_size is None or schedule.batch_size >= 1, "schedule.batch_size",
-             f"must be >= 1 or null (full batch), got {schedule.batch_size}")
+    _require(
+        schedule.batch_size is None or schedule.batch_size >= 1,
+        "schedule.batch_size",
+        f"must be >= 1 or null (full batch), got {schedule.batch_size}",
+    )
     _require(cfg.latent_dim >= 1, "latent_dim", f"must be >= 1, got {cfg.latent_dim}")
-    _require(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device",
-             f"must be one of {list(DEVICES)} or cuda:N, got {cfg.device!r}")
+    _require(
+        cfg.device in DEVICES or cfg.device.startswith("cuda:"),
+        "device",
+        f"must be one of {list(DEVICES)} or cuda:N, got {cfg.device!r}",
+    )
     _require(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}")
     _require(cfg.progress in PROGRESS_MODES, "progress", f"must be one of {list(PROGRESS_MODES)}, got {cfg.progress!r}")
-    _require(cfg.evaluation.num_draws >= 100, "evaluation.num_draws",
-             f"must be >= 100, got {cfg.evaluation.num_draws}")
+    _require(cfg.evaluation.num_draws >= 100, "evaluation.num_draws", f"must be >= 100, got {cfg.evaluation.num_draws}")
     ckpt = cfg.checkpoint
     _require(ckpt.every_epochs >= 0, "checkpoint.every_epochs", f"must be >= 0 (0 = off), got {ckpt.every_epochs}")
     _require(ckpt.every_minutes >= 0, "checkpoint.every_minutes", f"must be >= 0 (0 = off), got {ckpt.every_minutes}")
     _require(ckpt.keep >= 0, "checkpoint.keep", f"must be >= 0, got {ckpt.keep}")
     diag = cfg.diagnostics
-    _require(diag.rhat_every_epochs >= 0, "diagnostics.rhat_every_epochs",
-             f"must be >= 0 (0 = off), got {diag.rhat_every_epochs}")
-    _require(diag.trajectory_epochs >= 4, "diagnostics.trajectory_epochs",
-             f"must be >= 4 (split-R-hat halves each chain's trajectory), got {diag.trajectory_epochs}")
+    _require(
+        diag.rhat_every_epochs >= 0,
+        "diagnostics.rhat_every_epochs",
+        f"must be >= 0 (0 = off), got {diag.rhat_every_epochs}",
+    )
+    _require(
+        diag.trajectory_epochs >= 4,
+        "diagnostics.trajectory_epochs",
+        f"must be >= 4 (split-R-hat halves each chain's trajectory), got {diag.trajectory_epochs}",
+    )
     _require(diag.rhat_points >= 1, "diagnostics.rhat_points", f"must be >= 1, got {diag.rhat_points}")
     if cfg.logger is not None:
         _require(cfg.logger.flush_seconds > 0, "logger.flush_seconds", f"must be > 0, got {cfg.logger.flush_seconds}")
     for group in ("encoder", "decoder"):
         network = cfg[group]
         if "hidden_sizes" in network:
-            _require(all(int(width) >= 1 for width in network.hidden_sizes), f"{group}.hidden_sizes",
-                     f"every width must be >= 1, got {list(network.hidden_sizes)}")
+            _require(
+                all(int(width) >= 1 for width in network.hidden_sizes),
+                f"{group}.hidden_sizes",
+                f"every width must be >= 1, got {list(network.hidden_sizes)}",
+            )
         if "activation" in network:
-            _require(network.activation in ACTIVATIONS, f"{group}.activation",
-                     f"must be one of {sorted(ACTIVATIONS)}, got {network.activation!r}")
+            _require(
+                network.activation in ACTIVATIONS,
+                f"{group}.activation",
+                f"must be one of {sorted(ACTIVATIONS)}, got {network.activation!r}",
+            )
         if "init" in network:
-            _require(network.init in INITIALISATIONS, f"{group}.init",
-                     f"must be one of {list(INITIALISATIONS)}, got {network.init!r}")
+            _require(
+                network.init in INITIALISATIONS,
+                f"{group}.init",
+                f"must be one of {list(INITIALISATIONS)}, got {network.init!r}",
+            )
         if "channels" in network:
-            _require(len(network.channels) >= 1 and all(int(c) >= 1 for c in network.channels), f"{group}.channels",
-                     f"must list at least one filter count, each >= 1, got {list(network.channels)}")
-            _require(network.kernel_size >= 1 and network.stride >= 1, f"{group}.kernel_size",
-                     f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}")
+            _require(
+                len(network.channels) >= 1 and all(int(c) >= 1 for c in network.channels),
+                f"{group}.channels",
+                f"must list at least one filter count, each >= 1, got {list(network.channels)}",
+            )
+            _require(
+                network.kernel_size >= 1 and network.stride >= 1,
+                f"{group}.kernel_size",
+                f"kernel_size and stride must be >= 1, got {network.kernel_size} and {network.stride}",
+            )
             _require(network.dense_units >= 1, f"{group}.dense_units", f"must be >= 1, got {network.dense_units}")
     if "holdout_fraction" in cfg.data:  # the non-image data; images have held_out_split / held_out_fraction
-        _require(0 <= cfg.data.holdout_fraction < 1, "data.holdout_fraction",
-                 f"must be in [0, 1) (0 trains on every row), got {cfg.data.holdout_fraction}")
+        _require(
+            0 <= cfg.data.holdout_fraction < 1,
+            "data.holdout_fraction",
+            f"must be in [0, 1) (0 trains on every row), got {cfg.data.holdout_fraction}",
+        )
     validate_data(cfg)  # the data option's own rules and whether the likelihood reads its rows (tasks/registry.py)
     if "sigma" in cfg.likelihood:
         _require(cfg.likelihood.sigma > 0, "likelihood.sigma", f"must be > 0, got {cfg.likelihood.sigma}")
     if "dispersion" in cfg.likelihood:
-        _require(cfg.likelihood.dispersion > 0, "likelihood.dispersion",
-                 f"must be > 0 (the negative binomial's starting r), got {cfg.likelihood.dispersion}")
+        _require(
+            cfg.likelihood.dispersion > 0,
+            "likelihood.dispersion",
+            f"must be > 0 (the negative binomial's starting r), got {cfg.likelihood.dispersion}",
+        )
     if "max_linear_predictor" in cfg.likelihood:
-        _require(cfg.likelihood.max_linear_predictor > 0, "likelihood.max_linear_predictor",
-                 f"must be > 0, got {cfg.likelihood.max_linear_predictor}")
+        _require(
+            cfg.likelihood.max_linear_predictor > 0,
+            "likelihood.max_linear_predictor",
+            f"must be > 0, got {cfg.likelihood.max_linear_predictor}",
+        )

@@ -51,8 +51,9 @@ def measure(name: str, variants: dict[str, int], rounds: int) -> dict[str, dict[
                 samples[label]["update"].append(1e3 * (time.perf_counter() - began))
     finally:
         targets.BLOCK_BYTES, targets.BLOCK_MAX_THREADS = default
-    return {label: {key: statistics.median(values) for key, values in times.items()}
-            for label, times in samples.items()}
+    return {
+        label: {key: statistics.median(values) for key, values in times.items()} for label, times in samples.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,22 +61,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", nargs="+", default=["mixture", "glmm"], choices=["exponential", "mixture", "glmm"])
-    parser.add_argument("--blocks-mib", nargs="+", type=float, default=[targets.BLOCK_BYTES / 2**20],
-                        help="block budgets to time beside the whole batch (default: the product's)")
+    parser.add_argument(
+        "--blocks-mib",
+        nargs="+",
+        type=float,
+        default=[targets.BLOCK_BYTES / 2**20],
+        help="block budgets to time beside the whole batch (default: the product's)",
+    )
     args = parser.parse_args(argv)
     configure_process(args.threads)
     variants = {"whole batch": WHOLE, **{f"{mib:g} MiB": int(mib * 2**20) for mib in args.blocks_mib}}
     cpu = speed.cpu_description()
-    print(f"CPU {cpu['model']}; flags {' '.join(cpu['flags'] or []) or '-'}; torch {torch.__version__}, "
-          f"threads={args.threads}, medians of {args.rounds} interleaved rounds; {speed.load_note()}")
-    print(f"{'workload':12s} {'sweep':12s} {'ms/step':>8s} {'ms/update':>10s} {'faults/step':>12s} "
-          f"{'update speed-up':>16s}")
+    print(
+        f"CPU {cpu['model']}; flags {' '.join(cpu['flags'] or []) or '-'}; torch {torch.__version__}, "
+        f"threads={args.threads}, medians of {args.rounds} interleaved rounds; {speed.load_note()}"
+    )
+    print(
+        f"{'workload':12s} {'sweep':12s} {'ms/step':>8s} {'ms/update':>10s} {'faults/step':>12s} "
+        f"{'update speed-up':>16s}"
+    )
     for name in args.only:
         rows = measure(name, variants, args.rounds)
         whole = rows["whole batch"]["update"]
         for label, row in rows.items():
-            print(f"{name:12s} {label:12s} {row['step']:8.1f} {row['update']:10.1f} {row['faults']:12.0f} "
-                  f"{whole / row['update']:15.2f}x", flush=True)
+            print(
+                f"{name:12s} {label:12s} {row['step']:8.1f} {row['update']:10.1f} {row['faults']:12.0f} "
+                f"{whole / row['update']:15.2f}x",
+                flush=True,
+            )
     return 0
 
 

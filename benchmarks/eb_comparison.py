@@ -24,8 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
-METHODS = {"normal EB": ("baselines", "normal_eb"), "NPMLE": ("baselines", "npmle"), "VAE": ("vae",),
-           "ALMOND": ("almond",)}
+METHODS = {
+    "normal EB": ("baselines", "normal_eb"),
+    "NPMLE": ("baselines", "npmle"),
+    "VAE": ("vae",),
+    "ALMOND": ("almond",),
+}
 COLUMNS = (("KS", "ks"), ("W1", "w1"), ("post.-mean MSE", "mse_posterior_mean"), ("log-lik / point", "loglik"))
 
 
@@ -34,8 +38,19 @@ def run_one(experiment: str, seed: int, out: Path, extra: list[str]) -> dict | N
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         started = time.time()
-        subprocess.run([*almond_command(), "train", f"experiment={experiment}", f"seed={seed}", "progress=quiet",
-                        f"hydra.run.dir={run_dir}", *extra], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *almond_command(),
+                "train",
+                f"experiment={experiment}",
+                f"seed={seed}",
+                "progress=quiet",
+                f"hydra.run.dir={run_dir}",
+                *extra,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         print(f"  {experiment} seed {seed}: {time.time() - started:.0f} s wall", file=sys.stderr, flush=True)
     return json.loads(summary_path.read_text())
 
@@ -83,8 +98,10 @@ def main() -> None:
             for path in METHODS.values():
                 row = scores(summary, path)
                 cells.append(" / ".join(f"{row[key]:.3f}" for _, key in COLUMNS))
-            gains = [f"{summary['baselines'][name]['almond_gain']:+.3f} ± {summary['baselines'][name]['almond_gain_se']:.3f}"
-                     for name in ("normal_eb", "npmle")]
+            gains = [
+                f"{summary['baselines'][name]['almond_gain']:+.3f} ± {summary['baselines'][name]['almond_gain_se']:.3f}"
+                for name in ("normal_eb", "npmle")
+            ]
             print(f"| {seed} | " + " | ".join(cells + gains) + " |")
 
 

@@ -24,14 +24,25 @@ from almond_command import almond_command  # noqa: E402  (the benchmarks folder 
 
 METRICS = ("ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error")
 METHODS = ("vae", "almond", "gaussian_glmm")
-PAPER = {"vae": {"ks": 0.136, "w1": 0.335}, "almond": {"ks": 0.015, "w1": 0.062},
-         "gaussian_glmm": {"ks": 0.107, "w1": 0.359}}  # paper's Gaussian row is lme4's
+PAPER = {
+    "vae": {"ks": 0.136, "w1": 0.335},
+    "almond": {"ks": 0.015, "w1": 0.062},
+    "gaussian_glmm": {"ks": 0.107, "w1": 0.359},
+}  # paper's Gaussian row is lme4's
 
 
 def launch(seed: int, out: Path, experiment: str, threads: int, overrides: list[str]) -> subprocess.Popen:
     run_dir = out / f"seed{seed}"
-    args = [*almond_command(), "train", f"experiment={experiment}", f"seed={seed}", f"threads={threads}",
-            "progress=plain", f"hydra.run.dir={run_dir}", *overrides]
+    args = [
+        *almond_command(),
+        "train",
+        f"experiment={experiment}",
+        f"seed={seed}",
+        f"threads={threads}",
+        "progress=plain",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / f"seed{seed}.log", "w")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -55,8 +66,11 @@ def print_table(table: dict, per_seed: list[dict], seeds: list[int], walls: dict
     print(header)
     for method, values in table.items():
         paper = PAPER.get(method, {})
-        print(f"{method:<15}" + "".join(f"{values.get(m, float('nan')):>11.4f}" for m in METRICS)
-              + f"{paper.get('ks', float('nan')):>10.3f}{paper.get('w1', float('nan')):>10.3f}")
+        print(
+            f"{method:<15}"
+            + "".join(f"{values.get(m, float('nan')):>11.4f}" for m in METRICS)
+            + f"{paper.get('ks', float('nan')):>10.3f}{paper.get('w1', float('nan')):>10.3f}"
+        )
     for seed, summary in zip(seeds, per_seed):
         parts = []
         for method in METHODS:
@@ -65,8 +79,11 @@ def print_table(table: dict, per_seed: list[dict], seeds: list[int], walls: dict
                 parts.append(f"{method} ks {entry['ks']:.4f} w1 {entry['w1']:.4f} beta {entry['beta_error']:.3f}")
         timing = summary.get("timing", {})
         wall = f", wall {walls[seed]:.0f} s" if seed in walls else ""
-        print(f"  seed {seed}: " + "; ".join(parts)
-              + f" (VAE {timing.get('vae_seconds', 0):.0f} s, ALMOND {timing.get('almond_seconds', 0):.0f} s{wall})")
+        print(
+            f"  seed {seed}: "
+            + "; ".join(parts)
+            + f" (VAE {timing.get('vae_seconds', 0):.0f} s, ALMOND {timing.get('almond_seconds', 0):.0f} s{wall})"
+        )
     almond, gaussian, vae = table.get("almond"), table.get("gaussian_glmm"), table.get("vae")
     if almond and gaussian and vae:
         checks = {

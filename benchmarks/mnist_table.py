@@ -32,15 +32,25 @@ def run_seed(seed: int, args, extra: list[str]) -> dict:
     run_dir = Path(args.out) / f"seed-{seed}"
     if not (args.reuse and (run_dir / "summary.json").is_file()):
         started = time.monotonic()
-        command = [*almond_command(), "train", "experiment=mnist_cpu", f"data.root={args.root}", f"seed={seed}",
-                   "progress=plain", f"hydra.run.dir={run_dir}", *extra]
+        command = [
+            *almond_command(),
+            "train",
+            "experiment=mnist_cpu",
+            f"data.root={args.root}",
+            f"seed={seed}",
+            "progress=plain",
+            f"hydra.run.dir={run_dir}",
+            *extra,
+        ]
         with open(Path(args.out) / f"seed-{seed}.log", "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HYDRA_FULL_ERROR": "0"}
+            )
             _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"seed {seed} failed (exit {os.waitstatus_to_exitcode(status)}); "
-                             f"see {args.out}/seed-{seed}.log")
+            raise SystemExit(
+                f"seed {seed} failed (exit {os.waitstatus_to_exitcode(status)}); see {args.out}/seed-{seed}.log"
+            )
         (run_dir / "wall_seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
         (run_dir / "cpu_seconds.txt").write_text(f"{usage.ru_utime + usage.ru_stime:.1f}\n")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -48,11 +58,18 @@ def run_seed(seed: int, args, extra: list[str]) -> dict:
     vae, almond = summary["vae"], summary["almond"]
     combined = math.hypot(vae["test_nll_se"], almond["test_nll_se"])
     gain = vae["test_nll"] - almond["test_nll"]
-    return {"seed": seed, "vae": vae["test_nll"], "vae_se": vae["test_nll_se"], "almond": almond["test_nll"],
-            "almond_se": almond["test_nll_se"], "gain": gain, "gain_in_se": gain / combined,
-            "wall": float(wall.read_text()) if wall.is_file() else float("nan"),
-            "cpu": float(cpu.read_text()) if cpu.is_file() else float("nan"),
-            "train_seconds": summary["timing"]["vae_seconds"] + summary["timing"]["almond_seconds"]}
+    return {
+        "seed": seed,
+        "vae": vae["test_nll"],
+        "vae_se": vae["test_nll_se"],
+        "almond": almond["test_nll"],
+        "almond_se": almond["test_nll_se"],
+        "gain": gain,
+        "gain_in_se": gain / combined,
+        "wall": float(wall.read_text()) if wall.is_file() else float("nan"),
+        "cpu": float(cpu.read_text()) if cpu.is_file() else float("nan"),
+        "train_seconds": summary["timing"]["vae_seconds"] + summary["timing"]["almond_seconds"],
+    }
 
 
 def main() -> None:
@@ -71,11 +88,17 @@ def main() -> None:
     print("experiment=mnist_cpu: held-out NLL in nats per image (± standard error over the 1,000 held-out images)")
     print(header)
     for r in rows:
-        print(f"{r['seed']:>4}  {r['vae']:>9.2f} ± {r['vae_se']:4.2f}  {r['almond']:>9.2f} ± {r['almond_se']:4.2f}  "
-              f"{r['gain']:>6.2f}  {r['gain_in_se']:>7.2f}  {r['train_seconds']:>7.0f}  {r['wall']:>7.0f}  {r['cpu']:>7.0f}")
-    median = {key: statistics.median(r[key] for r in rows) for key in ("vae", "almond", "gain", "gain_in_se", "wall", "cpu")}
-    print(f"{'med':>4}  {median['vae']:>16.2f}  {median['almond']:>16.2f}  {median['gain']:>6.2f}  "
-          f"{median['gain_in_se']:>7.2f}  {'':>7}  {median['wall']:>7.0f}  {median['cpu']:>7.0f}")
+        print(
+            f"{r['seed']:>4}  {r['vae']:>9.2f} ± {r['vae_se']:4.2f}  {r['almond']:>9.2f} ± {r['almond_se']:4.2f}  "
+            f"{r['gain']:>6.2f}  {r['gain_in_se']:>7.2f}  {r['train_seconds']:>7.0f}  {r['wall']:>7.0f}  {r['cpu']:>7.0f}"
+        )
+    median = {
+        key: statistics.median(r[key] for r in rows) for key in ("vae", "almond", "gain", "gain_in_se", "wall", "cpu")
+    }
+    print(
+        f"{'med':>4}  {median['vae']:>16.2f}  {median['almond']:>16.2f}  {median['gain']:>6.2f}  "
+        f"{median['gain_in_se']:>7.2f}  {'':>7}  {median['wall']:>7.0f}  {median['cpu']:>7.0f}"
+    )
     verdict = "MET" if median["gain_in_se"] > 2 else "NOT MET"
     print(f"bar (median gain > 2 combined standard errors): {verdict}")
 

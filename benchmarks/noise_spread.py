@@ -16,8 +16,8 @@ import tempfile
 import torch
 from hydra import compose, initialize_config_module
 
-from almond_cli.training import runtime, trainer
 from almond_cli.config import register_schemas
+from almond_cli.training import runtime, trainer
 
 
 def main(repeats: int = 8) -> None:
@@ -28,12 +28,14 @@ def main(repeats: int = 8) -> None:
     original = runtime.seed_streams
     rows = []
     for k in range(repeats):
+
         def streams(seed, k=k):
             seeds = original(seed)
             if k:
                 seeds["noise"] += 1000 * k
                 seeds["order"] += 1000 * k
             return seeds
+
         trainer.seed_streams = streams
         with tempfile.TemporaryDirectory() as run_dir:
             summary = trainer.train(cfg, run_dir)
@@ -41,12 +43,16 @@ def main(repeats: int = 8) -> None:
         vae_loss = [r["loss"] for r in records if r["phase"] == "vae"][-1]
         almond_loss = [r["loss"] for r in records if r["phase"] == "almond"][-1]
         rows.append((vae_loss, almond_loss, summary["vae"]["w1"], summary["almond"]["w1"], summary["almond"]["ks"]))
-        print(f"noise stream {k}: final VAE loss {vae_loss:.4f}, ALMOND loss {almond_loss:.4f}, "
-              f"VAE w1 {rows[-1][2]:.4f}, ALMOND w1 {rows[-1][3]:.4f}, ALMOND ks {rows[-1][4]:.4f}")
+        print(
+            f"noise stream {k}: final VAE loss {vae_loss:.4f}, ALMOND loss {almond_loss:.4f}, "
+            f"VAE w1 {rows[-1][2]:.4f}, ALMOND w1 {rows[-1][3]:.4f}, ALMOND ks {rows[-1][4]:.4f}"
+        )
     for index, name in enumerate(("VAE loss", "ALMOND loss", "VAE w1", "ALMOND w1", "ALMOND ks")):
         values = [row[index] for row in rows]
-        print(f"{name}: mean {statistics.mean(values):.4f} sd {statistics.stdev(values):.4f} "
-              f"range {max(values) - min(values):.4f}")
+        print(
+            f"{name}: mean {statistics.mean(values):.4f} sd {statistics.stdev(values):.4f} "
+            f"range {max(values) - min(values):.4f}"
+        )
 
 
 if __name__ == "__main__":

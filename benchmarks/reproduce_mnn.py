@@ -43,8 +43,15 @@ def run_one(prior: str, seed: int, out: Path, extra: list[str]) -> dict:
         if (run_dir / "checkpoints" / "last.pt").exists():  # an interrupted benchmark continues its runs
             command = [*almond_command(), "train", f"resume={run_dir}", *extra]
         else:
-            command = [*almond_command(), "train", f"experiment=mnn_{prior}", f"seed={seed}", "progress=quiet",
-                       f"hydra.run.dir={run_dir}", *extra]
+            command = [
+                *almond_command(),
+                "train",
+                f"experiment=mnn_{prior}",
+                f"seed={seed}",
+                "progress=quiet",
+                f"hydra.run.dir={run_dir}",
+                *extra,
+            ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         print(f"  {prior} seed {seed}: {time.time() - started:.0f} s wall", file=sys.stderr, flush=True)
     return json.loads(summary_path.read_text())
@@ -59,8 +66,8 @@ def data_floors(run_dir: Path) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from almond_cli.tasks.registry import build_dataset
     from almond_cli.tasks.metrics import w1_distance
+    from almond_cli.tasks.registry import build_dataset
     from almond_cli.training.runtime import seed_streams
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -69,8 +76,10 @@ def data_floors(run_dir: Path) -> dict:
     grid = torch.linspace(lower, upper, 400_001, dtype=torch.float64)
     prior_mean = lower + torch.trapezoid(1.0 - prior.cdf(grid), grid).item()
     truth = dataset.truth.squeeze(1).double()
-    return {"oracle_w1": w1_distance(truth, prior.cdf, lower, upper),
-            "mean_floor": abs(dataset.x.double().mean().item() - prior_mean)}
+    return {
+        "oracle_w1": w1_distance(truth, prior.cdf, lower, upper),
+        "mean_floor": abs(dataset.x.double().mean().item() - prior_mean),
+    }
 
 
 def median(values):
@@ -81,11 +90,18 @@ def bars(prior: str, table: dict) -> list[tuple[str, bool]]:
     """The foundation issue's acceptance bars for one prior, as (description, met)."""
     almond, vae, eb = table["almond"], table["vae"], table["normal_eb"]
     if prior == "exponential":
-        return [("ALMOND KS <= 0.06", almond["ks"] <= 0.06), ("ALMOND W1 <= 0.13", almond["w1"] <= 0.13),
-                ("VAE KS >= 1.4 x ALMOND KS", vae["ks"] >= 1.4 * almond["ks"])]
+        return [
+            ("ALMOND KS <= 0.06", almond["ks"] <= 0.06),
+            ("ALMOND W1 <= 0.13", almond["w1"] <= 0.13),
+            ("VAE KS >= 1.4 x ALMOND KS", vae["ks"] >= 1.4 * almond["ks"]),
+        ]
     if prior == "mixture":
-        return [("ALMOND KS <= 0.10", almond["ks"] <= 0.10), ("ALMOND W1 <= 0.25", almond["w1"] <= 0.25),
-                ("ALMOND KS < VAE KS", almond["ks"] < vae["ks"]), ("ALMOND W1 < VAE W1", almond["w1"] < vae["w1"])]
+        return [
+            ("ALMOND KS <= 0.10", almond["ks"] <= 0.10),
+            ("ALMOND W1 <= 0.25", almond["w1"] <= 0.25),
+            ("ALMOND KS < VAE KS", almond["ks"] < vae["ks"]),
+            ("ALMOND W1 < VAE W1", almond["w1"] < vae["w1"]),
+        ]
     return [("|ALMOND KS - EB KS| <= 0.015", abs(almond["ks"] - eb["ks"]) <= 0.015)]
 
 
@@ -97,9 +113,11 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true", help="only read runs that already finished")
     parser.add_argument("extra", nargs="*", help="further hydra overrides for every run")
     args = parser.parse_args()
-    lines = ["| prior | method | KS (median) | W1 (median) | KS / W1 to the true means (median) | paper KS | paper W1 "
-             "| seeds | s/run (median) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| prior | method | KS (median) | W1 (median) | KS / W1 to the true means (median) | paper KS | paper W1 "
+        "| seeds | s/run (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     verdicts, per_seed = [], []
     for prior in args.priors:
         summaries = []
@@ -133,17 +151,23 @@ def main() -> None:
         print(f"{'PASS' if met else 'FAIL'}  {prior}: {text}")
     print()
     print("Per seed, with what each seed's data allow (oracle W1: the true means' own empirical distribution;")
-    print("mean floor: |mean(x) - E prior|, the W1 lower bound of a fit whose mean equals the data's, as the exact MLE's does):")
-    print("| prior | seed | ALMOND KS | ALMOND W1 | VAE KS | VAE W1 | oracle W1 | mean floor "
-          "| ALMOND / VAE W1 to the true means |")
+    print(
+        "mean floor: |mean(x) - E prior|, the W1 lower bound of a fit whose mean equals the data's, as the exact MLE's does):"
+    )
+    print(
+        "| prior | seed | ALMOND KS | ALMOND W1 | VAE KS | VAE W1 | oracle W1 | mean floor "
+        "| ALMOND / VAE W1 to the true means |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for prior, summaries in per_seed:
         for summary in summaries:
             floors = data_floors(args.out / f"{prior}-seed{summary['seed']}")
             almond, vae = summary["almond"], summary["vae"]
-            print(f"| {prior} | {summary['seed']} | {almond['ks']:.3f} | {almond['w1']:.3f} | "
-                  f"{vae['ks']:.3f} | {vae['w1']:.3f} | {floors['oracle_w1']:.3f} | {floors['mean_floor']:.3f} | "
-                  f"{almond.get('w1_true_means', float('nan')):.3f} / {vae.get('w1_true_means', float('nan')):.3f} |")
+            print(
+                f"| {prior} | {summary['seed']} | {almond['ks']:.3f} | {almond['w1']:.3f} | "
+                f"{vae['ks']:.3f} | {vae['w1']:.3f} | {floors['oracle_w1']:.3f} | {floors['mean_floor']:.3f} | "
+                f"{almond.get('w1_true_means', float('nan')):.3f} / {vae.get('w1_true_means', float('nan')):.3f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -53,13 +53,13 @@ from torch import nn
 
 from almond_cli.langevin import precision as precisions
 from almond_cli.langevin import sampler
-from almond_cli.training import phases
 from almond_cli.langevin.chains import PersistentChains
-from almond_cli.tasks.registry import build_dataset
 from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.targets import AutogradTarget, MLPTarget, Target, target_for
-from almond_cli.training.runtime import configure_process
+from almond_cli.tasks.registry import build_dataset
+from almond_cli.training import phases
 from almond_cli.training.build import build_model
+from almond_cli.training.runtime import configure_process
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 MNIST_ROOT = REPOSITORY.parent / "shared" / "data" / "mnist"
@@ -78,7 +78,8 @@ COUNTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def compose(experiment: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     from almond_cli.config import register_schemas, validate
 
@@ -99,9 +100,15 @@ def build(name: str, mnist_root: Path):
     dataset = build_dataset(cfg.data, 0)
     model = build_model(cfg, dataset)
     batch = min(cfg.schedule.batch_size or dataset.num_points, dataset.num_points)
-    spec = {"experiment": experiment, "batch": batch, "chains": cfg.sampler.num_chains,
-            "steps": cfg.sampler.num_steps, "burn_in": cfg.sampler.burn_in, "latent": cfg.latent_dim,
-            "step_size": cfg.sampler.step_size}
+    spec = {
+        "experiment": experiment,
+        "batch": batch,
+        "chains": cfg.sampler.num_chains,
+        "steps": cfg.sampler.num_steps,
+        "burn_in": cfg.sampler.burn_in,
+        "latent": cfg.latent_dim,
+        "step_size": cfg.sampler.step_size,
+    }
     generator = torch.Generator().manual_seed(0)
     chains = PersistentChains(torch.randn(batch, spec["chains"], cfg.latent_dim, generator=generator))
     return spec, model, dataset.x[:batch], chains
@@ -115,9 +122,16 @@ def decoder_layers(model, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor
         if isinstance(module, nn.Linear):
             macs = output.numel() * module.in_features
         elif isinstance(module, nn.Conv2d):
-            macs = output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            macs = (
+                output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            )
         else:  # ConvTranspose2d: every input value is spread over out_channels × kernel outputs
-            macs = inputs[0].numel() * (module.out_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            macs = (
+                inputs[0].numel()
+                * (module.out_channels // module.groups)
+                * module.kernel_size[0]
+                * module.kernel_size[1]
+            )
         seen.append((module, inputs[0].detach(), float(macs)))
 
     handles = [m.register_forward_hook(record) for m in model.decoder.modules() if isinstance(m, COUNTED)]
@@ -153,9 +167,13 @@ clock = time.perf_counter
 
 def add_clock_option(parser: argparse.ArgumentParser) -> None:
     """``--clock wall|cpu`` (the benchmarks' timing clock)."""
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
-                             "machine's time when others load it (meaningful with --threads 1 only)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, a proxy for an idle "
+        "machine's time when others load it (meaningful with --threads 1 only)",
+    )
 
 
 def chosen_clock(parser: argparse.ArgumentParser, args):
@@ -222,8 +240,11 @@ def cpu_description() -> dict:
     except OSError:
         pass
     flags = precisions.cpu_flags()
-    return {"model": model, "flags": None if flags is None else [f for f in CPU_FLAGS_SHOWN if f in flags],
-            "bf16_native": precisions.choose_precision("auto", "cpu", flags) == "bf16"}
+    return {
+        "model": model,
+        "flags": None if flags is None else [f for f in CPU_FLAGS_SHOWN if f in flags],
+        "bf16_native": precisions.choose_precision("auto", "cpu", flags) == "bf16",
+    }
 
 
 def gemm_peaks(repeats: int, bf16: bool) -> dict:
@@ -251,8 +272,11 @@ def machine_peaks(repeats: int) -> dict:
 
 
 # --precision: the fused paths timed, as (path name, sampler.precision).
-FAST_PATHS = {"fp32": (("fast", "fp32"),), "bf16": (("fast_bf16", "bf16"),),
-              "both": (("fast", "fp32"), ("fast_bf16", "bf16"))}
+FAST_PATHS = {
+    "fp32": (("fast", "fp32"),),
+    "bf16": (("fast_bf16", "bf16"),),
+    "both": (("fast", "fp32"), ("fast_bf16", "bf16")),
+}
 
 
 class Workload:
@@ -277,8 +301,14 @@ class Workload:
         """The K Langevin steps of one update from the same start, the parameters frozen."""
         spec = self.spec
         with self.model.frozen():
-            sampler.run(self.start, self.target(fast, precision), spec["step_size"], spec["steps"], spec["burn_in"],
-                        self.generator)
+            sampler.run(
+                self.start,
+                self.target(fast, precision),
+                spec["step_size"],
+                spec["steps"],
+                spec["burn_in"],
+                self.generator,
+            )
 
     def run_update(self, fast: bool, precision: str) -> None:
         """One whole ALMOND update: K steps over the persistent chains and the parameter step; ``fast`` is
@@ -286,13 +316,22 @@ class Workload:
         spec = self.spec
         if fast:
             settings = SamplerSettings(num_steps=spec["steps"], burn_in=spec["burn_in"], precision=precision)
-            phases.almond_update(self.model, self.optimiser, self.chains, self.indices, self.x, spec["step_size"],
-                                 settings, self.generator)
+            phases.almond_update(
+                self.model,
+                self.optimiser,
+                self.chains,
+                self.indices,
+                self.x,
+                spec["step_size"],
+                settings,
+                self.generator,
+            )
             return
         start = self.chains.gather(self.indices)
         with self.model.frozen():
-            kept, _ = sampler.run(start, self.target(False, precision), spec["step_size"], spec["steps"],
-                                  spec["burn_in"], self.generator)
+            kept, _ = sampler.run(
+                start, self.target(False, precision), spec["step_size"], spec["steps"], spec["burn_in"], self.generator
+            )
         self.chains.scatter(self.indices, kept[-1])
         particles = kept.permute(1, 0, 2, 3).reshape(kept.shape[1], -1, kept.shape[-1])
         self.optimiser.zero_grad(set_to_none=True)
@@ -300,8 +339,9 @@ class Workload:
         self.optimiser.step()
 
 
-def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, precision: str = "fp32",
-                   gemm: dict | None = None) -> dict:
+def bench_workload(
+    name: str, rounds: int, repeats: int, mnist_root: Path, precision: str = "fp32", gemm: dict | None = None
+) -> dict:
     """One workload's row: every path's ms per step and update, and its GFLOP/s against the same layers alone
     and, when ``gemm`` (``gemm_peaks``) is given, against the machine's 2048³ GEMM."""
     workload = Workload(name, mnist_root)
@@ -321,15 +361,25 @@ def bench_workload(name: str, rounds: int, repeats: int, mnist_root: Path, preci
     with model.frozen():  # input gradients only, as in the Langevin step
         reference = layer_reference(layers, repeats)
     flops_step, flops_update = step_flops(layers), update_flops(spec, layers)
-    row = {"workload": name, **spec, "step_gflop": flops_step / 1e9, "update_gflop": flops_update / 1e9,
-           "reference_gflops_same_shapes": reference, "paths": {}}
+    row = {
+        "workload": name,
+        **spec,
+        "step_gflop": flops_step / 1e9,
+        "update_gflop": flops_update / 1e9,
+        "reference_gflops_same_shapes": reference,
+        "paths": {},
+    }
     for path, _, chosen in paths:
         times = results[path]
         step_s, update_s = statistics.median(times["step"]), statistics.median(times["update"])
         achieved = flops_step / step_s / 1e9
-        row["paths"][path] = {"ms_per_step": 1e3 * step_s, "ms_per_update": 1e3 * update_s,
-                              "step_gflops": achieved, "precision": chosen,
-                              "ratio_to_reference": None if reference is None else achieved / reference}
+        row["paths"][path] = {
+            "ms_per_step": 1e3 * step_s,
+            "ms_per_update": 1e3 * update_s,
+            "step_gflops": achieved,
+            "precision": chosen,
+            "ratio_to_reference": None if reference is None else achieved / reference,
+        }
         if gemm is not None:
             row["paths"][path]["ratio_to_gemm_fp32"] = achieved / gemm["fp32"]
             bf16_peak = gemm["bf16"] if chosen == "bf16" else None  # a bf16 path against the bf16 GEMM only
@@ -348,19 +398,22 @@ def load_note() -> str:
 def print_against_gemm(rows: list[dict], cpu: dict, gemm: dict, threads: int) -> None:
     """Each path's step GFLOP/s over the same run's best 2048³ GEMM, with the CPU and torch it ran on."""
     flags = "unknown (no /proc/cpuinfo)" if cpu["flags"] is None else (" ".join(cpu["flags"]) or "none of them")
-    print(f"\nCPU {cpu['model']}; flags {flags} (of {' '.join(CPU_FLAGS_SHOWN)}); torch {torch.__version__}, "
-          f"threads={threads}")
+    print(
+        f"\nCPU {cpu['model']}; flags {flags} (of {' '.join(CPU_FLAGS_SHOWN)}); torch {torch.__version__}, "
+        f"threads={threads}"
+    )
     bf16 = "n/a (no native bf16)" if gemm["bf16"] is None else f"{gemm['bf16']:.0f} GFLOP/s"
     print(f"GEMM 2048^3, best of the run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {bf16}")
-    header = (f"{'workload':17s} {'path':9s} {'precision':9s} {'GFLOP/s':>8s} {'÷ GEMM fp32':>11s} "
-              f"{'÷ GEMM bf16':>11s}")
+    header = f"{'workload':17s} {'path':9s} {'precision':9s} {'GFLOP/s':>8s} {'÷ GEMM fp32':>11s} {'÷ GEMM bf16':>11s}"
     print(header)
     print("-" * len(header))
     for row in rows:
         for path, result in row["paths"].items():
             ratio16 = result.get("ratio_to_gemm_bf16")
-            print(f"{row['workload']:17s} {path:9s} {result['precision']:9s} {result['step_gflops']:8.1f} "
-                  f"{result['ratio_to_gemm_fp32']:11.2f} {'-' if ratio16 is None else f'{ratio16:.2f}':>11s}")
+            print(
+                f"{row['workload']:17s} {path:9s} {result['precision']:9s} {result['step_gflops']:8.1f} "
+                f"{result['ratio_to_gemm_fp32']:11.2f} {'-' if ratio16 is None else f'{ratio16:.2f}':>11s}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(WORKLOADS), help="run only these workloads")
     parser.add_argument("--mnist-root", type=Path, default=MNIST_ROOT, help="folder with the MNIST IDX files")
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--precision", choices=sorted(FAST_PATHS), default="fp32",
-                        help="sampler.precision of the fused path: fp32 (default), bf16, or both side by side")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(FAST_PATHS),
+        default="fp32",
+        help="sampler.precision of the fused path: fp32 (default), bf16, or both side by side",
+    )
     add_clock_option(parser)
     args = parser.parse_args(argv)
     global clock
@@ -388,23 +445,31 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = f"no MNIST files at {args.mnist_root} (give --mnist-root)"
             continue
         rows.append(bench_workload(name, args.rounds, args.repeats, args.mnist_root, args.precision, gemm))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}")
-    print(f"machine: fp32 matmul 2048^3 {peaks['matmul_2048_gflops']:.0f} GFLOP/s; conv 64->64 3x3 14x14 "
-          f"channels_last {peaks['conv64_3x3_14x14_gflops']:.0f} GFLOP/s")
-    header = (f"{'workload':17s} {'B':>5s} {'C':>4s} {'K':>3s} {'path':9s} {'ms/step':>9s} {'ms/update':>10s} "
-              f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'same-shape GFLOP/s':>18s} {'ratio':>6s}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}"
+    )
+    print(
+        f"machine: fp32 matmul 2048^3 {peaks['matmul_2048_gflops']:.0f} GFLOP/s; conv 64->64 3x3 14x14 "
+        f"channels_last {peaks['conv64_3x3_14x14_gflops']:.0f} GFLOP/s"
+    )
+    header = (
+        f"{'workload':17s} {'B':>5s} {'C':>4s} {'K':>3s} {'path':9s} {'ms/step':>9s} {'ms/update':>10s} "
+        f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'same-shape GFLOP/s':>18s} {'ratio':>6s}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         reference = row["reference_gflops_same_shapes"]
         for path, result in row["paths"].items():
             ratio = result["ratio_to_reference"]
-            print(f"{row['workload']:17s} {row['batch']:5d} {row['chains']:4d} {row['steps']:3d} {path:9s} "
-                  f"{result['ms_per_step']:9.2f} {result['ms_per_update']:10.1f} {row['step_gflop']:10.3f} "
-                  f"{result['step_gflops']:8.1f} "
-                  f"{'n/a (no matmul)' if reference is None else f'{reference:18.1f}':>18s} "
-                  f"{'' if ratio is None else f'{ratio:6.2f}'}")
+            print(
+                f"{row['workload']:17s} {row['batch']:5d} {row['chains']:4d} {row['steps']:3d} {path:9s} "
+                f"{result['ms_per_step']:9.2f} {result['ms_per_update']:10.1f} {row['step_gflop']:10.3f} "
+                f"{result['step_gflops']:8.1f} "
+                f"{'n/a (no matmul)' if reference is None else f'{reference:18.1f}':>18s} "
+                f"{'' if ratio is None else f'{ratio:6.2f}'}"
+            )
     for name, why in skipped.items():
         print(f"{name:17s} skipped: {why}")
     print_against_gemm(rows, cpu, gemm, args.threads)
@@ -412,10 +477,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine load: before {load_before}; after {load_after} (shared machines inflate wall times)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "clock": args.clock, "machine": peaks,
-                       "cpu": cpu, "gemm_2048_best_gflops": gemm, "precision": args.precision,
-                       "rows": rows, "skipped": skipped, "load_before": load_before, "load_after": load_after},
-                      handle, indent=2)
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "threads": args.threads,
+                    "clock": args.clock,
+                    "machine": peaks,
+                    "cpu": cpu,
+                    "gemm_2048_best_gflops": gemm,
+                    "precision": args.precision,
+                    "rows": rows,
+                    "skipped": skipped,
+                    "load_before": load_before,
+                    "load_after": load_after,
+                },
+                handle,
+                indent=2,
+            )
     return 0
 
 

@@ -77,8 +77,9 @@ def bench(name: str, num_points: int, rounds: int, nodes: int, batch_size: int =
     parameters = model.generative_parameters
     exact_grads = torch.autograd.grad(-model.log_lik(x0, start).mean(), parameters)
     table_grads = torch.autograd.grad(tabulated_loss(model, table, x0, start), parameters)
-    parameter_difference = max(float((got - want).abs().max() / want.abs().max())
-                               for got, want in zip(table_grads, exact_grads))
+    parameter_difference = max(
+        float((got - want).abs().max() / want.abs().max()) for got, want in zip(table_grads, exact_grads)
+    )
     times: dict[str, list[float]] = {"off": [], "on": []}
     step_times: dict[str, list[float]] = {"off": [], "on": []}
     per_round = min(3, num_batches)  # updates timed per path and round, each on its own batch
@@ -88,26 +89,41 @@ def bench(name: str, num_points: int, rounds: int, nodes: int, batch_size: int =
                 indices = batches[(round_index * per_round + index) % num_batches]
                 started = clock()
                 settings = SamplerSettings(num_steps=steps, burn_in=burn_in, tabulate=mode, table_nodes=nodes)
-                phases.almond_update(model, optimiser, chains, indices, dataset.x[indices], step_size, settings,
-                                     generator)
+                phases.almond_update(
+                    model, optimiser, chains, indices, dataset.x[indices], step_size, settings, generator
+                )
                 if round_index:
                     times[mode].append(clock() - started)
             # The Langevin steps alone (the table's construction included), from the first batch's chains.
             started = clock()
             with model.frozen():
-                target = (TabulatedTarget.around(model, x0, start, step_size, steps, nodes) if mode == "on"
-                          else target_for(model, x0))
+                target = (
+                    TabulatedTarget.around(model, x0, start, step_size, steps, nodes)
+                    if mode == "on"
+                    else target_for(model, x0)
+                )
                 sampler.run(start, target, step_size, steps, burn_in, generator)
             if round_index:
                 step_times[mode].append((clock() - started) / steps)
     exact_ms, table_ms = (1e3 * statistics.median(times[mode]) for mode in ("off", "on"))
     exact_step_ms, table_step_ms = (1e3 * statistics.median(step_times[mode]) for mode in ("off", "on"))
-    return {"workload": name, "n": dataset.num_points, "batch": batch_size, "chains": sampler_cfg.num_chains,
-            "steps": steps, "exact_step_ms": exact_step_ms, "tabulated_step_ms": table_step_ms,
-            "exact_ms": exact_ms, "tabulated_ms": table_ms, "speedup": exact_ms / table_ms,
-            "epoch_exact_s": exact_ms * num_batches / 1e3, "epoch_tabulated_s": table_ms * num_batches / 1e3,
-            "grid": (table.lower, table.upper), "max_grad_difference": grad_difference,
-            "parameter_grad_difference": parameter_difference}
+    return {
+        "workload": name,
+        "n": dataset.num_points,
+        "batch": batch_size,
+        "chains": sampler_cfg.num_chains,
+        "steps": steps,
+        "exact_step_ms": exact_step_ms,
+        "tabulated_step_ms": table_step_ms,
+        "exact_ms": exact_ms,
+        "tabulated_ms": table_ms,
+        "speedup": exact_ms / table_ms,
+        "epoch_exact_s": exact_ms * num_batches / 1e3,
+        "epoch_tabulated_s": table_ms * num_batches / 1e3,
+        "grid": (table.lower, table.upper),
+        "max_grad_difference": grad_difference,
+        "parameter_grad_difference": parameter_difference,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,23 +139,29 @@ def main(argv: list[str] | None = None) -> int:
     clock = chosen_clock(parser, args)
     configure_process(args.threads)
     load_before = load_note()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}, nodes={args.nodes}")
-    header = (f"{'workload':12s} {'n':>7s} {'B':>5s} {'C':>4s} {'K':>3s} {'exact ms/step':>14s} {'tabulated':>10s} "
-              f"{'exact ms/update':>16s} "
-              f"{'tabulated':>10s} {'speedup':>8s} {'epoch exact s':>14s} {'tabulated s':>12s} {'max |Δ∇|':>9s} "
-              f"{'Δ∇_β rel':>9s}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, clock={args.clock}, nodes={args.nodes}"
+    )
+    header = (
+        f"{'workload':12s} {'n':>7s} {'B':>5s} {'C':>4s} {'K':>3s} {'exact ms/step':>14s} {'tabulated':>10s} "
+        f"{'exact ms/update':>16s} "
+        f"{'tabulated':>10s} {'speedup':>8s} {'epoch exact s':>14s} {'tabulated s':>12s} {'max |Δ∇|':>9s} "
+        f"{'Δ∇_β rel':>9s}"
+    )
     print(header)
     print("-" * len(header))
     for name in args.only or WORKLOADS:
         for num_points in args.sizes:
             row = bench(name, num_points, args.rounds, args.nodes)
-            print(f"{row['workload']:12s} {row['n']:7d} {row['batch']:5d} {row['chains']:4d} {row['steps']:3d} "
-                  f"{row['exact_step_ms']:14.2f} {row['tabulated_step_ms']:10.2f} {row['exact_ms']:16.1f} "
-                  f"{row['tabulated_ms']:10.1f} {row['speedup']:7.2f}x "
-                  f"{row['epoch_exact_s']:14.2f} {row['epoch_tabulated_s']:12.2f} {row['max_grad_difference']:9.1e} "
-                  f"{row['parameter_grad_difference']:9.1e}",
-                  flush=True)
+            print(
+                f"{row['workload']:12s} {row['n']:7d} {row['batch']:5d} {row['chains']:4d} {row['steps']:3d} "
+                f"{row['exact_step_ms']:14.2f} {row['tabulated_step_ms']:10.2f} {row['exact_ms']:16.1f} "
+                f"{row['tabulated_ms']:10.1f} {row['speedup']:7.2f}x "
+                f"{row['epoch_exact_s']:14.2f} {row['epoch_tabulated_s']:12.2f} {row['max_grad_difference']:9.1e} "
+                f"{row['parameter_grad_difference']:9.1e}",
+                flush=True,
+            )
     print(f"machine load: before {load_before}; after {load_note()} (shared machines inflate wall times)")
     return 0
 

@@ -36,9 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from almond_command import almond_command  # noqa: E402  (the benchmarks folder is not a package)
 
 # Bars of the foundation issue and time targets of issue 8, by the data prior each experiment uses.
-BARS = {"exponential": {"ks": 0.06, "w1": 0.13}, "mixture": {"ks": 0.10, "w1": 0.25},
-        "normal": {"ks": 0.06, "w1": 0.13},
-        "glmm": {"ks": 0.025, "w1": 0.10, "lambda_l1": 0.06, "beta_error": 0.15}}
+BARS = {
+    "exponential": {"ks": 0.06, "w1": 0.13},
+    "mixture": {"ks": 0.10, "w1": 0.25},
+    "normal": {"ks": 0.06, "w1": 0.13},
+    "glmm": {"ks": 0.025, "w1": 0.10, "lambda_l1": 0.06, "beta_error": 0.15},
+}
 TIME_TARGET_S = {"exponential": 12.0, "mixture": 110.0, "normal": 13.0, "glmm": 3600.0}
 REFERENCE_S = {"exponential": 118.0, "mixture": 1098.0, "normal": 130.0}
 GLMM_SCORES = ("lambda_l1", "beta_error")  # ALMOND's scores beyond KS and W1 that a GLMM run records and prints
@@ -57,11 +60,20 @@ def prior_of(experiment: str) -> str:
 def run_once(experiment: str, seed: int, threads: int, extra: list[str], workdir: Path) -> dict:
     """One ``almond train`` in a fresh folder; returns wall time, phase times and ALMOND's scores."""
     run_dir = workdir / f"{experiment}-seed{seed}"
-    args = [*almond_command(), "train", f"experiment={experiment}", f"seed={seed}", f"threads={threads}",
-            "progress=quiet", "checkpoint.every_epochs=0", "checkpoint.every_minutes=0",
-            f"hydra.run.dir={run_dir}", *extra]
+    args = [
+        *almond_command(),
+        "train",
+        f"experiment={experiment}",
+        f"seed={seed}",
+        f"threads={threads}",
+        "progress=quiet",
+        "checkpoint.every_epochs=0",
+        "checkpoint.every_minutes=0",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    for attempt in range(3):
+    for _attempt in range(3):
         shutil.rmtree(run_dir, ignore_errors=True)
         started = time.perf_counter()
         process = subprocess.run(args, capture_output=True, text=True, env=env)
@@ -69,17 +81,28 @@ def run_once(experiment: str, seed: int, threads: int, extra: list[str], workdir
         # On a shared machine a run may be stopped from outside (SIGTERM/SIGKILL: 143, 137): time it afresh.
         if process.returncode not in (143, 137, -15, -9):
             break
-        print(f"  {experiment} seed {seed}: stopped by a signal from outside ({process.returncode}); "
-              f"running it again", flush=True)
+        print(
+            f"  {experiment} seed {seed}: stopped by a signal from outside ({process.returncode}); running it again",
+            flush=True,
+        )
     if process.returncode != 0:
-        raise SystemExit(f"almond train failed ({process.returncode}) for {experiment} seed {seed}:\n"
-                         f"{process.stderr[-2000:]}")
+        raise SystemExit(
+            f"almond train failed ({process.returncode}) for {experiment} seed {seed}:\n{process.stderr[-2000:]}"
+        )
     summary = json.loads((run_dir / "summary.json").read_text())
     timing = summary["timing"]
-    record = {"experiment": experiment, "seed": seed, "wall_s": wall, "vae_s": timing["vae_seconds"],
-              "almond_s": timing["almond_seconds"], "ks": summary["almond"]["ks"], "w1": summary["almond"]["w1"],
-              "vae_ks": summary["vae"]["ks"], "vae_w1": summary["vae"]["w1"],
-              "precision": summary.get("precision", {}).get("langevin", "fp32")}  # runs before the record were fp32
+    record = {
+        "experiment": experiment,
+        "seed": seed,
+        "wall_s": wall,
+        "vae_s": timing["vae_seconds"],
+        "almond_s": timing["almond_seconds"],
+        "ks": summary["almond"]["ks"],
+        "w1": summary["almond"]["w1"],
+        "vae_ks": summary["vae"]["ks"],
+        "vae_w1": summary["vae"]["w1"],
+        "precision": summary.get("precision", {}).get("langevin", "fp32"),
+    }  # runs before the record were fp32
     record.update({key: summary["almond"][key] for key in GLMM_SCORES if key in summary["almond"]})
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     acceptance = [m["acceptance_rate"] for m in metrics if m.get("phase") == "almond" and "acceptance_rate" in m]
@@ -92,12 +115,21 @@ def summarise(experiment: str, records: list[dict]) -> dict:
     prior = prior_of(experiment)
     bars = BARS[prior]
     median = {key: statistics.median(r[key] for r in records) for key in ("wall_s", "vae_s", "almond_s", *bars)}
-    row = {"experiment": experiment, "seeds": [r["seed"] for r in records], **{f"median_{k}": v for k, v in median.items()},
-           "accurate": all(median[key] <= bar for key, bar in bars.items()), "bars": bars,
-           "time_target_s": TIME_TARGET_S[prior], "reference_s": REFERENCE_S.get(prior),
-           "fast_enough": median["wall_s"] <= TIME_TARGET_S[prior], "runs": records}
+    row = {
+        "experiment": experiment,
+        "seeds": [r["seed"] for r in records],
+        **{f"median_{k}": v for k, v in median.items()},
+        "accurate": all(median[key] <= bar for key, bar in bars.items()),
+        "bars": bars,
+        "time_target_s": TIME_TARGET_S[prior],
+        "reference_s": REFERENCE_S.get(prior),
+        "fast_enough": median["wall_s"] <= TIME_TARGET_S[prior],
+        "runs": records,
+    }
     if any("acceptance_rate" in r for r in records):
-        row["median_acceptance_rate"] = statistics.median(r["acceptance_rate"] for r in records if "acceptance_rate" in r)
+        row["median_acceptance_rate"] = statistics.median(
+            r["acceptance_rate"] for r in records if "acceptance_rate" in r
+        )
     return row
 
 
@@ -118,24 +150,35 @@ def main(argv: list[str] | None = None) -> int:
             record = run_once(experiment, seed, args.threads, args.overrides, workdir)
             records.append(record)
             glmm = "".join(f"  {key} {record[key]:.4f}" for key in GLMM_SCORES if key in record)
-            print(f"  {experiment} seed {seed}: wall {record['wall_s']:.1f} s (VAE {record['vae_s']:.1f} s, "
-                  f"ALMOND {record['almond_s']:.1f} s, Langevin in {record['precision']})  KS {record['ks']:.4f}  "
-                  f"W1 {record['w1']:.4f}{glmm}", flush=True)
+            print(
+                f"  {experiment} seed {seed}: wall {record['wall_s']:.1f} s (VAE {record['vae_s']:.1f} s, "
+                f"ALMOND {record['almond_s']:.1f} s, Langevin in {record['precision']})  KS {record['ks']:.4f}  "
+                f"W1 {record['w1']:.4f}{glmm}",
+                flush=True,
+            )
         rows.append(summarise(experiment, records))
-    header = (f"{'experiment':26s} {'wall s':>7s} {'VAE s':>6s} {'ALMOND s':>8s} {'KS':>7s} {'W1':>7s} "
-              f"{'bars':>5s} {'target s':>8s} {'vs ref':>7s}")
+    header = (
+        f"{'experiment':26s} {'wall s':>7s} {'VAE s':>6s} {'ALMOND s':>8s} {'KS':>7s} {'W1':>7s} "
+        f"{'bars':>5s} {'target s':>8s} {'vs ref':>7s}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['experiment']:26s} {row['median_wall_s']:7.1f} {row['median_vae_s']:6.1f} "
-              f"{row['median_almond_s']:8.1f} {row['median_ks']:7.4f} {row['median_w1']:7.4f} "
-              f"{'met' if row['accurate'] else 'MISS':>5s} {row['time_target_s']:8.0f} "
-              + (f"{row['reference_s'] / row['median_wall_s']:6.1f}x" if row["reference_s"] else f"{'-':>7s}"))
+        print(
+            f"{row['experiment']:26s} {row['median_wall_s']:7.1f} {row['median_vae_s']:6.1f} "
+            f"{row['median_almond_s']:8.1f} {row['median_ks']:7.4f} {row['median_w1']:7.4f} "
+            f"{'met' if row['accurate'] else 'MISS':>5s} {row['time_target_s']:8.0f} "
+            + (f"{row['reference_s'] / row['median_wall_s']:6.1f}x" if row["reference_s"] else f"{'-':>7s}")
+        )
         if "median_lambda_l1" in row:
-            print(f"{'':26s} lambda_l1 {row['median_lambda_l1']:.4f}  beta_error {row['median_beta_error']:.4f}  "
-                  f"(bars: " + ", ".join(f"{key} <= {bar}" for key, bar in row["bars"].items()) + ")")
-    print(f"(medians over seeds {args.seeds}; threads={args.threads}; "
-          f"wall = the whole `almond train` process, start-up and scoring included)")
+            print(
+                f"{'':26s} lambda_l1 {row['median_lambda_l1']:.4f}  beta_error {row['median_beta_error']:.4f}  "
+                f"(bars: " + ", ".join(f"{key} <= {bar}" for key, bar in row["bars"].items()) + ")"
+            )
+    print(
+        f"(medians over seeds {args.seeds}; threads={args.threads}; "
+        f"wall = the whole `almond train` process, start-up and scoring included)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
     if not args.keep:

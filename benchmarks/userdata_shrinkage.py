@@ -14,7 +14,6 @@ Usage: python benchmarks/userdata_shrinkage.py [--seeds 1 2 3] [--work DIR] [--t
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 import time
@@ -65,9 +64,19 @@ def main() -> None:
         folder = args.work / f"seed{seed}"
         data_path, truth_path, x, mu = write_simulation(folder, seed)
         run_dir = folder / "run"
-        command = [ALMOND, "train", "data=file", f"data.path={data_path}", "data.columns=[x]",
-                   f"data.truth_path={truth_path}", "likelihood.sigma=1.0", f"seed={seed}",
-                   f"threads={args.threads}", "progress=quiet", f"hydra.run.dir={run_dir}"]
+        command = [
+            ALMOND,
+            "train",
+            "data=file",
+            f"data.path={data_path}",
+            "data.columns=[x]",
+            f"data.truth_path={truth_path}",
+            "likelihood.sigma=1.0",
+            f"seed={seed}",
+            f"threads={args.threads}",
+            "progress=quiet",
+            f"hydra.run.dir={run_dir}",
+        ]
         if args.quick:
             command += ["schedule.vae_epochs=200", "schedule.almond_epochs=200", "schedule.warmup_epochs=50"]
         started = time.perf_counter()
@@ -80,17 +89,34 @@ def main() -> None:
         result = sample(run_dir, what="posterior", out=str(folder / "posterior.csv"), seed=seed, threads=args.threads)
         sample_seconds = time.perf_counter() - started
         oracle = float(np.mean((oracle_posterior_mean(x) - mu) ** 2))
-        rows.append((seed, result["mse_posterior_mean"], result["mse_raw_x"], result["mse_normal_eb"], oracle,
-                     result["coverage"], train_seconds, sample_seconds))
-        print(f"seed {seed}: MSE almond posterior means {rows[-1][1]:.4f}, raw x {rows[-1][2]:.4f}, "
-              f"normal EB {rows[-1][3]:.4f}, oracle Bayes {oracle:.4f}", flush=True)
+        rows.append(
+            (
+                seed,
+                result["mse_posterior_mean"],
+                result["mse_raw_x"],
+                result["mse_normal_eb"],
+                oracle,
+                result["coverage"],
+                train_seconds,
+                sample_seconds,
+            )
+        )
+        print(
+            f"seed {seed}: MSE almond posterior means {rows[-1][1]:.4f}, raw x {rows[-1][2]:.4f}, "
+            f"normal EB {rows[-1][3]:.4f}, oracle Bayes {oracle:.4f}",
+            flush=True,
+        )
     print()
     print("exponential prior (scale 2), n = 1000, x = mu + N(0, 1), through data=file; MSE against the true mu")
-    print(f"{'seed':>4} {'almond post. mean':>18} {'raw x':>8} {'normal EB':>10} {'oracle Bayes':>13} "
-          f"{'90% cover':>10} {'train s':>8} {'sample s':>9}")
+    print(
+        f"{'seed':>4} {'almond post. mean':>18} {'raw x':>8} {'normal EB':>10} {'oracle Bayes':>13} "
+        f"{'90% cover':>10} {'train s':>8} {'sample s':>9}"
+    )
     for row in rows:
-        print(f"{row[0]:>4} {row[1]:>18.4f} {row[2]:>8.4f} {row[3]:>10.4f} {row[4]:>13.4f} {row[5]:>10.3f} "
-              f"{row[6]:>8.1f} {row[7]:>9.1f}")
+        print(
+            f"{row[0]:>4} {row[1]:>18.4f} {row[2]:>8.4f} {row[3]:>10.4f} {row[4]:>13.4f} {row[5]:>10.3f} "
+            f"{row[6]:>8.1f} {row[7]:>9.1f}"
+        )
     if len(rows) > 1:
         mean = np.mean(np.array([r[1:6] for r in rows]), axis=0)
         print(f"{'mean':>4} {mean[0]:>18.4f} {mean[1]:>8.4f} {mean[2]:>10.4f} {mean[3]:>13.4f} {mean[4]:>10.3f}")

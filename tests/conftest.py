@@ -18,8 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _find_mnist_dir() -> Path:
     """The shared MNIST 10k split: $ALMOND_MNIST_DIR, else ../shared/data/mnist from the repository or from
     the folder holding its worktree (a worktree at /work/wt/x finds /work/shared). Tests skip if it is absent."""
-    candidates = [os.environ.get("ALMOND_MNIST_DIR"), REPO_ROOT.parent / "shared" / "data" / "mnist",
-                  REPO_ROOT.parent.parent / "shared" / "data" / "mnist"]
+    candidates = [
+        os.environ.get("ALMOND_MNIST_DIR"),
+        REPO_ROOT.parent / "shared" / "data" / "mnist",
+        REPO_ROOT.parent.parent / "shared" / "data" / "mnist",
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
             return Path(candidate)
@@ -40,14 +43,18 @@ def almond_executable() -> str:
     return found
 
 
-def run_almond(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
-               check: bool = False) -> subprocess.CompletedProcess:
+def run_almond(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, check: bool = False
+) -> subprocess.CompletedProcess:
     """Runs ``almond *args`` in ``cwd`` and returns the finished process (text output captured)."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
-    process = subprocess.run([almond_executable(), *args], cwd=cwd, capture_output=True, text=True,
-                             timeout=timeout, env=full_env)
+    process = subprocess.run(
+        [almond_executable(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
     if check and process.returncode != 0:
-        raise AssertionError(f"almond {' '.join(args)} failed ({process.returncode}):\n{process.stdout}\n{process.stderr}")
+        raise AssertionError(
+            f"almond {' '.join(args)} failed ({process.returncode}):\n{process.stdout}\n{process.stderr}"
+        )
     return process
 
 

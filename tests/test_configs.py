@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from almond_cli.config import ConfigError, validate
 from almond_cli.errors import UsageError
-from conftest import compose_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -25,11 +25,21 @@ def test_the_default_is_the_papers_exponential_experiment():
     assert list(cfg.encoder.hidden_sizes) == [10] and list(cfg.decoder.hidden_sizes) == [10]
     assert cfg.decoder.activation == "softplus" and cfg.latent_dim == 1
     assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
-    assert (cfg.sampler.step_size, cfg.sampler.num_steps, cfg.sampler.burn_in, cfg.sampler.num_chains) == (0.01, 10, 9, 100)
+    assert (cfg.sampler.step_size, cfg.sampler.num_steps, cfg.sampler.burn_in, cfg.sampler.num_chains) == (
+        0.01,
+        10,
+        9,
+        100,
+    )
     schedule = cfg.schedule
     assert (schedule.vae_epochs, schedule.almond_epochs, schedule.warmup_epochs) == (1000, 1000, 100)
     assert (schedule.vae_lr, schedule.adam_lr, schedule.sgd_lr, schedule.sgd_momentum, schedule.weight_decay) == (
-        0.01, 0.01, 0.01, 0.1, 0.001)
+        0.01,
+        0.01,
+        0.01,
+        0.1,
+        0.001,
+    )
     assert schedule.vae_draws == 10 and schedule.batch_size is None
 
 
@@ -104,18 +114,21 @@ def test_paper_experiments_start_as_the_reference_implementation(experiment):
     assert cfg.encoder.init == "xavier_uniform" and cfg.decoder.init == "xavier_uniform"
 
 
-@pytest.mark.parametrize("override,key", [
-    ("sampler.step_size=-0.1", "sampler.step_size"),
-    ("sampler.num_chains=0", "sampler.num_chains"),
-    ("sampler.burn_in=10", "sampler.burn_in"),
-    ("sampler.num_steps=0", "sampler.num_steps"),
-    ("schedule.vae_lr=0", "schedule.vae_lr"),
-    ("decoder.activation=sigmoidish", "decoder.activation"),
-    ("decoder.hidden_sizes=[10,0]", "decoder.hidden_sizes"),
-    ("encoder.init=he_normal", "encoder.init"),
-    ("device=tpu", "device"),
-    ("evaluation.nll_prior_fraction=1.0", "evaluation.nll_prior_fraction"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("sampler.step_size=-0.1", "sampler.step_size"),
+        ("sampler.num_chains=0", "sampler.num_chains"),
+        ("sampler.burn_in=10", "sampler.burn_in"),
+        ("sampler.num_steps=0", "sampler.num_steps"),
+        ("schedule.vae_lr=0", "schedule.vae_lr"),
+        ("decoder.activation=sigmoidish", "decoder.activation"),
+        ("decoder.hidden_sizes=[10,0]", "decoder.hidden_sizes"),
+        ("encoder.init=he_normal", "encoder.init"),
+        ("device=tpu", "device"),
+        ("evaluation.nll_prior_fraction=1.0", "evaluation.nll_prior_fraction"),
+    ],
+)
 def test_validation_names_the_key(override, key):
     cfg = compose_config([override])
     with pytest.raises(ConfigError) as error:
@@ -129,9 +142,16 @@ def test_holdout_fraction_is_a_share_of_rows_below_one(data, tmp_path):
     from almond_cli.commands.cli import drop_default_experiment
 
     (tmp_path / "m.csv").write_text("y,x,z\n1,0.1,0.2\n2,0.3,0.4\n")
-    extra = {"file": [f"data.path={tmp_path / 'm.csv'}", "data.columns=[x]"], "glmm": ["likelihood=poisson_glmm"],
-             "glmm_file": ["likelihood=poisson_glmm", f"data.path={tmp_path / 'm.csv'}", "data.response=y",
-                           "data.random_effects=[z]"]}
+    extra = {
+        "file": [f"data.path={tmp_path / 'm.csv'}", "data.columns=[x]"],
+        "glmm": ["likelihood=poisson_glmm"],
+        "glmm_file": [
+            "likelihood=poisson_glmm",
+            f"data.path={tmp_path / 'm.csv'}",
+            "data.response=y",
+            "data.random_effects=[z]",
+        ],
+    }
     overrides = drop_default_experiment([f"data={data}", *extra.get(data, [])])
     assert compose_config(overrides).data.holdout_fraction == 0.0
     validate(compose_config(overrides + ["data.holdout_fraction=0.5"]))
@@ -147,8 +167,16 @@ def test_a_paper_preset_applies_to_your_own_file(experiment, tmp_path):
     data: an experiment pins its data only through its data option, which data=file replaces."""
     (tmp_path / "m.csv").write_text("x,se\n1.0,1.0\n2.0,0.5\n")
     published = compose_config([f"experiment={experiment}"])
-    mine = compose_config([f"experiment={experiment}", "data=file", f"data.path={tmp_path / 'm.csv'}",
-                         "data.columns=[x]", "data.sd_column=se", "likelihood=gaussian_hetero"])
+    mine = compose_config(
+        [
+            f"experiment={experiment}",
+            "data=file",
+            f"data.path={tmp_path / 'm.csv'}",
+            "data.columns=[x]",
+            "data.sd_column=se",
+            "likelihood=gaussian_hetero",
+        ]
+    )
     validate(mine)
     assert mine.data.name == "file" and "prior" not in mine.data
     for section in ("encoder", "decoder"):

@@ -13,9 +13,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "almond_cli"
 
 # Layer of each top-level part of the package: a module may import its own part and the parts of lower layers.
 LAYERS = {
-    "errors": 0, "atomic": 0,
+    "errors": 0,
+    "atomic": 0,
     "model": 1,
-    "data": 2, "langevin": 2,
+    "data": 2,
+    "langevin": 2,
     "tasks": 3,
     "config": 4,
     "training": 5,
@@ -43,7 +45,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -57,8 +59,11 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     paths = sorted(PACKAGE_ROOT.rglob("*.py"))
     known = {module_name(path) for path in paths}
-    return {module_name(path): imported_modules(path, known) for path in paths
-            if "configs" not in path.relative_to(PACKAGE_ROOT).parts}
+    return {
+        module_name(path): imported_modules(path, known)
+        for path in paths
+        if "configs" not in path.relative_to(PACKAGE_ROOT).parts
+    }
 
 
 def part_of(module: str) -> str:
@@ -76,7 +81,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(module)
         for imported in sorted(graph.get(module, ())):
             if colour.get(imported) == 1:
-                return stack[stack.index(imported):] + [imported]
+                return stack[stack.index(imported) :] + [imported]
             if colour.get(imported) == 0:
                 found = visit(imported)
                 if found:

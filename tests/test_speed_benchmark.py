@@ -27,11 +27,14 @@ class Wrapped(torch.nn.Module):
         self.decoder = decoder
 
 
-@pytest.mark.parametrize("decoder,latent_dim", [
-    (MLPDecoder(1, 1, [10]), 1),
-    (MLPDecoder(5, 5, [128, 256]), 5),
-    (ConvDecoder(3, 784, channels=[4, 6, 8], dense_units=32), 3),
-])
+@pytest.mark.parametrize(
+    "decoder,latent_dim",
+    [
+        (MLPDecoder(1, 1, [10]), 1),
+        (MLPDecoder(5, 5, [128, 256]), 5),
+        (ConvDecoder(3, 784, channels=[4, 6, 8], dense_units=32), 3),
+    ],
+)
 def test_forward_multiply_adds_match_torch_flop_counter(speed, decoder, latent_dim):
     """2 × the hooks' multiply-adds = the FLOPs torch counts for the decoder's forward (Linear and conv layers)."""
     z = torch.randn(7, latent_dim)

@@ -74,8 +74,10 @@ def task(cfg) -> float:
             raise
         _stop(str(error), 1)
     except Interrupted as stop:
-        message = (f"almond: stopped by signal {stop.signal_number}; checkpoint written to "
-                   f"{stop.checkpoint_path}. Resume with:\n  almond train resume={run_dir}")
+        message = (
+            f"almond: stopped by signal {stop.signal_number}; checkpoint written to "
+            f"{stop.checkpoint_path}. Resume with:\n  almond train resume={run_dir}"
+        )
         log.warning(message)
         print(message, file=sys.stderr)
         sys.exit(128 + stop.signal_number)

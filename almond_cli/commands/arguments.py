@@ -64,20 +64,37 @@ def optional_str(text: str):
 
 
 # Arguments several commands share.
-DEVICE = Argument(str, "auto", lambda v: None if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
-                  else f"must be auto, cpu, cuda or cuda:N, got {v!r}", "auto, cpu, cuda or cuda:N")
-THREADS = Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
-                   "CPU threads, an integer >= 1; null leaves torch's default")
+DEVICE = Argument(
+    str,
+    "auto",
+    lambda v: (
+        None
+        if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
+        else f"must be auto, cpu, cuda or cuda:N, got {v!r}"
+    ),
+    "auto, cpu, cuda or cuda:N",
+)
+THREADS = Argument(
+    optional_int,
+    None,
+    lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
+    "CPU threads, an integer >= 1; null leaves torch's default",
+)
 
 
 def parse_arguments(command: Command, args: list[str]) -> tuple[Path, dict]:
     """Splits ``<folder> key=value ...`` and checks every value; raises ``UsageError`` naming the key."""
     positional = [arg for arg in args if "=" not in arg]
     if len(positional) != 1:
-        what = f"no {command.folder}" if not positional else \
-            f"{len(positional)} positional arguments ({' '.join(positional)})"
-        raise UsageError(f"{command.name}: got {what}; give exactly one {command.folder} ({command.example}). "
-                         f"Usage: {command.usage()}")
+        what = (
+            f"no {command.folder}"
+            if not positional
+            else f"{len(positional)} positional arguments ({' '.join(positional)})"
+        )
+        raise UsageError(
+            f"{command.name}: got {what}; give exactly one {command.folder} ({command.example}). "
+            f"Usage: {command.usage()}"
+        )
     spec = command.arguments
     values = {key: argument.default for key, argument in spec.items()}
     for arg in args:
@@ -85,13 +102,16 @@ def parse_arguments(command: Command, args: list[str]) -> tuple[Path, dict]:
             continue
         key, text = arg.split("=", 1)
         if key not in spec:
-            raise UsageError(f"{command.name}: unknown argument '{key}'; it takes {', '.join(sorted(spec))}. "
-                             f"Usage: {command.usage()}")
+            raise UsageError(
+                f"{command.name}: unknown argument '{key}'; it takes {', '.join(sorted(spec))}. "
+                f"Usage: {command.usage()}"
+            )
         try:
             value = spec[key].parse(text)
         except ValueError:
-            raise UsageError(f"{command.name}: {key}={text!r} is not a valid value "
-                             f"({spec[key].help or 'see --help'})") from None
+            raise UsageError(
+                f"{command.name}: {key}={text!r} is not a valid value ({spec[key].help or 'see --help'})"
+            ) from None
         problem = spec[key].check(value)
         if problem:
             raise UsageError(f"{command.name}: {key} {problem}")

@@ -17,8 +17,21 @@ from ..errors import EXIT_USAGE, UsageError, fail
 
 CONFIG_MODULE = "almond_cli.configs"
 CONFIG_NAME = "train"
-HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                          "--experimental-rerun", "--info", "-i", "--cfg", "-c", "--package", "-p"}
+HYDRA_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+}
 
 
 def split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -74,14 +87,18 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         for override in parsed:
             key = override.key_or_group
             if override.is_add() and not key.startswith("hydra") and key.split("/")[0] not in CONFIG_GROUPS:
-                fail(f"{key}: '+{key}' adds a key that almond does not know, and it would be ignored. "
-                     f"Check the spelling, or drop the '+' to set an existing key (see `almond train --cfg job`).")
+                fail(
+                    f"{key}: '+{key}' adds a key that almond does not know, and it would be ignored. "
+                    f"Check the spelling, or drop the '+' to set an existing key (see `almond train --cfg job`)."
+                )
         for combination in combinations:
             try:
                 cfg = compose(CONFIG_NAME, overrides=combination)
             except Exception as error:
-                fail(f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
-                     f"the options of each group are the files in configs/<group>/)")
+                fail(
+                    f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
+                    f"the options of each group are the files in configs/<group>/)"
+                )
             try:
                 validate(cfg)
                 check_before_run(cfg, combination)
@@ -113,8 +130,10 @@ def run_train(args: list[str]) -> None:
     """``almond train``: checks the overrides, then runs the Hydra application with them."""
     flags, overrides = split_hydra_args(args)
     multirun = "--multirun" in flags or "-m" in flags
-    informational = any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
-                                                   "--shell-completion", "-sc"))
+    informational = any(
+        flag in flags
+        for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+    )
     overrides = drop_default_experiment(overrides)
     if not informational:
         try:
@@ -143,7 +162,9 @@ def drop_default_experiment(overrides: list[str]) -> list[str]:
     defaults are the same paper settings, so nothing else changes.
     """
     has_experiment = any(o.lstrip("+~").startswith("experiment=") for o in overrides)
-    chosen = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in DEFAULT_EXPERIMENT_GROUPS}
+    chosen = {
+        o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in DEFAULT_EXPERIMENT_GROUPS
+    }
     if not has_experiment and any(DEFAULT_EXPERIMENT_GROUPS[group] != option for group, option in chosen.items()):
         return [*overrides, "~experiment"]
     return overrides
@@ -193,19 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="almond",
         description="Fit deep latent-variable models with ALMOND (Qiu & Wang, JASA 2019). "
-                    "`almond COMMAND --help` lists a command's keys.",
+        "`almond COMMAND --help` lists a command's keys.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)",
-                   add_help=False)
-    sub.add_parser("evaluate", help="score a run again: almond evaluate <run folder> [k=... n_samples=... seed=...]",
-                   add_help=False)
-    sub.add_parser("sample", help="draw from a fitted run: almond sample <run folder> what=prior|posterior "
-                   "[n=... out=...]", add_help=False)
-    sub.add_parser("prior", help="the fitted prior as numbers: almond prior <run folder> [n=... grid=...]",
-                   add_help=False)
-    sub.add_parser("compare", help="a sweep's jobs sorted by the objective, also as CSV: "
-                   "almond compare <sweep folder> [csv=...]", add_help=False)
+    sub.add_parser("train", help="train a model: almond train [hydra overrides] (--multirun to sweep)", add_help=False)
+    sub.add_parser(
+        "evaluate",
+        help="score a run again: almond evaluate <run folder> [k=... n_samples=... seed=...]",
+        add_help=False,
+    )
+    sub.add_parser(
+        "sample",
+        help="draw from a fitted run: almond sample <run folder> what=prior|posterior [n=... out=...]",
+        add_help=False,
+    )
+    sub.add_parser(
+        "prior", help="the fitted prior as numbers: almond prior <run folder> [n=... grid=...]", add_help=False
+    )
+    sub.add_parser(
+        "compare",
+        help="a sweep's jobs sorted by the objective, also as CSV: almond compare <sweep folder> [csv=...]",
+        add_help=False,
+    )
     return parser
 
 

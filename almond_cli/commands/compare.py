@@ -91,8 +91,10 @@ def collect(sweep_dir: str | Path) -> list[JobRow]:
         raise UsageError(f"compare: {sweep_dir} is not a folder; give a sweep folder (outputs/multirun/DATE/TIME)")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise UsageError(f"compare: {sweep_dir} holds no Hydra job folders (no */{RunFolder.OVERRIDES}); "
-                         "give the folder a `almond train --multirun` printed as its sweep output")
+        raise UsageError(
+            f"compare: {sweep_dir} holds no Hydra job folders (no */{RunFolder.OVERRIDES}); "
+            "give the folder a `almond train --multirun` printed as its sweep output"
+        )
     rows = [read_job(sweep_dir, job) for job in jobs]
     return sorted(rows, key=lambda row: (not math.isfinite(row.objective), row.objective))
 
@@ -121,9 +123,15 @@ def write_csv(rows: list[JobRow], path: Path) -> None:
     writer = csv.writer(buffer)
     writer.writerow(["job", "status", "objective", *keys, *metrics])
     for row in rows:
-        writer.writerow([row.name, row.status, repr(row.objective) if math.isfinite(row.objective) else "inf",
-                         *[row.overrides.get(k, "") for k in keys], *[repr(row.metrics[m]) if m in row.metrics else ""
-                                                                     for m in metrics]])
+        writer.writerow(
+            [
+                row.name,
+                row.status,
+                repr(row.objective) if math.isfinite(row.objective) else "inf",
+                *[row.overrides.get(k, "") for k in keys],
+                *[repr(row.metrics[m]) if m in row.metrics else "" for m in metrics],
+            ]
+        )
     write_text_atomic(path, buffer.getvalue())
 
 
@@ -141,8 +149,13 @@ def render(rows: list[JobRow], sweep_dir: Path) -> Table:
         # fold rather than cut: a truncated metric name or number would be worse than a taller table
         table.add_column(name, justify="left" if name in ("job", "status", *keys) else "right", overflow="fold")
     for row in rows:
-        table.add_row(row.name, row.status, _cell(row.objective), *[row.overrides.get(k, "") for k in keys],
-                      *[_cell(row.metrics.get(m)) for m in metrics])
+        table.add_row(
+            row.name,
+            row.status,
+            _cell(row.objective),
+            *[row.overrides.get(k, "") for k in keys],
+            *[_cell(row.metrics.get(m)) for m in metrics],
+        )
     return table
 
 
@@ -162,8 +175,10 @@ def compare(sweep_dir: str | Path, csv_path: str | Path | None = None) -> list[J
     console.print(f"written {csv_path}")
     band = fitted_prior_band(rows, sweep_dir)
     if band is not None:
-        console.print(f"written {band} and {band.with_suffix('.png')}: the fitted CDFs of the finished jobs and "
-                      "their pointwise band")
+        console.print(
+            f"written {band} and {band.with_suffix('.png')}: the fitted CDFs of the finished jobs and "
+            "their pointwise band"
+        )
     return rows
 
 
@@ -195,8 +210,9 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
             z, u = pushforward_grid(run.model.decoder)
             curves[row.name] = ("exact", z, u)
         else:
-            draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), 10_000, torch.Generator().manual_seed(0),
-                                "cpu").double()
+            draws = prior_draws(
+                run.model.decoder, int(run.cfg.latent_dim), 10_000, torch.Generator().manual_seed(0), "cpu"
+            ).double()
             curves[row.name] = ("draws", None, draws)
     widths = {curve[2].shape[1] for curve in curves.values()}
     if len(curves) < 2 or len(widths) != 1:
@@ -220,15 +236,31 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
         stacked = torch.stack(cdfs)  # (jobs, grid)
         median, lower, upper = stacked.median(0).values, stacked.min(0).values, stacked.max(0).values
         for i in range(grid_size):
-            lines.append(",".join([str(p), f"{float(grid[i]):.8g}", f"{float(median[i]):.8g}", f"{float(lower[i]):.8g}",
-                                   f"{float(upper[i]):.8g}", *[f"{float(c[i]):.8g}" for c in cdfs]]))
+            lines.append(
+                ",".join(
+                    [
+                        str(p),
+                        f"{float(grid[i]):.8g}",
+                        f"{float(median[i]):.8g}",
+                        f"{float(lower[i]):.8g}",
+                        f"{float(upper[i]):.8g}",
+                        *[f"{float(c[i]):.8g}" for c in cdfs],
+                    ]
+                )
+            )
         figure_rows.append((p, grid, median, lower, upper, cdfs))
     path = sweep_dir / "compare_prior.csv"
     write_text_atomic(path, "\n".join(lines) + "\n")
     figure, axes = plt.subplots(1, len(figure_rows), figsize=(4.6 * len(figure_rows), 3.6), squeeze=False)
     for axis, (p, grid, median, lower, upper, cdfs) in zip(axes[0], figure_rows):
-        axis.fill_between(grid.numpy(), lower.numpy(), upper.numpy(), color="tab:blue", alpha=0.2,
-                          label=f"min–max of {len(cdfs)} jobs")
+        axis.fill_between(
+            grid.numpy(),
+            lower.numpy(),
+            upper.numpy(),
+            color="tab:blue",
+            alpha=0.2,
+            label=f"min–max of {len(cdfs)} jobs",
+        )
         for cdf in cdfs:
             axis.plot(grid.numpy(), cdf.numpy(), color="tab:blue", lw=0.6, alpha=0.6)
         axis.plot(grid.numpy(), median.numpy(), color="black", lw=1.4, label="pointwise median")
@@ -240,9 +272,13 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
     return path
 
 
-COMMAND = Command("compare", "sweep folder", "outputs/multirun/DATE/TIME",
-                  "One row per job of a sweep, best objective first (ALMOND's w1 where the truth is known, else its "
-                  "test_nll), as a table (the keys that vary between jobs) and as CSV (every key); with two or more "
-                  "finished jobs also their fitted prior CDFs and pointwise band (compare_prior.csv and .png).",
-                  {"csv": Argument(optional_str, None, help="where the CSV goes; null: <sweep folder>/compare.csv")},
-                  lambda sweep_dir, csv: compare(sweep_dir, csv))
+COMMAND = Command(
+    "compare",
+    "sweep folder",
+    "outputs/multirun/DATE/TIME",
+    "One row per job of a sweep, best objective first (ALMOND's w1 where the truth is known, else its "
+    "test_nll), as a table (the keys that vary between jobs) and as CSV (every key); with two or more "
+    "finished jobs also their fitted prior CDFs and pointwise band (compare_prior.csv and .png).",
+    {"csv": Argument(optional_str, None, help="where the CSV goes; null: <sweep folder>/compare.csv")},
+    lambda sweep_dir, csv: compare(sweep_dir, csv),
+)

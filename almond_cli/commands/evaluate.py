@@ -23,8 +23,12 @@ from ..training.run_folder import RunFolder, load_run
 from .arguments import DEVICE, THREADS, Argument, Command, at_least, optional_int
 
 ARGUMENTS = {
-    "k": Argument(optional_int, None, lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
-                  "importance samples per data point, an integer >= 1; default: the run's evaluation.nll_samples"),
+    "k": Argument(
+        optional_int,
+        None,
+        lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
+        "importance samples per data point, an integer >= 1; default: the run's evaluation.nll_samples",
+    ),
     "n_samples": Argument(int, None, at_least(100), "draws of u = h(z) for the distribution metrics, >= 100"),
     "seed": Argument(int, None, help="seed of the evaluation draws, an integer"),
     "device": DEVICE,
@@ -32,8 +36,14 @@ ARGUMENTS = {
 }
 
 
-def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, seed: int | None = None,
-             device: str = "auto", threads: int | None = None) -> tuple[Path, dict]:
+def evaluate(
+    run_dir: Path,
+    k: int | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> tuple[Path, dict]:
     """Scores ``run_dir`` again into ``run_dir/eval/<timestamp>/``; returns that folder and the summary."""
     run = load_run("evaluate", run_dir, device, threads)
     cfg = run.cfg
@@ -47,10 +57,14 @@ def evaluate(run_dir: Path, k: int | None = None, n_samples: int | None = None, 
     vae_model = run.vae_model()
     summary = run.summary(task, vae_model)
     position = run.position
-    summary["evaluation"] = {"checkpoint": str(run.checkpoint_path), "phase": str(position.phase),
-                             "almond_epochs_done": position.epoch if position.phase != "vae" else 0,
-                             "k": int(cfg.evaluation.nll_samples), "n_samples": int(cfg.evaluation.num_draws),
-                             "seed": int(cfg.evaluation.seed)}
+    summary["evaluation"] = {
+        "checkpoint": str(run.checkpoint_path),
+        "phase": str(position.phase),
+        "almond_epochs_done": position.epoch if position.phase != "vae" else 0,
+        "k": int(cfg.evaluation.nll_samples),
+        "n_samples": int(cfg.evaluation.num_draws),
+        "seed": int(cfg.evaluation.seed),
+    }
     folder = run.folder.new_output_folder(RunFolder.EVAL)
     write_text_atomic(folder / RunFolder.SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_text_atomic(folder / RunFolder.CONFIG_NAME, OmegaConf.to_yaml(cfg, resolve=True))
@@ -63,16 +77,26 @@ def run(run_dir: Path, **values) -> None:
     """``almond evaluate``: evaluates and prints the summary table."""
     folder, summary = evaluate(run_dir, **values)
     if summary["evaluation"]["phase"] != "done":
-        print(f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
-              "these are the scores of its last checkpoint")
+        print(
+            f"almond: note: the run stopped in its {summary['evaluation']['phase']} phase; "
+            "these are the scores of its last checkpoint"
+        )
     print_summary(summary, folder)
     if "train_nll" in summary["almond"]:
-        print(f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
-              f"draws from the encoder mixed with the prior (nats, ± standard error)")
+        print(
+            f"train_nll: importance-sampled −log p(x) per data point with k={summary['evaluation']['k']} "
+            f"draws from the encoder mixed with the prior (nats, ± standard error)"
+        )
     print(f"written to {folder}")
 
 
-COMMAND = Command("evaluate", "run folder", "outputs/DATE/TIME",
-                  "Reloads the run's newest checkpoint and writes the summary metrics and figures again into "
-                  f"<run folder>/{RunFolder.EVAL}/<timestamp>/, leaving the run's own files as they are. With the "
-                  f"defaults the scores equal the run's own {RunFolder.SUMMARY}.", ARGUMENTS, run)
+COMMAND = Command(
+    "evaluate",
+    "run folder",
+    "outputs/DATE/TIME",
+    "Reloads the run's newest checkpoint and writes the summary metrics and figures again into "
+    f"<run folder>/{RunFolder.EVAL}/<timestamp>/, leaving the run's own files as they are. With the "
+    f"defaults the scores equal the run's own {RunFolder.SUMMARY}.",
+    ARGUMENTS,
+    run,
+)

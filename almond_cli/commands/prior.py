@@ -25,8 +25,13 @@ from ..training.run_folder import RunFolder, load_run
 from .arguments import DEVICE, THREADS, Argument, Command, at_least
 
 ARGUMENTS = {
-    "n": Argument(int, 10_000, at_least(100), "draws of u = h(z) for the dependence of coordinates (and the marginals "
-                                                "when the latent has d >= 2), an integer >= 100"),
+    "n": Argument(
+        int,
+        10_000,
+        at_least(100),
+        "draws of u = h(z) for the dependence of coordinates (and the marginals "
+        "when the latent has d >= 2), an integer >= 100",
+    ),
     "grid": Argument(int, 1001, at_least(11), "points of the u grid per coordinate in prior.csv, an integer >= 11"),
     "seed": Argument(int, 0, help="seed of the draws, an integer"),
     "device": DEVICE,
@@ -63,34 +68,55 @@ def prior_figure(result: dict, truth, path: Path) -> None:
     save_figure(figure, path)
 
 
-def prior(run_dir: Path, n: int = 10_000, grid: int = 1001, seed: int = 0, device: str = "auto",
-          threads: int | None = None) -> Path:
+def prior(
+    run_dir: Path, n: int = 10_000, grid: int = 1001, seed: int = 0, device: str = "auto", threads: int | None = None
+) -> Path:
     """Writes the fitted prior of ``run_dir`` into ``<run>/prior/<timestamp>/``; returns that folder."""
     run = load_run("prior", run_dir, device, threads)
     latent_dim = int(run.cfg.latent_dim)
     draws = prior_draws(run.model.decoder, latent_dim, n, torch.Generator().manual_seed(seed), run.device)
     result = summarise_prior(run.model.decoder, latent_dim, draws, grid, run.device)
     folder = run.folder.new_output_folder(RunFolder.PRIOR)
-    write_text_atomic(folder / "prior.csv", _csv(["coordinate", "u", "density", "cdf"],
-                                                 [(p, f"{u:.8g}", f"{d:.8g}", f"{c:.8g}") for p, u, d, c in result["grid"]]))
+    write_text_atomic(
+        folder / "prior.csv",
+        _csv(
+            ["coordinate", "u", "density", "cdf"],
+            [(p, f"{u:.8g}", f"{d:.8g}", f"{c:.8g}") for p, u, d, c in result["grid"]],
+        ),
+    )
     keys = list(result["summary"][0])
-    write_text_atomic(folder / "prior_summary.csv", _csv(keys, [[row[k] if isinstance(row[k], str) else f"{row[k]:.8g}"
-                                                                  for k in keys] for row in result["summary"]]))
+    write_text_atomic(
+        folder / "prior_summary.csv",
+        _csv(
+            keys, [[row[k] if isinstance(row[k], str) else f"{row[k]:.8g}" for k in keys] for row in result["summary"]]
+        ),
+    )
     if result["dependence"]:
         keys = list(result["dependence"][0])
-        write_text_atomic(folder / "prior_dependence.csv", _csv(keys, [[f"{row[k]:.8g}" for k in keys]
-                                                                       for row in result["dependence"]]))
+        write_text_atomic(
+            folder / "prior_dependence.csv",
+            _csv(keys, [[f"{row[k]:.8g}" for k in keys] for row in result["dependence"]]),
+        )
     truth = run.dataset.prior
-    prior_figure(result, truth if truth is not None and hasattr(truth, "pdf") else None, folder / "figures" / "prior.png")
+    prior_figure(
+        result, truth if truth is not None and hasattr(truth, "pdf") else None, folder / "figures" / "prior.png"
+    )
     for row in result["summary"]:
-        print(f"u{row['coordinate']}: mean {row['mean']:.4f}, sd {row['sd']:.4f}, skewness {row['skewness']:.3f}, "
-              f"median {row['q50']:.4f}, 90% interval [{row['q5']:.4f}, {row['q95']:.4f}] ({row['method']})")
+        print(
+            f"u{row['coordinate']}: mean {row['mean']:.4f}, sd {row['sd']:.4f}, skewness {row['skewness']:.3f}, "
+            f"median {row['q50']:.4f}, 90% interval [{row['q5']:.4f}, {row['q95']:.4f}] ({row['method']})"
+        )
     print(f"written to {folder}")
     return folder
 
 
-COMMAND = Command("prior", "run folder", "outputs/DATE/TIME",
-                  "Writes the fitted prior of u = h(z) as numbers into <run folder>/prior/<timestamp>/: prior.csv "
-                  "(density and CDF on a grid), prior_summary.csv (mean, sd, skewness, quantiles), "
-                  "prior_dependence.csv (correlations and Kendall's tau of coordinate pairs) and figures/prior.png.",
-                  ARGUMENTS, prior)
+COMMAND = Command(
+    "prior",
+    "run folder",
+    "outputs/DATE/TIME",
+    "Writes the fitted prior of u = h(z) as numbers into <run folder>/prior/<timestamp>/: prior.csv "
+    "(density and CDF on a grid), prior_summary.csv (mean, sd, skewness, quantiles), "
+    "prior_dependence.csv (correlations and Kendall's tau of coordinate pairs) and figures/prior.png.",
+    ARGUMENTS,
+    prior,
+)

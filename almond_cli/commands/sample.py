@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,12 @@ from ..training.schedules import langevin_step_size
 from .arguments import DEVICE, THREADS, Argument, Command, at_least, boolean, positive
 
 ARGUMENTS = {
-    "what": Argument(str, None, lambda v: None if v in ("prior", "posterior") else
-                     f"must be prior or posterior, got {v!r}", "prior or posterior"),
+    "what": Argument(
+        str,
+        None,
+        lambda v: None if v in ("prior", "posterior") else f"must be prior or posterior, got {v!r}",
+        "prior or posterior",
+    ),
     "n": Argument(int, 10_000, at_least(1), "number of prior draws, an integer >= 1"),
     "out": Argument(str, None, help="output file: .npy or .csv for prior draws, .csv for the posterior summary"),
     "draws_out": Argument(str, None, help="optional .npy file for all posterior draws, shape (rows, draws, P)"),
@@ -52,18 +55,32 @@ ARGUMENTS = {
     "thin": Argument(int, 10, at_least(1), "Langevin steps between kept draws, an integer >= 1"),
     "burn_in": Argument(int, 200, at_least(0), "Langevin steps before the first kept draw, an integer >= 0"),
     "step_size": Argument(float, None, positive, "Langevin step size > 0; None = the run's final training step size"),
-    "level": Argument(float, 0.9, lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
-                      "central interval probability in (0, 1)"),
+    "level": Argument(
+        float,
+        0.9,
+        lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}",
+        "central interval probability in (0, 1)",
+    ),
     "device": DEVICE,
     "threads": THREADS,
 }
 
 
 # ----- drawing -----------------------------------------------------------------------------------------------------
-def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thin: int, burn_in: int,
-                    step_size: float, generator: torch.Generator, start: torch.Tensor | None = None,
-                    max_particles: int = 200_000, settings: SamplerSettings = SamplerSettings(),
-                    unit_index: torch.Tensor | None = None) -> torch.Tensor:
+def posterior_draws(
+    model,
+    x: torch.Tensor,
+    num_chains: int,
+    num_draws: int,
+    thin: int,
+    burn_in: int,
+    step_size: float,
+    generator: torch.Generator,
+    start: torch.Tensor | None = None,
+    max_particles: int = 200_000,
+    settings: SamplerSettings = SamplerSettings(),
+    unit_index: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Langevin draws of u = h(z) from p(z | x_i) for every row (every unit: p(z | its rows) where ``unit_index``
     groups rows in units), by ``sampler.run`` under the target training used.
 
@@ -101,12 +118,12 @@ def posterior_draws(model, x: torch.Tensor, num_chains: int, num_draws: int, thi
         for first in range(0, x.shape[0] if unit_rows is None else unit_rows.num_units, rows):
             units = None  # every row its own unit
             if unit_rows is None:
-                batch = x[first:first + rows]
+                batch = x[first : first + rows]
             else:  # a chunk of units with all their rows
                 picked, units = unit_rows.of(torch.arange(first, min(first + rows, unit_rows.num_units)))
                 batch, units = x[picked.to(x.device)], units.to(x.device)
             if start is not None:
-                z = start[first:first + rows, :num_chains].to(x.device)
+                z = start[first : first + rows, :num_chains].to(x.device)
             else:
                 with torch.no_grad():
                     z = model.sample_posterior_approx(batch, num_chains, generator, units)
@@ -185,8 +202,13 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     values, row_columns = likelihood.split_row(x)
     observed = _names(dataset, values.shape[1])
     num_latent = stats["mean"].shape[1]
-    suffixes = [""] if num_latent == 1 else [f"_{name}" for name in observed] if len(observed) == num_latent \
+    suffixes = (
+        [""]
+        if num_latent == 1
+        else [f"_{name}" for name in observed]
+        if len(observed) == num_latent
         else [f"_{j}" for j in range(num_latent)]
+    )
     tail = 100 * (1 - level) / 2
     lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
     ids = dataset.ids
@@ -251,19 +273,27 @@ def check_output_file(key: str, path: str, run, overwrite: bool) -> Path:
     """Where ``out=`` / ``draws_out=`` may write: never over the run's data files, never inside the run folder
     (except its own ``samples/``), and over an existing file only with ``overwrite=true``."""
     target = Path(path).expanduser().resolve()
-    data_files = {Path(str(value)).expanduser().resolve() for value in
-                  (run.cfg.data.get("path"), run.cfg.data.get("truth_path"), run.dataset.source) if value}
+    data_files = {
+        Path(str(value)).expanduser().resolve()
+        for value in (run.cfg.data.get("path"), run.cfg.data.get("truth_path"), run.dataset.source)
+        if value
+    }
     if target in data_files:
-        raise UsageError(f"sample: {key}={path} is a data file of the run {run.run_dir}; almond sample never writes "
-                         "over a run's data (resume, evaluate and sample would refuse the changed data): choose "
-                         "another file")
+        raise UsageError(
+            f"sample: {key}={path} is a data file of the run {run.run_dir}; almond sample never writes "
+            "over a run's data (resume, evaluate and sample would refuse the changed data): choose "
+            "another file"
+        )
     if target.is_relative_to(run.run_dir) and not target.is_relative_to(run.folder.samples):
-        raise UsageError(f"sample: {key}={path} is inside the run folder {run.run_dir}, which only almond train "
-                         f"writes; leave out= out to write into its {RunFolder.SAMPLES}/ folder, or choose a path "
-                         "outside it")
+        raise UsageError(
+            f"sample: {key}={path} is inside the run folder {run.run_dir}, which only almond train "
+            f"writes; leave out= out to write into its {RunFolder.SAMPLES}/ folder, or choose a path "
+            "outside it"
+        )
     if target.exists() and not overwrite:
-        raise UsageError(f"sample: {key}={path} exists; almond sample never replaces a file unless you add "
-                         "overwrite=true")
+        raise UsageError(
+            f"sample: {key}={path} exists; almond sample never replaces a file unless you add overwrite=true"
+        )
     if target.is_dir():
         raise UsageError(f"sample: {key}={path} is a folder; give a file name")
     return target
@@ -276,14 +306,29 @@ def _output_path(out: str | None, run, default_name: str) -> Path:
 
 
 # ----- the command -------------------------------------------------------------------------------------------------
-def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | None = None,
-           draws_out: str | None = None, overwrite: bool = False, seed: int = 0, num_chains: int = 20, num_draws: int = 100, thin: int = 10,
-           burn_in: int = 200, step_size: float | None = None, level: float = 0.9, device: str = "auto",
-           threads: int | None = None) -> dict:
+def sample(
+    run_dir: Path,
+    what: str | None = None,
+    n: int = 10_000,
+    out: str | None = None,
+    draws_out: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    num_chains: int = 20,
+    num_draws: int = 100,
+    thin: int = 10,
+    burn_in: int = 200,
+    step_size: float | None = None,
+    level: float = 0.9,
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
     """Runs ``almond sample`` and returns what it printed as numbers (see module docstring)."""
     if what is None:
-        raise UsageError("sample: what= is required: what=prior (draws of u = h(z)) or what=posterior "
-                         "(per-row posterior draws and shrinkage estimates)")
+        raise UsageError(
+            "sample: what= is required: what=prior (draws of u = h(z)) or what=posterior "
+            "(per-row posterior draws and shrinkage estimates)"
+        )
     suffixes = (".npy", ".csv") if what == "prior" else (".csv",)
     if out is not None and Path(out).suffix.lower() not in suffixes:
         raise UsageError(f"sample: out={out} must end in {' or '.join(suffixes)} for what={what}")
@@ -294,8 +339,9 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
         if path is not None:
             check_output_file(key, path, run, overwrite)
     if what == "prior":
-        draws = prior_draws(run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed),
-                            run.device).numpy()
+        draws = prior_draws(
+            run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed), run.device
+        ).numpy()
         path = _output_path(out, run, "prior.npy")
         if path.suffix.lower() == ".csv":
             header = ",".join(["u"] if draws.shape[1] == 1 else [f"u{j}" for j in range(draws.shape[1])])
@@ -304,15 +350,29 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
             write_text_atomic(path, text.getvalue())
         else:
             _save_array(path, draws)
-        result = {"what": "prior", "path": str(path), "n": n, "mean": draws.mean(0).tolist(), "sd": draws.std(0).tolist()}
+        result = {
+            "what": "prior",
+            "path": str(path),
+            "n": n,
+            "mean": draws.mean(0).tolist(),
+            "sd": draws.std(0).tolist(),
+        }
         print(f"{n} draws of u = h(z) from the learned latent distribution -> {path}")
-        print("mean " + ", ".join(f"{v:.4f}" for v in result["mean"]) + "; sd " + ", ".join(f"{v:.4f}" for v in result["sd"]))
+        print(
+            "mean "
+            + ", ".join(f"{v:.4f}" for v in result["mean"])
+            + "; sd "
+            + ", ".join(f"{v:.4f}" for v in result["sd"])
+        )
         return result
     settings = sampler_settings(run.cfg.sampler)  # the run's sampler: its method, precision and table
     if step_size is None:
         position = run.payload["position"]
-        step_size = langevin_step_size(settings, max(position["epoch"] - 1, 0)) \
-            if position["phase"] != Phase.VAE else settings.step_size
+        step_size = (
+            langevin_step_size(settings, max(position["epoch"] - 1, 0))
+            if position["phase"] != Phase.VAE
+            else settings.step_size
+        )
     chains = run.payload.get("chains")
     start = None
     if chains is not None:  # the training chains sit near the posterior already; tile them to num_chains
@@ -321,12 +381,25 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     x = run.dataset.x.to(run.device)
     generator = torch.Generator(device=run.device).manual_seed(seed)
     grouped = run.dataset.unit_index is not None  # rows grouped in units: one posterior (and CSV line) per unit
-    draws = posterior_draws(run.model, x, num_chains, num_draws, thin, burn_in, step_size, generator, start,
-                            settings=settings, unit_index=run.dataset.unit_index)
+    draws = posterior_draws(
+        run.model,
+        x,
+        num_chains,
+        num_draws,
+        thin,
+        burn_in,
+        step_size,
+        generator,
+        start,
+        settings=settings,
+        unit_index=run.dataset.unit_index,
+    )
     if not within_prior_range(draws):
-        raise UsageError(f"sample: the Langevin chains diverged with step_size={step_size:.3g} (a draw is non-finite "
-                         f"or beyond |z| = {ESCAPE_BOUND:g}); "
-                         f"retry with a smaller step_size (for example {step_size / 10:.3g})")
+        raise UsageError(
+            f"sample: the Langevin chains diverged with step_size={step_size:.3g} (a draw is non-finite "
+            f"or beyond |z| = {ESCAPE_BOUND:g}); "
+            f"retry with a smaller step_size (for example {step_size / 10:.3g})"
+        )
     stats = summarise(draws, level)
     likelihood = run.model.likelihood
     if likelihood.mean_name is not None:  # the rate or probability itself: E[exp(u) | x], E[sigmoid(u) | x]
@@ -335,10 +408,16 @@ def sample(run_dir: Path, what: str | None = None, n: int = 10_000, out: str | N
     write_text_atomic(path, (unit_posterior_csv if grouped else posterior_csv)(run.dataset, likelihood, stats, level))
     if draws_out is not None:
         _save_array(Path(draws_out).expanduser(), draws.numpy())
-    result = {"what": "posterior", "path": str(path), "rows": int(draws.shape[0]), "draws_per_row": int(draws.shape[1]),
-              "step_size": step_size, "level": level,
-              "mean_interval_width": float((stats["upper"] - stats["lower"]).mean()),
-              "started_from": "the run's persistent chains" if start is not None else "the encoder"}
+    result = {
+        "what": "posterior",
+        "path": str(path),
+        "rows": int(draws.shape[0]),
+        "draws_per_row": int(draws.shape[1]),
+        "step_size": step_size,
+        "level": level,
+        "mean_interval_width": float((stats["upper"] - stats["lower"]).mean()),
+        "started_from": "the run's persistent chains" if start is not None else "the encoder",
+    }
     if run.dataset.truth is not None and not grouped:  # the truth is per row
         truth = run.dataset.truth.double()
         result.update(comparison(run.dataset, likelihood, stats["mean"]))
@@ -369,30 +448,43 @@ def posterior_convergence(draws: torch.Tensor, num_chains: int) -> dict[str, flo
         ess.append(min(ess_bulk(chains[i, :, :, p]) for p in range(width)))
         rhat.append(max(rank_rhat(chains[i, :, :, p]) for p in range(width)))
     ess_values = torch.tensor(ess, dtype=torch.float64)
-    return {"ess_bulk_min": float(ess_values.min()), "ess_bulk_median": float(ess_values.median()),
-            "rhat_max": float(max(rhat)), "low_ess_rows": int((ess_values < LOW_ESS).sum())}
+    return {
+        "ess_bulk_min": float(ess_values.min()),
+        "ess_bulk_median": float(ess_values.median()),
+        "rhat_max": float(max(rhat)),
+        "low_ess_rows": int((ess_values < LOW_ESS).sum()),
+    }
 
 
-def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num_draws: int, thin: int,
-                            burn_in: int) -> None:
+def print_posterior_summary(
+    run, stats: dict, result: dict, num_chains: int, num_draws: int, thin: int, burn_in: int
+) -> None:
     """The shrinkage summary: a few rows, the spread of the estimates, and the MSE comparison if known."""
     console = Console(force_terminal=False, width=110)
     likelihood = run.model.likelihood
     x = run.dataset.x.double()
     values = likelihood.observations(x)
-    console.print(f"posterior of u for {result['rows']} rows: {num_chains} chains x {num_draws} draws per row "
-                  f"(burn-in {burn_in} steps, thin {thin}, step size {result['step_size']:.3g}, started from "
-                  f"{result['started_from']}) -> {result['path']}")
-    console.print(f"effective sample size per row (bulk, Vehtari et al. 2021): min {result['ess_bulk_min']:.0f}, "
-                  f"median {result['ess_bulk_median']:.0f} of {result['draws_per_row']} draws; rank-normalised "
-                  f"split-R-hat max {result['rhat_max']:.3f}")
+    console.print(
+        f"posterior of u for {result['rows']} rows: {num_chains} chains x {num_draws} draws per row "
+        f"(burn-in {burn_in} steps, thin {thin}, step size {result['step_size']:.3g}, started from "
+        f"{result['started_from']}) -> {result['path']}"
+    )
+    console.print(
+        f"effective sample size per row (bulk, Vehtari et al. 2021): min {result['ess_bulk_min']:.0f}, "
+        f"median {result['ess_bulk_median']:.0f} of {result['draws_per_row']} draws; rank-normalised "
+        f"split-R-hat max {result['rhat_max']:.3f}"
+    )
     if result["low_ess_rows"]:
-        console.print(f"almond: warning: {result['low_ess_rows']} row(s) have fewer than {LOW_ESS} effective draws, so "
-                      "their posterior sd and interval are noisy: raise num_draws or thin (or num_chains)")
+        console.print(
+            f"almond: warning: {result['low_ess_rows']} row(s) have fewer than {LOW_ESS} effective draws, so "
+            "their posterior sd and interval are noisy: raise num_draws or thin (or num_chains)"
+        )
     if result["rhat_max"] > RHAT_ALARM:
-        console.print(f"almond: warning: the chains of some rows disagree (R-hat {result['rhat_max']:.3f} > "
-                      f"{RHAT_ALARM}): "
-                      "raise burn_in and thin, or choose a step_size that lets them move (larger if they barely move, smaller if they diverge)")
+        console.print(
+            f"almond: warning: the chains of some rows disagree (R-hat {result['rhat_max']:.3f} > "
+            f"{RHAT_ALARM}): "
+            "raise burn_in and thin, or choose a step_size that lets them move (larger if they barely move, smaller if they diverge)"
+        )
     level = result["level"]
     if stats["mean"].shape[1] == 1 and values.shape[1] == 1 and run.dataset.unit_index is None:
         scale = {"prob": " (u is a logit)", "rate": " (u is a log-rate)"}.get(likelihood.mean_name, "")
@@ -402,25 +494,40 @@ def print_posterior_summary(run, stats: dict, result: dict, num_chains: int, num
             table.add_column(name, justify="right")
         rows = run.dataset.rows()
         for i in range(min(5, values.shape[0])):
-            table.add_row(str(rows[i]), f"{float(values[i, 0]):.3f}", f"{float(stats['mean'][i, 0]):.3f}",
-                          f"{float(stats['sd'][i, 0]):.3f}",
-                          f"[{float(stats['lower'][i, 0]):.3f}, {float(stats['upper'][i, 0]):.3f}]")
+            table.add_row(
+                str(rows[i]),
+                f"{float(values[i, 0]):.3f}",
+                f"{float(stats['mean'][i, 0]):.3f}",
+                f"{float(stats['sd'][i, 0]):.3f}",
+                f"[{float(stats['lower'][i, 0]):.3f}, {float(stats['upper'][i, 0]):.3f}]",
+            )
         console.print(table)
         if likelihood.noise_sd(x) is not None:
-            console.print(f"shrinkage: the posterior means spread with sd {float(stats['mean'].std()):.3f}, the raw x "
-                          f"with sd {float(values.std()):.3f}; mean {100 * level:g}% interval width "
-                          f"{result['mean_interval_width']:.3f}")
+            console.print(
+                f"shrinkage: the posterior means spread with sd {float(stats['mean'].std()):.3f}, the raw x "
+                f"with sd {float(values.std()):.3f}; mean {100 * level:g}% interval width "
+                f"{result['mean_interval_width']:.3f}"
+            )
     if "mse_posterior_mean" in result:
         console.print(f"mean squared error against the true values ({result['rows']} rows):")
-        labels = {"mse_posterior_mean": "posterior means (almond)", "mse_raw_x": "raw x",
-                  "mse_normal_eb": "normal empirical Bayes (James-Stein)"}
+        labels = {
+            "mse_posterior_mean": "posterior means (almond)",
+            "mse_raw_x": "raw x",
+            "mse_normal_eb": "normal empirical Bayes (James-Stein)",
+        }
         for key, label in labels.items():
             if key in result:
                 console.print(f"  {label:<40s} {result[key]:.4f}")
         console.print(f"  {100 * level:g}% interval coverage of the true values: {result['coverage']:.3f}")
 
 
-COMMAND = Command("sample", "run folder", "outputs/DATE/TIME",
-                  "Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); "
-                  "what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out "
-                  "(.csv).", ARGUMENTS, sample)
+COMMAND = Command(
+    "sample",
+    "run folder",
+    "outputs/DATE/TIME",
+    "Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); "
+    "what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out "
+    "(.csv).",
+    ARGUMENTS,
+    sample,
+)

@@ -92,8 +92,9 @@ class ShiftedGamma(Prior):
         return self.shift, float(self.icdf(torch.tensor(1.0 - 1e-10))) + self.scale
 
 
-def clayton_random_effects(n: int, dim: int, theta: float, marginal: ShiftedGamma,
-                           generator: torch.Generator) -> Tensor:
+def clayton_random_effects(
+    n: int, dim: int, theta: float, marginal: ShiftedGamma, generator: torch.Generator
+) -> Tensor:
     """u_i = F^{-1}(U_i) with U_i from the Clayton copula and F the marginal: (n, dim) float64."""
     return marginal.icdf(clayton_uniforms(n, dim, theta, generator))
 

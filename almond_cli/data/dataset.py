@@ -61,10 +61,13 @@ class Dataset:
     def __post_init__(self):
         if self.unit_index is not None:
             if self.unit_index.shape != (self.x.shape[0],) or self.unit_index.dtype != torch.long:
-                raise ValueError(f"unit_index must be a long tensor of shape ({self.x.shape[0]},), got "
-                                 f"{self.unit_index.dtype} {tuple(self.unit_index.shape)}")
-            if self.unit_index.numel() and (int(self.unit_index.min()) < 0
-                                            or bool((torch.bincount(self.unit_index) == 0).any())):
+                raise ValueError(
+                    f"unit_index must be a long tensor of shape ({self.x.shape[0]},), got "
+                    f"{self.unit_index.dtype} {tuple(self.unit_index.shape)}"
+                )
+            if self.unit_index.numel() and (
+                int(self.unit_index.min()) < 0 or bool((torch.bincount(self.unit_index) == 0).any())
+            ):
                 raise ValueError("unit_index must number the units 0..U-1, each with at least one row")
 
     @property
@@ -102,8 +105,11 @@ class Dataset:
 
     def arrays(self) -> dict[str, Tensor]:
         """The arrays a fit depends on, by name: what ``fingerprint`` hashes."""
-        return {name: array for name, array in (("x", self.x), ("truth", self.truth), ("unit_index", self.unit_index))
-                if array is not None}
+        return {
+            name: array
+            for name, array in (("x", self.x), ("truth", self.truth), ("unit_index", self.unit_index))
+            if array is not None
+        }
 
     def select(self, rows: Tensor) -> Dataset:
         """The data set of ``rows`` (indices into these rows), in that order: every per-row field follows, and the
@@ -116,10 +122,16 @@ class Dataset:
             kept, unit_index = torch.unique(self.unit_index[rows], sorted=True, return_inverse=True)
             unit_labels = self.units()
             units = {"unit_index": unit_index, "unit_labels": [unit_labels[i] for i in kept.tolist()]}
-        return replace(self, x=self.x[rows], truth=None if self.truth is None else self.truth[rows],
-                       row_labels=[labels[i] for i in picked],
-                       ids=None if self.ids is None else [self.ids[i] for i in picked],
-                       heldout=None, read_fingerprint=None, **units)
+        return replace(
+            self,
+            x=self.x[rows],
+            truth=None if self.truth is None else self.truth[rows],
+            row_labels=[labels[i] for i in picked],
+            ids=None if self.ids is None else [self.ids[i] for i in picked],
+            heldout=None,
+            read_fingerprint=None,
+            **units,
+        )
 
     def select_units(self, units: Tensor) -> Dataset:
         """The data set of ``units`` (indices into these units) with all their rows, in the order of the units'
@@ -203,16 +215,25 @@ def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
     now = dataset.fingerprint()
     if now["sha256"] == saved["sha256"]:
         return
-    differences = [f"{name} has shape {tuple(now['shapes'].get(name, ()))}, the run's had "
-                   f"{tuple(saved['shapes'].get(name, ()))}" for name in sorted(set(now["shapes"]) | set(saved["shapes"]))
-                   if now["shapes"].get(name) != saved["shapes"].get(name)]
+    differences = [
+        f"{name} has shape {tuple(now['shapes'].get(name, ()))}, the run's had {tuple(saved['shapes'].get(name, ()))}"
+        for name in sorted(set(now["shapes"]) | set(saved["shapes"]))
+        if now["shapes"].get(name) != saved["shapes"].get(name)
+    ]
     if not differences:
-        differences = ["the values differ (same shapes, SHA-256 " + now["sha256"][:12] + " against the run's "
-                       + saved["sha256"][:12] + ")"]
+        differences = [
+            "the values differ (same shapes, SHA-256 "
+            + now["sha256"][:12]
+            + " against the run's "
+            + saved["sha256"][:12]
+            + ")"
+        ]
     source = now["source"] if now["source"] == saved["source"] else f"{now['source']} (the run read {saved['source']})"
-    raise UsageError(f"{command}: the data are not those this run was fitted to: {source}: {'; '.join(differences)}. "
-                     "A run is only continued, scored or sampled on its own data; to fit changed data, start a new "
-                     "run (almond train without resume=), which leaves this run folder as it is")
+    raise UsageError(
+        f"{command}: the data are not those this run was fitted to: {source}: {'; '.join(differences)}. "
+        "A run is only continued, scored or sampled on its own data; to fit changed data, start a new "
+        "run (almond train without resume=), which leaves this run folder as it is"
+    )
 
 
 def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
@@ -242,14 +263,19 @@ def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     what = "rows" if dataset.unit_index is None else "units"
     count = max(1, round(fraction * n))
     if count >= n:
-        raise UsageError(f"data.holdout_fraction: {fraction} of {n} {what} holds out {count}, which leaves no "
-                         f"{what[:-1]} to train on; lower data.holdout_fraction (0 trains on every row) or use more "
-                         "data")
+        raise UsageError(
+            f"data.holdout_fraction: {fraction} of {n} {what} holds out {count}, which leaves no "
+            f"{what[:-1]} to train on; lower data.holdout_fraction (0 trains on every row) or use more "
+            "data"
+        )
     stream = int.from_bytes(hashlib.sha256(f"almond:{seed}:holdout".encode()).digest()[:8], "little") >> 1
     order = torch.randperm(n, generator=torch.Generator().manual_seed(stream))
     train_units, heldout_units = order[count:].sort().values, order[:count].sort().values
-    return replace(dataset.select_units(train_units), heldout=dataset.select_units(heldout_units),
-                   read_fingerprint=dataset.fingerprint())
+    return replace(
+        dataset.select_units(train_units),
+        heldout=dataset.select_units(heldout_units),
+        read_fingerprint=dataset.fingerprint(),
+    )
 
 
 def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch.Generator) -> Dataset:

@@ -59,8 +59,9 @@ def row_column_key(name: str) -> str:
     return f"{name}_column"
 
 
-def check_likelihood_domain(table: Table, chosen: list[int], likelihood: type[Likelihood] | None,
-                            keys: dict[int, str] | None = None) -> None:
+def check_likelihood_domain(
+    table: Table, chosen: list[int], likelihood: type[Likelihood] | None, keys: dict[int, str] | None = None
+) -> None:
     """Refuses values the likelihood gives zero probability (its ``support_violation``): counts for Poisson,
     [0, 1] for Bernoulli, an sd > 0 in gaussian_hetero's sd column, ..., naming the first such cell (and the
     config key that chose its column, from ``keys``: column index -> key)."""
@@ -73,8 +74,10 @@ def check_likelihood_domain(table: Table, chosen: list[int], likelihood: type[Li
     row, column = first_bad(table, bad, chosen)
     value = table.values[row, column]
     key = f" ({keys[column]})" if keys and column in keys else ""
-    raise DataFileError(f"{table.path}: {table.row_label(row)}, {table.column_label(column)}{key} is {value:g}, "
-                        f"{likelihood.describe_violation(value)}; {needs}")
+    raise DataFileError(
+        f"{table.path}: {table.row_label(row)}, {table.column_label(column)}{key} is {value:g}, "
+        f"{likelihood.describe_violation(value)}; {needs}"
+    )
 
 
 def likelihood_of(likelihood_cfg) -> type[Likelihood] | None:
@@ -142,20 +145,27 @@ def read_file_data(data_cfg, likelihood: type[Likelihood] | None = None) -> File
     id_column = None
     if data_cfg.get("id_column") is not None:
         id_column = column_index(table, data_cfg.id_column, "data.id_column")
-    chosen = select_columns(table, data_cfg.columns, "data.columns",
-                            exclude=tuple(row_columns.values()) + ((id_column,) if id_column is not None else ()))
+    chosen = select_columns(
+        table,
+        data_cfg.columns,
+        "data.columns",
+        exclude=tuple(row_columns.values()) + ((id_column,) if id_column is not None else ()),
+    )
     for name, column in row_columns.items():
         if column in chosen:
-            raise DataFileError(f"{keys[column]}: {table.column_label(column)} is also listed in data.columns; "
-                                f"the {name} column cannot be an observation too")
+            raise DataFileError(
+                f"{keys[column]}: {table.column_label(column)} is also listed in data.columns; "
+                f"the {name} column cannot be an observation too"
+            )
     used = chosen + list(row_columns.values())  # laid out as a row of x
     table.check_numeric(used)
     check_finite(table, used)
     check_likelihood_domain(table, used, likelihood, keys)
     truth, truth_path = None, None
     if data_cfg.truth_path:
-        truth_table = read_table(data_cfg.truth_path, "auto", None, data_cfg.truth_array, key="data.truth_path",
-                                 array_key="data.truth_array")
+        truth_table = read_table(
+            data_cfg.truth_path, "auto", None, data_cfg.truth_array, key="data.truth_path", array_key="data.truth_array"
+        )
         truth_columns = select_columns(truth_table, data_cfg.truth_columns, "data.truth_columns")
         truth_table.check_numeric(truth_columns)
         check_finite(truth_table, truth_columns)
@@ -164,13 +174,16 @@ def read_file_data(data_cfg, likelihood: type[Likelihood] | None = None) -> File
             truth_table = truth_table.head(limit)
             n_truth = limit
         if n_truth != n:
-            raise DataFileError(f"data.truth_path: {truth_table.path} has {n_truth} rows of true values but "
-                                f"{table.path} has {n} data rows; the truth needs exactly one row per data row")
+            raise DataFileError(
+                f"data.truth_path: {truth_table.path} has {n_truth} rows of true values but "
+                f"{table.path} has {n} data rows; the truth needs exactly one row per data row"
+            )
         if len(truth_columns) != len(chosen):
             raise DataFileError(
                 f"data.truth_columns: {truth_table.path} gives {len(truth_columns)} true value(s) per row but there "
                 f"are {len(chosen)} observation column(s); give one true latent value per observation column "
-                "(select them with data.truth_columns)")
+                "(select them with data.truth_columns)"
+            )
         truth, truth_path = truth_table.values[:, truth_columns], truth_table.path
     return FileData(table, chosen, row_columns, truth, truth_path, id_column)
 
@@ -188,9 +201,17 @@ def _dataset_of(data: FileData) -> Dataset:
     if data.truth is not None and data.truth.shape[1] == 1:
         prior = EmpiricalPrior(data.truth[:, 0], "empirical (data.truth_path)")
     names = data.table.names
-    return Dataset(x=torch.as_tensor(data.x, dtype=torch.float32), name="file", truth=truth, prior=prior,
-                   source=str(data.table.path), row_labels=data.table.rows.tolist(), column_names=data.column_names,
-                   ids=data.ids, id_name=None if data.id_column is None or names is None else names[data.id_column])
+    return Dataset(
+        x=torch.as_tensor(data.x, dtype=torch.float32),
+        name="file",
+        truth=truth,
+        prior=prior,
+        source=str(data.table.path),
+        row_labels=data.table.rows.tolist(),
+        column_names=data.column_names,
+        ids=data.ids,
+        id_name=None if data.id_column is None or names is None else names[data.id_column],
+    )
 
 
 # ----- checks before a run starts ----------------------------------------------------------------------------------
@@ -200,8 +221,9 @@ def validate_file_config(cfg) -> None:
     no other."""
     data = cfg.data
     if not data.path:
-        raise DataFileError("data.path: data=file needs the file of your measurements: data.path=FILE "
-                            "(.csv, .tsv, .npy or .npz)")
+        raise DataFileError(
+            "data.path: data=file needs the file of your measurements: data.path=FILE (.csv, .tsv, .npy or .npz)"
+        )
     if data.format not in FORMATS:
         raise DataFileError(f"data.format: must be one of {list(FORMATS)}, got {data.format!r}")
     require(data.n is None or data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {data.n}")
@@ -211,11 +233,15 @@ def validate_file_config(cfg) -> None:
         key = row_column_key(name)
         if data.get(key) is not None and name not in declared:
             readers = " or ".join(f"likelihood={cls.name}" for cls in LIKELIHOODS.values() if name in cls.row_columns)
-            raise DataFileError(f"data.{key}: a per-row {name} column ({data[key]}) needs {readers}; add it to the "
-                                f"command, or drop data.{key}")
+            raise DataFileError(
+                f"data.{key}: a per-row {name} column ({data[key]}) needs {readers}; add it to the "
+                f"command, or drop data.{key}"
+            )
         if name in declared and data.get(key) is None:
-            raise DataFileError(f"data.{key}: likelihood={likelihood.name} reads each row's {name} from a column; "
-                                f"name it with data.{key}=NAME_OR_INDEX")
+            raise DataFileError(
+                f"data.{key}: likelihood={likelihood.name} reads each row's {name} from a column; "
+                f"name it with data.{key}=NAME_OR_INDEX"
+            )
 
 
 def check_data_file(cfg, generator=None) -> Dataset:
@@ -231,6 +257,8 @@ def check_data_file(cfg, generator=None) -> Dataset:
         raise DataFileError(f"{data.table.path} has {n} data row; almond needs at least 2 rows (data points)")
     batch_size = cfg.schedule.batch_size
     if batch_size is not None and n < batch_size:
-        raise DataFileError(f"schedule.batch_size: {data.table.path} has {n} data rows, fewer than one batch of "
-                            f"{batch_size}; lower schedule.batch_size to at most {n}, or null for the whole data set")
+        raise DataFileError(
+            f"schedule.batch_size: {data.table.path} has {n} data rows, fewer than one batch of "
+            f"{batch_size}; lower schedule.batch_size to at most {n}, or null for the whole data set"
+        )
     return _dataset_of(data)

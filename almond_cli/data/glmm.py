@@ -67,12 +67,23 @@ def validate_glmm_file_config(cfg) -> None:
     """Config rules of ``data=glmm_file`` that need no file access."""
     data = cfg.data
     require(data.n is None or data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {data.n}")
-    require(len(data.random_effects) >= 1, "data.random_effects",
-            "give at least one random-effect covariate column, for example data.random_effects=[z1,z2]")
+    require(
+        len(data.random_effects) >= 1,
+        "data.random_effects",
+        "give at least one random-effect covariate column, for example data.random_effects=[z1,z2]",
+    )
 
 
-def make_glmm(n: int, p: int, covariate_sd: float, beta_bound: float, theta: float, gamma_shape: float,
-              gamma_scale: float, generator: torch.Generator) -> GLMMDataset:
+def make_glmm(
+    n: int,
+    p: int,
+    covariate_sd: float,
+    beta_bound: float,
+    theta: float,
+    gamma_shape: float,
+    gamma_scale: float,
+    generator: torch.Generator,
+) -> GLMMDataset:
     """Simulates the paper's Poisson GLMM with Clayton/shifted-gamma random effects.
 
     The marginal is shifted by −shape·scale so the random effects have mean 0 (paper: Gamma(2, 1) − 2).
@@ -86,12 +97,21 @@ def make_glmm(n: int, p: int, covariate_sd: float, beta_bound: float, theta: flo
     rate = torch.exp(fixed @ beta + (random * effects).sum(1))
     counts = torch.poisson(rate, generator=generator)
     x = torch.cat([counts.unsqueeze(1), fixed, random], dim=1).float()
-    return GLMMDataset(x=x, name="glmm", truth=effects.float(), prior=marginal, num_fixed=p,
-                       fixed_names=[f"x{j + 1}" for j in range(p)], true_beta=beta, copula_theta=float(theta))
+    return GLMMDataset(
+        x=x,
+        name="glmm",
+        truth=effects.float(),
+        prior=marginal,
+        num_fixed=p,
+        fixed_names=[f"x{j + 1}" for j in range(p)],
+        true_beta=beta,
+        copula_theta=float(theta),
+    )
 
 
-def load_glmm_file(path: str, response, fixed_effects, random_effects, header: bool = True,
-                   n: int | None = None) -> GLMMDataset:
+def load_glmm_file(
+    path: str, response, fixed_effects, random_effects, header: bool = True, n: int | None = None
+) -> GLMMDataset:
     """Reads a Poisson GLMM data set from a table (CSV, or any format of ``data/tables.py``).
 
     Args:
@@ -110,24 +130,33 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
             that is not a finite number, or a count that is negative or not an integer.
     """
     if not random_effects:
-        raise DataFileError("data.random_effects: give at least one random-effect covariate column, for example "
-                            "data.random_effects=[z1,z2]")
+        raise DataFileError(
+            "data.random_effects: give at least one random-effect covariate column, for example "
+            "data.random_effects=[z1,z2]"
+        )
     fmt = "auto" if str(path).lower().endswith(tuple(EXTENSIONS)) else "csv"
     table = read_table(path, fmt, header)
     if table.values.shape[0] == 0:
-        raise DataFileError(f"data.path: {table.path} holds no data rows; it needs a header row (data.header=true) "
-                            "and at least one row of numbers")
+        raise DataFileError(
+            f"data.path: {table.path} holds no data rows; it needs a header row (data.header=true) "
+            "and at least one row of numbers"
+        )
     if n is not None:
         table = table.head(n)
-    roles = {"data.response": [response], "data.fixed_effects": list(fixed_effects),
-             "data.random_effects": list(random_effects)}
+    roles = {
+        "data.response": [response],
+        "data.fixed_effects": list(fixed_effects),
+        "data.random_effects": list(random_effects),
+    }
     indices = {key: [column_index(table, token, key) for token in tokens] for key, tokens in roles.items()}
     order = indices["data.response"] + indices["data.fixed_effects"] + indices["data.random_effects"]
     if len(set(order)) != len(order):
         repeated = sorted({index for index in order if order.count(index) > 1})
         label = [table.names[index] if table.names else index for index in repeated]
-        raise DataFileError(f"data: column(s) {label} of {table.path} are used more than once among data.response, "
-                            "data.fixed_effects and data.random_effects; each column may play one role")
+        raise DataFileError(
+            f"data: column(s) {label} of {table.path} are used more than once among data.response, "
+            "data.fixed_effects and data.random_effects; each column may play one role"
+        )
     for key, columns in indices.items():  # the message names the key that chose the column
         try:
             table.check_numeric(columns)
@@ -138,24 +167,46 @@ def load_glmm_file(path: str, response, fixed_effects, random_effects, header: b
     bad = (counts < 0) | (counts != np.round(counts))
     if bad.any():
         row, column = first_bad(table, bad, order[:1])
-        raise DataFileError(f"data.response: {table.path}: {table.row_label(row)}, {table.column_label(column)} is "
-                            f"{table.values[row, column]:g}, which is not a count (a non-negative integer); the "
-                            "Poisson GLMM needs counts")
+        raise DataFileError(
+            f"data.response: {table.path}: {table.row_label(row)}, {table.column_label(column)} is "
+            f"{table.values[row, column]:g}, which is not a count (a non-negative integer); the "
+            "Poisson GLMM needs counts"
+        )
     fixed_names = [table.names[index] if table.names else f"col{index}" for index in indices["data.fixed_effects"]]
-    return GLMMDataset(x=torch.as_tensor(table.values[:, order]).float(), name="glmm_file", source=str(table.path),
-                       row_labels=table.rows.tolist(), num_fixed=len(fixed_names), fixed_names=fixed_names)
+    return GLMMDataset(
+        x=torch.as_tensor(table.values[:, order]).float(),
+        name="glmm_file",
+        source=str(table.path),
+        row_labels=table.rows.tolist(),
+        num_fixed=len(fixed_names),
+        fixed_names=fixed_names,
+    )
 
 
 def build_glmm_simulation(data_cfg, generator: torch.Generator) -> GLMMDataset:
     """The ``data=glmm`` simulation ``data_cfg`` describes."""
-    return make_glmm(data_cfg.n, data_cfg.p, data_cfg.covariate_sd, data_cfg.beta_bound, data_cfg.copula_theta,
-                     data_cfg.gamma_shape, data_cfg.gamma_scale, generator)
+    return make_glmm(
+        data_cfg.n,
+        data_cfg.p,
+        data_cfg.covariate_sd,
+        data_cfg.beta_bound,
+        data_cfg.copula_theta,
+        data_cfg.gamma_shape,
+        data_cfg.gamma_scale,
+        generator,
+    )
 
 
 def build_glmm_file(data_cfg, generator: torch.Generator | None = None) -> GLMMDataset:
     """The ``data=glmm_file`` table ``data_cfg`` names (``generator`` is unused: a file is not a simulation)."""
-    return load_glmm_file(data_cfg.path, data_cfg.response, data_cfg.fixed_effects, data_cfg.random_effects,
-                          data_cfg.header, data_cfg.get("n"))
+    return load_glmm_file(
+        data_cfg.path,
+        data_cfg.response,
+        data_cfg.fixed_effects,
+        data_cfg.random_effects,
+        data_cfg.header,
+        data_cfg.get("n"),
+    )
 
 
 def check_glmm_file(cfg, generator: torch.Generator | None = None) -> GLMMDataset:

@@ -77,13 +77,17 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4:
-        raise IdxError(f"data.root: {path} is only {len(data)} bytes long, too short for an IDX header; "
-                       f"the file is truncated — download it again")
+        raise IdxError(
+            f"data.root: {path} is only {len(data)} bytes long, too short for an IDX header; "
+            f"the file is truncated — download it again"
+        )
     (magic,) = struct.unpack(">I", data[:4])
     if magic != expected_magic:
         what = "an image (idx3-ubyte)" if expected_magic == IMAGES_MAGIC else "a label (idx1-ubyte)"
-        raise IdxError(f"data.root: {path} starts with magic number 0x{magic:08x}, not 0x{expected_magic:08x} of "
-                       f"{what} file; it is not an MNIST-format file or is of the wrong kind for its name")
+        raise IdxError(
+            f"data.root: {path} starts with magic number 0x{magic:08x}, not 0x{expected_magic:08x} of "
+            f"{what} file; it is not an MNIST-format file or is of the wrong kind for its name"
+        )
     num_dims = magic & 0xFF
     header_size = 4 + 4 * num_dims
     if len(data) < header_size:
@@ -92,8 +96,10 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     expected = header_size + int(np.prod(shape))
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "longer than its header says"
-        raise IdxError(f"data.root: {path} is {problem}: its header promises shape {tuple(shape)} "
-                       f"({expected} bytes) but it holds {len(data)} bytes; download it again")
+        raise IdxError(
+            f"data.root: {path} is {problem}: its header promises shape {tuple(shape)} "
+            f"({expected} bytes) but it holds {len(data)} bytes; download it again"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
@@ -109,23 +115,32 @@ def load_split(root: str | Path, split: str) -> tuple[Tensor, Tensor]:
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise IdxError(f"data.root: {root} is not a folder; point data.root at the folder holding "
-                       f"train-images-idx3-ubyte.gz and the other MNIST-format files (almond never downloads)")
+        raise IdxError(
+            f"data.root: {root} is not a folder; point data.root at the folder holding "
+            f"train-images-idx3-ubyte.gz and the other MNIST-format files (almond never downloads)"
+        )
     if split not in SPLITS:
         raise IdxError(f"data.splits: unknown split {split!r}; choose from {list(SPLITS)}")
     images_path = split_file(root, split, "images")
     labels_path = split_file(root, split, "labels")
-    missing = [f"{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz]"
-               for kind, path in (("images", images_path), ("labels", labels_path)) if path is None]
+    missing = [
+        f"{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz]"
+        for kind, path in (("images", images_path), ("labels", labels_path))
+        if path is None
+    ]
     if missing:
         present = available_splits(root)
-        raise IdxError(f"data.root: {root} has no {' and no '.join(missing)}; the splits present there are "
-                       f"{present or 'none'}. Set data.splits to those, or add the missing files")
+        raise IdxError(
+            f"data.root: {root} has no {' and no '.join(missing)}; the splits present there are "
+            f"{present or 'none'}. Set data.splits to those, or add the missing files"
+        )
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
-        raise IdxError(f"data.root: {images_path.name} holds {images.shape[0]} images but {labels_path.name} "
-                       f"holds {labels.shape[0]} labels; the two files come from different sets — replace one")
+        raise IdxError(
+            f"data.root: {images_path.name} holds {images.shape[0]} images but {labels_path.name} "
+            f"holds {labels.shape[0]} labels; the two files come from different sets — replace one"
+        )
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -56,19 +56,34 @@ PATH_KEYS = ("root",)
 def validate_mnist_config(cfg) -> None:
     """Range checks of ``data=mnist`` and of the held-out likelihood's image count."""
     data, evaluation = cfg.data, cfg.evaluation
-    require(len(data.splits) >= 1 and all(s in SPLITS for s in data.splits), "data.splits",
-            f"must list one or both of {list(SPLITS)}, got {list(data.splits)}")
-    require(data.held_out_split is None or data.held_out_split in SPLITS, "data.held_out_split",
-            f"must be null or one of {list(SPLITS)}, got {data.held_out_split!r}")
-    require(data.held_out_split is None or data.held_out_split not in data.splits, "data.held_out_split",
-            f"{data.held_out_split!r} is also in data.splits; held-out images must not be trained on")
-    require(0 < data.held_out_fraction < 1 or data.held_out_split is not None, "data.held_out_fraction",
-            f"must be in (0, 1) (or set data.held_out_split), got {data.held_out_fraction}")
+    require(
+        len(data.splits) >= 1 and all(s in SPLITS for s in data.splits),
+        "data.splits",
+        f"must list one or both of {list(SPLITS)}, got {list(data.splits)}",
+    )
+    require(
+        data.held_out_split is None or data.held_out_split in SPLITS,
+        "data.held_out_split",
+        f"must be null or one of {list(SPLITS)}, got {data.held_out_split!r}",
+    )
+    require(
+        data.held_out_split is None or data.held_out_split not in data.splits,
+        "data.held_out_split",
+        f"{data.held_out_split!r} is also in data.splits; held-out images must not be trained on",
+    )
+    require(
+        0 < data.held_out_fraction < 1 or data.held_out_split is not None,
+        "data.held_out_fraction",
+        f"must be in (0, 1) (or set data.held_out_split), got {data.held_out_fraction}",
+    )
     require(data.subset is None or data.subset >= 1, "data.subset", f"must be >= 1 or null, got {data.subset}")
     require(data.pixels in PIXEL_MODES, "data.pixels", f"must be one of {list(PIXEL_MODES)}, got {data.pixels!r}")
     require(0 < data.threshold < 1, "data.threshold", f"must be in (0, 1), got {data.threshold}")
-    require(evaluation.nll_images is None or evaluation.nll_images >= 2, "evaluation.nll_images",
-            f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}")
+    require(
+        evaluation.nll_images is None or evaluation.nll_images >= 2,
+        "evaluation.nll_images",
+        f"must be >= 2 (a standard error needs two images) or null, got {evaluation.nll_images}",
+    )
 
 
 def check_mnist_files(cfg, generator: torch.Generator | None = None) -> None:
@@ -93,20 +108,26 @@ def _pixels(images: Tensor, mode: str, threshold: float) -> Tensor:
 def _image_root(data_cfg) -> Path:
     """``data.root`` as a folder that holds every split ``data_cfg`` reads; refuses it otherwise."""
     if data_cfg.root in (None, "", "???"):
-        raise UsageError("data.root: data=mnist needs the folder of the MNIST-format IDX files, e.g. "
-                         "data.root=/path/to/mnist (files train-images-idx3-ubyte.gz, ...); almond never downloads")
+        raise UsageError(
+            "data.root: data=mnist needs the folder of the MNIST-format IDX files, e.g. "
+            "data.root=/path/to/mnist (files train-images-idx3-ubyte.gz, ...); almond never downloads"
+        )
     root = Path(str(data_cfg.root)).expanduser()
     splits = [str(s) for s in data_cfg.splits]
     held_out_split = None if data_cfg.held_out_split in (None, "") else str(data_cfg.held_out_split)
     if not root.is_dir():
-        raise IdxError(f"data.root: {root} is not a folder; point data.root at the folder holding the MNIST-format "
-                       f"IDX files (train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz, ...)")
+        raise IdxError(
+            f"data.root: {root} is not a folder; point data.root at the folder holding the MNIST-format "
+            f"IDX files (train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz, ...)"
+        )
     present = available_splits(root)
     for split in splits + ([held_out_split] if held_out_split else []):
         if split not in present:
             key = "data.held_out_split" if split == held_out_split and split not in splits else "data.splits"
-            raise IdxError(f"{key}: split {split!r} is not in {root} (splits present: {present or 'none'}); "
-                           f"set {key} to one of those, or add {split}-images-idx3-ubyte.gz and its labels file")
+            raise IdxError(
+                f"{key}: split {split!r} is not in {root} (splits present: {present or 'none'}); "
+                f"set {key} to one of those, or add {split}-images-idx3-ubyte.gz and its labels file"
+            )
     return root
 
 
@@ -136,9 +157,11 @@ def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageData
     else:
         num_test = int(round(float(data_cfg.held_out_fraction) * x_all.shape[0]))
         if num_test < 1 or num_test >= x_all.shape[0]:
-            raise UsageError(f"data.held_out_fraction: {data_cfg.held_out_fraction} of {x_all.shape[0]} images "
-                             f"leaves {num_test} held out and {x_all.shape[0] - num_test} for training; "
-                             f"choose a fraction that leaves both at least one image, or set data.held_out_split")
+            raise UsageError(
+                f"data.held_out_fraction: {data_cfg.held_out_fraction} of {x_all.shape[0]} images "
+                f"leaves {num_test} held out and {x_all.shape[0] - num_test} for training; "
+                f"choose a fraction that leaves both at least one image, or set data.held_out_split"
+            )
         test_index, train_index = order[:num_test].sort().values, order[num_test:]
         test_x, test_labels = x_all[test_index], labels[test_index]
     if data_cfg.subset is not None:
@@ -148,7 +171,13 @@ def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageData
         # Held-out pixels are drawn once from the split seed: every run and phase scores the same binary images.
         test_x = dynamic_binarise(test_x, split_generator)
     return ImageDataset(
-        x=x_all[train_index].contiguous(), name="mnist", source=str(root),
-        transform=dynamic_binarise if mode == "dynamic" else None, image_shape=image_shape, pixels=mode,
-        train_labels=labels[train_index], test_x=test_x.contiguous(), test_labels=test_labels,
+        x=x_all[train_index].contiguous(),
+        name="mnist",
+        source=str(root),
+        transform=dynamic_binarise if mode == "dynamic" else None,
+        image_shape=image_shape,
+        pixels=mode,
+        train_labels=labels[train_index],
+        test_x=test_x.contiguous(),
+        test_labels=test_labels,
     )

@@ -95,8 +95,12 @@ class NormalMixturePrior(Prior):
 
     name = "mixture"
 
-    def __init__(self, weights: Sequence[float] = (0.4, 0.6), means: Sequence[float] = (0.0, 3.0),
-                 sds: Sequence[float] = (0.5, 0.5)):
+    def __init__(
+        self,
+        weights: Sequence[float] = (0.4, 0.6),
+        means: Sequence[float] = (0.0, 3.0),
+        sds: Sequence[float] = (0.5, 0.5),
+    ):
         if not (len(weights) == len(means) == len(sds)):
             raise ValueError("mixture weights, means and sds must have the same length")
         self.weights = _as_double(weights) / float(sum(weights))
@@ -134,7 +138,7 @@ class EmpiricalPrior(Prior):
         self.values = torch.sort(torch.as_tensor(values, dtype=torch.float64).flatten()).values
         n = self.values.numel()
         spread = min(float(self.values.std()), float(self.values.quantile(0.75) - self.values.quantile(0.25)) / 1.34)
-        self.bandwidth = max(0.9 * (spread if spread > 0 else float(self.values.std()) or 1.0) * n ** -0.2, 1e-6)
+        self.bandwidth = max(0.9 * (spread if spread > 0 else float(self.values.std()) or 1.0) * n**-0.2, 1e-6)
 
     def sample(self, n, generator):
         index = torch.randint(self.values.numel(), (n,), generator=generator)

@@ -47,11 +47,18 @@ class Table:
     cells: np.ndarray | None = None
     unparsed: np.ndarray | None = None
 
-    def head(self, limit: int) -> "Table":
+    def head(self, limit: int) -> Table:
         """The first ``limit`` rows."""
         cut = lambda array: None if array is None else array[:limit]  # noqa: E731
-        return Table(self.values[:limit], self.names, self.rows[:limit], self.path, self.is_text,
-                     cut(self.cells), cut(self.unparsed))
+        return Table(
+            self.values[:limit],
+            self.names,
+            self.rows[:limit],
+            self.path,
+            self.is_text,
+            cut(self.cells),
+            cut(self.unparsed),
+        )
 
     def check_numeric(self, chosen: list[int]) -> None:
         """Refuses a cell of the ``chosen`` columns that is not a number, naming the first."""
@@ -60,14 +67,19 @@ class Table:
         row, column = first_bad(self, self.unparsed[:, chosen], chosen)
         cell = str(self.cells[row, column])
         problem = "is empty" if cell == "" else f"holds '{cell[:40]}', which is not a number"
-        raise DataFileError(f"{self.path}: {self.row_label(row)}, {self.column_label(column)} {problem}; every "
-                            "cell of the selected columns must be a number (missing values are not supported: "
-                            "drop or impute that row; a column of labels or ids can be left out by listing the "
-                            "observation columns in data.columns)")
+        raise DataFileError(
+            f"{self.path}: {self.row_label(row)}, {self.column_label(column)} {problem}; every "
+            "cell of the selected columns must be a number (missing values are not supported: "
+            "drop or impute that row; a column of labels or ids can be left out by listing the "
+            "observation columns in data.columns)"
+        )
 
     def row_label(self, index: int) -> str:
-        return f"row {int(self.rows[index])} (line {int(self.rows[index])} of the file)" if self.is_text \
+        return (
+            f"row {int(self.rows[index])} (line {int(self.rows[index])} of the file)"
+            if self.is_text
             else f"row index {int(self.rows[index])} (0-based)"
+        )
 
     def column_label(self, column: int) -> str:
         if self.names is not None:
@@ -81,8 +93,10 @@ def _format_of(path: Path, fmt: str, key: str) -> str:
         return fmt
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
-        raise DataFileError(f"{key}: cannot tell the format of {path} from its extension '{path.suffix}'; "
-                            f"name it .csv, .tsv, .npy or .npz, or set data.format to one of {list(FORMATS[1:])}")
+        raise DataFileError(
+            f"{key}: cannot tell the format of {path} from its extension '{path.suffix}'; "
+            f"name it .csv, .tsv, .npy or .npz, or set data.format to one of {list(FORMATS[1:])}"
+        )
     return found
 
 
@@ -98,8 +112,10 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str 
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DataFileError(f"{path} is not a UTF-8 text file (byte {error.start} cannot be decoded); "
-                            "save it as UTF-8 CSV, or set data.format if it is a .npy/.npz file") from None
+        raise DataFileError(
+            f"{path} is not a UTF-8 text file (byte {error.start} cannot be decoded); "
+            "save it as UTF-8 CSV, or set data.format if it is a .npy/.npz file"
+        ) from None
     if not text.strip():
         raise DataFileError(f"{path} is empty: it has no rows; point {key} at the file with your measurements")
     if delimiter is None:  # .txt: the first line decides between comma, tab, semicolon and spaces (np.savetxt)
@@ -120,8 +136,11 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str 
     first = rows[0]
     if header is None:  # a header is a first row with text where the next row has a number (as csv.Sniffer)
         second = rows[1] if len(rows) > 1 else None
-        header = any(not _is_number(cell) and (second is None or (j < len(second) and _is_number(second[j])))
-                     for j, cell in enumerate(first) if cell)
+        header = any(
+            not _is_number(cell) and (second is None or (j < len(second) and _is_number(second[j])))
+            for j, cell in enumerate(first)
+            if cell
+        )
     has_header = header
     names = None
     if has_header:
@@ -135,7 +154,8 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str 
         if len(fields) != width:
             raise DataFileError(
                 f"{path}: row {line} (line {line} of the file) has {len(fields)} columns but {what} has {width}; "
-                f"every row needs the same number of '{delimiter_name(delimiter)}'-separated cells")
+                f"every row needs the same number of '{delimiter_name(delimiter)}'-separated cells"
+            )
     cells = np.asarray(rows, dtype=str).reshape(len(rows), width)
     values = np.empty(cells.shape, dtype=np.float64)
     unparsed = np.zeros(cells.shape, dtype=bool)
@@ -157,8 +177,10 @@ def delimiter_name(delimiter: str) -> str:
 
 def _array_table(array: np.ndarray, path: Path, what: str) -> Table:
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise DataFileError(f"{path}: {what} has dtype {array.dtype}, not numbers; save a numeric array "
-                            "(for example with np.save(path, x.astype(float)))")
+        raise DataFileError(
+            f"{path}: {what} has dtype {array.dtype}, not numbers; save a numeric array "
+            "(for example with np.save(path, x.astype(float)))"
+        )
     if array.ndim == 0 or array.size == 0 or array.shape[0] == 0:
         raise DataFileError(f"{path}: {what} is empty (shape {array.shape}); it needs one row per data point")
     if array.ndim == 1:
@@ -173,10 +195,14 @@ def _read_npy(path: Path) -> Table:
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:
-        raise DataFileError(f"{path} cannot be read as a .npy array ({str(error)[:160]}); save it with "
-                            "np.save from a numeric array (object arrays need pickling, which almond refuses)") from None
+        raise DataFileError(
+            f"{path} cannot be read as a .npy array ({str(error)[:160]}); save it with "
+            "np.save from a numeric array (object arrays need pickling, which almond refuses)"
+        ) from None
     except (OSError, EOFError) as error:
-        raise DataFileError(f"{path} is damaged or not a .npy file ({type(error).__name__}: {str(error)[:120]})") from None
+        raise DataFileError(
+            f"{path} is damaged or not a .npy file ({type(error).__name__}: {str(error)[:120]})"
+        ) from None
     if not isinstance(array, np.ndarray):
         raise DataFileError(f"{path} holds several arrays (an .npz archive); set data.format=npz")
     return _array_table(array, path, "the array")
@@ -186,7 +212,9 @@ def _read_npz(path: Path, name: str | None, key: str) -> Table:
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise DataFileError(f"{path} is damaged or not a .npz archive ({type(error).__name__}: {str(error)[:120]})") from None
+        raise DataFileError(
+            f"{path} is damaged or not a .npz archive ({type(error).__name__}: {str(error)[:120]})"
+        ) from None
     if isinstance(archive, np.ndarray):
         return _array_table(archive, path, "the array")
     with archive:
@@ -195,20 +223,29 @@ def _read_npz(path: Path, name: str | None, key: str) -> Table:
             raise DataFileError(f"{path} is an empty .npz archive: it holds no arrays")
         if name is None:
             if len(names) > 1:
-                raise DataFileError(f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with "
-                                    f"{key}=NAME")
+                raise DataFileError(
+                    f"{path} holds {len(names)} arrays ({', '.join(names)}); choose one with {key}=NAME"
+                )
             name = names[0]
         if name not in names:
             raise DataFileError(f"{key}: {path} has no array '{name}'; it holds {', '.join(names)}")
         try:
             array = archive[name]
         except ValueError as error:
-            raise DataFileError(f"{path}: array '{name}' cannot be read without pickling ({str(error)[:120]})") from None
+            raise DataFileError(
+                f"{path}: array '{name}' cannot be read without pickling ({str(error)[:120]})"
+            ) from None
     return _array_table(array, path, f"array '{name}'")
 
 
-def read_table(path: str | Path, fmt: str = "auto", header: bool | None = None, array: str | None = None,
-               key: str = "data.path", array_key: str = "data.array") -> Table:
+def read_table(
+    path: str | Path,
+    fmt: str = "auto",
+    header: bool | None = None,
+    array: str | None = None,
+    key: str = "data.path",
+    array_key: str = "data.array",
+) -> Table:
     """Reads a numeric table from ``path``.
 
     Args:
@@ -234,8 +271,9 @@ def read_table(path: str | Path, fmt: str = "auto", header: bool | None = None, 
         return _read_npy(path)
     if kind == "npz":
         return _read_npz(path, array, array_key)
-    return _read_text(path, {"csv": ",", "tsv": "\t"}[kind] if path.suffix.lower() != ".txt" or fmt != "auto" else None,
-                      header, key)
+    return _read_text(
+        path, {"csv": ",", "tsv": "\t"}[kind] if path.suffix.lower() != ".txt" or fmt != "auto" else None, header, key
+    )
 
 
 # ----- selecting and checking -------------------------------------------------------------------------------------
@@ -243,19 +281,26 @@ def column_index(table: Table, selector, key: str) -> int:
     text = str(selector).strip()
     if table.names is not None and text in table.names:
         if table.names.count(text) > 1:
-            raise DataFileError(f"{key}: {table.path} has {table.names.count(text)} columns named '{text}'; "
-                                "rename them or select by 0-based index")
+            raise DataFileError(
+                f"{key}: {table.path} has {table.names.count(text)} columns named '{text}'; "
+                "rename them or select by 0-based index"
+            )
         return table.names.index(text)
     try:
         index = int(text)
     except ValueError:
-        known = f"its columns are {', '.join(table.names)}" if table.names is not None else \
-            "it has no header row, so select columns by 0-based index"
+        known = (
+            f"its columns are {', '.join(table.names)}"
+            if table.names is not None
+            else "it has no header row, so select columns by 0-based index"
+        )
         raise DataFileError(f"{key}: {table.path} has no column '{text}'; {known}") from None
     width = table.values.shape[1]
     if not 0 <= index < width:
-        raise DataFileError(f"{key}: column index {index} is out of range: {table.path} has {width} column(s) "
-                            f"(indices 0 to {width - 1})")
+        raise DataFileError(
+            f"{key}: column index {index} is out of range: {table.path} has {width} column(s) "
+            f"(indices 0 to {width - 1})"
+        )
     return index
 
 
@@ -287,11 +332,13 @@ def check_finite(table: Table, chosen: list[int]) -> None:
         row, column = first_bad(table, bad, chosen)
         raise DataFileError(
             f"{table.path}: {table.row_label(row)}, {table.column_label(column)} is {table.values[row, column]}; "
-            "every value must be a finite number (drop or impute that row)")
+            "every value must be a finite number (drop or impute that row)"
+        )
     too_large = np.abs(values) > FLOAT32_MAX
     if too_large.any():
         row, column = first_bad(table, too_large, chosen)
         raise DataFileError(
             f"{table.path}: {table.row_label(row)}, {table.column_label(column)} is {table.values[row, column]:g}, "
             f"beyond the float32 range (±{FLOAT32_MAX:.3g}) that training computes in; rescale that column "
-            "(other units) or drop the row")
+            "(other units) or drop the row"
+        )

@@ -56,5 +56,5 @@ class PersistentChains:
         return {"positions": self.positions}
 
     @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "PersistentChains":
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> PersistentChains:
         return cls(state["positions"].to(device))

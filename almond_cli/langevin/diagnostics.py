@@ -19,7 +19,7 @@ from ..model.model import evaluation_mode, standard_normal_log_prob
 def _split_chains(draws: np.ndarray) -> np.ndarray:
     """(..., M, N) -> (..., 2M, N // 2): each chain's first and last halves (the middle draw of an odd N is dropped)."""
     half = draws.shape[-1] // 2
-    return np.concatenate([draws[..., :half], draws[..., draws.shape[-1] - half:]], axis=-2)
+    return np.concatenate([draws[..., :half], draws[..., draws.shape[-1] - half :]], axis=-2)
 
 
 def _rank_normalise(draws: np.ndarray) -> np.ndarray:
@@ -112,7 +112,7 @@ def _ess(draws: np.ndarray) -> np.ndarray:
             if rho[t + 1] + rho[t + 2] > rho[t - 1] + rho[t]:
                 rho[t + 1] = rho[t + 2] = (rho[t - 1] + rho[t]) / 2.0
             t += 2
-        tau = -1.0 + 2.0 * np.sum(rho[:max_t + 1]) + np.sum(rho[max_t + 1:max_t + 2])
+        tau = -1.0 + 2.0 * np.sum(rho[: max_t + 1]) + np.sum(rho[max_t + 1 : max_t + 2])
         result[index] = total / max(tau, 1.0 / np.log10(total))
     return result.reshape(leading)
 
@@ -121,8 +121,10 @@ def _ess_tail(draws: np.ndarray) -> np.ndarray:
     """``ess_tail`` of each set of chains (..., M, N)."""
     pooled = draws.reshape(*draws.shape[:-2], -1)
     low, high = np.quantile(pooled, [0.05, 0.95], axis=-1)
-    return np.minimum(_ess(_split_chains((draws <= low[..., None, None]).astype(np.float64))),
-                      _ess(_split_chains((draws <= high[..., None, None]).astype(np.float64))))
+    return np.minimum(
+        _ess(_split_chains((draws <= low[..., None, None]).astype(np.float64))),
+        _ess(_split_chains((draws <= high[..., None, None]).astype(np.float64))),
+    )
 
 
 def ess_bulk(draws) -> float:
@@ -156,8 +158,13 @@ def trajectory_convergence(draws) -> dict[str, float]:
     results = {"rhat_max": float(rhat.max()), "rhat_median": float(np.median(rhat))}
     if num >= 8:  # ESS splits each chain in two and needs >= 4 draws per half
         bulk, tail = _ess(scores).min(axis=1), _ess_tail(chains).min(axis=1)
-        results.update({"ess_bulk_min": float(bulk.min()), "ess_bulk_median": float(np.median(bulk)),
-                        "ess_tail_min": float(tail.min())})
+        results.update(
+            {
+                "ess_bulk_min": float(bulk.min()),
+                "ess_bulk_median": float(np.median(bulk)),
+                "ess_tail_min": float(tail.min()),
+            }
+        )
     return results
 
 
@@ -224,9 +231,9 @@ def _log_joint_on_grid(model, x: Tensor, nodes: Tensor) -> Tensor:
         if nodes.dim() == 2:
             u = model.decoder(nodes).unsqueeze(0)
             prior = standard_normal_log_prob(nodes)
-            rows = [model.likelihood.log_prob(x[i:i + 1], u) + prior for i in range(x.shape[0])]
+            rows = [model.likelihood.log_prob(x[i : i + 1], u) + prior for i in range(x.shape[0])]
         else:
-            rows = [model.log_joint(x[i:i + 1], nodes[i:i + 1]) for i in range(x.shape[0])]
+            rows = [model.log_joint(x[i : i + 1], nodes[i : i + 1]) for i in range(x.shape[0])]
     return torch.cat(rows).double()
 
 
@@ -282,6 +289,9 @@ def posterior_marginal_ks(model, x: Tensor, z: Tensor, grid_size: int = 61, limi
         weights = torch.ones(grid_size, dtype=torch.float64, device=x.device)
         weights[0] = weights[-1] = 0.5
         marginal = (square * (weights.view(1, 1, -1) if other == 2 else weights.view(1, -1, 1))).sum(dim=other)
-        results.append(_ks_against_grid_cdf(_trapezoid_cdf(marginal, spacing[:, axis]), box_lower[:, axis],
-                                            spacing[:, axis], z[..., axis]))
+        results.append(
+            _ks_against_grid_cdf(
+                _trapezoid_cdf(marginal, spacing[:, axis]), box_lower[:, axis], spacing[:, axis], z[..., axis]
+            )
+        )
     return torch.stack(results, dim=1)

@@ -28,8 +28,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def choose_precision(requested: str, device_type: str, cpu_flags: frozenset[str] | None = None,
-                     cuda_bf16: bool = False) -> str:
+def choose_precision(
+    requested: str, device_type: str, cpu_flags: frozenset[str] | None = None, cuda_bf16: bool = False
+) -> str:
     """The precision that runs, ``"fp32"`` or ``"bf16"``, for ``requested`` in ``PRECISIONS``.
 
     Args:

@@ -67,15 +67,15 @@ def initial_state(z: Tensor, target: Target) -> LangevinState:
     one method of the target the sampler calls (a plain log-joint function is not a target: wrap it in
     ``targets.AutogradTarget``, and the sampler refuses one rather than choose a gradient for it)."""
     if not hasattr(target, "value_and_grad"):
-        raise TypeError(f"the Langevin target must be a targets.Target with value_and_grad(z), got "
-                        f"{type(target).__name__}; wrap a log-joint function in targets.AutogradTarget")
+        raise TypeError(
+            f"the Langevin target must be a targets.Target with value_and_grad(z), got "
+            f"{type(target).__name__}; wrap a log-joint function in targets.AutogradTarget"
+        )
     log_joint, grad = target.value_and_grad(z.detach())
     return LangevinState(z.detach(), log_joint, grad)
 
 
-def propose(
-    state: LangevinState, step_size: float, generator: torch.Generator | None = None
-) -> Tensor:
+def propose(state: LangevinState, step_size: float, generator: torch.Generator | None = None) -> Tensor:
     """The Langevin move z + s ∇ log p(x, z) + sqrt(2 s) ε from ``state``; returns the new z (B, C, d)."""
     noise = torch.randn(state.z.shape, generator=generator, device=state.z.device, dtype=state.z.dtype)
     return state.z + step_size * state.grad + (2.0 * step_size) ** 0.5 * noise
@@ -138,9 +138,12 @@ def mala_step(
         (the new state, (B, C) boolean tensor of accepted proposals).
     """
     proposal = initial_state(propose(state, step_size, generator), target)
-    log_ratio = (proposal.log_joint - state.log_joint
-                 + log_proposal_density(state.z, proposal, step_size)
-                 - log_proposal_density(proposal.z, state, step_size))
+    log_ratio = (
+        proposal.log_joint
+        - state.log_joint
+        + log_proposal_density(state.z, proposal, step_size)
+        - log_proposal_density(proposal.z, state, step_size)
+    )
     uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
     accept = torch.log(uniform) < torch.nan_to_num(log_ratio, nan=-torch.inf)
     mask = accept.unsqueeze(-1)

@@ -55,8 +55,15 @@ class SamplerSettings:
     table_nodes: int = 2049
 
 
-def build_target(model, x: Tensor, start: Tensor, settings: SamplerSettings, step_size: float,
-                 num_steps: int, units: Tensor | None = None) -> Target:
+def build_target(
+    model,
+    x: Tensor,
+    start: Tensor,
+    settings: SamplerSettings,
+    step_size: float,
+    num_steps: int,
+    units: Tensor | None = None,
+) -> Target:
     """The Langevin target of ``model`` on the batch ``x`` (R, D) for chains starting at ``start`` (B, C, d) that
     will run ``num_steps`` steps of size ``step_size`` under it; ``units`` (R,) maps each row to its unit 0..B-1
     (None: row i is unit i, R = B).
@@ -68,6 +75,7 @@ def build_target(model, x: Tensor, start: Tensor, settings: SamplerSettings, ste
     Call it with the model's parameters frozen (``model.frozen()``).
     """
     if tabulated.wanted(model, settings.tabulate):
-        return tabulated.TabulatedTarget.around(model, x, start, step_size, num_steps, settings.table_nodes,
-                                                units=units)
+        return tabulated.TabulatedTarget.around(
+            model, x, start, step_size, num_steps, settings.table_nodes, units=units
+        )
     return target_for(model, x, settings.precision, units)

@@ -40,6 +40,7 @@ in float64 at G = 2049 on random softplus MLPs, far below float32 rounding.
 The table holds per cell the cubic's coefficients in t = (z − a)/Δ ∈ [0, 1] and those of its derivative, seven
 numbers per output, so a particle costs one gather and five fused multiply-adds per output coordinate.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,10 +82,13 @@ def wanted(model, mode: str) -> bool:
         raise ValueError(f"sampler.tabulate must be one of {list(TABULATE_MODES)}, got {mode!r}")
     if mode == "auto":
         return applies(model)
-    if mode == "on" and (getattr(model.decoder, "latent_dim", None) != 1
-                         or not hasattr(model.likelihood, "value_and_grad_u")):
-        raise ValueError("sampler.tabulate=on needs a one-dimensional latent and a likelihood with value_and_grad_u "
-                         f"({type(model.likelihood).__name__}); use sampler.tabulate=auto or off")
+    if mode == "on" and (
+        getattr(model.decoder, "latent_dim", None) != 1 or not hasattr(model.likelihood, "value_and_grad_u")
+    ):
+        raise ValueError(
+            "sampler.tabulate=on needs a one-dimensional latent and a likelihood with value_and_grad_u "
+            f"({type(model.likelihood).__name__}); use sampler.tabulate=auto or off"
+        )
     return mode == "on"
 
 
@@ -100,8 +104,10 @@ def decoder_value_and_slope(decoder: nn.Module, z: Tensor, dtype: torch.dtype | 
     if dtype is None:
         function = decoder
     else:
-        state = {name: tensor.detach().to(dtype) if tensor.is_floating_point() else tensor
-                 for name, tensor in chain(decoder.named_parameters(), decoder.named_buffers())}
+        state = {
+            name: tensor.detach().to(dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in chain(decoder.named_parameters(), decoder.named_buffers())
+        }
         z = z.to(dtype)
 
         def function(points: Tensor) -> Tensor:
@@ -111,8 +117,9 @@ def decoder_value_and_slope(decoder: nn.Module, z: Tensor, dtype: torch.dtype | 
         z = z.detach().requires_grad_(True)
         u = function(z)
         outputs = u.shape[-1]
-        slopes = [torch.autograd.grad(u[:, index].sum(), z, retain_graph=index < outputs - 1)[0]
-                  for index in range(outputs)]
+        slopes = [
+            torch.autograd.grad(u[:, index].sum(), z, retain_graph=index < outputs - 1)[0] for index in range(outputs)
+        ]
     return u.detach(), torch.cat(slopes, dim=-1)
 
 
@@ -147,14 +154,33 @@ class TabulatedTarget(Target):
         quadratic = 3.0 * (right - left) - 2.0 * left_slope - right_slope
         cubic = 2.0 * (left - right) + left_slope + right_slope
         # (G − 1, 7, P): p(t) = c0 + c1 t + c2 t² + c3 t³ and p'(z) = e1 + e2 t + e3 t² (already per unit of z).
-        table = torch.stack([left, left_slope, quadratic, cubic, left_slope * self.inverse_spacing,
-                             2.0 * quadratic * self.inverse_spacing, 3.0 * cubic * self.inverse_spacing], dim=1)
+        table = torch.stack(
+            [
+                left,
+                left_slope,
+                quadratic,
+                cubic,
+                left_slope * self.inverse_spacing,
+                2.0 * quadratic * self.inverse_spacing,
+                3.0 * cubic * self.inverse_spacing,
+            ],
+            dim=1,
+        )
         self.output_dim = values.shape[-1]
         self.table = table.reshape(self.num_nodes - 1, -1).to(parameter.dtype).contiguous()
 
     @classmethod
-    def around(cls, model, x: Tensor, z: Tensor, step_size: float, num_steps: int, num_nodes: int,
-               drift_bound: float = DRIFT_BOUND, units: Tensor | None = None) -> "TabulatedTarget":
+    def around(
+        cls,
+        model,
+        x: Tensor,
+        z: Tensor,
+        step_size: float,
+        num_steps: int,
+        num_nodes: int,
+        drift_bound: float = DRIFT_BOUND,
+        units: Tensor | None = None,
+    ) -> TabulatedTarget:
         """The target with its grid over the finite range of the chains ``z`` (B, C, 1), widened by
         NUM_SD·sqrt(2 s K) + s K · drift_bound: where the chains can get in ``num_steps`` steps of size
         ``step_size``. One host synchronisation (the range), once per update."""
@@ -286,8 +312,15 @@ def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor, 
         # weights Δ·t(1 − t)² and −Δ·t²(1 − t).
         square = t * t
         right = square * (3.0 - 2.0 * t)
-        weights = torch.cat([grad_u * (1.0 - right), grad_u * right, grad_u * (spacing * t * (1.0 - t).square()),
-                             grad_u * (spacing * square * (t - 1.0))], dim=1)  # (N, 4P)
+        weights = torch.cat(
+            [
+                grad_u * (1.0 - right),
+                grad_u * right,
+                grad_u * (spacing * t * (1.0 - t).square()),
+                grad_u * (spacing * square * (t - 1.0)),
+            ],
+            dim=1,
+        )  # (N, 4P)
         sums = weights.new_zeros(table.num_nodes - 1, 4 * outputs).index_add_(0, cell, weights)
         left_value, right_value, left_slope, right_slope = sums.view(-1, 4, outputs).unbind(1)
         pad_end, pad_start = (0, 0, 0, 1), (0, 0, 1, 0)

@@ -36,6 +36,7 @@ target then runs the decoder's sweeps per (unit, chain), reads each row's u with
 likelihood's value and ∂/∂u per row, and sums both back onto the units (``index_add``) before the backward
 sweep. ``units=None`` (every row its own unit) keeps the one-row path, with no gather.
 """
+
 from __future__ import annotations
 
 import abc
@@ -207,20 +208,23 @@ class MLPTarget(Target):
         if self.units is not None:
             if rows >= z.shape[0]:
                 return self._sweep(self.x, z, self._unit_likelihood(self.units))
-            blocks = [self._sweep(x, z[start:start + rows], self._unit_likelihood(units))
-                      for start, x, units in self._unit_blocks(rows, z.shape[0])]
+            blocks = [
+                self._sweep(x, z[start : start + rows], self._unit_likelihood(units))
+                for start, x, units in self._unit_blocks(rows, z.shape[0])
+            ]
         elif rows >= z.shape[0]:
             return self._sweep(self.x, z)
         else:
-            blocks = [self._sweep(self.x[start:start + rows], z[start:start + rows])
-                      for start in range(0, z.shape[0], rows)]
+            blocks = [
+                self._sweep(self.x[start : start + rows], z[start : start + rows])
+                for start in range(0, z.shape[0], rows)
+            ]
         return torch.cat([value for value, _ in blocks]), torch.cat([grad for _, grad in blocks])
 
     def rows_per_block(self, z: Tensor) -> int:
         """How many data rows (with all their chains) one sweep takes: all of them on a GPU, in bfloat16 or with more
         than ``BLOCK_MAX_THREADS`` CPU threads, else as many as keep the widest activation within ``BLOCK_BYTES``."""
-        if (z.device.type != "cpu" or self.dtype == torch.bfloat16
-                or torch.get_num_threads() > BLOCK_MAX_THREADS):
+        if z.device.type != "cpu" or self.dtype == torch.bfloat16 or torch.get_num_threads() > BLOCK_MAX_THREADS:
             return z.shape[0]
         widest = max(weight.shape[0] for weight in self.weights)
         per_row = z.shape[1] * widest * self.weights[0].element_size()
@@ -229,9 +233,11 @@ class MLPTarget(Target):
     def _unit_likelihood(self, units: Tensor):
         """``value_and_grad_u`` per unit, for rows whose units are ``units`` (R,): u (B, C, P) per unit read by
         each row, the rows' values (R, C) and gradients (R, C, P) summed onto their units: (B, C), (B, C, P)."""
+
         def value_and_grad(x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
             log_lik, grad_u = self.likelihood.value_and_grad_u(x, u.index_select(0, units))
             return sum_over_rows(log_lik, units, u.shape[0]), sum_over_rows(grad_u, units, u.shape[0])
+
         return value_and_grad
 
     def _unit_blocks(self, size: int, num_units: int) -> list[tuple[int, Tensor, Tensor]]:
@@ -252,7 +258,7 @@ class MLPTarget(Target):
         with torch.no_grad():
             a = z.reshape(batch * chains, latent_dim).to(self.dtype)
             derivatives = []
-            for (linear, activation), weight, bias in zip(self.layers, self.weights, self.biases):
+            for (_linear_module, activation), weight, bias in zip(self.layers, self.weights, self.biases):
                 h = _linear(a, weight, bias)
                 if activation is None:
                     a = h

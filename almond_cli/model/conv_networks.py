@@ -45,8 +45,10 @@ def image_shape_for(data_dim: int, image_shape: Sequence[int] | None) -> tuple[i
     if image_shape is None:
         side = math.isqrt(int(data_dim))
         if side * side != data_dim:
-            raise ImageShapeError(f"encoder.image_shape: a row of {data_dim} values is not a square one-channel image; "
-                             f"set encoder.image_shape and decoder.image_shape to [channels, rows, cols]")
+            raise ImageShapeError(
+                f"encoder.image_shape: a row of {data_dim} values is not a square one-channel image; "
+                f"set encoder.image_shape and decoder.image_shape to [channels, rows, cols]"
+            )
         return (1, side, side)
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or math.prod(shape) != data_dim:
@@ -60,8 +62,10 @@ def conv_output_sizes(size: int, num_layers: int, kernel_size: int, stride: int,
     for _ in range(num_layers):
         size = (size + 2 * padding - kernel_size) // stride + 1
         if size < 1:
-            raise ImageShapeError("encoder.channels: too many or too large convolutions for the image size; "
-                                  "use fewer layers or a smaller kernel_size")
+            raise ImageShapeError(
+                "encoder.channels: too many or too large convolutions for the image size; "
+                "use fewer layers or a smaller kernel_size"
+            )
         sizes.append(size)
     return sizes
 
@@ -94,9 +98,18 @@ class ConvEncoder(Encoder):
         image_shape: (channels, rows, cols) of a row, or None for a square one-channel image.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, channels: Sequence[int] = (64, 64, 64), kernel_size: int = 4,
-                 stride: int = 2, dense_units: int = 1024, batch_norm: bool = True, activation: str = "relu",
-                 image_shape: Sequence[int] | None = None):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        channels: Sequence[int] = (64, 64, 64),
+        kernel_size: int = 4,
+        stride: int = 2,
+        dense_units: int = 1024,
+        batch_norm: bool = True,
+        activation: str = "relu",
+        image_shape: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.image_shape = image_shape_for(data_dim, image_shape)
@@ -106,13 +119,20 @@ class ConvEncoder(Encoder):
         col_sizes = conv_output_sizes(cols, len(channels), kernel_size, stride, padding)
         layers: list[nn.Module] = []
         for width in channels:
-            layers += [nn.Conv2d(in_channels, int(width), kernel_size, stride, padding, bias=not batch_norm),
-                       _norm("2d", int(width), batch_norm), ACTIVATIONS[activation]()]
+            layers += [
+                nn.Conv2d(in_channels, int(width), kernel_size, stride, padding, bias=not batch_norm),
+                _norm("2d", int(width), batch_norm),
+                ACTIVATIONS[activation](),
+            ]
             in_channels = int(width)
         flat = in_channels * row_sizes[-1] * col_sizes[-1]
-        layers += [nn.Flatten(), nn.Linear(flat, dense_units, bias=not batch_norm),
-                   _norm("1d", dense_units, batch_norm), ACTIVATIONS[activation](),
-                   nn.Linear(dense_units, 2 * latent_dim)]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(flat, dense_units, bias=not batch_norm),
+            _norm("1d", dense_units, batch_norm),
+            ACTIVATIONS[activation](),
+            nn.Linear(dense_units, 2 * latent_dim),
+        ]
         self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,9 +153,18 @@ class ConvDecoder(Decoder):
         kernel_size, stride, dense_units, batch_norm, activation, image_shape: as ``ConvEncoder``.
     """
 
-    def __init__(self, latent_dim: int, output_dim: int, channels: Sequence[int] = (64, 64, 64), kernel_size: int = 4,
-                 stride: int = 2, dense_units: int = 1024, batch_norm: bool = True, activation: str = "relu",
-                 image_shape: Sequence[int] | None = None):
+    def __init__(
+        self,
+        latent_dim: int,
+        output_dim: int,
+        channels: Sequence[int] = (64, 64, 64),
+        kernel_size: int = 4,
+        stride: int = 2,
+        dense_units: int = 1024,
+        batch_norm: bool = True,
+        activation: str = "relu",
+        image_shape: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.output_dim = output_dim
@@ -148,10 +177,14 @@ class ConvDecoder(Decoder):
         self.start_shape = (channels[-1], row_sizes[-1], col_sizes[-1])
         flat = math.prod(self.start_shape)
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, dense_units, bias=not batch_norm), _norm("1d", dense_units, batch_norm),
+            nn.Linear(latent_dim, dense_units, bias=not batch_norm),
+            _norm("1d", dense_units, batch_norm),
             ACTIVATIONS[activation](),
-            nn.Linear(dense_units, flat, bias=not batch_norm), _norm("1d", flat, batch_norm), ACTIVATIONS[activation](),
-            nn.Unflatten(1, self.start_shape), ChannelsLast(),
+            nn.Linear(dense_units, flat, bias=not batch_norm),
+            _norm("1d", flat, batch_norm),
+            ACTIVATIONS[activation](),
+            nn.Unflatten(1, self.start_shape),
+            ChannelsLast(),
         ]
         widths_out = list(reversed(channels[:-1])) + [out_channels]
         in_channels = channels[-1]
@@ -162,12 +195,23 @@ class ConvDecoder(Decoder):
             base_cols = (col_sizes[-1 - index] - 1) * stride - 2 * padding + kernel_size
             output_padding = (target_rows - base_rows, target_cols - base_cols)
             if not all(0 <= pad < stride for pad in output_padding):
-                raise ImageShapeError(f"decoder.kernel_size: transposed convolutions with kernel {kernel_size} and "
-                                      f"stride {stride} cannot return to {target_rows}x{target_cols}; "
-                                      f"use kernel_size = 2·stride (the paper's 4 with stride 2)")
+                raise ImageShapeError(
+                    f"decoder.kernel_size: transposed convolutions with kernel {kernel_size} and "
+                    f"stride {stride} cannot return to {target_rows}x{target_cols}; "
+                    f"use kernel_size = 2·stride (the paper's 4 with stride 2)"
+                )
             last = index == len(widths_out) - 1
-            layers.append(nn.ConvTranspose2d(in_channels, width, kernel_size, stride, padding,
-                                             output_padding=output_padding, bias=last or not batch_norm))
+            layers.append(
+                nn.ConvTranspose2d(
+                    in_channels,
+                    width,
+                    kernel_size,
+                    stride,
+                    padding,
+                    output_padding=output_padding,
+                    bias=last or not batch_norm,
+                )
+            )
             if not last:
                 layers += [_norm("2d", width, batch_norm), ACTIVATIONS[activation]()]
             in_channels = width

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-LIKELIHOODS: dict[str, type["Likelihood"]] = {}
+LIKELIHOODS: dict[str, type[Likelihood]] = {}
 """Every likelihood class with a ``name``, by that name (filled by ``Likelihood.__init_subclass__``)."""
 
 
@@ -30,7 +30,7 @@ def target_of(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def likelihood_class(target: str) -> type["Likelihood"] | None:
+def likelihood_class(target: str) -> type[Likelihood] | None:
     """The registered likelihood class whose import path (``target_of``) is ``target``; None for any other."""
     for cls in LIKELIHOODS.values():
         if target_of(cls) == target:
@@ -50,8 +50,10 @@ def _check_row_column_order(cls: type[Likelihood]) -> None:
     known = [name for name in row_column_names() if name in cls.row_columns]
     shared = [name for name in cls.row_columns if name in known]
     if shared != known:
-        raise TypeError(f"{target_of(cls)}.row_columns lists {shared} in another order than the registered "
-                        f"likelihoods ({known}); list them in that order")
+        raise TypeError(
+            f"{target_of(cls)}.row_columns lists {shared} in another order than the registered "
+            f"likelihoods ({known}); list them in that order"
+        )
 
 
 def _count_violation(values: np.ndarray) -> np.ndarray:
@@ -136,7 +138,7 @@ class Likelihood(nn.Module):
     def observations(cls, x):
         """The measurement columns of data rows x (n, D + k) (a tensor or an array): x without its k
         ``row_columns``, which is x itself for a likelihood without any."""
-        return x[:, :x.shape[1] - len(cls.row_columns)] if cls.row_columns else x
+        return x[:, : x.shape[1] - len(cls.row_columns)] if cls.row_columns else x
 
     @classmethod
     def row_column(cls, x, name: str):
@@ -241,8 +243,9 @@ class CountLikelihood(Likelihood):
     def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
         """Cells that are negative or not an integer."""
         bad = _count_violation(values)
-        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in every observation column") \
-            if bad.any() else None
+        return (
+            (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in every observation column") if bad.any() else None
+        )
 
     @classmethod
     def describe_violation(cls, value: float) -> str:
@@ -300,8 +303,9 @@ class HeteroscedasticGaussian(Likelihood):
         any real number, so pass the sd column last, not the measurement columns alone."""
         bad = np.zeros(values.shape, dtype=bool)
         bad[:, -1] = ~(values[:, -1] > 0)
-        return (bad, f"likelihood={cls.name} needs a noise standard deviation > 0 in the sd column") \
-            if bad.any() else None
+        return (
+            (bad, f"likelihood={cls.name} needs a noise standard deviation > 0 in the sd column") if bad.any() else None
+        )
 
     @classmethod
     def describe_violation(cls, value: float) -> str:
@@ -365,8 +369,8 @@ class PoissonGLMM(Likelihood):
 
     def linear_predictor(self, x: Tensor, u: Tensor) -> Tensor:
         """eta = x·beta + zeta·u. Args: x (B, D) rows [y, x, zeta]; u (B, C, q). Returns (B, C)."""
-        fixed = x[:, 1:1 + self.num_fixed] @ self.beta
-        random = (x[:, 1 + self.num_fixed:].unsqueeze(1) * u).sum(-1)
+        fixed = x[:, 1 : 1 + self.num_fixed] @ self.beta
+        random = (x[:, 1 + self.num_fixed :].unsqueeze(1) * u).sum(-1)
         return fixed.unsqueeze(1) + random
 
     def encoder_input(self, x: Tensor) -> Tensor:
@@ -380,16 +384,17 @@ class PoissonGLMM(Likelihood):
         may be any real number."""
         bad = np.zeros(values.shape, dtype=bool)
         bad[:, 0] = _count_violation(values[:, 0])
-        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in the response column") \
-            if bad.any() else None
+        return (bad, f"likelihood={cls.name} needs counts 0, 1, 2, ... in the response column") if bad.any() else None
 
     @classmethod
     def describe_violation(cls, value: float) -> str:
         return _describe_count(value)
 
     def mean(self, u: Tensor) -> Tensor:
-        raise NotImplementedError("PoissonGLMM: the mean of y is exp(x·beta + zeta·u) and needs the row's "
-                                  "covariates; use linear_predictor(x, u).exp()")
+        raise NotImplementedError(
+            "PoissonGLMM: the mean of y is exp(x·beta + zeta·u) and needs the row's "
+            "covariates; use linear_predictor(x, u).exp()"
+        )
 
     def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
         eta = self.linear_predictor(x, u)
@@ -406,7 +411,7 @@ class PoissonGLMM(Likelihood):
         capped_exp = torch.exp(eta.clamp(max=cap))
         log_prob = counts * eta - capped_exp * (1.0 + excess + 0.5 * excess.square()) - torch.lgamma(counts + 1.0)
         rate_slope = capped_exp.mul_(1.0 + excess)
-        zeta = x[:, 1 + self.num_fixed:].unsqueeze(1)
+        zeta = x[:, 1 + self.num_fixed :].unsqueeze(1)
         return log_prob, (counts - rate_slope).unsqueeze(-1) * zeta
 
 

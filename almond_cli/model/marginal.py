@@ -67,9 +67,16 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: int, seed: int, chunk: int = 4096,
-                          with_mean_u: bool = False, prior_fraction: float = 0.0,
-                          unit_index: Tensor | None = None) -> MarginalEstimate:
+def estimate_log_marginal(
+    model: LatentVariableModel,
+    x: Tensor,
+    num_samples: int,
+    seed: int,
+    chunk: int = 4096,
+    with_mean_u: bool = False,
+    prior_fraction: float = 0.0,
+    unit_index: Tensor | None = None,
+) -> MarginalEstimate:
     """Importance-sampled log p(x) for each row of ``x`` (each unit's rows where ``unit_index`` groups them), with
     q(z | x) (mixed with the prior) as proposal.
 
@@ -100,7 +107,7 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
     with evaluation_mode(model):
         for start in range(0, num_units, images_per_batch):
             if unit_rows is None:
-                batch, units = x[start:start + images_per_batch], None
+                batch, units = x[start : start + images_per_batch], None
                 mean, log_var = model.encode(batch)  # the encoder fed as in training
             else:
                 chunk_units = torch.arange(start, min(start + images_per_batch, num_units))
@@ -108,8 +115,12 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
                 batch, units = x[rows.to(x.device)], units.to(x.device)
                 mean, log_var = model.encode(batch, units, chunk_units.shape[0])
             # Image i's draws come from seed + i alone: the same draws whatever the batching or nll_images.
-            noise = torch.stack([torch.randn((num_samples, mean.shape[-1]), generator=generator.manual_seed(seed + i))
-                                 for i in range(start, start + mean.shape[0])])
+            noise = torch.stack(
+                [
+                    torch.randn((num_samples, mean.shape[-1]), generator=generator.manual_seed(seed + i))
+                    for i in range(start, start + mean.shape[0])
+                ]
+            )
             noise = noise.to(device=mean.device, dtype=mean.dtype)
             z = mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * noise
             z[:, :from_prior] = noise[:, :from_prior]
@@ -134,16 +145,26 @@ def estimate_log_marginal(model: LatentVariableModel, x: Tensor, num_samples: in
             variances.append(variance.cpu())
             if with_mean_u:
                 means_u.append((normalised.unsqueeze(-1) * u.double()).sum(1).cpu())
-    return MarginalEstimate(torch.cat(log_marginals), torch.cat(means), torch.cat(variances),
-                            torch.cat(means_u) if with_mean_u else None)
+    return MarginalEstimate(
+        torch.cat(log_marginals), torch.cat(means), torch.cat(variances), torch.cat(means_u) if with_mean_u else None
+    )
 
 
-def estimate_with(evaluation, model: LatentVariableModel, x: Tensor, with_mean_u: bool = False,
-                  unit_index: Tensor | None = None) -> MarginalEstimate:
+def estimate_with(
+    evaluation, model: LatentVariableModel, x: Tensor, with_mean_u: bool = False, unit_index: Tensor | None = None
+) -> MarginalEstimate:
     """``estimate_log_marginal`` with the ``evaluation`` config's K, seed, chunk and prior fraction."""
     prior_fraction = float(evaluation.get("nll_prior_fraction", 0.0))  # absent in runs saved before the key
-    return estimate_log_marginal(model, x, int(evaluation.nll_samples), int(evaluation.seed), int(evaluation.nll_chunk),
-                                 with_mean_u=with_mean_u, prior_fraction=prior_fraction, unit_index=unit_index)
+    return estimate_log_marginal(
+        model,
+        x,
+        int(evaluation.nll_samples),
+        int(evaluation.seed),
+        int(evaluation.nll_chunk),
+        with_mean_u=with_mean_u,
+        prior_fraction=prior_fraction,
+        unit_index=unit_index,
+    )
 
 
 def nll_summary(estimate: MarginalEstimate, prefix: str = "test") -> dict[str, float]:

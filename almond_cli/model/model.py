@@ -125,23 +125,31 @@ class LatentVariableModel(nn.Module):
         weighted = sum_over_rows(precision * mean, units, num_units)
         rows = sum_over_rows(torch.ones_like(units, dtype=precision.dtype), units, num_units).unsqueeze(-1)
         surest = precision.new_zeros((num_units, precision.shape[-1])).scatter_reduce_(
-            0, units.unsqueeze(-1).expand_as(precision), precision, "amax", include_self=False)
+            0, units.unsqueeze(-1).expand_as(precision), precision, "amax", include_self=False
+        )
         combined = torch.maximum(total - (rows - 1.0), surest)
         # A one-row unit takes its row's (mean, log_var) as they are (a sum of one term is exact), so an explicit
         # one-row-per-unit map gives bitwise the outputs of units=None.
         single = rows == 1.0
-        return (torch.where(single, sum_over_rows(mean, units, num_units), weighted / combined),
-                torch.where(single, sum_over_rows(log_var, units, num_units), -combined.log()))
+        return (
+            torch.where(single, sum_over_rows(mean, units, num_units), weighted / combined),
+            torch.where(single, sum_over_rows(log_var, units, num_units), -combined.log()),
+        )
 
-    def sample_posterior_approx(self, x: Tensor, num_draws: int, generator: torch.Generator | None,
-                                units: Tensor | None = None, num_units: int | None = None) -> Tensor:
+    def sample_posterior_approx(
+        self,
+        x: Tensor,
+        num_draws: int,
+        generator: torch.Generator | None,
+        units: Tensor | None = None,
+        num_units: int | None = None,
+    ) -> Tensor:
         """Draws from q(z | x_unit). Args: x (R, D), units (R,) or None (see ``encode``). Returns z (B, num_draws,
         d)."""
         mean, log_var = self.encode(x, units, num_units)
         return reparameterise(mean, log_var, num_draws, generator)
 
-    def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None,
-             units: Tensor | None = None) -> Tensor:
+    def elbo(self, x: Tensor, num_draws: int, generator: torch.Generator | None, units: Tensor | None = None) -> Tensor:
         """The evidence lower bound per unit with ``num_draws`` reparameterised draws.
 
         Args: x (R, D), units (R,) or None (every row its own unit; see ``log_lik``). Returns (B,):

@@ -21,8 +21,9 @@ ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "elu":
 INITIALISATIONS = ("pytorch", "xavier_uniform")
 
 
-def make_mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str,
-             init: str = "pytorch") -> nn.Sequential:
+def make_mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str, init: str = "pytorch"
+) -> nn.Sequential:
     """A fully connected network in_dim → hidden_sizes → out_dim with ``activation`` between layers, its
     weights started as ``init`` says (one of ``INITIALISATIONS``)."""
     if activation not in ACTIVATIONS:
@@ -62,8 +63,14 @@ class MLPEncoder(Encoder):
         init: name from ``INITIALISATIONS``.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden_sizes: Sequence[int], activation: str = "softplus",
-                 init: str = "pytorch"):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str = "softplus",
+        init: str = "pytorch",
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = make_mlp(data_dim, hidden_sizes, 2 * latent_dim, activation, init)
@@ -84,8 +91,14 @@ class MLPDecoder(Decoder):
         init: name from ``INITIALISATIONS``.
     """
 
-    def __init__(self, latent_dim: int, output_dim: int, hidden_sizes: Sequence[int], activation: str = "softplus",
-                 init: str = "pytorch"):
+    def __init__(
+        self,
+        latent_dim: int,
+        output_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str = "softplus",
+        init: str = "pytorch",
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = make_mlp(latent_dim, hidden_sizes, output_dim, activation, init)

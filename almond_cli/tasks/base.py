@@ -37,6 +37,7 @@ class Task:
         """Small tensors kept in the checkpoint at the end of the VAE phase, for the final figures."""
         return None
 
-    def figures(self, run_dir: Path, model, dataset: Dataset, cfg, device, summary: dict,
-                vae_snapshot: dict | None) -> None:
+    def figures(
+        self, run_dir: Path, model, dataset: Dataset, cfg, device, summary: dict, vae_snapshot: dict | None
+    ) -> None:
         """Writes the task's figures into ``run_dir / "figures"``."""

@@ -54,7 +54,9 @@ def marginal_log_likelihood(prior: Prior, x: Tensor, sd) -> Tensor:
     raise TypeError(f"no closed-form marginal likelihood for {type(prior).__name__}")
 
 
-def fit_npmle(x: Tensor, sd, grid_size: int = 400, max_iterations: int = 5000, tolerance: float = 1e-8) -> DiscretePrior:
+def fit_npmle(
+    x: Tensor, sd, grid_size: int = 400, max_iterations: int = 5000, tolerance: float = 1e-8
+) -> DiscretePrior:
     """The Kiefer–Wolfowitz NPMLE of the prior of Gaussian measurements, on a grid, by EM.
 
     The NPMLE of a Gaussian location mixture is supported within [min x, max x]; its weights on ``grid_size``
@@ -74,7 +76,7 @@ def fit_npmle(x: Tensor, sd, grid_size: int = 400, max_iterations: int = 5000, t
     grid = torch.linspace(float(x.min()), float(x.max()), grid_size, dtype=torch.float64)
     log_kernel = _gaussian_log_density(x[:, None], grid[None, :], sd[:, None])
     shift = log_kernel.max(dim=1, keepdim=True).values  # row-wise scaling: the EM update is invariant to it
-    kernel = (log_kernel - shift).exp()                 # (n, grid_size)
+    kernel = (log_kernel - shift).exp()  # (n, grid_size)
     weights = torch.full((grid_size,), 1.0 / grid_size, dtype=torch.float64)
     previous = -math.inf
     for _ in range(max_iterations):

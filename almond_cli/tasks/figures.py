@@ -27,8 +27,9 @@ def save_figure(figure, path: Path) -> None:
     write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
 
 
-def method_panels(summary: dict, vae_draws: torch.Tensor | None, almond_draws: torch.Tensor,
-                  baseline_draws: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, dict]]:
+def method_panels(
+    summary: dict, vae_draws: torch.Tensor | None, almond_draws: torch.Tensor, baseline_draws: dict[str, torch.Tensor]
+) -> dict[str, tuple[torch.Tensor, dict]]:
     """The panels of a figure that sets the methods side by side, in the summary table's order: the VAE warm start
     (where its snapshot was kept), ALMOND, then each baseline, each with its draws and its row of ``summary``.
 
@@ -57,8 +58,9 @@ def marginal_data_density(prior: Prior, noise_sd: float, grid: torch.Tensor) -> 
     return torch.trapezoid(kernel * weights, mu, dim=1)
 
 
-def latent_density_figure(panels: dict[str, tuple[torch.Tensor, dict]], prior: Prior, noise_sd: float,
-                          path: Path) -> None:
+def latent_density_figure(
+    panels: dict[str, tuple[torch.Tensor, dict]], prior: Prior, noise_sd: float, path: Path
+) -> None:
     """One panel per method: histogram of its draws, true prior density, data density, KS and W1.
 
     Args:
@@ -75,15 +77,29 @@ def latent_density_figure(panels: dict[str, tuple[torch.Tensor, dict]], prior: P
     data_density = marginal_data_density(prior, noise_sd, grid)
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
     for axis, (name, (draws, metrics)) in zip(axes[0], panels.items()):
-        axis.hist(draws.double().clamp(lo, hi).numpy(), bins=80, range=(lo, hi), density=True,
-                  color="tab:blue", alpha=0.45, label=f"{name} draws")
+        axis.hist(
+            draws.double().clamp(lo, hi).numpy(),
+            bins=80,
+            range=(lo, hi),
+            density=True,
+            color="tab:blue",
+            alpha=0.45,
+            label=f"{name} draws",
+        )
         axis.plot(grid.numpy(), prior_density.numpy(), color="black", lw=1.6, label="true prior")
         axis.plot(grid.numpy(), data_density.numpy(), color="tab:orange", lw=1.3, ls="--", label="data density")
         axis.set_title(name)
         axis.set_xlabel("u")
-        axis.text(0.97, 0.95, f"KS {metrics.get('ks', float('nan')):.3f}\nW1 {metrics.get('w1', float('nan')):.3f}",
-                  transform=axis.transAxes, ha="right", va="top", fontsize=9,
-                  bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+        axis.text(
+            0.97,
+            0.95,
+            f"KS {metrics.get('ks', float('nan')):.3f}\nW1 {metrics.get('w1', float('nan')):.3f}",
+            transform=axis.transAxes,
+            ha="right",
+            va="top",
+            fontsize=9,
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"),
+        )
     axes[0][0].set_ylabel("density")
     axes[0][0].legend(loc="upper left", fontsize=8, frameon=False)
     figure.suptitle(f"learned latent distribution vs true {prior.name} prior")

@@ -49,17 +49,21 @@ class FileTask(GaussianBaselinesMixin, Task):
         final = latent_draws(model, cfg, device)
         if final.shape[1] != 1:
             return  # a multivariate latent distribution has no one-panel picture here
-        baselines = {name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
-                     for name, fit in self._baseline_priors(model, dataset).items()}
-        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"][:, 0], final[:, 0],
-                               baselines)
+        baselines = {
+            name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
+            for name, fit in self._baseline_priors(model, dataset).items()
+        }
+        panels = method_panels(
+            summary, None if vae_snapshot is None else vae_snapshot["draws"][:, 0], final[:, 0], baselines
+        )
         folder = Path(run_dir) / "figures"
         noise_sd = model.likelihood.noise_sd(dataset.x)
         if dataset.prior is not None and noise_sd is not None:
             latent_density_figure(panels, dataset.prior, noise_sd, folder / "latent_density.png")
         else:
-            latent_histogram_figure(panels, model.likelihood.observations(dataset.x)[:, 0],
-                                    folder / "latent_distribution.png")
+            latent_histogram_figure(
+                panels, model.likelihood.observations(dataset.x)[:, 0], folder / "latent_distribution.png"
+            )
 
 
 def latent_histogram_figure(panels: dict, x: torch.Tensor, path: Path) -> None:
@@ -71,11 +75,17 @@ def latent_histogram_figure(panels: dict, x: torch.Tensor, path: Path) -> None:
     if not math.isfinite(lo) or not hi > lo:
         lo, hi = lo - 1.0, lo + 1.0
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
-    for axis, (name, (draws, metrics)) in zip(axes[0], panels.items()):
-        axis.hist(draws.double().clamp(lo, hi).numpy(), bins=80, range=(lo, hi), density=True, color="tab:blue",
-                  alpha=0.45, label=f"{name}: u = h(z)")
-        axis.hist(x.numpy(), bins=60, range=(lo, hi), density=True, histtype="step", color="tab:orange",
-                  label="data x")
+    for axis, (name, (draws, _metrics)) in zip(axes[0], panels.items()):
+        axis.hist(
+            draws.double().clamp(lo, hi).numpy(),
+            bins=80,
+            range=(lo, hi),
+            density=True,
+            color="tab:blue",
+            alpha=0.45,
+            label=f"{name}: u = h(z)",
+        )
+        axis.hist(x.numpy(), bins=60, range=(lo, hi), density=True, histtype="step", color="tab:orange", label="data x")
         axis.set_title(name)
         axis.set_xlabel("u")
     axes[0][0].set_ylabel("density")

@@ -98,6 +98,12 @@ class GLMMTask(Task):
         return {"draws": latent_draws(model, cfg, device)}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
-        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"],
-                               latent_draws(model, cfg, device), self._baseline_draws)
-        random_effects_figure(panels, dataset.prior, dataset.copula_theta, Path(run_dir) / "figures" / "random_effects.png")
+        panels = method_panels(
+            summary,
+            None if vae_snapshot is None else vae_snapshot["draws"],
+            latent_draws(model, cfg, device),
+            self._baseline_draws,
+        )
+        random_effects_figure(
+            panels, dataset.prior, dataset.copula_theta, Path(run_dir) / "figures" / "random_effects.png"
+        )

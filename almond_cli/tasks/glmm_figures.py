@@ -19,8 +19,9 @@ from .figures import plt, save_figure
 COLOURS = {"vae": "tab:orange", "almond": "tab:blue", "gaussian_glmm": "tab:green"}
 
 
-def random_effects_figure(panels: dict[str, tuple[Tensor, dict]], prior: Prior | None, theta: float | None,
-                          path: Path) -> None:
+def random_effects_figure(
+    panels: dict[str, tuple[Tensor, dict]], prior: Prior | None, theta: float | None, path: Path
+) -> None:
     """Writes the figure.
 
     Args:
@@ -36,15 +37,30 @@ def random_effects_figure(panels: dict[str, tuple[Tensor, dict]], prior: Prior |
     grid = torch.linspace(lo, hi, 600, dtype=torch.float64)
     figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4.0 * (len(panels) + 1), 3.4), squeeze=False)
     for axis, (name, (draws, metrics)) in zip(axes[0], panels.items()):
-        axis.hist(draws[:, 0].double().clamp(lo, hi).numpy(), bins=80, range=(lo, hi), density=True,
-                  color=COLOURS.get(name, "tab:gray"), alpha=0.45, label=f"{name} draws")
+        axis.hist(
+            draws[:, 0].double().clamp(lo, hi).numpy(),
+            bins=80,
+            range=(lo, hi),
+            density=True,
+            color=COLOURS.get(name, "tab:gray"),
+            alpha=0.45,
+            label=f"{name} draws",
+        )
         if prior is not None:
             axis.plot(grid.numpy(), prior.pdf(grid).numpy(), color="black", lw=1.6, label="true marginal")
         axis.set_title(name)
         axis.set_xlabel("u_1")
         if "ks" in metrics:
-            axis.text(0.97, 0.95, f"KS {metrics['ks']:.3f}\nW1 {metrics['w1']:.3f}", transform=axis.transAxes,
-                      ha="right", va="top", fontsize=9, bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+            axis.text(
+                0.97,
+                0.95,
+                f"KS {metrics['ks']:.3f}\nW1 {metrics['w1']:.3f}",
+                transform=axis.transAxes,
+                ha="right",
+                va="top",
+                fontsize=9,
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"),
+            )
         axis.legend(loc="upper left", fontsize=8, frameon=False)
     axis = axes[0][-1]
     t = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
@@ -52,14 +68,21 @@ def random_effects_figure(panels: dict[str, tuple[Tensor, dict]], prior: Prior |
         if draws.shape[1] >= 2:
             # 2,000 draws keep the O(n²) estimate quick; the metric itself uses all draws.
             subset = draws[:2000]
-            axis.plot(t.numpy(), empirical_lambda(subset[:, 0], subset[:, 1], t).numpy(),
-                      color=COLOURS.get(name, "tab:gray"), lw=1.3, label=name)
+            axis.plot(
+                t.numpy(),
+                empirical_lambda(subset[:, 0], subset[:, 1], t).numpy(),
+                color=COLOURS.get(name, "tab:gray"),
+                lw=1.3,
+                label=name,
+            )
     if theta is not None:
-        axis.plot(t.numpy(), clayton_lambda(t, theta).numpy(), color="black", lw=1.6, ls="--",
-                  label=f"Clayton θ={theta:g}")
+        axis.plot(
+            t.numpy(), clayton_lambda(t, theta).numpy(), color="black", lw=1.6, ls="--", label=f"Clayton θ={theta:g}"
+        )
     axis.set_title("Kendall λ(t) of (u_1, u_2)")
     axis.set_xlabel("t")
     axis.legend(fontsize=8, frameon=False)
-    figure.suptitle("fitted random-effects distribution vs truth" if prior is not None
-                    else "fitted random-effects distribution")
+    figure.suptitle(
+        "fitted random-effects distribution vs truth" if prior is not None else "fitted random-effects distribution"
+    )
     save_figure(figure, path)

@@ -29,7 +29,7 @@ from ..model.model import evaluation_mode, prior_draws  # noqa: E402
 from .base import Task  # noqa: E402
 from .figures import save_figure  # noqa: E402
 
-GRID = 10          # samples.png is GRID × GRID
+GRID = 10  # samples.png is GRID × GRID
 NUM_RECONSTRUCTIONS = 12
 
 
@@ -64,7 +64,9 @@ def image_grid(images: Tensor, shape: tuple[int, int, int], ncols: int) -> np.nd
     canvas = np.ones((nrows * (height + gap) - gap, ncols * (width + gap) - gap), dtype=np.float32)
     for index, image in enumerate(images):
         row, col = divmod(index, ncols)
-        canvas[row * (height + gap):row * (height + gap) + height, col * (width + gap):col * (width + gap) + width] = image
+        canvas[
+            row * (height + gap) : row * (height + gap) + height, col * (width + gap) : col * (width + gap) + width
+        ] = image
     return canvas
 
 
@@ -128,8 +130,9 @@ def samples_figure(panels: dict, shape, path: Path) -> None:
 
 def reconstructions_figure(x: Tensor, panels: dict, shape, path: Path) -> None:
     """Held-out images in the first row, each model's reconstruction from E[z | x] below."""
-    rows = [("held-out images", x.float())] + [(name, pictures["reconstructions"])
-                                               for name, (pictures, _) in panels.items()]
+    rows = [("held-out images", x.float())] + [
+        (name, pictures["reconstructions"]) for name, (pictures, _) in panels.items()
+    ]
     figure, axes = plt.subplots(len(rows), 1, figsize=(0.9 * x.shape[0], 1.25 * len(rows)), squeeze=False)
     for axis, (name, images) in zip(axes[:, 0], rows):
         axis.imshow(image_grid(images, shape, x.shape[0]), cmap="gray", vmin=0, vmax=1)
@@ -145,8 +148,16 @@ def latent_map_figure(panels: dict, labels: Tensor, path: Path) -> None:
     scatter = None
     for axis, (name, (pictures, _)) in zip(axes[0], panels.items()):
         means = pictures["posterior_mean"].numpy()
-        scatter = axis.scatter(means[:, 0], means[:, 1], c=labels[:means.shape[0]].numpy(), cmap="tab10",
-                               vmin=-0.5, vmax=9.5, s=6, alpha=0.8)
+        scatter = axis.scatter(
+            means[:, 0],
+            means[:, 1],
+            c=labels[: means.shape[0]].numpy(),
+            cmap="tab10",
+            vmin=-0.5,
+            vmax=9.5,
+            s=6,
+            alpha=0.8,
+        )
         axis.set_title(name)
         axis.set_xlabel("z1")
         axis.set_ylabel("z2")

@@ -43,7 +43,6 @@ def w1_distance(samples: Tensor, cdf: CdfFn, lower: float, upper: float, grid_si
     return float(torch.trapezoid((empirical - cdf(grid)).abs(), grid))
 
 
-
 def evaluation_generator(cfg) -> torch.Generator:
     """A CPU generator seeded by ``evaluation.seed``: VAE, ALMOND and baselines are scored on the same draws."""
     return torch.Generator().manual_seed(int(cfg.evaluation.seed))
@@ -51,13 +50,19 @@ def evaluation_generator(cfg) -> torch.Generator:
 
 def latent_draws(model, cfg, device) -> Tensor:
     """``evaluation.num_draws`` draws of u = h(z) of a fitted model, (num_draws, P) on the CPU."""
-    return prior_draws(model.decoder, int(cfg.latent_dim), int(cfg.evaluation.num_draws), evaluation_generator(cfg),
-                       device)
+    return prior_draws(
+        model.decoder, int(cfg.latent_dim), int(cfg.evaluation.num_draws), evaluation_generator(cfg), device
+    )
 
 
 # What a score of the training rows is called when it is computed alike on the held-out rows (data.holdout_fraction).
-HELDOUT_NAMES = {"train_nll": "heldout_nll", "train_nll_se": "heldout_nll_se", "almond_gain": "almond_heldout_gain",
-                 "almond_gain_se": "almond_heldout_gain_se", "mse_posterior_mean": "heldout_mse_posterior_mean"}
+HELDOUT_NAMES = {
+    "train_nll": "heldout_nll",
+    "train_nll_se": "heldout_nll_se",
+    "almond_gain": "almond_heldout_gain",
+    "almond_gain_se": "almond_heldout_gain_se",
+    "mse_posterior_mean": "heldout_mse_posterior_mean",
+}
 
 
 def heldout_names(scores: dict[str, float]) -> dict[str, float]:
@@ -81,8 +86,9 @@ def _likelihood_scores(model, dataset, cfg, device) -> dict[str, float]:
     """``train_likelihood``'s scores of the rows of ``dataset`` alone."""
     truth = dataset.truth
     # Per unit where rows are grouped in units (train_nll is then per unit); row by row otherwise.
-    estimate = estimate_with(cfg.evaluation, model, dataset.x.to(device), with_mean_u=truth is not None,
-                             unit_index=dataset.unit_index)
+    estimate = estimate_with(
+        cfg.evaluation, model, dataset.x.to(device), with_mean_u=truth is not None, unit_index=dataset.unit_index
+    )
     scores = nll_summary(estimate, "train")
     if truth is not None and estimate.posterior_mean_u.shape == truth.shape:
         scores["mse_posterior_mean"] = float((estimate.posterior_mean_u - truth.double()).square().mean())

@@ -60,7 +60,10 @@ def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:
     x = likelihood.observations(dataset.x)
     if sd is None or x.shape[1] != 1:
         return {}
-    return {"normal_eb": normal_empirical_bayes(x, sd), "npmle": fit_npmle(x[:, 0], row_noise_sd(likelihood, dataset.x))}
+    return {
+        "normal_eb": normal_empirical_bayes(x, sd),
+        "npmle": fit_npmle(x[:, 0], row_noise_sd(likelihood, dataset.x)),
+    }
 
 
 def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:
@@ -87,8 +90,12 @@ def _paired_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, P
     for name, prior in priors.items():
         exact = marginal_log_likelihood(prior, x, sd)
         gain = almond - exact
-        results[name] = {"train_nll": float(-exact.mean()), "train_nll_se": _standard_error(exact),
-                         "almond_gain": float(gain.mean()), "almond_gain_se": _standard_error(gain)}
+        results[name] = {
+            "train_nll": float(-exact.mean()),
+            "train_nll_se": _standard_error(exact),
+            "almond_gain": float(gain.mean()),
+            "almond_gain_se": _standard_error(gain),
+        }
         if dataset.truth is not None and dataset.truth.shape[1] == 1:
             error = posterior_means(prior, x, sd) - dataset.truth[:, 0].double()
             results[name]["mse_posterior_mean"] = float(error.square().mean())
@@ -123,8 +130,13 @@ class NormalMeansTask(GaussianBaselinesMixin, Task):
     def baselines(self, model, dataset, cfg, device, fitted):
         priors = self._baseline_priors(model, dataset)
         likelihoods = likelihood_comparison(model, dataset, cfg, device, priors)
-        return {name: {**self._scores(fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), dataset),
-                       **likelihoods[name]} for name, fit in priors.items()}
+        return {
+            name: {
+                **self._scores(fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg)), dataset),
+                **likelihoods[name],
+            }
+            for name, fit in priors.items()
+        }
 
     @staticmethod
     def _scores(draws: Tensor, dataset: Dataset) -> dict[str, float]:
@@ -134,9 +146,16 @@ class NormalMeansTask(GaussianBaselinesMixin, Task):
         return {"draws": latent_draws(model, cfg, device)[:, 0]}
 
     def figures(self, run_dir, model, dataset, cfg, device, summary, vae_snapshot):
-        baselines = {name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
-                     for name, fit in self._baseline_priors(model, dataset).items()}
-        panels = method_panels(summary, None if vae_snapshot is None else vae_snapshot["draws"],
-                               latent_draws(model, cfg, device)[:, 0], baselines)
-        latent_density_figure(panels, dataset.prior, float(cfg.data.noise_sd),
-                              Path(run_dir) / "figures" / "latent_density.png")
+        baselines = {
+            name: fit.sample(cfg.evaluation.num_draws, evaluation_generator(cfg))
+            for name, fit in self._baseline_priors(model, dataset).items()
+        }
+        panels = method_panels(
+            summary,
+            None if vae_snapshot is None else vae_snapshot["draws"],
+            latent_draws(model, cfg, device)[:, 0],
+            baselines,
+        )
+        latent_density_figure(
+            panels, dataset.prior, float(cfg.data.noise_sd), Path(run_dir) / "figures" / "latent_density.png"
+        )

@@ -53,7 +53,7 @@ def exact_cdf_and_density(z: Tensor, u: Tensor, t: Tensor, chunk: int = 64) -> t
     left_mass, right_mass = _standard_normal_cdf(left_z), _standard_normal_cdf(right_z)
     cdfs, densities = [], []
     for start in range(0, t.numel(), chunk):
-        point = t[start:start + chunk, None]  # (m, 1) against the (N - 1) segments
+        point = t[start : start + chunk, None]  # (m, 1) against the (N - 1) segments
         flat = slope == 0
         crossing = (point - left_u) / torch.where(flat, torch.ones_like(slope), slope) + left_z
         crossing = crossing.clamp(min=left_z, max=right_z)
@@ -105,7 +105,11 @@ def summarise_prior(decoder, latent_dim: int, draws: Tensor, grid_size: int = 10
             edges = exact_quantiles(z, u, [0.0005, 0.9995])
             margin = 0.1 * float(edges[1] - edges[0])
             lo, hi = max(float(u.min()), float(edges[0]) - margin), min(float(u.max()), float(edges[1]) + margin)
-            t = torch.linspace(lo, hi, grid_size, dtype=torch.float64) if hi > lo else torch.tensor([lo], dtype=torch.float64)
+            t = (
+                torch.linspace(lo, hi, grid_size, dtype=torch.float64)
+                if hi > lo
+                else torch.tensor([lo], dtype=torch.float64)
+            )
             cdf, density = exact_cdf_and_density(z, u, t)
             quantiles = exact_quantiles(z, u, QUANTILE_LEVELS).tolist()
             mean = float((weights * u).sum())
@@ -123,9 +127,16 @@ def summarise_prior(decoder, latent_dim: int, draws: Tensor, grid_size: int = 10
             method = f"draws (n = {sample.numel()}): empirical CDF, Gaussian kernel density"
             quantiles = torch.quantile(sample, torch.tensor(QUANTILE_LEVELS, dtype=torch.float64)).tolist()
         sd = math.sqrt(max(variance, 0.0))
-        summary.append({"coordinate": p, "method": method, "mean": mean, "sd": sd,
-                        "skewness": third / sd**3 if sd > 0 else 0.0,
-                        **{f"q{round(100 * level)}": value for level, value in zip(QUANTILE_LEVELS, quantiles)}})
+        summary.append(
+            {
+                "coordinate": p,
+                "method": method,
+                "mean": mean,
+                "sd": sd,
+                "skewness": third / sd**3 if sd > 0 else 0.0,
+                **{f"q{round(100 * level)}": value for level, value in zip(QUANTILE_LEVELS, quantiles)},
+            }
+        )
         grid_rows += [(p, float(a), float(b), float(c)) for a, b, c in zip(t, density, cdf)]
     dependence = []
     if draws.shape[1] >= 2:
@@ -133,6 +144,13 @@ def summarise_prior(decoder, latent_dim: int, draws: Tensor, grid_size: int = 10
         for i in range(draws.shape[1]):
             for j in range(i + 1, draws.shape[1]):
                 tau, se = kendall_tau(draws[:KENDALL_DRAWS, i], draws[:KENDALL_DRAWS, j])
-                dependence.append({"first": i, "second": j, "pearson": float(correlation[i, j]),
-                                   "kendall_tau": tau, "kendall_tau_se": se})
+                dependence.append(
+                    {
+                        "first": i,
+                        "second": j,
+                        "pearson": float(correlation[i, j]),
+                        "kendall_tau": tau,
+                        "kendall_tau_se": se,
+                    }
+                )
     return {"grid": grid_rows, "summary": summary, "dependence": dependence}

@@ -20,8 +20,15 @@ import torch
 from ..data.dataset import Dataset, build_normal_means, hold_out
 from ..data.files import PATH_KEYS as FILE_PATH_KEYS
 from ..data.files import FileDataConfig, build_file_dataset, check_data_file, row_column_key, validate_file_config
-from ..data.glmm import (GLMMDataConfig, GLMMFileDataConfig, build_glmm_file, build_glmm_simulation, check_glmm_file,
-                         validate_glmm_config, validate_glmm_file_config)
+from ..data.glmm import (
+    GLMMDataConfig,
+    GLMMFileDataConfig,
+    build_glmm_file,
+    build_glmm_simulation,
+    check_glmm_file,
+    validate_glmm_config,
+    validate_glmm_file_config,
+)
 from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
 from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
 from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
@@ -76,16 +83,37 @@ class DataOption:
 GLMM_LIKELIHOODS = ("poisson_glmm",)
 
 DATA_SETS: dict[str, DataOption] = {
-    "normal_means": DataOption(NormalMeansDataConfig, build_normal_means, NormalMeansTask,
-                               validate=validate_normal_means_config),
-    "file": DataOption(FileDataConfig, build_file_dataset, FileTask, validate=validate_file_config,
-                       check=check_data_file, path_keys=FILE_PATH_KEYS),
-    "mnist": DataOption(MnistDataConfig, build_mnist, ImageTask, validate=validate_mnist_config,
-                        check=check_mnist_files, path_keys=IMAGE_PATH_KEYS),
-    "glmm": DataOption(GLMMDataConfig, build_glmm_simulation, GLMMTask, validate=validate_glmm_config,
-                       likelihoods=GLMM_LIKELIHOODS),
-    "glmm_file": DataOption(GLMMFileDataConfig, build_glmm_file, GLMMTask, validate=validate_glmm_file_config,
-                            check=check_glmm_file, path_keys=("path",), likelihoods=GLMM_LIKELIHOODS),
+    "normal_means": DataOption(
+        NormalMeansDataConfig, build_normal_means, NormalMeansTask, validate=validate_normal_means_config
+    ),
+    "file": DataOption(
+        FileDataConfig,
+        build_file_dataset,
+        FileTask,
+        validate=validate_file_config,
+        check=check_data_file,
+        path_keys=FILE_PATH_KEYS,
+    ),
+    "mnist": DataOption(
+        MnistDataConfig,
+        build_mnist,
+        ImageTask,
+        validate=validate_mnist_config,
+        check=check_mnist_files,
+        path_keys=IMAGE_PATH_KEYS,
+    ),
+    "glmm": DataOption(
+        GLMMDataConfig, build_glmm_simulation, GLMMTask, validate=validate_glmm_config, likelihoods=GLMM_LIKELIHOODS
+    ),
+    "glmm_file": DataOption(
+        GLMMFileDataConfig,
+        build_glmm_file,
+        GLMMTask,
+        validate=validate_glmm_file_config,
+        check=check_glmm_file,
+        path_keys=("path",),
+        likelihoods=GLMM_LIKELIHOODS,
+    ),
 }
 
 
@@ -123,19 +151,29 @@ def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
     read the rows of data option ``name``: see ``DataOption.likelihoods``."""
     option = _option(name)
     if option.likelihoods is not None:
-        require(likelihood.name in option.likelihoods, "likelihood",
-                f"data={name} needs " + " or ".join(f"likelihood={n}" for n in option.likelihoods))
+        require(
+            likelihood.name in option.likelihoods,
+            "likelihood",
+            f"data={name} needs " + " or ".join(f"likelihood={n}" for n in option.likelihoods),
+        )
         return
     owners = [other for other, entry in DATA_SETS.items() if entry.likelihoods and likelihood.name in entry.likelihoods]
-    require(not owners, "likelihood",
-            f"data={name} needs a likelihood other than {likelihood.name}, which reads only the rows of "
-            + " and ".join(f"data={o}" for o in owners) + "; use " + " or ".join(f"data={o}" for o in owners))
+    require(
+        not owners,
+        "likelihood",
+        f"data={name} needs a likelihood other than {likelihood.name}, which reads only the rows of "
+        + " and ".join(f"data={o}" for o in owners)
+        + "; use "
+        + " or ".join(f"data={o}" for o in owners),
+    )
     for column in likelihood.row_columns:
         readers = [other for other, entry in DATA_SETS.items() if entry.supplies(column)]
-        require(option.supplies(column), "likelihood",
-                f"likelihood={likelihood.name} reads each row's {column} from a column of a table, which data={name} "
-                f"does not have; use " + " or ".join(f"data={r} with data.{row_column_key(column)}=NAME"
-                                                      for r in readers))
+        require(
+            option.supplies(column),
+            "likelihood",
+            f"likelihood={likelihood.name} reads each row's {column} from a column of a table, which data={name} "
+            f"does not have; use " + " or ".join(f"data={r} with data.{row_column_key(column)}=NAME" for r in readers),
+        )
 
 
 def check_before_run(cfg, seed: int) -> None:

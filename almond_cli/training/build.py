@@ -18,8 +18,7 @@ def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
         # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
         likelihood = instantiate(cfg.likelihood, **dataset.likelihood_args())
         encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
-        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim,
-                              output_dim=likelihood.param_dim(dataset.data_dim))
+        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim, output_dim=likelihood.param_dim(dataset.data_dim))
     except InstantiationException as error:
         # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
         if isinstance(error.__cause__, UsageError):

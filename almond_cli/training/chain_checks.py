@@ -26,7 +26,9 @@ from ..langevin.diagnostics import KOLMOGOROV_MEAN, posterior_marginal_ks, traje
 from .position import Phase
 
 log = logging.getLogger("almond")
-ALARM_FACTOR = 1.5  # measured: healthy runs 0.92–1.03 times the reference; ULA steps of 0.5 and 0.8 (paper 0.01) 1.4–2.1
+ALARM_FACTOR = (
+    1.5  # measured: healthy runs 0.92–1.03 times the reference; ULA steps of 0.5 and 0.8 (paper 0.01) 1.4–2.1
+)
 # The median over points of the trajectory R-hat above which the chains barely move. Vehtari et al.'s 1.01 asks that
 # every chain cross the posterior within the window; persistent chains at the paper's late step size do not over
 # 50 epochs and need not (they start spread over it): measured median 1.9-2.0 (paper settings) and 1.4-1.9 (fast
@@ -49,18 +51,21 @@ class ChainTrajectory:
         """Keeps a CPU copy of the current chains (points, C, d) of the first data points."""
         count = min(self.points, chains.positions.shape[0])
         self.states.append(chains.positions[:count].detach().to("cpu", copy=True))
-        del self.states[:-self.window]
+        del self.states[: -self.window]
 
     def draws(self) -> torch.Tensor:
         """(points, C, N, d): each chain's recorded states in epoch order."""
         return torch.stack(self.states, dim=2)
 
     def state_dict(self) -> dict:
-        return {"points": self.points, "window": self.window,
-                "states": torch.stack(self.states) if self.states else None}
+        return {
+            "points": self.points,
+            "window": self.window,
+            "states": torch.stack(self.states) if self.states else None,
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict | None, points: int, window: int) -> "ChainTrajectory":
+    def from_state_dict(cls, state: dict | None, points: int, window: int) -> ChainTrajectory:
         """The saved trajectory (an older checkpoint has none: it starts empty), trimmed to ``window``."""
         if not state or state.get("states") is None or state.get("points") != points:
             return cls(points, window)
@@ -100,11 +105,17 @@ def trajectory_check(trajectory: ChainTrajectory, epoch: int) -> dict[str, float
     results = trajectory_convergence(trajectory.draws().numpy())
     results["trajectory_epochs"] = len(trajectory.states)
     if results["rhat_median"] > RHAT_ALARM:
-        log.warning("ALMOND epoch %d: the persistent chains have not mixed over their last %d epochs (median "
-                    "R-hat %.3f > %.2f over the checked data points): each chain still remembers where it started, "
-                    "so the gradient rests on fewer effective draws than chains. More Langevin steps per update "
-                    "(sampler.num_steps), a larger sampler.step_size if the chains barely move, or more epochs "
-                    "usually help.", epoch, len(trajectory.states), results["rhat_median"], RHAT_ALARM)
+        log.warning(
+            "ALMOND epoch %d: the persistent chains have not mixed over their last %d epochs (median "
+            "R-hat %.3f > %.2f over the checked data points): each chain still remembers where it started, "
+            "so the gradient rests on fewer effective draws than chains. More Langevin steps per update "
+            "(sampler.num_steps), a larger sampler.step_size if the chains barely move, or more epochs "
+            "usually help.",
+            epoch,
+            len(trajectory.states),
+            results["rhat_median"],
+            RHAT_ALARM,
+        )
     return results
 
 
@@ -116,11 +127,19 @@ def posterior_check(run, epoch: int) -> dict[str, float]:
     indices = torch.arange(count)
     ks = posterior_marginal_ks(run.model, run.x[:count], run.chains.gather(indices))
     reference = KOLMOGOROV_MEAN / math.sqrt(run.chains.num_chains)
-    results = {"posterior_ks_mean": float(ks.mean()), "posterior_ks_max": float(ks.max()),
-               "posterior_ks_reference": reference}
+    results = {
+        "posterior_ks_mean": float(ks.mean()),
+        "posterior_ks_max": float(ks.max()),
+        "posterior_ks_reference": reference,
+    }
     if results["posterior_ks_mean"] > ALARM_FACTOR * reference:
-        log.warning("ALMOND epoch %d: the chains do not follow the exact posterior p(z | x) of the checked data "
-                    "points (mean KS %.3f, exact draws would give about %.3f): the gradient averages over the wrong "
-                    "z. More Langevin steps per update (sampler.num_steps), a smaller sampler.step_size if the chains "
-                    "diverge, or more epochs usually help.", epoch, results["posterior_ks_mean"], reference)
+        log.warning(
+            "ALMOND epoch %d: the chains do not follow the exact posterior p(z | x) of the checked data "
+            "points (mean KS %.3f, exact draws would give about %.3f): the gradient averages over the wrong "
+            "z. More Langevin steps per update (sampler.num_steps), a smaller sampler.step_size if the chains "
+            "diverge, or more epochs usually help.",
+            epoch,
+            results["posterior_ks_mean"],
+            reference,
+        )
     return results

@@ -48,10 +48,15 @@ class ProgressReporter:
         if self.mode == "rich":
             if self._progress is None:
                 self._progress = Progress(
-                    TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} upd/s"),
-                    TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), transient=False,
+                    TextColumn("[bold]{task.fields[phase]}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}"),
+                    TextColumn("{task.fields[rate]} upd/s"),
+                    TimeElapsedColumn(),
+                    TextColumn("left"),
+                    TimeRemainingColumn(),
+                    transient=False,
                 )
                 self._progress.start()
             self._task = self._progress.add_task(
@@ -70,8 +75,14 @@ class ProgressReporter:
             now = time.monotonic()
             if (epoch + 1) % every == 0 or epoch + 1 == self._total or now - self._last_line > 60:
                 self._last_line = now
-                log.info("%s epoch %d/%d loss %.5f, %s updates/s", self._phase, epoch + 1, self._total, loss,
-                         _rate_text(rate))
+                log.info(
+                    "%s epoch %d/%d loss %.5f, %s updates/s",
+                    self._phase,
+                    epoch + 1,
+                    self._total,
+                    loss,
+                    _rate_text(rate),
+                )
 
     def close(self) -> None:
         if self._progress is not None:
@@ -89,7 +100,7 @@ class Throughput:
     def tick(self, updates: int, now: float | None = None) -> float:
         """Records ``updates`` done since the last tick at time ``now`` (monotonic seconds); returns the rate."""
         now = time.monotonic() if now is None else now
-        self._ticks = (self._ticks + [(now, updates)])[-(self.window + 1):]
+        self._ticks = (self._ticks + [(now, updates)])[-(self.window + 1) :]
         if len(self._ticks) < 2 or now <= self._ticks[0][0]:
             return 0.0
         return sum(count for _, count in self._ticks[1:]) / (now - self._ticks[0][0])
@@ -101,8 +112,13 @@ def _rate_text(rate: float) -> str:
 
 # The held-out rows' scores (data.holdout_fraction) are printed in the lines beneath the table, not as columns of
 # it: the table stays readable; summary.json has them all.
-HELDOUT_METRICS = ("heldout_nll", "heldout_nll_se", "heldout_mse_posterior_mean", "almond_heldout_gain",
-                   "almond_heldout_gain_se")
+HELDOUT_METRICS = (
+    "heldout_nll",
+    "heldout_nll_se",
+    "heldout_mse_posterior_mean",
+    "almond_heldout_gain",
+    "almond_heldout_gain_se",
+)
 
 
 def print_summary(summary: dict, run_dir) -> None:
@@ -123,17 +139,23 @@ def print_summary(summary: dict, run_dir) -> None:
     # off a terminal (a log, a pipe) the table keeps its natural width instead of 80 columns
     console = Console(force_terminal=False, width=200) if not sys.stdout.isatty() else Console()
     console.print(table)
-    heldout = [f"{method} {metrics['heldout_nll']:.4f} ± {metrics['heldout_nll_se']:.4f}"
-               for method, metrics in rows if "heldout_nll" in metrics]
+    heldout = [
+        f"{method} {metrics['heldout_nll']:.4f} ± {metrics['heldout_nll_se']:.4f}"
+        for method, metrics in rows
+        if "heldout_nll" in metrics
+    ]
     if heldout:
         console.print(f"held-out rows, −log p(x) per data point: {', '.join(heldout)} (nats, ± one standard error)")
     for name, metrics in summary.get("baselines", {}).items():
         if "almond_gain" in metrics:
-            line = (f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± "
-                    f"{metrics['almond_gain_se']:.4f} nats per data point (paired over rows, ± one standard error)")
+            line = (
+                f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± "
+                f"{metrics['almond_gain_se']:.4f} nats per data point (paired over rows, ± one standard error)"
+            )
             if "almond_heldout_gain" in metrics:
-                line += (f"; held-out rows {metrics['almond_heldout_gain']:+.4f} ± "
-                         f"{metrics['almond_heldout_gain_se']:.4f}")
+                line += (
+                    f"; held-out rows {metrics['almond_heldout_gain']:+.4f} ± {metrics['almond_heldout_gain_se']:.4f}"
+                )
             console.print(line)
     console.print(
         "time: VAE {:.1f} s, ALMOND {:.1f} s".format(timing.get("vae_seconds", 0.0), timing.get("almond_seconds", 0.0))

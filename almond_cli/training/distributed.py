@@ -68,12 +68,17 @@ def agree_on_overrides(overrides: list[str], multirun: bool) -> list[str]:
     if not dist.is_initialized():
         return overrides
     if multirun:
-        raise UsageError("--multirun under torchrun: data-parallel training runs one job across the processes; "
-                         "launch the sweep without torchrun (or run torchrun once per configuration)")
+        raise UsageError(
+            "--multirun under torchrun: data-parallel training runs one job across the processes; "
+            "launch the sweep without torchrun (or run torchrun once per configuration)"
+        )
     payload = [None]
     if dist.get_rank() == 0:
-        payload = [overrides if any(o.startswith("hydra.run.dir=") for o in overrides)
-                   else [*overrides, f"hydra.run.dir={_resolved_run_dir(overrides)}"]]
+        payload = [
+            overrides
+            if any(o.startswith("hydra.run.dir=") for o in overrides)
+            else [*overrides, f"hydra.run.dir={_resolved_run_dir(overrides)}"]
+        ]
     dist.broadcast_object_list(payload, src=0)
     agreed = list(payload[0])
     if dist.get_rank() != 0:
@@ -91,8 +96,10 @@ def _resolved_run_dir(overrides: list[str]) -> str:
         try:
             return str(OmegaConf.select(cfg, "hydra.run.dir"))
         except Exception as error:  # an interpolation only a running job can resolve
-            raise UsageError(f"hydra.run.dir: cannot decide the run folder before the job starts ({error}); "
-                             "give it explicitly, e.g. hydra.run.dir=outputs/ddp-run") from None
+            raise UsageError(
+                f"hydra.run.dir: cannot decide the run folder before the job starts ({error}); "
+                "give it explicitly, e.g. hydra.run.dir=outputs/ddp-run"
+            ) from None
 
 
 def _to_cpu(value):
@@ -138,14 +145,15 @@ class DataParallel:
             return x
         num_points = x.shape[0]
         if num_points % self.world_size:
-            raise UsageError(f"data: {num_points} data points do not split evenly over {self.world_size} processes; "
-                             f"use a process count that divides {num_points} (every rank must make the same "
-                             "number of updates per epoch)")
+            raise UsageError(
+                f"data: {num_points} data points do not split evenly over {self.world_size} processes; "
+                f"use a process count that divides {num_points} (every rank must make the same "
+                "number of updates per epoch)"
+            )
         size = num_points // self.world_size
-        return x[self.rank * size:(self.rank + 1) * size]
+        return x[self.rank * size : (self.rank + 1) * size]
 
-    def shard_units(self, x: torch.Tensor, unit_index: torch.Tensor | None) -> tuple[torch.Tensor,
-                                                                                     torch.Tensor | None]:
+    def shard_units(self, x: torch.Tensor, unit_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's contiguous units with all their rows: (rows of x (n_rank, D), their units renumbered from 0
         (n_rank,)); ``unit_index`` None (every row its own unit) is ``shard``. The number of units U must divide
         evenly so every rank does equal updates."""
@@ -155,9 +163,11 @@ class DataParallel:
             return x, unit_index
         num_units = int(unit_index.max()) + 1
         if num_units % self.world_size:
-            raise UsageError(f"data: {num_units} units do not split evenly over {self.world_size} processes; use a "
-                             f"process count that divides {num_units} (every rank must make the same number of "
-                             "updates per epoch)")
+            raise UsageError(
+                f"data: {num_units} units do not split evenly over {self.world_size} processes; use a "
+                f"process count that divides {num_units} (every rank must make the same number of "
+                "updates per epoch)"
+            )
         size = num_units // self.world_size
         first = self.rank * size
         rows = ((unit_index >= first) & (unit_index < first + size)).nonzero().squeeze(1)
@@ -168,8 +178,10 @@ class DataParallel:
         if not self.active:
             return global_batch_size
         if global_batch_size % self.world_size:
-            raise UsageError(f"schedule.batch_size: the global batch {global_batch_size} does not split evenly over "
-                             f"{self.world_size} processes; use a multiple of {self.world_size}")
+            raise UsageError(
+                f"schedule.batch_size: the global batch {global_batch_size} does not split evenly over "
+                f"{self.world_size} processes; use a multiple of {self.world_size}"
+            )
         return global_batch_size // self.world_size
 
     # ----- keeping ranks in step ---------------------------------------------------------------------------
@@ -208,8 +220,9 @@ class DataParallel:
             optimiser.register_step_post_hook(lambda _optimiser, _args, _kwargs: self._average_over_ranks(buffers))
 
     def _all_reduce_hook(self, optimiser, _args, _kwargs) -> None:
-        self._average_over_ranks([p.grad for group in optimiser.param_groups for p in group["params"]
-                                  if p.grad is not None])
+        self._average_over_ranks(
+            [p.grad for group in optimiser.param_groups for p in group["params"] if p.grad is not None]
+        )
 
     def _average_over_ranks(self, tensors: list[torch.Tensor]) -> None:
         """Replaces each tensor by its mean over ranks, in place, with one all-reduce of a flat buffer."""
@@ -220,7 +233,7 @@ class DataParallel:
         flat.div_(self.world_size)
         offset = 0
         for tensor in tensors:
-            tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+            tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 
     def average_epoch(self, loss_mean: float, diagnostics: dict, chains_healthy: bool) -> tuple[float, dict]:
@@ -229,8 +242,10 @@ class DataParallel:
         if not self.active:
             return loss_mean, diagnostics
         names = sorted(diagnostics)
-        values = torch.tensor([loss_mean + (0.0 if chains_healthy else float("nan")),
-                               *[float(diagnostics[n]) for n in names]], dtype=torch.float64)
+        values = torch.tensor(
+            [loss_mean + (0.0 if chains_healthy else float("nan")), *[float(diagnostics[n]) for n in names]],
+            dtype=torch.float64,
+        )
         dist.all_reduce(values)
         values /= self.world_size
         return float(values[0]), {name: float(value) for name, value in zip(names, values[1:])}
@@ -282,8 +297,8 @@ class DataParallel:
                 f"this checkpoint was written by a data-parallel run of {saved['world_size']} process(es) and this "
                 f"run has {self.world_size}; every process's chains and random streams are in it, so {verb} with "
                 f"the same number: torchrun --nproc_per_node={saved['world_size']} (times nodes) ... "
-                f"almond train {key}=<run folder>" + (f" (or plain `almond train {key}=...`)"
-                                                        if saved["world_size"] == 1 else "")
+                f"almond train {key}=<run folder>"
+                + (f" (or plain `almond train {key}=...`)" if saved["world_size"] == 1 else "")
             )
         if not self.active:
             return state

@@ -11,8 +11,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-CHAIN_FIELDS = ("mean_log_joint", "grad_norm", "nonfinite_fraction", "rhat_max", "rhat_median", "ess_bulk_min",
-                "ess_bulk_median", "ess_tail_min", "posterior_ks_mean", "posterior_ks_max")
+CHAIN_FIELDS = (
+    "mean_log_joint",
+    "grad_norm",
+    "nonfinite_fraction",
+    "rhat_max",
+    "rhat_median",
+    "ess_bulk_min",
+    "ess_bulk_median",
+    "ess_tail_min",
+    "posterior_ks_mean",
+    "posterior_ks_max",
+)
 SKIPPED_FIELDS = ("phase", "epoch", "step", "elapsed")
 
 
@@ -56,8 +66,9 @@ class TensorBoardLogger(NullLogger):
         from torch.utils.tensorboard import SummaryWriter
 
         self.figures = figures
-        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=max(1, int(flush_seconds)),
-                                    purge_step=purge_step or None)
+        self.writer = SummaryWriter(
+            log_dir=str(log_dir), flush_secs=max(1, int(flush_seconds)), purge_step=purge_step or None
+        )
 
     def log_epoch(self, record: dict) -> None:
         """One ``metrics.jsonl`` record: every finite numeric field becomes a scalar at ``record["step"]``."""
@@ -70,8 +81,11 @@ class TensorBoardLogger(NullLogger):
 
     def log_summary(self, summary: dict, run_dir: Path, step: int) -> None:
         """Final metrics as ``metrics/<method>/<name>`` and the figures as ``figures/<name>`` images."""
-        methods = {"vae": summary.get("vae", {}), "almond": summary.get("almond", {}),
-                   **(summary.get("baselines") or {})}
+        methods = {
+            "vae": summary.get("vae", {}),
+            "almond": summary.get("almond", {}),
+            **(summary.get("baselines") or {}),
+        }
         for method, metrics in methods.items():
             for name, value in (metrics or {}).items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -97,6 +111,7 @@ def build_logger(cfg, run_dir: Path, start_step: int, enabled: bool = True) -> N
     if not enabled or logger_cfg is None:
         return NullLogger()
     if logger_cfg.name == "tensorboard":
-        return TensorBoardLogger(Path(run_dir) / logger_cfg.subdir, logger_cfg.flush_seconds, logger_cfg.figures,
-                                 purge_step=start_step)
+        return TensorBoardLogger(
+            Path(run_dir) / logger_cfg.subdir, logger_cfg.flush_seconds, logger_cfg.figures, purge_step=start_step
+        )
     raise ValueError(f"unknown logger {logger_cfg.name!r}")

@@ -17,8 +17,14 @@ from ..model.model import LatentVariableModel, evaluation_mode
 from ..model.units import UnitRows
 
 
-def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: Tensor, num_draws: int,
-               generator: torch.Generator, units: Tensor | None = None) -> Tensor:
+def vae_update(
+    model: LatentVariableModel,
+    optimiser: torch.optim.Optimizer,
+    x: Tensor,
+    num_draws: int,
+    generator: torch.Generator,
+    units: Tensor | None = None,
+) -> Tensor:
     """One Adam step on −ELBO of the batch ``x`` (R, D), the rows of B units (``units`` (R,) each row's unit
     0..B-1; None: row i is unit i); returns the detached loss (per unit)."""
     optimiser.zero_grad(set_to_none=True)
@@ -29,8 +35,14 @@ def vae_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, x: 
 
 
 @torch.no_grad()
-def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, generator: torch.Generator,
-                   batch_size: int, unit_index: Tensor | None = None) -> PersistentChains:
+def initial_chains(
+    model: LatentVariableModel,
+    x: Tensor,
+    num_chains: int,
+    generator: torch.Generator,
+    batch_size: int,
+    unit_index: Tensor | None = None,
+) -> PersistentChains:
     """Starts C chains per unit at draws from the encoder's q(z | x_unit), ``batch_size`` units at a time.
 
     Args:
@@ -42,22 +54,35 @@ def initial_chains(model: LatentVariableModel, x: Tensor, num_chains: int, gener
     """
     with evaluation_mode(model):
         if unit_index is None:
-            parts = [model.sample_posterior_approx(x[start:start + batch_size], num_chains, generator)
-                     for start in range(0, x.shape[0], batch_size)]
+            parts = [
+                model.sample_posterior_approx(x[start : start + batch_size], num_chains, generator)
+                for start in range(0, x.shape[0], batch_size)
+            ]
         else:
             unit_rows = UnitRows(unit_index)
             parts = []
             for start in range(0, unit_rows.num_units, batch_size):
                 units = torch.arange(start, min(start + batch_size, unit_rows.num_units))
                 rows, local = unit_rows.of(units)
-                parts.append(model.sample_posterior_approx(x[rows.to(x.device)], num_chains, generator,
-                                                           local.to(x.device), units.shape[0]))
+                parts.append(
+                    model.sample_posterior_approx(
+                        x[rows.to(x.device)], num_chains, generator, local.to(x.device), units.shape[0]
+                    )
+                )
     return PersistentChains(torch.cat(parts))
 
 
-def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, chains: PersistentChains,
-                  indices: Tensor, x: Tensor, step_size: float, settings: SamplerSettings,
-                  generator: torch.Generator, units: Tensor | None = None) -> tuple[Tensor, sampler.StepInfo]:
+def almond_update(
+    model: LatentVariableModel,
+    optimiser: torch.optim.Optimizer,
+    chains: PersistentChains,
+    indices: Tensor,
+    x: Tensor,
+    step_size: float,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    units: Tensor | None = None,
+) -> tuple[Tensor, sampler.StepInfo]:
     """One ALMOND update of the generative parameters on the batch of units ``indices`` (B,) with their rows
     ``x`` (R, D); ``units`` (R,) is each row's unit 0..B-1 in the batch (None: row i is unit i, R = B).
 
@@ -80,8 +105,9 @@ def almond_update(model: LatentVariableModel, optimiser: torch.optim.Optimizer, 
         start = chains.gather(indices)
         with model.frozen():
             target = build_target(model, x, start, settings, step_size, settings.num_steps, units)
-            kept, info = sampler.run(start, target, step_size, settings.num_steps, settings.burn_in, generator,
-                                     settings.method)
+            kept, info = sampler.run(
+                start, target, step_size, settings.num_steps, settings.burn_in, generator, settings.method
+            )
         chains.scatter(indices, kept[-1])
         num_kept, batch, num_chains, latent_dim = kept.shape
         # Kept states of all chains form one (B, K'·C) axis of particles per unit.

@@ -38,7 +38,7 @@ class Position:
         return {**asdict(self), "phase": self.phase.value}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Position":
+    def from_state(cls, state: dict) -> Position:
         # A copy of the running sums: the run adds to them, and the checkpoint it came from may be used again.
         sums = dict(state.get("diagnostics_sum", {}))
         return cls(**{**state, "phase": Phase(state["phase"]), "diagnostics_sum": sums})

@@ -21,8 +21,18 @@ from .run_folder import RunFolder
 from .run_lock import hold
 from .runtime import seed_streams
 
-RUN_LENGTH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs", "checkpoint", "progress", "threads",
-                   "device", "resume", "evaluation", "logger", "diagnostics")
+RUN_LENGTH_KEYS = (
+    "schedule.vae_epochs",
+    "schedule.almond_epochs",
+    "checkpoint",
+    "progress",
+    "threads",
+    "device",
+    "resume",
+    "evaluation",
+    "logger",
+    "diagnostics",
+)
 
 
 def _is_run_length(key: str) -> bool:
@@ -75,6 +85,7 @@ def config_differences(path: str, checkpoint_cfg, new_cfg, may_change=_is_run_le
     "key (checkpoint: old, command line: new)", leaving out those ``may_change`` allows."""
     old = OmegaConf.select(checkpoint_cfg, path) if path else checkpoint_cfg
     new = OmegaConf.select(new_cfg, path) if path else new_cfg
+
     def to_plain(node):
         if OmegaConf.is_config(node):
             return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
@@ -83,12 +94,18 @@ def config_differences(path: str, checkpoint_cfg, new_cfg, may_change=_is_run_le
     old, new = to_plain(old), to_plain(new)
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
-        return [d for key in keys
-                for d in config_differences(f"{path}.{key}" if path else key, checkpoint_cfg, new_cfg, may_change)]
+        return [
+            d
+            for key in keys
+            for d in config_differences(f"{path}.{key}" if path else key, checkpoint_cfg, new_cfg, may_change)
+        ]
     if path and may_change(path):
         return []
-    return [] if old == new or (old is not None and new is not None and str(old) == str(new)) else [
-        f"{path} (checkpoint: {old!r}, command line: {new!r})"]
+    return (
+        []
+        if old == new or (old is not None and new is not None and str(old) == str(new))
+        else [f"{path} (checkpoint: {old!r}, command line: {new!r})"]
+    )
 
 
 def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = False) -> list[str]:
@@ -120,17 +137,20 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
     checkpoint_cfg = saved_config(payload["config_yaml"])
     others = [o for o in overrides if not o.startswith("resume=")]
-    touched = touched_subtrees(override_keys(others, "resume"),
-                               skip=lambda key: key.startswith("hydra") or _is_run_length(key))
+    touched = touched_subtrees(
+        override_keys(others, "resume"), skip=lambda key: key.startswith("hydra") or _is_run_length(key)
+    )
     if touched:
         register_schemas()
         with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
             try:
                 new_cfg = compose("train", overrides=others)
             except Exception as error:  # Hydra's composition errors: a typo, an unknown key or option
-                raise UsageError(f"resume: {composition_message(error)} Only run-length keys "
-                                 f"({', '.join(RUN_LENGTH_KEYS)}) may change on resume; `almond train --cfg job` "
-                                 "prints every key") from None
+                raise UsageError(
+                    f"resume: {composition_message(error)} Only run-length keys "
+                    f"({', '.join(RUN_LENGTH_KEYS)}) may change on resume; `almond train --cfg job` "
+                    "prints every key"
+                ) from None
         conflicts = [d for path in touched for d in config_differences(path, checkpoint_cfg, new_cfg)]
         if conflicts:
             raise UsageError(
@@ -138,11 +158,15 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
                 f"randomness must stay as they were: {'; '.join(conflicts)}. Drop them, or start a new run "
                 f"without resume=. Only run-length keys ({', '.join(RUN_LENGTH_KEYS)}) may change on resume."
             )
-    check_same_data(payload.get("data"),
-                    build_dataset(checkpoint_cfg.data, seed_streams(checkpoint_cfg.seed)["data"]), "resume")
+    check_same_data(
+        payload.get("data"), build_dataset(checkpoint_cfg.data, seed_streams(checkpoint_cfg.seed)["data"]), "resume"
+    )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return others + [f"resume={checkpoint_path}", f"hydra.run.dir={run_dir}",
-                     f"hydra.output_subdir={RunFolder.resume_config_dir(stamp)}"]
+    return others + [
+        f"resume={checkpoint_path}",
+        f"hydra.run.dir={run_dir}",
+        f"hydra.output_subdir={RunFolder.resume_config_dir(stamp)}",
+    ]
 
 
 def refuse_moving_backwards(run_dir: Path, checkpoint_path: Path, payload: dict) -> None:
@@ -155,7 +179,8 @@ def refuse_moving_backwards(run_dir: Path, checkpoint_path: Path, payload: dict)
             f"resume: {checkpoint_path} is at update {step} but the run's newest checkpoint {newest_path} is at "
             f"update {newest_step}; a resume never moves a run backwards. Give the run folder to continue from its "
             f"newest checkpoint, or, to branch from the older one on purpose, copy the run folder, delete the newer "
-            f"checkpoints in the copy and resume the copy")
+            f"checkpoints in the copy and resume the copy"
+        )
 
 
 def _is_group(key: str) -> bool:

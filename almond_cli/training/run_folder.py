@@ -66,8 +66,9 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.config, self.hydra, self.overrides = (self.path / name for name in (self.CONFIG, self.HYDRA,
-                                                                                  self.OVERRIDES))
+        self.config, self.hydra, self.overrides = (
+            self.path / name for name in (self.CONFIG, self.HYDRA, self.OVERRIDES)
+        )
         self.log, self.metrics, self.summary = (self.path / name for name in (self.LOG, self.METRICS, self.SUMMARY))
         self.checkpoints, self.last, self.vae = (self.path / name for name in (self.CHECKPOINTS, self.LAST, self.VAE))
         self.lock_file = self.path / self.LOCK
@@ -76,13 +77,13 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r})"
 
     @classmethod
-    def of_checkpoint(cls, checkpoint: str | Path) -> "RunFolder":
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
         """The run folder of a checkpoint file: the folder above its ``checkpoints/``, else the file's folder."""
         parent = Path(checkpoint).expanduser().parent
         return cls(parent.parent if parent.name == cls.CHECKPOINTS else parent)
 
     @classmethod
-    def of_target(cls, target: str | Path) -> "RunFolder":
+    def of_target(cls, target: str | Path) -> RunFolder:
         """The run a ``resume=`` / ``warm_start=`` target names: the folder itself, or the run of a checkpoint file."""
         target = Path(target).expanduser()
         return cls.of_checkpoint(target) if target.is_file() else cls(target)
@@ -101,7 +102,7 @@ class RunFolder:
         """The config file Hydra wrote into ``subdir`` (its output_subdir) of this run."""
         return self.path / subdir / self.CONFIG_NAME
 
-    def baseline(self, name: str) -> "RunFolder":
+    def baseline(self, name: str) -> RunFolder:
         """The run folder of the baseline ``name`` fitted by this run."""
         return RunFolder(self.path / self.BASELINES / name)
 
@@ -173,12 +174,16 @@ class RunFolder:
         candidates = [path for path in [self.last, *reversed(self.numbered_checkpoints())] if path.is_file()]
         if not candidates:
             if self.log.is_file():
-                raise UsageError(f"{command}: {self.path} holds no checkpoint: that run stopped before writing its "
-                                 f"first one (its {self.LOG} says why), so there is nothing to continue or read "
-                                 "back; start a new run")
-            raise UsageError(f"{command}: {self.path} is not an almond run folder: it has no {self.LAST} (a run "
-                             "writes it after its first checkpoint); give the folder almond train printed "
-                             "(outputs/DATE/TIME)")
+                raise UsageError(
+                    f"{command}: {self.path} holds no checkpoint: that run stopped before writing its "
+                    f"first one (its {self.LOG} says why), so there is nothing to continue or read "
+                    "back; start a new run"
+                )
+            raise UsageError(
+                f"{command}: {self.path} is not an almond run folder: it has no {self.LAST} (a run "
+                "writes it after its first checkpoint); give the folder almond train printed "
+                "(outputs/DATE/TIME)"
+            )
         problems = []
         for path in candidates:
             try:
@@ -187,8 +192,10 @@ class RunFolder:
                 problems.append(str(error))
                 continue
             if problems:
-                print(f"almond: warning: skipped unusable checkpoint(s): {'; '.join(problems)}; {command} uses "
-                      f"{path}", file=sys.stderr)
+                print(
+                    f"almond: warning: skipped unusable checkpoint(s): {'; '.join(problems)}; {command} uses {path}",
+                    file=sys.stderr,
+                )
             return path, payload
         raise UsageError(f"{command}: no checkpoint in {self.checkpoints} can be loaded: {'; '.join(problems)}")
 
@@ -245,8 +252,9 @@ class LoadedRun:
             except UsageError as error:
                 print(f"almond: warning: the {name} baseline is left out: {error}")
                 continue
-            fitted[name] = load_model_state(saved_config(payload["config_yaml"]), self.dataset, payload["model"],
-                                            self.device)
+            fitted[name] = load_model_state(
+                saved_config(payload["config_yaml"]), self.dataset, payload["model"], self.device
+            )
         return fitted
 
     def summary(self, task, vae: LatentVariableModel | None) -> dict:
@@ -257,9 +265,17 @@ class LoadedRun:
             task: ``task_for(self.dataset)`` (the figures drawn afterwards reuse what it computed).
             vae: ``vae_model()``, or None to leave the VAE row out.
         """
-        return summarise(task, self.dataset, self.cfg, self.device, almond=self.model, vae=vae,
-                         fitted_baselines=self.fitted_baselines(task), position=self.position,
-                         precision=precision_record(self.model, self.cfg, self.device))
+        return summarise(
+            task,
+            self.dataset,
+            self.cfg,
+            self.device,
+            almond=self.model,
+            vae=vae,
+            fitted_baselines=self.fitted_baselines(task),
+            position=self.position,
+            precision=precision_record(self.model, self.cfg, self.device),
+        )
 
 
 def _resolve_data_paths(cfg, run_dir: Path) -> None:
@@ -275,11 +291,13 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
     """Reads ``run_dir`` back from its newest loadable checkpoint: its config, data and model; refuses a folder
     that is not a run, and data that are not the run's."""
     if not run_dir.exists():
-        raise UsageError(f"{command}: {run_dir} does not exist; give a run folder made by almond train "
-                         "(outputs/DATE/TIME)")
+        raise UsageError(
+            f"{command}: {run_dir} does not exist; give a run folder made by almond train (outputs/DATE/TIME)"
+        )
     if not run_dir.is_dir():
-        raise UsageError(f"{command}: {run_dir} is a file, not a run folder; give the folder that holds "
-                         f"{RunFolder.CHECKPOINTS}/")
+        raise UsageError(
+            f"{command}: {run_dir} is a file, not a run folder; give the folder that holds {RunFolder.CHECKPOINTS}/"
+        )
     checkpoint_path, payload = RunFolder(run_dir).newest_checkpoint(command)
     configure_process(threads)
     cfg = saved_config(payload["config_yaml"])
@@ -288,13 +306,17 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
     check_same_data(payload.get("data"), dataset, command)
     chains = payload.get("chains")
     if chains is not None and chains["positions"].shape[0] != dataset.num_units:  # one set per unit
-        raise UsageError(f"{command}: the data now has {dataset.num_units} rows but the run was trained on "
-                         f"{chains['positions'].shape[0]} ({cfg.data.get('path', cfg.data.name)}); the data file "
-                         "changed since training, so this run cannot be evaluated or sampled on it")
+        raise UsageError(
+            f"{command}: the data now has {dataset.num_units} rows but the run was trained on "
+            f"{chains['positions'].shape[0]} ({cfg.data.get('path', cfg.data.name)}); the data file "
+            "changed since training, so this run cannot be evaluated or sampled on it"
+        )
     target = pick_device(device)
     try:
         model = load_model_state(cfg, dataset, payload["model"], target)
     except RuntimeError as error:
-        raise UsageError(f"{command}: the checkpoint's model does not fit the data it was trained on "
-                         f"({str(error).splitlines()[0][:200]}); was the data file changed?") from None
+        raise UsageError(
+            f"{command}: the checkpoint's model does not fit the data it was trained on "
+            f"({str(error).splitlines()[0][:200]}); was the data file changed?"
+        ) from None
     return LoadedRun(run_dir.resolve(), checkpoint_path, payload, cfg, dataset, model, target)

@@ -29,7 +29,7 @@ class RunFolderLock:
         self.record = record
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunFolderLock":
+    def __enter__(self) -> RunFolderLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.run_dir, os.O_RDONLY)
         try:

@@ -35,7 +35,9 @@ class AlmondOptimisers:
         self.cfg = schedule_cfg
         self.adam = torch.optim.Adam(parameters, lr=schedule_cfg.adam_lr)
         self.sgd = torch.optim.SGD(
-            parameters, lr=schedule_cfg.sgd_lr, momentum=schedule_cfg.sgd_momentum,
+            parameters,
+            lr=schedule_cfg.sgd_lr,
+            momentum=schedule_cfg.sgd_momentum,
             weight_decay=schedule_cfg.weight_decay,
         )
 

@@ -20,8 +20,11 @@ def precision_record(model, cfg, device) -> dict:
     settings = sampler_settings(cfg.sampler)  # a run saved before a key existed reads that key's old behaviour
     requested = settings.precision
     table = tabulated.wanted(model, settings.tabulate)
-    return {"requested": requested, "langevin": "fp32" if table else target_precision(model, device, requested),
-            "tabulated": table}
+    return {
+        "requested": requested,
+        "langevin": "fp32" if table else target_precision(model, device, requested),
+        "tabulated": table,
+    }
 
 
 def summarise(task, dataset, cfg, device, *, almond, vae, fitted_baselines: dict, position, precision: dict) -> dict:

@@ -98,8 +98,9 @@ class TrainingRun:
         self.num_units = self.x.shape[0] if self.unit_rows is None else self.unit_rows.num_units
         self.vae_optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.schedule.vae_lr)
         self.almond_optimisers = AlmondOptimisers(self.model.generative_parameters, cfg.schedule)
-        self.dist.average_gradients_before_step(self.vae_optimiser, self.almond_optimisers.adam,
-                                                self.almond_optimisers.sgd)
+        self.dist.average_gradients_before_step(
+            self.vae_optimiser, self.almond_optimisers.adam, self.almond_optimisers.sgd
+        )
         self.dist.average_buffers_after_step(self.model, self.vae_optimiser)  # ALMOND runs in eval mode: no change
         self.noise_generator = torch.Generator(device=self.device).manual_seed(self.dist.rank_seed(streams["noise"]))
         self.order_generator = torch.Generator().manual_seed(self.dist.rank_seed(streams["order"]))
@@ -146,9 +147,12 @@ class TrainingRun:
         self.model.load_state_dict(state["model"])
         self.vae_optimiser.load_state_dict(state["vae_optimiser"])
         self.almond_optimisers.load_state_dict(state["almond_optimisers"])
-        self.chains = None if state["chains"] is None else PersistentChains.from_state_dict(state["chains"], self.device)
-        self.trajectory = ChainTrajectory.from_state_dict(state.get("trajectory"), self.trajectory.points,
-                                                          self.trajectory.window)
+        self.chains = (
+            None if state["chains"] is None else PersistentChains.from_state_dict(state["chains"], self.device)
+        )
+        self.trajectory = ChainTrajectory.from_state_dict(
+            state.get("trajectory"), self.trajectory.points, self.trajectory.window
+        )
         self.order = state["order"]
         self.noise_generator.set_state(state["rng"]["noise"])
         self.order_generator.set_state(state["rng"]["order"])
@@ -208,7 +212,7 @@ class TrainingRun:
         if self.order is None:
             self.order = torch.randperm(self.num_units, generator=self.order_generator)
         start = self.position.batch * self.batch_size
-        return self.order[start:start + self.batch_size]
+        return self.order[start : start + self.batch_size]
 
     def _update(self) -> tuple[torch.Tensor, dict, dict]:
         """One parameter update of the current phase; returns (loss, diagnostics, record fields)."""
@@ -223,13 +227,15 @@ class TrainingRun:
         if self.dataset.transform is not None:  # e.g. dynamic binarisation, drawn from the seeded noise stream
             x = self.dataset.transform(x, self.noise_generator)
         if position.phase == Phase.VAE:
-            loss = phases.vae_update(self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator,
-                                     units=units)
+            loss = phases.vae_update(
+                self.model, self.vae_optimiser, x, cfg.schedule.vae_draws, self.noise_generator, units=units
+            )
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
         step_size = langevin_step_size(self.sampler, position.epoch)
         optimiser = self.almond_optimisers.for_epoch(position.epoch)
-        loss, info = phases.almond_update(self.model, optimiser, self.chains, indices, x, step_size, self.sampler,
-                                          self.noise_generator, units=units)
+        loss, info = phases.almond_update(
+            self.model, optimiser, self.chains, indices, x, step_size, self.sampler, self.noise_generator, units=units
+        )
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
 
@@ -240,9 +246,16 @@ class TrainingRun:
         if not math.isfinite(loss_mean) or not chains_healthy:
             self._diverged(loss_mean, fields)
         diagnostics = {**diagnostics, **periodic_rhat(self)}  # chain checks every diagnostics.rhat_every_epochs
-        record = {"phase": position.phase.value, "epoch": position.epoch + 1, "step": position.global_step,
-                  "loss": loss_mean, **fields, "seconds": position.epoch_seconds,
-                  "elapsed": position.vae_seconds + position.almond_seconds, **diagnostics}
+        record = {
+            "phase": position.phase.value,
+            "epoch": position.epoch + 1,
+            "step": position.global_step,
+            "loss": loss_mean,
+            **fields,
+            "seconds": position.epoch_seconds,
+            "elapsed": position.vae_seconds + position.almond_seconds,
+            **diagnostics,
+        }
         if self.dist.is_writer:
             with open(self.folder.metrics, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -262,9 +275,11 @@ class TrainingRun:
         position = self.position
         where = f"{position.phase} epoch {position.epoch + 1}"
         if position.phase == Phase.ALMOND:
-            advice = (f"the Langevin step size in force was {fields.get('step_size'):.3g} "
-                      f"(sampler.step_size={self.sampler.step_size}); lower sampler.step_size "
-                      f"(for example to {self.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr")
+            advice = (
+                f"the Langevin step size in force was {fields.get('step_size'):.3g} "
+                f"(sampler.step_size={self.sampler.step_size}); lower sampler.step_size "
+                f"(for example to {self.sampler.step_size / 10:.3g}) or schedule.adam_lr / schedule.sgd_lr"
+            )
             if self.sampler.method == "ula":
                 advice += ", or set sampler.method=mala, whose Metropolis correction rejects the unstable moves"
         else:
@@ -272,11 +287,15 @@ class TrainingRun:
         if self.folder.last.is_file():
             state = f"The last good checkpoint in {self.folder.checkpoints} is intact and resumable"
         else:
-            state = (f"It diverged before its first checkpoint, so {self.run_dir} holds no checkpoint and cannot be "
-                     "resumed: start a new run with the changed setting")
+            state = (
+                f"It diverged before its first checkpoint, so {self.run_dir} holds no checkpoint and cannot be "
+                "resumed: start a new run with the changed setting"
+            )
         if math.isfinite(loss_mean):
-            what = (f"the Langevin chains left the prior's range (a coordinate beyond |z| = {ESCAPE_BOUND:g}, or "
-                    f"non-finite) while the loss ({loss_mean:.6g}) was still finite")
+            what = (
+                f"the Langevin chains left the prior's range (a coordinate beyond |z| = {ESCAPE_BOUND:g}, or "
+                f"non-finite) while the loss ({loss_mean:.6g}) was still finite"
+            )
         else:
             what = f"the loss became non-finite ({loss_mean})"
         raise DivergenceError(f"training diverged in {where}: {what}; {advice}. {state}.")
@@ -296,8 +315,9 @@ class TrainingRun:
         """Advances the run to its end and returns the summary."""
         if self.dist.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.reporter = ProgressReporter(self.cfg.progress if self.dist.is_writer else "quiet",
-                                         updates_per_epoch=self.num_batches)
+        self.reporter = ProgressReporter(
+            self.cfg.progress if self.dist.is_writer else "quiet", updates_per_epoch=self.num_batches
+        )
         self.logger = build_logger(self.cfg, self.run_dir, self.position.global_step, enabled=self.dist.is_writer)
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -323,8 +343,9 @@ class TrainingRun:
                 current_phase = position.phase
                 self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
             if position.phase == Phase.ALMOND and self.chains is None:
-                self.chains = phases.initial_chains(self.model, self.x, self.sampler.num_chains,
-                                                    self.noise_generator, self.batch_size, self.unit_index)
+                self.chains = phases.initial_chains(
+                    self.model, self.x, self.sampler.num_chains, self.noise_generator, self.batch_size, self.unit_index
+                )
             started = time.perf_counter()
             loss, diagnostics, fields = self._update()
             loss_value = float(loss)
@@ -341,8 +362,9 @@ class TrainingRun:
             position.global_step += 1
             if position.batch == self.num_batches:
                 count = self.num_batches
-                self._end_epoch(position.loss_sum / count,
-                                {k: v / count for k, v in position.diagnostics_sum.items()}, fields)
+                self._end_epoch(
+                    position.loss_sum / count, {k: v / count for k, v in position.diagnostics_sum.items()}, fields
+                )
             save_due = self._save_due_on_time()
             self.stop_signal = self.dist.agree_on_signal(self.stop_signal)  # all ranks stop at the same update
             if save_due or self.stop_signal is not None:
@@ -368,9 +390,17 @@ class TrainingRun:
         """Scores the final model, writes summary.json, the figures and the final checkpoint."""
         self.save()
         fitted = fit_baselines(self.task, self.dataset, self.cfg, self.run_dir, TrainingRun)
-        summary = summarise(self.task, self.dataset, self.cfg, self.device, almond=self.model, vae=self.vae_metrics,
-                            fitted_baselines=fitted, position=self.position,
-                            precision=precision_record(self.model, self.cfg, self.device))
+        summary = summarise(
+            self.task,
+            self.dataset,
+            self.cfg,
+            self.device,
+            almond=self.model,
+            vae=self.vae_metrics,
+            fitted_baselines=fitted,
+            position=self.position,
+            precision=precision_record(self.model, self.cfg, self.device),
+        )
         if self.dist.is_writer:
             write_text_atomic(self.folder.summary, json.dumps(summary, indent=2) + "\n")
             self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
@@ -380,8 +410,7 @@ class TrainingRun:
         return summary
 
 
-def train(cfg, run_dir: str | Path, checkpoint: dict | None = None,
-          warm: tuple[Path, dict] | None = None) -> dict:
+def train(cfg, run_dir: str | Path, checkpoint: dict | None = None, warm: tuple[Path, dict] | None = None) -> dict:
     """Trains the model ``cfg`` describes into ``run_dir`` and returns the summary dict.
 
     Args:

@@ -26,8 +26,17 @@ from .run_folder import RunFolder
 
 # What only the ALMOND phase reads: the sampler, the ALMOND optimisers and their schedule, the minibatch size
 # (the VAE's stays on record in the warm start's own run folder) and the run's name.
-ALMOND_KEYS = ("sampler", "schedule.almond_epochs", "schedule.warmup_epochs", "schedule.adam_lr", "schedule.sgd_lr",
-               "schedule.sgd_momentum", "schedule.weight_decay", "schedule.batch_size", "experiment_name")
+ALMOND_KEYS = (
+    "sampler",
+    "schedule.almond_epochs",
+    "schedule.warmup_epochs",
+    "schedule.adam_lr",
+    "schedule.sgd_lr",
+    "schedule.sgd_momentum",
+    "schedule.weight_decay",
+    "schedule.batch_size",
+    "experiment_name",
+)
 # The VAE is over: its length is the warm start's, not a run-length key here.
 _FIXED = ("schedule.vae_epochs",)
 
@@ -49,12 +58,16 @@ def vae_checkpoint(target: str | Path) -> Path:
     if path.is_dir():
         path = RunFolder(path).vae
         if not path.is_file():
-            raise UsageError(f"warm_start: {Path(target)} holds no {RunFolder.VAE}: the run never finished its VAE "
-                             "phase (or is not an almond run folder); give a run whose VAE is done, or its "
-                             f"{path.name}")
+            raise UsageError(
+                f"warm_start: {Path(target)} holds no {RunFolder.VAE}: the run never finished its VAE "
+                "phase (or is not an almond run folder); give a run whose VAE is done, or its "
+                f"{path.name}"
+            )
     elif not path.is_file():
-        raise UsageError(f"warm_start: {Path(target)} does not exist; give a run folder (outputs/DATE/TIME) whose VAE "
-                         f"phase is done, or its {RunFolder.VAE}")
+        raise UsageError(
+            f"warm_start: {Path(target)} does not exist; give a run folder (outputs/DATE/TIME) whose VAE "
+            f"phase is done, or its {RunFolder.VAE}"
+        )
     return path
 
 
@@ -70,7 +83,8 @@ def load_warm_start(target: str | Path) -> tuple[Path, dict]:
         raise UsageError(
             f"warm_start: {path} is not the end of a VAE phase (it is at {position.phase} epoch {position.epoch}, "
             f"update {position.batch} of its epoch); give the run folder or its {RunFolder.VAE}. To continue "
-            "that checkpoint itself, use resume=")
+            "that checkpoint itself, use resume="
+        )
     return path, payload
 
 
@@ -83,14 +97,16 @@ def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
     path, payload = load_warm_start(cfg.warm_start)
     source = saved_config(payload["config_yaml"])
     touched = touched_subtrees(override_keys(overrides, "warm_start"), skip=lambda key: key.startswith("hydra"))
-    conflicts = list(dict.fromkeys(d for subtree in touched for d in config_differences(subtree, source, cfg,
-                                                                                        may_change)))
+    conflicts = list(
+        dict.fromkeys(d for subtree in touched for d in config_differences(subtree, source, cfg, may_change))
+    )
     if conflicts:
         raise UsageError(
             f"warm_start: these settings differ from the warm start {path}, whose model, data, VAE and randomness "
             f"this run keeps: {'; '.join(conflicts)}. Drop them (the warm start's config is in its run folder's "
             f"{RunFolder.CONFIG}), or train a new VAE without warm_start=. A warm-started run may change only the "
-            f"ALMOND phase ({', '.join(ALMOND_KEYS)}) and the run-length keys.")
+            f"ALMOND phase ({', '.join(ALMOND_KEYS)}) and the run-length keys."
+        )
     effective = source.copy()
     OmegaConf.set_struct(effective, False)
     for subtree in touched:
@@ -107,4 +123,3 @@ def _leaves(cfg, subtree: str) -> list[str]:
     if not OmegaConf.is_dict(node):
         return [subtree]
     return [leaf for key in node for leaf in _leaves(cfg, f"{subtree}.{key}" if subtree else str(key))]
-

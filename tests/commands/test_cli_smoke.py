@@ -3,6 +3,7 @@
 import json
 
 import torch
+from conftest import read_metrics, run_almond
 
 from almond_cli.config import saved_config
 from almond_cli.tasks.metrics import ks_distance, latent_draws, w1_distance
@@ -11,7 +12,6 @@ from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import load_model_state
 from almond_cli.training.checkpoint import load_checkpoint
 from almond_cli.training.runtime import seed_streams
-from conftest import read_metrics, run_almond
 
 TINY = ["debug=tiny", "progress=plain", "threads=1"]
 
@@ -20,8 +20,16 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     process = run_almond(["train", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.jsonl", "summary.json",
-                 "checkpoints/last.pt", "checkpoints/vae.pt", "figures/latent_density.png"):
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "train.log",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/vae.pt",
+        "figures/latent_density.png",
+    ):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary) == {"vae", "almond", "baselines", "timing", "precision"}
@@ -61,7 +69,8 @@ def test_train_writes_the_whole_run_folder(tmp_path):
 
     eb_means = posterior_means(eb, dataset.x[:, 0], 1.0)
     assert summary["baselines"]["normal_eb"]["mse_posterior_mean"] == float(
-        (eb_means - dataset.truth[:, 0].double()).square().mean())
+        (eb_means - dataset.truth[:, 0].double()).square().mean()
+    )
     assert summary["almond"]["mse_posterior_mean"] > 0 and summary["vae"]["mse_posterior_mean"] > 0
     # The NPMLE maximises the likelihood over all priors: no normal prior does better on the same rows.
     assert summary["baselines"]["npmle"]["train_nll"] < summary["baselines"]["normal_eb"]["train_nll"]
@@ -72,9 +81,20 @@ def test_a_short_seeded_run_beats_its_warm_start(tmp_path):
     to 200 + 100 epochs) lower W1 to the true prior from 0.427 to 0.231 (measured; seeds 2 and 3: 0.203 → 0.080,
     0.238 → 0.062). The margin asked, 0.1, is below the smallest of those three gains (0.12)."""
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "experiment=mnn_exponential_fast", "seed=1", "threads=1", "progress=silent",
-                          "schedule.vae_epochs=200", "schedule.almond_epochs=100", "schedule.warmup_epochs=100",
-                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "experiment=mnn_exponential_fast",
+            "seed=1",
+            "threads=1",
+            "progress=silent",
+            "schedule.vae_epochs=200",
+            "schedule.almond_epochs=100",
+            "schedule.warmup_epochs=100",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["almond"]["w1"] < summary["vae"]["w1"] - 0.1, summary

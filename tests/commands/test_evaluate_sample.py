@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_almond
 
 TINY = ["debug=tiny", "progress=plain", "threads=1"]
@@ -17,9 +16,11 @@ TINY = ["debug=tiny", "progress=plain", "threads=1"]
 
 def fingerprint(run_dir):
     """Hashes of every file of the run as training left it (eval/ and samples/ are the commands' own)."""
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.relative_to(run_dir).parts[0] not in
-            ("eval", "samples")}
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.relative_to(run_dir).parts[0] not in ("eval", "samples")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,19 @@ def finished_run(tmp_path_factory):
     (folder / "truth.csv").write_text("mu\n" + "".join(f"{v:.6f}\n" for v in mu))
     run_dir = folder / "run"
     # Relative data paths, resolved later from another working directory through .hydra/hydra.yaml.
-    run_almond(["train", *TINY, "data=file", "data.path=m.csv", "data.columns=[x]", "data.truth_path=truth.csv",
-                f"hydra.run.dir={run_dir}"], cwd=folder, check=True)
+    run_almond(
+        [
+            "train",
+            *TINY,
+            "data=file",
+            "data.path=m.csv",
+            "data.columns=[x]",
+            "data.truth_path=truth.csv",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=folder,
+        check=True,
+    )
     return folder, run_dir
 
 
@@ -82,14 +94,25 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     # They are u = h(z) of the run's final decoder for z from a CPU generator seeded by seed= (default 0).
     import torch
 
-    from almond_cli.training.run_folder import load_run
     from almond_cli.model.model import prior_draws
+    from almond_cli.training.run_folder import load_run
 
     run = load_run("test", run_dir, "cpu")
     expected = prior_draws(run.model.decoder, 1, 3000, torch.Generator().manual_seed(0), "cpu").numpy()
     assert np.array_equal(draws, expected)
-    process = run_almond(["sample", str(run_dir), "what=posterior", "out=post.csv", "num_chains=8", "num_draws=20",
-                          "burn_in=50", "threads=1"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "sample",
+            str(run_dir),
+            "what=posterior",
+            "out=post.csv",
+            "num_chains=8",
+            "num_draws=20",
+            "burn_in=50",
+            "threads=1",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     rows = list(csv.DictReader((tmp_path / "post.csv").open()))
     assert len(rows) == 120
@@ -101,14 +124,17 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
         assert phrase in process.stdout
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["what=prior"], "not an almond run folder"),
-    (["what=maybe"], "must be prior or posterior"),
-    (["n=0", "what=prior"], "n must be >= 1"),
-    (["what=prior", "bogus=1"], "unknown argument 'bogus'"),
-    (["what=prior", "out=prior.txt"], "must end in .npy or .csv"),
-    ([], "what= is required"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["what=prior"], "not an almond run folder"),
+        (["what=maybe"], "must be prior or posterior"),
+        (["n=0", "what=prior"], "n must be >= 1"),
+        (["what=prior", "bogus=1"], "unknown argument 'bogus'"),
+        (["what=prior", "out=prior.txt"], "must end in .npy or .csv"),
+        ([], "what= is required"),
+    ],
+)
 def test_sample_refuses_bad_arguments(finished_run, tmp_path, args, fragment, capsys):
     from almond_cli.commands import cli
 
@@ -135,12 +161,38 @@ def test_posterior_sampling_reports_its_effective_sample_size_and_warns_on_stuck
     disagreeing chains: both warnings appear. Chains that mix (step 0.2, burn-in 100, thin 10; measured on this
     run: bulk ESS 851 to 1,052 of 1,000 draws per row, R-hat at most 1.012 over its 120 rows) raise neither."""
     _, run_dir = finished_run
-    stuck = run_almond(["sample", str(run_dir), "what=posterior", "out=stuck.csv", "num_chains=8", "num_draws=10",
-                        "thin=1", "burn_in=0", "step_size=1e-6", "threads=1"], cwd=tmp_path)
+    stuck = run_almond(
+        [
+            "sample",
+            str(run_dir),
+            "what=posterior",
+            "out=stuck.csv",
+            "num_chains=8",
+            "num_draws=10",
+            "thin=1",
+            "burn_in=0",
+            "step_size=1e-6",
+            "threads=1",
+        ],
+        cwd=tmp_path,
+    )
     assert stuck.returncode == 0, stuck.stderr
     assert "fewer than 100 effective draws" in stuck.stdout and "chains of some rows disagree" in stuck.stdout
-    mixing = run_almond(["sample", str(run_dir), "what=posterior", "out=mixing.csv", "num_chains=20",
-                         "num_draws=50", "thin=10", "burn_in=100", "step_size=0.2", "threads=1"], cwd=tmp_path)
+    mixing = run_almond(
+        [
+            "sample",
+            str(run_dir),
+            "what=posterior",
+            "out=mixing.csv",
+            "num_chains=20",
+            "num_draws=50",
+            "thin=10",
+            "burn_in=100",
+            "step_size=0.2",
+            "threads=1",
+        ],
+        cwd=tmp_path,
+    )
     assert mixing.returncode == 0, mixing.stderr
     assert "effective sample size per row" in mixing.stdout and "warning" not in mixing.stdout
 
@@ -149,8 +201,21 @@ def test_posterior_sampling_refuses_chains_that_escaped_even_when_finite(finishe
     # At step 3 this run's chains escape to |z| ~ 1e6 without overflowing; unchecked, sample wrote posterior means
     # of order 1e5 for data near 1 and exited 0.
     _, run_dir = finished_run
-    process = run_almond(["sample", str(run_dir), "what=posterior", "out=escaped.csv", "num_chains=4",
-                          "num_draws=10", "thin=1", "burn_in=0", "step_size=3", "threads=1"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "sample",
+            str(run_dir),
+            "what=posterior",
+            "out=escaped.csv",
+            "num_chains=4",
+            "num_draws=10",
+            "thin=1",
+            "burn_in=0",
+            "step_size=3",
+            "threads=1",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "Traceback" not in process.stderr
     assert "diverged with step_size=3" in process.stderr and "|z| = 10000" in process.stderr
     assert not (tmp_path / "escaped.csv").exists()

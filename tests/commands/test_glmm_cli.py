@@ -6,12 +6,34 @@ from conftest import read_metrics, run_almond
 
 # seed=2: with data.n=300, seed 1 happens to draw a count of 24,226, whose posterior is too sharp for Langevin
 # steps of 0.01 (see docs/glmm.md: lower sampler.step_size for such data); that case is not this test's.
-TINY_GLMM = ["experiment=glmm_cpu", "seed=2", "threads=1", "progress=plain", "data.n=300", "encoder.hidden_sizes=[8]",
-             "decoder.hidden_sizes=[8]", "sampler.num_chains=2", "sampler.num_steps=2", "sampler.burn_in=1",
-             "schedule.batch_size=150", "schedule.vae_epochs=2", "schedule.almond_epochs=2",
-             "schedule.warmup_epochs=1", "evaluation.num_draws=500"]
-METRICS = {"ks", "w1", "ks_mean", "w1_mean", "lambda_l1", "beta_error", "train_nll", "train_nll_se",
-           "mse_posterior_mean"}
+TINY_GLMM = [
+    "experiment=glmm_cpu",
+    "seed=2",
+    "threads=1",
+    "progress=plain",
+    "data.n=300",
+    "encoder.hidden_sizes=[8]",
+    "decoder.hidden_sizes=[8]",
+    "sampler.num_chains=2",
+    "sampler.num_steps=2",
+    "sampler.burn_in=1",
+    "schedule.batch_size=150",
+    "schedule.vae_epochs=2",
+    "schedule.almond_epochs=2",
+    "schedule.warmup_epochs=1",
+    "evaluation.num_draws=500",
+]
+METRICS = {
+    "ks",
+    "w1",
+    "ks_mean",
+    "w1_mean",
+    "lambda_l1",
+    "beta_error",
+    "train_nll",
+    "train_nll_se",
+    "mse_posterior_mean",
+}
 
 
 def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
@@ -35,7 +57,6 @@ def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
     config = (baseline / "checkpoints" / "last.pt").read_bytes()
     assert b"almond_cli.model.networks.LinearDecoder" in config
     # beta_error is the distance of the fitted fixed effects in last.pt to the simulation's own beta.
-    import torch
 
     from almond_cli.config import saved_config
     from almond_cli.tasks.registry import build_dataset
@@ -51,9 +72,8 @@ def test_glmm_cpu_writes_metrics_for_every_method_and_the_figure(tmp_path):
 
 
 def test_a_finished_baseline_is_resumed_not_retrained(tmp_path):
-    from hydra import compose, initialize_config_module
-
     import torch
+    from hydra import compose, initialize_config_module
 
     from almond_cli.config import register_schemas
     from almond_cli.tasks.glmm import GLMMTask

@@ -8,22 +8,36 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import MNIST_DIR, read_metrics, run_almond
 from hydra import compose, initialize_config_module
 
 from almond_cli.config import register_schemas, validate
 from almond_cli.data.idx import write_idx
-from conftest import MNIST_DIR, read_metrics, run_almond
 
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                                 reason=f"the shared MNIST 10k split is not at {MNIST_DIR} (set ALMOND_MNIST_DIR)")
+needs_mnist = pytest.mark.skipif(
+    not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason=f"the shared MNIST 10k split is not at {MNIST_DIR} (set ALMOND_MNIST_DIR)",
+)
 
-TINY = ["schedule.vae_epochs=1", "schedule.almond_epochs=1", "data.subset=400", "evaluation.nll_images=50",
-        "evaluation.nll_samples=10", "encoder.channels=[4,8,8]", "decoder.channels=[4,8,8]",
-        "encoder.dense_units=32", "decoder.dense_units=32", "progress=plain", "threads=1"]
+TINY = [
+    "schedule.vae_epochs=1",
+    "schedule.almond_epochs=1",
+    "data.subset=400",
+    "evaluation.nll_images=50",
+    "evaluation.nll_samples=10",
+    "encoder.channels=[4,8,8]",
+    "decoder.channels=[4,8,8]",
+    "encoder.dense_units=32",
+    "decoder.dense_units=32",
+    "progress=plain",
+    "threads=1",
+]
 
 
-@pytest.mark.parametrize("experiment,latent_dim,chains,steps,step_size",
-                         [("mnist_20d", 20, 20, 5, 0.02), ("mnist_2d", 2, 50, 2, 0.002), ("mnist_cpu", 20, 2, 3, 0.02)])
+@pytest.mark.parametrize(
+    "experiment,latent_dim,chains,steps,step_size",
+    [("mnist_20d", 20, 20, 5, 0.02), ("mnist_2d", 2, 50, 2, 0.002), ("mnist_cpu", 20, 2, 3, 0.02)],
+)
 def test_experiments_compose_with_the_paper_settings(experiment, latent_dim, chains, steps, step_size):
     register_schemas()
     with initialize_config_module(config_module="almond_cli.configs", version_base="1.3"):
@@ -42,9 +56,20 @@ def test_experiments_compose_with_the_paper_settings(experiment, latent_dim, cha
 @pytest.mark.parametrize("experiment", ["mnist_2d", "mnist_20d"])
 def test_paper_experiments_run_one_tiny_epoch_on_cpu(tmp_path, experiment):
     run_dir = tmp_path / "run"
-    process = run_almond(["train", f"experiment={experiment}", f"data.root={MNIST_DIR}", "data.splits=[t10k]",
-                          "data.held_out_split=null", "device=cpu", "sampler.num_chains=4", *TINY,
-                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            f"experiment={experiment}",
+            f"data.root={MNIST_DIR}",
+            "data.splits=[t10k]",
+            "data.held_out_split=null",
+            "device=cpu",
+            "sampler.num_chains=4",
+            *TINY,
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert np.isfinite(summary["almond"]["test_nll"])
@@ -54,8 +79,10 @@ def test_paper_experiments_run_one_tiny_epoch_on_cpu(tmp_path, experiment):
 @needs_mnist
 def test_mnist_cpu_tiny_run_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "experiment=mnist_cpu", f"data.root={MNIST_DIR}", "latent_dim=2", *TINY,
-                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "experiment=mnist_cpu", f"data.root={MNIST_DIR}", "latent_dim=2", *TINY, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     for phase in ("vae", "almond"):
@@ -69,8 +96,16 @@ def test_mnist_cpu_tiny_run_end_to_end(tmp_path):
 
 
 def test_missing_data_folder_exits_2_with_one_paragraph(tmp_path):
-    process = run_almond(["train", "experiment=mnist_cpu", f"data.root={tmp_path / 'nowhere'}", "progress=plain",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "experiment=mnist_cpu",
+            f"data.root={tmp_path / 'nowhere'}",
+            "progress=plain",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2
     assert "data.root:" in process.stderr and "not a folder" in process.stderr and "Traceback" not in process.stderr
 
@@ -80,15 +115,22 @@ def test_wrong_magic_exits_2(tmp_path):
     data.mkdir()
     write_idx(data / "t10k-images-idx3-ubyte.gz", np.zeros((20, 28, 28), dtype=np.uint8))
     write_idx(data / "t10k-labels-idx1-ubyte.gz", np.zeros((20, 28, 28), dtype=np.uint8))  # 3-d "labels"
-    process = run_almond(["train", "experiment=mnist_cpu", f"data.root={data}", "progress=plain",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "experiment=mnist_cpu", f"data.root={data}", "progress=plain", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "magic number 0x00000803, not 0x00000801" in process.stderr
 
 
-@pytest.mark.parametrize("override,key", [("data.pixels=grey", "data.pixels"),
-                                          ("data.held_out_split=t10k", "data.held_out_split"),
-                                          ("evaluation.nll_samples=0", "evaluation.nll_samples"),
-                                          ("encoder.channels=[]", "encoder.channels")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.pixels=grey", "data.pixels"),
+        ("data.held_out_split=t10k", "data.held_out_split"),
+        ("evaluation.nll_samples=0", "evaluation.nll_samples"),
+        ("encoder.channels=[]", "encoder.channels"),
+    ],
+)
 def test_bad_image_settings_exit_2_before_anything_runs(override, key, capsys):
     from almond_cli.commands.cli import main
 
@@ -102,9 +144,20 @@ def test_bad_image_settings_exit_2_before_anything_runs(override, key, capsys):
 @pytest.mark.gpu
 def test_mnist_runs_end_to_end_on_cuda(tmp_path):
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "experiment=mnist_2d", f"data.root={MNIST_DIR}", "data.splits=[t10k]",
-                          "data.held_out_split=null", "data.pixels=dynamic", "device=cuda", *TINY,
-                          f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "experiment=mnist_2d",
+            f"data.root={MNIST_DIR}",
+            "data.splits=[t10k]",
+            "data.held_out_split=null",
+            "data.pixels=dynamic",
+            "device=cuda",
+            *TINY,
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert np.isfinite(summary["vae"]["test_nll"]) and np.isfinite(summary["almond"]["test_nll"])
@@ -116,8 +169,17 @@ def test_network_sizes_that_do_not_fit_the_images_exit_2(tmp_path):
     data.mkdir()
     write_idx(data / "t10k-images-idx3-ubyte.gz", np.zeros((20, 28, 28), dtype=np.uint8))
     write_idx(data / "t10k-labels-idx1-ubyte.gz", np.zeros(20, dtype=np.uint8))
-    process = run_almond(["train", "experiment=mnist_cpu", f"data.root={data}", "encoder.image_shape=[1,20,20]",
-                          "progress=plain", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "experiment=mnist_cpu",
+            f"data.root={data}",
+            "encoder.image_shape=[1,20,20]",
+            "progress=plain",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "Traceback" not in process.stderr
     assert "encoder.image_shape: [1, 20, 20] does not hold the 784 values" in process.stderr, process.stderr
 
@@ -130,15 +192,27 @@ def test_the_chain_checks_do_not_change_training_of_a_batch_norm_model(tmp_path)
     finals = []
     for every in (1, 0):
         run_dir = tmp_path / f"rhat-{every}"
-        process = run_almond(["train", "experiment=mnist_cpu", f"data.root={MNIST_DIR}", "latent_dim=2", *TINY,
-                              "schedule.almond_epochs=2", "schedule.warmup_epochs=2",
-                              f"diagnostics.rhat_every_epochs={every}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        process = run_almond(
+            [
+                "train",
+                "experiment=mnist_cpu",
+                f"data.root={MNIST_DIR}",
+                "latent_dim=2",
+                *TINY,
+                "schedule.almond_epochs=2",
+                "schedule.warmup_epochs=2",
+                f"diagnostics.rhat_every_epochs={every}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+        )
         assert process.returncode == 0, process.stderr
         assert any("posterior_ks_mean" in record for record in read_metrics(run_dir)) == bool(every)
         state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
         finals.append((state, json.loads((run_dir / "summary.json").read_text())["almond"]["test_nll"]))
     (checked, nll_checked), (plain, nll_plain) = finals
     assert checked.keys() == plain.keys()
-    assert all(torch.equal(checked[key], plain[key]) for key in plain), \
-        [key for key in plain if not torch.equal(checked[key], plain[key])]
+    assert all(torch.equal(checked[key], plain[key]) for key in plain), [
+        key for key in plain if not torch.equal(checked[key], plain[key])
+    ]
     assert nll_checked == nll_plain

@@ -9,14 +9,14 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, read_metrics, run_almond
 
 
 def test_two_job_multirun_writes_two_run_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    process = run_almond(["train", "--multirun", "debug=tiny", "threads=1", "seed=1,2",
-                          f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "--multirun", "debug=tiny", "threads=1", "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
     assert process.returncode == 0, process.stderr
     summaries = [json.loads((sweep / job / "summary.json").read_text()) for job in ("0", "1")]
     assert summaries[0]["almond"] != summaries[1]["almond"]  # each seed draws its own data
@@ -28,15 +28,18 @@ def test_two_job_multirun_writes_two_run_folders(tmp_path):
 
 
 def test_a_bad_value_inside_a_sweep_is_refused_before_any_job_runs(tmp_path):
-    process = run_almond(["train", "--multirun", "debug=tiny", "sampler.num_chains=4,0",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "--multirun", "debug=tiny", "sampler.num_chains=4,0", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "sampler.num_chains" in process.stderr
     assert not (tmp_path / "sweep").exists()
 
 
 def test_default_run_folder_is_timestamped_under_outputs(tmp_path):
-    process = run_almond(["train", "debug=tiny", "threads=1", "schedule.vae_epochs=2",
-                          "schedule.almond_epochs=2"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=2", "schedule.almond_epochs=2"], cwd=tmp_path
+    )
     assert process.returncode == 0, process.stderr
     (day,) = (tmp_path / "outputs").iterdir()
     (clock,) = day.iterdir()
@@ -47,8 +50,11 @@ def test_default_run_folder_is_timestamped_under_outputs(tmp_path):
 @pytest.mark.slow
 def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
     wheel_dir = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                    "-w", str(wheel_dir), str(REPO_ROOT)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO_ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )
     shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)  # setuptools builds in the source tree
     (wheel,) = wheel_dir.glob("almond-*.whl")
     env_dir = tmp_path / "env"
@@ -57,18 +63,40 @@ def test_installed_wheel_finds_its_configs_outside_the_source_tree(tmp_path):
     # files inside it, so an editable install of the source tree there stays invisible.
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (Path(purelib) / "running_interpreter.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, cwd=tmp_path)
-    where = subprocess.run([str(python), "-c", "import almond_cli.configs as c; print(list(c.__path__)[0])"],
-                           check=True, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-c", "import almond_cli.configs as c; print(list(c.__path__)[0])"],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(env_dir), where
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    process = subprocess.run([str(env_dir / "bin" / "almond"), "train", "debug=tiny", "threads=1",
-                              "experiment=mnn_mixture", "schedule.vae_epochs=2", "schedule.almond_epochs=2",
-                              "hydra.run.dir=run"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [
+            str(env_dir / "bin" / "almond"),
+            "train",
+            "debug=tiny",
+            "threads=1",
+            "experiment=mnn_mixture",
+            "schedule.vae_epochs=2",
+            "schedule.almond_epochs=2",
+            "hydra.run.dir=run",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr
     assert json.loads((workdir / "run" / "summary.json").read_text())["almond"]["ks"] > 0
 

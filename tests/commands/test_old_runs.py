@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import read_metrics, run_almond
 
 OLD_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0"
@@ -68,8 +67,10 @@ def test_sample_an_old_run(old_run, tmp_path):
     lines = out.read_text().splitlines()
     assert lines[0] == "u" and len(lines) == 201
     posterior = tmp_path / "posterior.csv"
-    process = run_almond(["sample", str(old_run), "what=posterior", "num_draws=5", "burn_in=5",
-                          f"out={posterior}", "threads=1"], cwd=tmp_path)
+    process = run_almond(
+        ["sample", str(old_run), "what=posterior", "num_draws=5", "burn_in=5", f"out={posterior}", "threads=1"],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     assert len(posterior.read_text().splitlines()) == 201  # a header and the 200 rows of debug=tiny
 
@@ -79,6 +80,6 @@ def test_resume_extends_an_old_run(old_run, tmp_path):
     process = run_almond(["train", f"resume={old_run}", "schedule.almond_epochs=25", "threads=1"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     after = read_metrics(old_run)
-    assert after[:len(before)] == before
-    assert [r["epoch"] for r in after[len(before):]] == [21, 22, 23, 24, 25]
-    assert all(r["phase"] == "almond" for r in after[len(before):])
+    assert after[: len(before)] == before
+    assert [r["epoch"] for r in after[len(before) :]] == [21, 22, 23, 24, 25]
+    assert all(r["phase"] == "almond" for r in after[len(before) :])

@@ -11,13 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from almond_cli.commands import cli
 from conftest import compose_config, run_almond
 
+from almond_cli.commands import cli
+
 TINY = ["debug=tiny", "threads=1"]
-GLMM_FILE = ["data=glmm_file", "likelihood=poisson_glmm", "decoder=linear", "data.response=y",
-             "data.fixed_effects=[x]", "data.random_effects=[z]"]
+GLMM_FILE = [
+    "data=glmm_file",
+    "likelihood=poisson_glmm",
+    "decoder=linear",
+    "data.response=y",
+    "data.fixed_effects=[x]",
+    "data.random_effects=[z]",
+]
 GOOD_ROWS = "y,x,z\n1,0.1,0.2\n2,0.3,-0.1\n0,0.2,0.5\n"
 
 # name: (file content (None: no file), overrides (FILE is the file's path), fragments of the one error line)
@@ -25,23 +31,47 @@ CASES = {
     "glmm_file_missing": (None, [*GLMM_FILE, "data.path=FILE"], ["data.path", "does not exist"]),
     "glmm_file_empty": ("", [*GLMM_FILE, "data.path=FILE"], ["data.path", "is empty"]),
     "glmm_file_header_only": ("y,x,z\n", [*GLMM_FILE, "data.path=FILE"], ["data.path", "no data rows"]),
-    "glmm_file_negative_count": ("y,x,z\n1,0.1,0.2\n-1,0.3,0.1\n", [*GLMM_FILE, "data.path=FILE"],
-                                 ["data.response", "row 3", "is -1", "not a count"]),
-    "glmm_file_fractional_count": ("y,x,z\n1,0.1,0.2\n2.5,0.3,0.1\n", [*GLMM_FILE, "data.path=FILE"],
-                                   ["data.response", "row 3", "is 2.5"]),
-    "glmm_file_nan_count": ("y,x,z\nnan,0.1,0.2\n1,0.3,0.1\n", [*GLMM_FILE, "data.path=FILE"],
-                            ["data.response", "row 2", "column 'y'", "finite"]),
-    "glmm_file_unknown_response": (GOOD_ROWS, [*GLMM_FILE, "data.path=FILE", "data.response=count"],
-                                   ["data.response", "no column 'count'"]),
-    "glmm_file_no_random_effects": (GOOD_ROWS, [*GLMM_FILE, "data.path=FILE", "data.random_effects=[]"],
-                                    ["data.random_effects", "at least one"]),
-    "glmm_file_huge_covariate": ("y,x,z\n1,0.1,0.2\n2,0.3,1e39\n", [*GLMM_FILE, "data.path=FILE"],
-                                 ["data.random_effects", "row 3", "column 'z'", "float32"]),
-    "glmm_file_holdout_leaves_nothing": (GOOD_ROWS, [*GLMM_FILE, "data.path=FILE", "data.holdout_fraction=0.9"],
-                                         ["data.holdout_fraction", "leaves no row"]),
+    "glmm_file_negative_count": (
+        "y,x,z\n1,0.1,0.2\n-1,0.3,0.1\n",
+        [*GLMM_FILE, "data.path=FILE"],
+        ["data.response", "row 3", "is -1", "not a count"],
+    ),
+    "glmm_file_fractional_count": (
+        "y,x,z\n1,0.1,0.2\n2.5,0.3,0.1\n",
+        [*GLMM_FILE, "data.path=FILE"],
+        ["data.response", "row 3", "is 2.5"],
+    ),
+    "glmm_file_nan_count": (
+        "y,x,z\nnan,0.1,0.2\n1,0.3,0.1\n",
+        [*GLMM_FILE, "data.path=FILE"],
+        ["data.response", "row 2", "column 'y'", "finite"],
+    ),
+    "glmm_file_unknown_response": (
+        GOOD_ROWS,
+        [*GLMM_FILE, "data.path=FILE", "data.response=count"],
+        ["data.response", "no column 'count'"],
+    ),
+    "glmm_file_no_random_effects": (
+        GOOD_ROWS,
+        [*GLMM_FILE, "data.path=FILE", "data.random_effects=[]"],
+        ["data.random_effects", "at least one"],
+    ),
+    "glmm_file_huge_covariate": (
+        "y,x,z\n1,0.1,0.2\n2,0.3,1e39\n",
+        [*GLMM_FILE, "data.path=FILE"],
+        ["data.random_effects", "row 3", "column 'z'", "float32"],
+    ),
+    "glmm_file_holdout_leaves_nothing": (
+        GOOD_ROWS,
+        [*GLMM_FILE, "data.path=FILE", "data.holdout_fraction=0.9"],
+        ["data.holdout_fraction", "leaves no row"],
+    ),
     "hetero_without_a_file": (None, ["likelihood=gaussian_hetero"], ["likelihood", "data=file"]),
-    "glmm_likelihood_on_a_file": ("x\n1\n2\n3\n", ["data=file", "data.path=FILE", "likelihood=poisson_glmm"],
-                                  ["likelihood", "data=glmm"]),
+    "glmm_likelihood_on_a_file": (
+        "x\n1\n2\n3\n",
+        ["data=file", "data.path=FILE", "likelihood=poisson_glmm"],
+        ["likelihood", "data=glmm"],
+    ),
     "holdout_leaves_nothing": (None, ["data.holdout_fraction=0.999"], ["data.holdout_fraction", "leaves no row"]),
     "cuda_without_cuda": (None, ["device=cuda"], ["device", "no CUDA"]),
     "warm_start_missing": (None, ["warm_start=FILE"], ["warm_start", "does not exist"]),
@@ -81,8 +111,9 @@ def test_refused_before_the_run_folder_exists(name, tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name in SUBPROCESS_FAST else [pytest.mark.slow])
-                                  for name in sorted(CASES)])
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[] if name in SUBPROCESS_FAST else [pytest.mark.slow]) for name in sorted(CASES)]
+)
 def test_the_installed_command_refuses_before_the_run_folder_exists(name, tmp_path):
     args, fragments = arguments(name, tmp_path)
     process = run_almond(args, cwd=tmp_path, timeout=120)
@@ -101,5 +132,6 @@ def test_a_good_glmm_file_passes_the_check(tmp_path):
     cfg = compose_config([*TINY, "~experiment", *GLMM_FILE, f"data.path={tmp_path / 'good.csv'}"])
     validate(cfg)
     check_before_run(cfg, 0)
-    assert np.array_equal(build_dataset(cfg.data, 0).x.numpy(), np.array([[1, 0.1, 0.2], [2, 0.3, -0.1],
-                                                                          [0, 0.2, 0.5]], dtype=np.float32))
+    assert np.array_equal(
+        build_dataset(cfg.data, 0).x.numpy(), np.array([[1, 0.1, 0.2], [2, 0.3, -0.1], [0, 0.2, 0.5]], dtype=np.float32)
+    )

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_almond
 
 TINY = ["debug=tiny", "threads=1", "progress=plain"]
@@ -17,8 +16,11 @@ TINY = ["debug=tiny", "threads=1", "progress=plain"]
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file of a folder, by content."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_refused(process, *fragments: str) -> None:
@@ -35,9 +37,21 @@ def trained(tmp_path_factory) -> Path:
     """A finished tiny run on a CSV file (data/m.csv), with two numbered checkpoints kept."""
     folder = tmp_path_factory.mktemp("trained")
     rng = np.random.default_rng(0)
-    (folder / "m.csv").write_text("x\n" + "".join(f"{v:.6f}\n" for v in rng.exponential(2.0, 200) + rng.normal(size=200)))
-    run_almond(["train", *TINY, "data=file", f"data.path={folder / 'm.csv'}", "checkpoint.keep=2",
-                f"hydra.run.dir={folder / 'run'}"], cwd=folder, check=True)
+    (folder / "m.csv").write_text(
+        "x\n" + "".join(f"{v:.6f}\n" for v in rng.exponential(2.0, 200) + rng.normal(size=200))
+    )
+    run_almond(
+        [
+            "train",
+            *TINY,
+            "data=file",
+            f"data.path={folder / 'm.csv'}",
+            "checkpoint.keep=2",
+            f"hydra.run.dir={folder / 'run'}",
+        ],
+        cwd=folder,
+        check=True,
+    )
     return folder
 
 
@@ -49,13 +63,16 @@ def copy(trained, tmp_path) -> Path:
     return tmp_path / "t"
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["foo=1"], "foo"),
-    (["schedule.almond_epoch=50"], "almond_epoch"),
-    (["sampler=hmc"], "sampler"),
-    (["data.path=other.csv"], "data"),
-    (["data.holdout_fraction=0.2"], "data.holdout_fraction (checkpoint: 0.0, command line: 0.2)"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["foo=1"], "foo"),
+        (["schedule.almond_epoch=50"], "almond_epoch"),
+        (["sampler=hmc"], "sampler"),
+        (["data.path=other.csv"], "data"),
+        (["data.holdout_fraction=0.2"], "data.holdout_fraction (checkpoint: 0.0, command line: 0.2)"),
+    ],
+)
 def test_resume_with_a_bad_override_is_one_paragraph(copy, overrides, fragment):
     run = copy / "run"
     before = snapshot(run)
@@ -73,13 +90,19 @@ def test_changed_data_are_refused_by_resume_evaluate_and_sample(trained, tmp_pat
     try:
         values = np.loadtxt(data, skiprows=1)
         data.write_text("x\n" + "".join(f"{100 * v:.6f}\n" for v in values))  # same rows, values x 100
-        for command in (["train", f"resume={run}", "schedule.almond_epochs=30"], ["evaluate", str(run)],
-                        ["sample", str(run), "what=prior", f"out={tmp_path / 'p.npy'}"]):
+        for command in (
+            ["train", f"resume={run}", "schedule.almond_epochs=30"],
+            ["evaluate", str(run)],
+            ["sample", str(run), "what=prior", f"out={tmp_path / 'p.npy'}"],
+        ):
             process = run_almond(command, cwd=tmp_path)
-            assert_refused(process, "the data are not those this run was fitted to", str(data), "values differ",
-                           "new run")
+            assert_refused(
+                process, "the data are not those this run was fitted to", str(data), "values differ", "new run"
+            )
         data.write_text("x\n" + "".join(f"{v:.6f}\n" for v in values[:5]))  # 5 rows
-        assert_refused(run_almond(["train", f"resume={run}"], cwd=tmp_path), "x has shape (5, 1), the run's had (200, 1)")
+        assert_refused(
+            run_almond(["train", f"resume={run}"], cwd=tmp_path), "x has shape (5, 1), the run's had (200, 1)"
+        )
     finally:
         data.write_text(original)
     assert snapshot(run) == before and not (tmp_path / "p.npy").exists()
@@ -91,8 +114,9 @@ def test_a_second_resume_of_a_running_run_is_refused_and_writes_nothing(copy):
     run = copy / "run"
     with RunFolderLock(run):  # a first process is training in it
         before = snapshot(run)
-        assert_refused(run_almond(["train", f"resume={run}", "schedule.almond_epochs=30"], cwd=copy),
-                       "being written by almond pid")
+        assert_refused(
+            run_almond(["train", f"resume={run}", "schedule.almond_epochs=30"], cwd=copy), "being written by almond pid"
+        )
         assert snapshot(run) == before  # its train.log, metrics and checkpoints untouched
 
 
@@ -100,22 +124,27 @@ def test_a_resume_never_moves_a_run_backwards(copy):
     run = copy / "run"
     older = sorted((run / "checkpoints").glob("step-*.pt"))[0]
     before = snapshot(run)
-    assert_refused(run_almond(["train", f"resume={older}"], cwd=copy), "never moves a run backwards",
-                   "copy the run folder")
+    assert_refused(
+        run_almond(["train", f"resume={older}"], cwd=copy), "never moves a run backwards", "copy the run folder"
+    )
     assert snapshot(run) == before
 
 
 def test_sample_never_writes_over_data_a_run_folder_or_an_existing_file(copy, trained):
     run = copy / "run"
     before, data = snapshot(run), (trained / "m.csv").read_bytes()
-    assert_refused(run_almond(["sample", str(run), "what=prior", f"out={trained / 'm.csv'}", "overwrite=true"],
-                              cwd=copy), "data file of the run")
-    assert_refused(run_almond(["sample", str(run), "what=prior", f"out={run / 'prior.csv'}"], cwd=copy),
-                   "inside the run folder")
+    assert_refused(
+        run_almond(["sample", str(run), "what=prior", f"out={trained / 'm.csv'}", "overwrite=true"], cwd=copy),
+        "data file of the run",
+    )
+    assert_refused(
+        run_almond(["sample", str(run), "what=prior", f"out={run / 'prior.csv'}"], cwd=copy), "inside the run folder"
+    )
     existing = copy / "mine.csv"
     existing.write_text("keep me\n")
-    assert_refused(run_almond(["sample", str(run), "what=prior", f"out={existing}"], cwd=copy),
-                   "exists", "overwrite=true")
+    assert_refused(
+        run_almond(["sample", str(run), "what=prior", f"out={existing}"], cwd=copy), "exists", "overwrite=true"
+    )
     assert existing.read_text() == "keep me\n"
     replaced = run_almond(["sample", str(run), "what=prior", "n=10", f"out={existing}", "overwrite=true"], cwd=copy)
     assert replaced.returncode == 0 and existing.read_text().splitlines()[0] == "u"
@@ -138,11 +167,22 @@ def test_a_run_that_diverges_before_its_first_checkpoint_says_so(tmp_path):
 
 
 def test_an_unquoted_non_ascii_value_gets_the_quoting_hint(tmp_path):
-    assert_refused(run_almond(["train", "data=file", "data.path=dönnées.csv"], cwd=tmp_path),
-                   "data.path=\"'dönnées.csv'\"")
+    assert_refused(
+        run_almond(["train", "data=file", "data.path=dönnées.csv"], cwd=tmp_path), "data.path=\"'dönnées.csv'\""
+    )
     (tmp_path / "dönnées.csv").write_text("x\n1\n2\n3\n")
-    quoted = run_almond(["train", *TINY, "data=file", "data.path='dönnées.csv'", "schedule.vae_epochs=1",
-                         "schedule.almond_epochs=1", "hydra.run.dir=run"], cwd=tmp_path)
+    quoted = run_almond(
+        [
+            "train",
+            *TINY,
+            "data=file",
+            "data.path='dönnées.csv'",
+            "schedule.vae_epochs=1",
+            "schedule.almond_epochs=1",
+            "hydra.run.dir=run",
+        ],
+        cwd=tmp_path,
+    )
     assert quoted.returncode == 0, quoted.stderr
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_almond
 
 
@@ -18,10 +17,25 @@ def test_a_glmm_file_run_with_a_relative_path_is_sampled_from_another_folder(tmp
     z = rng.normal(size=60)
     counts = rng.poisson(np.exp(0.5 + z * rng.gamma(2.0, 1.0, 60) * 0.3))
     (project / "counts.csv").write_text("y,z\n" + "".join(f"{c},{v:.4f}\n" for c, v in zip(counts, z)))
-    run_almond(["train", "data=glmm_file", "likelihood=poisson_glmm", "decoder=linear", "data.path=counts.csv",
-                "data.response=y", "data.random_effects=[z]", "data.gaussian_baseline=false", "debug=tiny",
-                "threads=1", "schedule.vae_epochs=2", "schedule.almond_epochs=2", "hydra.run.dir=run"],
-               cwd=project, check=True)
+    run_almond(
+        [
+            "train",
+            "data=glmm_file",
+            "likelihood=poisson_glmm",
+            "decoder=linear",
+            "data.path=counts.csv",
+            "data.response=y",
+            "data.random_effects=[z]",
+            "data.gaussian_baseline=false",
+            "debug=tiny",
+            "threads=1",
+            "schedule.vae_epochs=2",
+            "schedule.almond_epochs=2",
+            "hydra.run.dir=run",
+        ],
+        cwd=project,
+        check=True,
+    )
     out = elsewhere / "prior.csv"
     process = run_almond(["sample", str(project / "run"), "what=prior", "n=10", f"out={out}"], cwd=elsewhere)
     assert process.returncode == 0, process.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_almond
 
 from almond_cli.commands import sample as sample_command
 from almond_cli.commands.sample import posterior_draws
@@ -17,15 +18,15 @@ from almond_cli.langevin.targets import AutogradTarget, MLPTarget
 from almond_cli.model.likelihoods import Gaussian, Poisson
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
-from conftest import run_almond
 
 NUM_CHAINS, NUM_DRAWS, THIN, BURN_IN, STEP = 3, 4, 5, 7, 0.02
 
 
 def make_model(latent_dim: int, likelihood=None) -> LatentVariableModel:
     torch.manual_seed(0)
-    model = LatentVariableModel(MLPEncoder(1, latent_dim, [5]), MLPDecoder(latent_dim, 1, [8, 6]),
-                                likelihood or Gaussian(0.8))
+    model = LatentVariableModel(
+        MLPEncoder(1, latent_dim, [5]), MLPDecoder(latent_dim, 1, [8, 6]), likelihood or Gaussian(0.8)
+    )
     return model.eval()
 
 
@@ -74,8 +75,9 @@ def test_posterior_draws_are_the_training_targets_chains_bit_for_bit(case, monke
         return original_run(z, target, step_size, num_steps, burn_in, generator, method)
 
     monkeypatch.setattr(sampler, "run", recording_run)
-    draws = posterior_draws(model, x, NUM_CHAINS, NUM_DRAWS, THIN, BURN_IN, STEP, torch.Generator().manual_seed(4),
-                            start, settings=settings)
+    draws = posterior_draws(
+        model, x, NUM_CHAINS, NUM_DRAWS, THIN, BURN_IN, STEP, torch.Generator().manual_seed(4), start, settings=settings
+    )
     monkeypatch.setattr(sampler, "run", original_run)
     assert len(seen) == 1 + NUM_DRAWS
     assert {entry[0] for entry in seen} == {kind} and {entry[2] for entry in seen} == {settings.method}
@@ -91,9 +93,24 @@ def test_sample_reads_the_runs_sampler_settings(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     (tmp_path / "m.csv").write_text("x\n" + "".join(f"{v:.6f}\n" for v in rng.normal(2.0, 1.5, 60)))
     run_dir = tmp_path / "run"
-    run_almond(["train", "debug=tiny", "progress=plain", "threads=1", "data=file", "data.path=m.csv",
-                "data.columns=[x]", "sampler.method=mala", "sampler.tabulate=on", "schedule.vae_epochs=2",
-                "schedule.almond_epochs=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True)
+    run_almond(
+        [
+            "train",
+            "debug=tiny",
+            "progress=plain",
+            "threads=1",
+            "data=file",
+            "data.path=m.csv",
+            "data.columns=[x]",
+            "sampler.method=mala",
+            "sampler.tabulate=on",
+            "schedule.vae_epochs=2",
+            "schedule.almond_epochs=2",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
     received = []
     original = sample_command.posterior_draws
 
@@ -103,8 +120,17 @@ def test_sample_reads_the_runs_sampler_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sample_command, "posterior_draws", recording)
     monkeypatch.chdir(tmp_path)
-    result = sample_command.sample(run_dir, what="posterior", out=str(tmp_path / "post.csv"), num_chains=2,
-                                   num_draws=8, thin=2, burn_in=2, device="cpu", threads=1)
+    result = sample_command.sample(
+        run_dir,
+        what="posterior",
+        out=str(tmp_path / "post.csv"),
+        num_chains=2,
+        num_draws=8,
+        thin=2,
+        burn_in=2,
+        device="cpu",
+        threads=1,
+    )
     assert result["rows"] == 60
     from omegaconf import OmegaConf
 
@@ -118,10 +144,26 @@ def test_settings_of_a_run_saved_before_the_keys_existed_are_the_old_behaviour()
     three) reads ULA, fp32, no table, 2049 nodes: how such a run trained."""
     from omegaconf import OmegaConf
 
-    old = OmegaConf.create({"step_size": 0.02, "step_size_decay": "constant", "min_step_size_fraction": 0.1,
-                            "num_steps": 3, "burn_in": 1, "num_chains": 4})
-    assert sampler_settings(old) == SamplerSettings(step_size=0.02, step_size_decay="constant", num_steps=3,
-                                                    burn_in=1, num_chains=4, method="ula", precision="fp32",
-                                                    tabulate="off", table_nodes=2049)
+    old = OmegaConf.create(
+        {
+            "step_size": 0.02,
+            "step_size_decay": "constant",
+            "min_step_size_fraction": 0.1,
+            "num_steps": 3,
+            "burn_in": 1,
+            "num_chains": 4,
+        }
+    )
+    assert sampler_settings(old) == SamplerSettings(
+        step_size=0.02,
+        step_size_decay="constant",
+        num_steps=3,
+        burn_in=1,
+        num_chains=4,
+        method="ula",
+        precision="fp32",
+        tabulate="off",
+        table_nodes=2049,
+    )
     # YAML's bare off is a boolean; it reads as text, which validate then refuses with its quoting advice.
     assert sampler_settings(OmegaConf.create({**old, "tabulate": False})).tabulate == "False"

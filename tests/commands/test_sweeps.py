@@ -7,10 +7,10 @@ import math
 
 import pytest
 import yaml
+from conftest import run_almond
 
 from almond_cli.commands import extras
 from almond_cli.commands.compare import collect, compare
-from conftest import run_almond
 
 TINY = ["debug=tiny", "threads=1", "progress=quiet"]
 
@@ -43,9 +43,13 @@ def test_missing_extra_is_exit_2_from_the_command(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.startswith('hydra_plugins.hydra_joblib_launcher'):\n"
         "            raise ModuleNotFoundError(name)\n"
-        "sys.meta_path.insert(0, Hide())\n")
-    process = run_almond(["train", "--multirun", "hydra/launcher=joblib", *TINY,
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env={"PYTHONPATH": str(hide)})
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    process = run_almond(
+        ["train", "--multirun", "hydra/launcher=joblib", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(hide)},
+    )
     assert process.returncode == 2, process.stderr
     assert "pip install" in process.stderr and "[sweep]" in process.stderr
     assert not (tmp_path / "sweep").exists()
@@ -78,8 +82,18 @@ def test_joblib_sweep_runs_jobs_in_parallel_and_survives_a_failed_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     # step_size=1e6 diverges in the first ALMOND epoch: that job fails, the other must still complete.
-    process = run_almond(["train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
-                          "sampler.step_size=0.01,1e6", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "--multirun",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *TINY,
+            "sampler.step_size=0.01,1e6",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 1, process.stderr  # Hydra reports the failed job at the end
     assert "Joblib" in process.stdout + process.stderr
     assert json.loads((sweep / "0" / "summary.json").read_text())["almond"]["w1"] > 0
@@ -93,12 +107,25 @@ def test_joblib_sweep_runs_jobs_in_parallel_and_survives_a_failed_job(tmp_path):
 def test_optuna_search_writes_results_and_compare_ranks_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "search"
-    process = run_almond(["train", "--multirun", "hparams_search=sampler_optuna", "hydra.sweeper.n_trials=3",
-                          *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "--multirun",
+            "hparams_search=sampler_optuna",
+            "hydra.sweeper.n_trials=3",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert set(results["best_params"]) == {"sampler.step_size", "sampler.num_steps", "sampler.burn_in",
-                                           "sampler.num_chains"}
+    assert set(results["best_params"]) == {
+        "sampler.step_size",
+        "sampler.num_steps",
+        "sampler.burn_in",
+        "sampler.num_chains",
+    }
     assert 0.001 <= results["best_params"]["sampler.step_size"] <= 0.1
     w1s = [json.loads((sweep / str(job) / "summary.json").read_text())["almond"]["w1"] for job in range(3)]
     assert results["best_value"] == pytest.approx(min(w1s))  # the objective is ALMOND's w1 (truth known)
@@ -125,12 +152,15 @@ def test_compare_takes_key_value_arguments_like_the_other_commands(tmp_path):
     assert refused.returncode == 2 and "unknown argument 'cvs'; it takes csv" in refused.stderr
 
 
-@pytest.mark.parametrize("command, keys", [
-    ("compare", ["csv"]),
-    ("prior", ["n", "grid", "seed", "device", "threads"]),
-    ("evaluate", ["k", "n_samples", "seed", "device", "threads"]),
-    ("sample", ["what", "n", "out", "num_chains", "step_size", "level", "device", "threads"]),
-])
+@pytest.mark.parametrize(
+    "command, keys",
+    [
+        ("compare", ["csv"]),
+        ("prior", ["n", "grid", "seed", "device", "threads"]),
+        ("evaluate", ["k", "n_samples", "seed", "device", "threads"]),
+        ("sample", ["what", "n", "out", "num_chains", "step_size", "level", "device", "threads"]),
+    ],
+)
 def test_every_subcommand_lists_its_keys_with_defaults(tmp_path, command, keys):
     process = run_almond([command, "--help"], cwd=tmp_path)
     assert process.returncode == 0 and process.stdout.startswith(f"usage: almond {command} <")

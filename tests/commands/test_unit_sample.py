@@ -9,13 +9,12 @@ import math
 import torch
 from conftest import compose_config
 
-from almond_cli.training import run_folder
 from almond_cli.commands.sample import posterior_draws, sample
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
 from almond_cli.tasks.registry import build_dataset
-from almond_cli.training import trainer
+from almond_cli.training import run_folder, trainer
 from almond_cli.training.trainer import train
 
 
@@ -51,12 +50,22 @@ def test_sample_writes_one_line_per_unit_with_its_label(monkeypatch, tmp_path):
 
     monkeypatch.setattr(trainer, "build_dataset", build)
     monkeypatch.setattr(run_folder, "build_dataset", build)
-    cfg = compose_config(["debug=tiny", "progress=silent", "threads=1", "schedule.vae_epochs=1",
-                          "schedule.almond_epochs=1", "checkpoint.every_minutes=0", "diagnostics.rhat_every_epochs=0"])
+    cfg = compose_config(
+        [
+            "debug=tiny",
+            "progress=silent",
+            "threads=1",
+            "schedule.vae_epochs=1",
+            "schedule.almond_epochs=1",
+            "checkpoint.every_minutes=0",
+            "diagnostics.rhat_every_epochs=0",
+        ]
+    )
     train(cfg, tmp_path / "run")
     out = tmp_path / "posterior.csv"
-    result = sample(tmp_path / "run", what="posterior", out=str(out), num_chains=4, num_draws=5, thin=2, burn_in=5,
-                    threads=1)
+    result = sample(
+        tmp_path / "run", what="posterior", out=str(out), num_chains=4, num_draws=5, thin=2, burn_in=5, threads=1
+    )
     assert result["rows"] == 40
     lines = list(csv.DictReader(out.open()))
     assert [line["unit"] for line in lines] == [f"g{i}" for i in range(40)]

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from almond_cli.data.clayton import (ShiftedGamma, clayton_lambda, clayton_random_effects, clayton_uniforms,
-                                empirical_lambda, kendall_tau, lambda_l1)
+from almond_cli.data.clayton import (
+    ShiftedGamma,
+    clayton_lambda,
+    clayton_random_effects,
+    clayton_uniforms,
+    empirical_lambda,
+    kendall_tau,
+    lambda_l1,
+)
 from almond_cli.tasks.metrics import ks_distance
 
 

@@ -5,17 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_almond
 from omegaconf import OmegaConf
 
 from almond_cli.commands import cli
 from almond_cli.data.files import build_file_dataset
 from almond_cli.data.tables import DataFileError, read_table
-from conftest import run_almond
 
 
 def data_cfg(path, **keys):
-    base = {"name": "file", "path": str(path), "format": "auto", "header": None, "array": None, "columns": None,
-            "sd_column": None, "id_column": None, "truth_path": None, "truth_array": None, "truth_columns": None, "n": None}
+    base = {
+        "name": "file",
+        "path": str(path),
+        "format": "auto",
+        "header": None,
+        "array": None,
+        "columns": None,
+        "sd_column": None,
+        "id_column": None,
+        "truth_path": None,
+        "truth_array": None,
+        "truth_columns": None,
+        "n": None,
+    }
     return OmegaConf.create({**base, **keys})
 
 
@@ -81,8 +93,15 @@ def test_truth_file_and_row_limit(tmp_path):
 
 # ----- every bad-data case: one message naming file, place and problem; exit 2; nothing written ----------------------
 def train_args(path, tmp_path, *extra):
-    return ["train", "data=file", f"data.path={path}", "debug=tiny", "threads=1",
-            f"hydra.run.dir={tmp_path / 'run'}", *extra]
+    return [
+        "train",
+        "data=file",
+        f"data.path={path}",
+        "debug=tiny",
+        "threads=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *extra,
+    ]
 
 
 BAD_CASES = {
@@ -98,21 +117,49 @@ BAD_CASES = {
     "ragged": ("r.csv", "x,y\n1,2\n3,4,5\n", [], ["r.csv", "row 3", "3 columns", "header has 2"]),
     "column_out_of_range": ("o.csv", "1,2\n3,4\n", ["data.columns=[5]"], ["data.columns", "index 5", "2 column"]),
     "unknown_column": ("u.csv", "x,y\n1,2\n", ["data.columns=[z]"], ["data.columns", "no column 'z'", "x, y"]),
-    "poisson_negative": ("p.csv", "k\n1\n2\n-3\n", ["likelihood=poisson"],
-                         ["p.csv", "row 4", "column 'k'", "negative", "poisson"]),
-    "poisson_fraction": ("f.csv", "k\n1\n2.5\n", ["likelihood=poisson"],
-                         ["f.csv", "row 3", "column 'k'", "not an integer"]),
-    "bernoulli_range": ("bin.csv", "a,b\n0,1\n1,2\n", ["likelihood=bernoulli"],
-                        ["bin.csv", "row 3", "column 'b'", "outside [0, 1]"]),
-    "too_few_rows": ("few.csv", "x\n1\n2\n3\n", ["schedule.batch_size=10"],
-                     ["few.csv", "3 data rows", "schedule.batch_size", "batch of 10"]),
-    "sd_not_positive": ("sd.csv", "x,se\n1,1\n2,0\n", ["likelihood=gaussian_hetero", "data.sd_column=se"],
-                        ["sd.csv", "row 3", "column 'se'", "> 0"]),
-    "npz_which_array": ("z.npz", lambda p: np.savez(p, a=np.ones((4, 1)), b=np.ones((4, 1))), [],
-                        ["z.npz", "2 arrays", "a, b", "data.array"]),
+    "poisson_negative": (
+        "p.csv",
+        "k\n1\n2\n-3\n",
+        ["likelihood=poisson"],
+        ["p.csv", "row 4", "column 'k'", "negative", "poisson"],
+    ),
+    "poisson_fraction": (
+        "f.csv",
+        "k\n1\n2.5\n",
+        ["likelihood=poisson"],
+        ["f.csv", "row 3", "column 'k'", "not an integer"],
+    ),
+    "bernoulli_range": (
+        "bin.csv",
+        "a,b\n0,1\n1,2\n",
+        ["likelihood=bernoulli"],
+        ["bin.csv", "row 3", "column 'b'", "outside [0, 1]"],
+    ),
+    "too_few_rows": (
+        "few.csv",
+        "x\n1\n2\n3\n",
+        ["schedule.batch_size=10"],
+        ["few.csv", "3 data rows", "schedule.batch_size", "batch of 10"],
+    ),
+    "sd_not_positive": (
+        "sd.csv",
+        "x,se\n1,1\n2,0\n",
+        ["likelihood=gaussian_hetero", "data.sd_column=se"],
+        ["sd.csv", "row 3", "column 'se'", "> 0"],
+    ),
+    "npz_which_array": (
+        "z.npz",
+        lambda p: np.savez(p, a=np.ones((4, 1)), b=np.ones((4, 1))),
+        [],
+        ["z.npz", "2 arrays", "a, b", "data.array"],
+    ),
     "npy_damaged": ("d.npy", b"\x93NUMPY garbage", [], ["d.npy", "npy"]),
-    "npy_nan": ("nan.npy", lambda p: np.save(p, np.array([[1.0], [np.nan]])), [],
-                ["nan.npy", "row index 1", "column index 0", "nan"]),
+    "npy_nan": (
+        "nan.npy",
+        lambda p: np.save(p, np.array([[1.0], [np.nan]])),
+        [],
+        ["nan.npy", "row index 1", "column index 0", "nan"],
+    ),
     "truth_rows": ("t.csv", "x\n1\n2\n3\n", ["data.truth_path=TRUTH"], ["truth.csv", "2 rows", "3 data rows"]),
 }
 

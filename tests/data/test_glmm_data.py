@@ -4,10 +4,10 @@ import csv
 
 import pytest
 import torch
+from conftest import run_almond
 
 from almond_cli.data.glmm import load_glmm_file, make_glmm
 from almond_cli.data.tables import DataFileError
-from conftest import run_almond
 
 
 def _simulated(n: int = 50):
@@ -59,38 +59,74 @@ def test_file_round_trip_by_names_and_by_indices(tmp_path):
     assert torch.equal(reordered.x, dataset.x[:, [0, 6, 4]])
 
 
-@pytest.mark.parametrize("rows, columns, message", [
-    ([["1", "0.5", "0.1"], ["2.5", "0.1", "0.2"]], {}, "row 3 (line 3 of the file), column 'y' (index 0) is 2.5, which is not a count"),
-    ([["1", "0.5", "0.1"], ["-1", "0.1", "0.2"]], {}, "row 3 (line 3 of the file), column 'y' (index 0) is -1, which is not a count"),
-    ([["1", "nan", "0.1"]], {}, "row 2 (line 2 of the file), column 'x' (index 1) is nan; every value must be a finite number"),
-    ([["1", "0.5", "inf"]], {}, "row 2 (line 2 of the file), column 'z' (index 2) is inf; every value must be a finite number"),
-    ([["1", "abc", "0.1"]], {}, "row 2 (line 2 of the file), column 'x' (index 1) holds 'abc', which is not a number"),
-    ([["1", "0.5", "0.1"], ["1", "0.5"]], {}, "row 3 (line 3 of the file) has 2 columns but the header has 3"),
-    ([["1", "0.5", "0.1"]], {"response": "count"}, "has no column 'count'; its columns are y, x, z"),
-    ([["1", "0.5", "0.1"]], {"random": ["9"]}, "data.random_effects: column index 9 is out of range"),
-    ([["1", "0.5", "0.1"]], {"random": []}, "data.random_effects: give at least one"),
-    ([["1", "0.5", "0.1"]], {"fixed": ["z"]}, "used more than once"),
-    ([], {}, "has a header row (y, x, z) but no data rows"),
-])
+@pytest.mark.parametrize(
+    "rows, columns, message",
+    [
+        (
+            [["1", "0.5", "0.1"], ["2.5", "0.1", "0.2"]],
+            {},
+            "row 3 (line 3 of the file), column 'y' (index 0) is 2.5, which is not a count",
+        ),
+        (
+            [["1", "0.5", "0.1"], ["-1", "0.1", "0.2"]],
+            {},
+            "row 3 (line 3 of the file), column 'y' (index 0) is -1, which is not a count",
+        ),
+        (
+            [["1", "nan", "0.1"]],
+            {},
+            "row 2 (line 2 of the file), column 'x' (index 1) is nan; every value must be a finite number",
+        ),
+        (
+            [["1", "0.5", "inf"]],
+            {},
+            "row 2 (line 2 of the file), column 'z' (index 2) is inf; every value must be a finite number",
+        ),
+        (
+            [["1", "abc", "0.1"]],
+            {},
+            "row 2 (line 2 of the file), column 'x' (index 1) holds 'abc', which is not a number",
+        ),
+        ([["1", "0.5", "0.1"], ["1", "0.5"]], {}, "row 3 (line 3 of the file) has 2 columns but the header has 3"),
+        ([["1", "0.5", "0.1"]], {"response": "count"}, "has no column 'count'; its columns are y, x, z"),
+        ([["1", "0.5", "0.1"]], {"random": ["9"]}, "data.random_effects: column index 9 is out of range"),
+        ([["1", "0.5", "0.1"]], {"random": []}, "data.random_effects: give at least one"),
+        ([["1", "0.5", "0.1"]], {"fixed": ["z"]}, "used more than once"),
+        ([], {}, "has a header row (y, x, z) but no data rows"),
+    ],
+)
 def test_file_errors_name_the_row_and_column(tmp_path, rows, columns, message):
     path = _write(tmp_path / "bad.csv", ["y", "x", "z"], rows)
     with pytest.raises(DataFileError) as error:
-        load_glmm_file(str(path), columns.get("response", "y"), columns.get("fixed", ["x"]),
-                       columns.get("random", ["z"]))
+        load_glmm_file(
+            str(path), columns.get("response", "y"), columns.get("fixed", ["x"]), columns.get("random", ["z"])
+        )
     assert message in str(error.value)
     assert str(path) in str(error.value) or "data.random_effects: give" in message
 
 
 def test_missing_file_is_a_usage_error_from_the_command(tmp_path):
     missing = tmp_path / "nowhere.csv"
-    process = run_almond(["train", "experiment=glmm_cpu", "data=glmm_file", f"data.path={missing}",
-                          "data.response=y", "data.random_effects=[z]", "threads=1",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "experiment=glmm_cpu",
+            "data=glmm_file",
+            f"data.path={missing}",
+            "data.response=y",
+            "data.random_effects=[z]",
+            "threads=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2
     assert f"data.path: {missing} does not exist" in process.stderr and "Traceback" not in process.stderr
 
 
 def test_glmm_data_needs_the_glmm_likelihood(tmp_path):
-    process = run_almond(["train", "experiment=glmm_cpu", "likelihood=gaussian", "threads=1",
-                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    process = run_almond(
+        ["train", "experiment=glmm_cpu", "likelihood=gaussian", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "likelihood: data=glmm needs likelihood=poisson_glmm" in process.stderr

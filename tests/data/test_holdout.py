@@ -45,8 +45,15 @@ def test_fraction_zero_leaves_the_data_set_as_it_was():
 
 def test_per_row_labels_and_the_data_set_kind_follow_the_rows():
     x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
-    dataset = GLMMDataset(x=x, name="glmm_file", source="t.csv", row_labels=[2, 3, 4, 5, 6, 7],
-                          ids=list("abcdef"), num_fixed=1, fixed_names=["x1"])
+    dataset = GLMMDataset(
+        x=x,
+        name="glmm_file",
+        source="t.csv",
+        row_labels=[2, 3, 4, 5, 6, 7],
+        ids=list("abcdef"),
+        num_fixed=1,
+        fixed_names=["x1"],
+    )
     split = hold_out(dataset, 0.5, 0)
     heldout = split.heldout
     assert isinstance(split, GLMMDataset) and isinstance(heldout, GLMMDataset)

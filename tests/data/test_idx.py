@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from almond_cli.config import MnistDataConfig
-from almond_cli.errors import UsageError
 from almond_cli.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IdxError, load_split, read_idx, write_idx
 from almond_cli.data.mnist import build_mnist
+from almond_cli.errors import UsageError
 
 
 def make_split(root: Path, split: str, count: int, seed: int, gz: bool = True, rows: int = 28, cols: int = 28):
@@ -128,7 +128,10 @@ def test_only_the_test_split_present_is_enough(tmp_path):
     train_rows = {tuple(row) for row in dataset.x.numpy().tolist()}
     test_rows = {tuple(row) for row in test_x.numpy().tolist()}
     assert train_rows | test_rows == all_rows and not train_rows & test_rows
-    lookup = {tuple(row): int(label) for row, label in zip((images.reshape(50, -1) / 255.0).astype(np.float32).tolist(), labels)}
+    lookup = {
+        tuple(row): int(label)
+        for row, label in zip((images.reshape(50, -1) / 255.0).astype(np.float32).tolist(), labels)
+    }
     assert [lookup[tuple(r)] for r in test_x.numpy().tolist()] == dataset.test_labels.tolist()
     assert [lookup[tuple(r)] for r in dataset.x.numpy().tolist()] == dataset.train_labels.tolist()
     assert dataset.transform is None and 0.0 <= float(dataset.x.min()) and float(dataset.x.max()) <= 1.0

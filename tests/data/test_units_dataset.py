@@ -14,8 +14,14 @@ UNIT_INDEX = torch.tensor([0, 1, 2, 0, 2, 3, 1, 2, 4, 0, 2, 4])
 
 def grouped(**extra) -> Dataset:
     x = torch.arange(24, dtype=torch.float32).reshape(12, 2)
-    return Dataset(x=x, name="file", truth=x[:, :1] * 10, unit_index=UNIT_INDEX.clone(),
-                   unit_labels=["a", "b", "c", "d", "e"], **extra)
+    return Dataset(
+        x=x,
+        name="file",
+        truth=x[:, :1] * 10,
+        unit_index=UNIT_INDEX.clone(),
+        unit_labels=["a", "b", "c", "d", "e"],
+        **extra,
+    )
 
 
 def test_units_count_and_label():
@@ -60,6 +66,7 @@ def test_the_fingerprint_includes_the_map_and_is_unchanged_without_one():
     assert other.fingerprint()["sha256"] != dataset.fingerprint()["sha256"]
     # The same as before units existed: only x and truth are hashed (SHA-256 of "x:(2, 1):torch.float32;" + bytes).
     import hashlib
+
     x = torch.tensor([[1.0], [2.0]])
     digest = hashlib.sha256(b"x:(2, 1):torch.float32;" + x.numpy().tobytes()).hexdigest()
     assert Dataset(x=x, name="file").fingerprint()["sha256"] == digest

@@ -4,8 +4,7 @@ import pytest
 import torch
 from conftest import read_metrics, run_almond
 
-from almond_cli.langevin import sampler
-from almond_cli.langevin import targets
+from almond_cli.langevin import sampler, targets
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
@@ -48,10 +47,13 @@ def test_mala_rejects_everything_when_proposals_are_impossible():
     start = torch.zeros(2, 5, 1)
 
     def only_origin(z):
-        return torch.where(z.abs().sum(-1) == 0, torch.zeros(z.shape[:-1]), torch.full(z.shape[:-1], -torch.inf)) - 0 * z.sum(-1)
+        return torch.where(
+            z.abs().sum(-1) == 0, torch.zeros(z.shape[:-1]), torch.full(z.shape[:-1], -torch.inf)
+        ) - 0 * z.sum(-1)
 
-    kept, info = sampler.run(start, targets.AutogradTarget(only_origin), 0.1, 4, 0, torch.Generator().manual_seed(0),
-                             method="mala")
+    kept, info = sampler.run(
+        start, targets.AutogradTarget(only_origin), 0.1, 4, 0, torch.Generator().manual_seed(0), method="mala"
+    )
     assert torch.equal(kept, torch.zeros(4, 2, 5, 1))
     assert float(info.acceptance_rate) == 0.0
 
@@ -82,8 +84,17 @@ def test_train_with_mala_reports_the_acceptance_rate(tmp_path):
     rates = {}
     for step_size in (0.05, 2.0):
         run_dir = tmp_path / f"run_{step_size}"
-        process = run_almond(["train", "debug=tiny", "threads=1", "sampler.method=mala",
-                              f"sampler.step_size={step_size}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        process = run_almond(
+            [
+                "train",
+                "debug=tiny",
+                "threads=1",
+                "sampler.method=mala",
+                f"sampler.step_size={step_size}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+        )
         assert process.returncode == 0, process.stderr
         rates[step_size] = [r["acceptance_rate"] for r in read_metrics(run_dir) if r["phase"] == "almond"]
     small, large = rates[0.05], rates[2.0]
@@ -92,7 +103,8 @@ def test_train_with_mala_reports_the_acceptance_rate(tmp_path):
 
 
 def test_train_refuses_an_unknown_sampler_method(tmp_path):
-    process = run_almond(["train", "debug=tiny", "sampler.method=hmc", f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=tmp_path)
+    process = run_almond(
+        ["train", "debug=tiny", "sampler.method=hmc", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
     assert process.returncode == 2
     assert "sampler.method" in process.stderr and "mala" in process.stderr

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from almond_cli.commands.sample import normal_eb_means, posterior_draws, summarise
 from almond_cli.model.likelihoods import Bernoulli, Gaussian, HeteroscedasticGaussian, Poisson
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
-from almond_cli.commands.sample import normal_eb_means, posterior_draws, summarise
 
 
 def test_bernoulli_matches_torch_for_binary_and_grey_values():
@@ -21,7 +21,8 @@ def test_bernoulli_matches_torch_for_binary_and_grey_values():
     assert torch.allclose(Bernoulli().log_prob(x, logits), expected, atol=1e-5)
     grey = torch.rand(3, 5, generator=generator)  # continuous pixels: the cross-entropy, same formula
     expected = -torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, grey.unsqueeze(1).expand_as(logits), reduction="none").sum(-1)
+        logits, grey.unsqueeze(1).expand_as(logits), reduction="none"
+    ).sum(-1)
     assert torch.allclose(Bernoulli().log_prob(grey, logits), expected, atol=1e-5)
 
 
@@ -73,8 +74,16 @@ def test_posterior_draws_match_the_conjugate_posterior(heteroscedastic):
     ula_var = 1.0 / (lam * (1.0 - step * lam / 2.0))
     assert float((ula_var * lam).max()) < 1.06
     num_chains, num_draws = 2000, 5
-    draws = posterior_draws(model, data, num_chains=num_chains, num_draws=num_draws, thin=20, burn_in=600,
-                            step_size=step, generator=torch.Generator().manual_seed(3))
+    draws = posterior_draws(
+        model,
+        data,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        thin=20,
+        burn_in=600,
+        step_size=step,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert draws.shape == (5, num_chains * num_draws, 1)
     stats = summarise(draws, level=0.9)
     u_mean, u_sd = intercept + slope * z_mean, slope * ula_var.sqrt()

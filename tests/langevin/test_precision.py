@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import compose_config
 
 from almond_cli.langevin import precision, targets
 from almond_cli.model.likelihoods import Gaussian, Poisson
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
 from almond_cli.training.trainer import train
-from conftest import compose_config
 
 UNIT_ROUNDOFF = 2.0**-8  # bfloat16: 8 significant bits, round to nearest
 
@@ -50,8 +50,9 @@ CASES = [([50, 100, 50], 1, 1), ([128, 256], 5, 5), ([10], 1, 1)]
 @pytest.mark.parametrize("hidden,latent_dim,data_dim", CASES)
 def test_bf16_sweep_agrees_with_fp32_within_bfloat16_rounding(hidden, latent_dim, data_dim):
     torch.manual_seed(0)
-    model = LatentVariableModel(MLPEncoder(data_dim, latent_dim, [5]),
-                                MLPDecoder(latent_dim, data_dim, hidden, "softplus"), Gaussian(0.7))
+    model = LatentVariableModel(
+        MLPEncoder(data_dim, latent_dim, [5]), MLPDecoder(latent_dim, data_dim, hidden, "softplus"), Gaussian(0.7)
+    )
     with torch.no_grad():  # larger weights than the default init so activations leave their linear range
         for parameter in model.decoder.parameters():
             parameter.mul_(2.0)
@@ -93,13 +94,16 @@ def test_autograd_target_runs_fp32_whatever_is_asked():
     assert targets.target_precision(fused, "cpu", "bf16") == "bf16"
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ({"sse2", "avx2", "avx512f"}, "fp32"),            # AVX-512 without its BF16 extension
-    ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),     # AMD Zen 4, Intel Cooper Lake
-    ({"avx2", "amx_tile", "amx_bf16"}, "bf16"),       # Intel Sapphire Rapids
-    ({"avx2", "amx_tile", "amx_int8"}, "fp32"),       # AMX tiles without bf16 products
-    (None, "fp32"),                                   # /proc/cpuinfo unreadable
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ({"sse2", "avx2", "avx512f"}, "fp32"),  # AVX-512 without its BF16 extension
+        ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),  # AMD Zen 4, Intel Cooper Lake
+        ({"avx2", "amx_tile", "amx_bf16"}, "bf16"),  # Intel Sapphire Rapids
+        ({"avx2", "amx_tile", "amx_int8"}, "fp32"),  # AMX tiles without bf16 products
+        (None, "fp32"),  # /proc/cpuinfo unreadable
+    ],
+)
 def test_auto_on_cpu_follows_the_flags(flags, expected):
     assert precision.choose_precision("auto", "cpu", None if flags is None else frozenset(flags)) == expected
 
@@ -116,8 +120,10 @@ def test_auto_elsewhere_and_explicit_choices():
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
-                       "processor\t: 1\nflags\t\t: fpu sse2\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2\n"
+    )
     assert precision.cpu_flags(str(cpuinfo)) == frozenset({"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"})
     assert precision.cpu_flags(str(tmp_path / "missing")) is None
 
@@ -134,9 +140,20 @@ def test_summary_records_the_precision_that_ran(tmp_path, monkeypatch):
             ran.append(self.precision)
 
     monkeypatch.setattr(targets, "MLPTarget", Recording)
-    cfg = compose_config(["debug=tiny", "progress=silent", "threads=1", "sampler.precision=auto",
-                          "sampler.tabulate=off", "schedule.vae_epochs=2", "schedule.almond_epochs=2", "schedule.warmup_epochs=1",
-                          "checkpoint.every_minutes=0", "diagnostics.rhat_every_epochs=0"])
+    cfg = compose_config(
+        [
+            "debug=tiny",
+            "progress=silent",
+            "threads=1",
+            "sampler.precision=auto",
+            "sampler.tabulate=off",
+            "schedule.vae_epochs=2",
+            "schedule.almond_epochs=2",
+            "schedule.warmup_epochs=1",
+            "checkpoint.every_minutes=0",
+            "diagnostics.rhat_every_epochs=0",
+        ]
+    )
     summary = train(cfg, tmp_path / "run")
     assert ran and set(ran) == {"bf16"}  # debug=tiny's MLP decoder: the fused target, one per update
     expected = {"requested": "auto", "langevin": "bf16", "tabulated": False}
@@ -148,8 +165,19 @@ def test_summary_records_a_tabulated_target(tmp_path, monkeypatch):
     """With ``sampler.tabulate=on`` the chains move under the table, whatever precision was asked: summary.json
     says so (the table is read in float32)."""
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    cfg = compose_config(["debug=tiny", "progress=silent", "threads=1", "sampler.precision=auto", "sampler.tabulate=on",
-                          "schedule.vae_epochs=2", "schedule.almond_epochs=2", "schedule.warmup_epochs=1",
-                          "checkpoint.every_minutes=0", "diagnostics.rhat_every_epochs=0"])
+    cfg = compose_config(
+        [
+            "debug=tiny",
+            "progress=silent",
+            "threads=1",
+            "sampler.precision=auto",
+            "sampler.tabulate=on",
+            "schedule.vae_epochs=2",
+            "schedule.almond_epochs=2",
+            "schedule.warmup_epochs=1",
+            "checkpoint.every_minutes=0",
+            "diagnostics.rhat_every_epochs=0",
+        ]
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["precision"] == {"requested": "auto", "langevin": "fp32", "tabulated": True}

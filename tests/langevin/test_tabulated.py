@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
+from conftest import compose_config
 from torch import nn
 
 from almond_cli.config import ConfigError, SamplerConfig, validate
-from almond_cli.langevin import sampler, targets, tabulated
+from almond_cli.langevin import sampler, tabulated, targets
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.tabulated import TabulatedTarget
@@ -20,7 +21,6 @@ from almond_cli.model.likelihoods import Bernoulli, Gaussian, NegativeBinomial
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import Decoder, MLPDecoder, MLPEncoder
 from almond_cli.training import phases
-from conftest import compose_config
 
 VALUE_CONSTANT = 1.0 / 384.0
 SLOPE_CONSTANT = math.sqrt(3.0) / 216.0
@@ -28,8 +28,11 @@ SLOPE_CONSTANT = math.sqrt(3.0) / 216.0
 
 def make_model(hidden, output_dim=1, activation="softplus", latent_dim=1, likelihood=None, seed=0):
     torch.manual_seed(seed)
-    model = LatentVariableModel(MLPEncoder(output_dim, latent_dim, [5]),
-                                MLPDecoder(latent_dim, output_dim, hidden, activation), likelihood or Gaussian(0.7))
+    model = LatentVariableModel(
+        MLPEncoder(output_dim, latent_dim, [5]),
+        MLPDecoder(latent_dim, output_dim, hidden, activation),
+        likelihood or Gaussian(0.7),
+    )
     with torch.no_grad():  # larger weights than the default init: a decoder with curvature, like a trained one
         for parameter in model.decoder.parameters():
             parameter.mul_(2.0)
@@ -99,8 +102,8 @@ def test_softplus_mlp_within_the_hermite_bound(hidden, output_dim, num_nodes):
     assert outside.tolist() in ([], [len(z) - 1])  # z = upper exactly may take the exact path
     fourth = 1.1 * fourth_derivative_bound(model.decoder, -4.0, 4.0)
     value_error, slope_error = (u - exact_u).abs().amax(0), (slope - exact_slope).abs().amax(0)
-    assert (value_error <= VALUE_CONSTANT * table.spacing ** 4 * fourth).all(), (value_error, fourth)
-    assert (slope_error <= SLOPE_CONSTANT * table.spacing ** 3 * fourth).all(), (slope_error, fourth)
+    assert (value_error <= VALUE_CONSTANT * table.spacing**4 * fourth).all(), (value_error, fourth)
+    assert (slope_error <= SLOPE_CONSTANT * table.spacing**3 * fourth).all(), (slope_error, fourth)
     # Interpolation error, not rounding, is what was bounded: the check has room to fail.
     assert value_error.max() > 1e-9
 
@@ -114,13 +117,18 @@ def test_the_bounds_are_attained_by_z_to_the_fourth():
     left = torch.arange(-2.0, 2.0 - spacing / 2, spacing, dtype=torch.float64)
     midpoints = left + spacing / 2
     u, _, _ = table.interpolate(midpoints)
-    torch.testing.assert_close((u[:, 0] - midpoints ** 4).abs(), torch.full_like(midpoints, 24 * VALUE_CONSTANT
-                                                                                  * spacing ** 4), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        (u[:, 0] - midpoints**4).abs(), torch.full_like(midpoints, 24 * VALUE_CONSTANT * spacing**4), rtol=1e-9, atol=0
+    )
     for sign in (-1.0, 1.0):
         points = left + spacing * (0.5 + sign / (2 * math.sqrt(3.0)))
         _, slope, _ = table.interpolate(points)
-        torch.testing.assert_close((slope[:, 0] - 4 * points ** 3).abs(),
-                                   torch.full_like(points, 24 * SLOPE_CONSTANT * spacing ** 3), rtol=1e-9, atol=0)
+        torch.testing.assert_close(
+            (slope[:, 0] - 4 * points**3).abs(),
+            torch.full_like(points, 24 * SLOPE_CONSTANT * spacing**3),
+            rtol=1e-9,
+            atol=0,
+        )
 
 
 def test_a_cubic_decoder_is_reproduced_exactly():
@@ -141,8 +149,8 @@ def test_sine_within_the_bound(num_nodes):
     table = TabulatedTarget(model, torch.zeros(1, 1, dtype=torch.float64), -5.0, 5.0, num_nodes)
     z = torch.linspace(-5.0, 5.0, 10_007, dtype=torch.float64)
     u, slope, _ = table.interpolate(z)
-    assert (u[:, 0] - torch.sin(z)).abs().max() <= VALUE_CONSTANT * table.spacing ** 4
-    assert (slope[:, 0] - torch.cos(z)).abs().max() <= SLOPE_CONSTANT * table.spacing ** 3
+    assert (u[:, 0] - torch.sin(z)).abs().max() <= VALUE_CONSTANT * table.spacing**4
+    assert (slope[:, 0] - torch.cos(z)).abs().max() <= SLOPE_CONSTANT * table.spacing**3
 
 
 @pytest.mark.parametrize("hidden", [[10], [50, 100, 50]])
@@ -231,9 +239,16 @@ def test_almond_update_samples_and_steps_through_the_table(monkeypatch):
         trained.load_state_dict(model.state_dict())
         chains = PersistentChains(start.clone())
         optimiser = torch.optim.SGD(trained.generative_parameters, lr=0.01)
-        loss, _ = phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01,
-                                       SamplerSettings(num_steps=10, burn_in=5, tabulate=mode),
-                                       torch.Generator().manual_seed(3))
+        loss, _ = phases.almond_update(
+            trained,
+            optimiser,
+            chains,
+            torch.arange(30),
+            x,
+            0.01,
+            SamplerSettings(num_steps=10, burn_in=5, tabulate=mode),
+            torch.Generator().manual_seed(3),
+        )
         results[mode] = (loss, chains.gather(torch.arange(30)), [p.detach().clone() for p in trained.parameters()])
         assert len(built) == (mode == "on")  # the chains moved under the table, and only when asked
     torch.testing.assert_close(results["on"][0], results["off"][0], rtol=1e-5, atol=1e-5)
@@ -263,9 +278,11 @@ def test_config_keys():
     assert SamplerConfig().tabulate == "off"
     validate(compose_config(["sampler.tabulate=on", "sampler.table_nodes=513"]))
     validate(compose_config(["sampler.tabulate=auto", "latent_dim=2"]))
-    for overrides, key in ((["sampler.tabulate=sometimes"], "sampler.tabulate"),
-                           (["sampler.tabulate=on", "latent_dim=2"], "sampler.tabulate"),
-                           (["sampler.table_nodes=1"], "sampler.table_nodes")):
+    for overrides, key in (
+        (["sampler.tabulate=sometimes"], "sampler.tabulate"),
+        (["sampler.tabulate=on", "latent_dim=2"], "sampler.tabulate"),
+        (["sampler.table_nodes=1"], "sampler.table_nodes"),
+    ):
         with pytest.raises(ConfigError) as error:
             validate(compose_config(overrides))
         assert error.value.key == key
@@ -311,16 +328,16 @@ def hermite_reference_loss(model, table, x, particles):
     nodes = torch.linspace(table.lower, table.upper, table.num_nodes, dtype=torch.float64)
     nodes = nodes.to(particles.dtype).unsqueeze(-1).requires_grad_(True)
     values = model.decoder(nodes)
-    slopes = torch.stack([torch.autograd.grad(values[:, p].sum(), nodes, create_graph=True)[0][:, 0]
-                          for p in range(values.shape[1])], -1)
+    slopes = torch.stack(
+        [torch.autograd.grad(values[:, p].sum(), nodes, create_graph=True)[0][:, 0] for p in range(values.shape[1])], -1
+    )
     z = particles.reshape(-1)
     position = (z - table.lower) / table.spacing
     cell = position.floor().clamp(0, table.num_nodes - 2).long()
     t = (position - cell).unsqueeze(-1)
-    h00, h01 = 2 * t ** 3 - 3 * t ** 2 + 1, -2 * t ** 3 + 3 * t ** 2
-    h10, h11 = t ** 3 - 2 * t ** 2 + t, t ** 3 - t ** 2
-    u = (h00 * values[cell] + h01 * values[cell + 1]
-         + table.spacing * (h10 * slopes[cell] + h11 * slopes[cell + 1]))
+    h00, h01 = 2 * t**3 - 3 * t**2 + 1, -2 * t**3 + 3 * t**2
+    h10, h11 = t**3 - 2 * t**2 + t, t**3 - t**2
+    u = h00 * values[cell] + h01 * values[cell + 1] + table.spacing * (h10 * slopes[cell] + h11 * slopes[cell + 1])
     return -model.likelihood.log_prob(x, u.view(batch, count, -1)).mean()
 
 
@@ -380,7 +397,7 @@ def test_tabulated_loss_takes_particles_outside_the_grid_exactly(likelihood):
             table = TabulatedTarget(model, x, lower, upper, 2049)
         _, _, outside = table.locate(z.reshape(-1))
         assert len(outside) > z.numel() * 2 // 3
-        value, gradients = value_and_gradients(model, lambda: tabulated.tabulated_loss(model, table, x, z))
+        value, gradients = value_and_gradients(model, lambda: tabulated.tabulated_loss(model, table, x, z))  # noqa: B023 (called in this iteration)
         exact_value, exact = value_and_gradients(model, lambda: -model.log_lik(x, z).mean())
         torch.testing.assert_close(value, exact_value, rtol=1e-5, atol=0)
         assert_gradients_close(gradients, exact, 1e-5)
@@ -403,13 +420,21 @@ def test_almond_update_with_the_table_off_is_the_exact_update_bit_for_bit(monkey
     reference.load_state_dict(model.state_dict())
     x, start = torch.randn(30, 1) * 2, torch.randn(30, 10, 1)
     chains = PersistentChains(start.clone())
-    phases.almond_update(model, torch.optim.SGD(model.generative_parameters, lr=0.01), chains, torch.arange(30), x,
-                         0.01, SamplerSettings(num_steps=10, burn_in=5, tabulate="off"),
-                         torch.Generator().manual_seed(3))
+    phases.almond_update(
+        model,
+        torch.optim.SGD(model.generative_parameters, lr=0.01),
+        chains,
+        torch.arange(30),
+        x,
+        0.01,
+        SamplerSettings(num_steps=10, burn_in=5, tabulate="off"),
+        torch.Generator().manual_seed(3),
+    )
     optimiser = torch.optim.SGD(reference.generative_parameters, lr=0.01)
     with reference.frozen():
-        kept, _ = sampler.run(start.clone(), targets.target_for(reference, x), 0.01, 10, 5,
-                              torch.Generator().manual_seed(3))
+        kept, _ = sampler.run(
+            start.clone(), targets.target_for(reference, x), 0.01, 10, 5, torch.Generator().manual_seed(3)
+        )
     particles = kept.permute(1, 0, 2, 3).reshape(30, -1, 1)
     optimiser.zero_grad()
     (-reference.log_lik(x, particles).mean()).backward()
@@ -418,8 +443,10 @@ def test_almond_update_with_the_table_off_is_the_exact_update_bit_for_bit(monkey
         assert torch.equal(got, want)
 
 
-OPTIMISERS = {"sgd": lambda parameters: torch.optim.SGD(parameters, lr=0.01),
-              "adam": lambda parameters: torch.optim.Adam(parameters, lr=1e-3)}
+OPTIMISERS = {
+    "sgd": lambda parameters: torch.optim.SGD(parameters, lr=0.01),
+    "adam": lambda parameters: torch.optim.Adam(parameters, lr=1e-3),
+}
 
 
 @pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
@@ -446,10 +473,14 @@ def test_almond_updates_with_the_table_on_and_off_agree(likelihood, optimiser_na
         optimiser = OPTIMISERS[optimiser_name](trained.generative_parameters)
         generator = torch.Generator().manual_seed(3)
         settings = SamplerSettings(num_steps=10, burn_in=5, tabulate=mode)
-        losses = [phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01, settings, generator)[0]
-                  for _ in range(5)]
-        results[mode] = (torch.stack(losses),
-                         [p.detach() - before for p, before in zip(trained.generative_parameters, initial)])
+        losses = [
+            phases.almond_update(trained, optimiser, chains, torch.arange(30), x, 0.01, settings, generator)[0]
+            for _ in range(5)
+        ]
+        results[mode] = (
+            torch.stack(losses),
+            [p.detach() - before for p, before in zip(trained.generative_parameters, initial)],
+        )
         assert len(calls) == 5 * (mode == "on")
     torch.testing.assert_close(results["on"][0], results["off"][0], rtol=1e-5, atol=0)
     assert_gradients_close(results["on"][1], results["off"][1], relative)

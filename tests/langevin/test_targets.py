@@ -11,14 +11,13 @@ s · 1 = 1e-2 per step and fails.
 import pytest
 import torch
 
-from almond_cli.langevin import sampler
-from almond_cli.langevin import targets
-from almond_cli.training import phases
+from almond_cli.langevin import sampler, targets
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.model.likelihoods import Gaussian, PoissonGLMM
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
+from almond_cli.training import phases
 
 # (hidden sizes, activation, latent d, data D): scalar output with 1–3 hidden layers (the folded backward
 # sweep), vector output, d > 1, each supported activation.
@@ -36,8 +35,9 @@ CASES = [
 
 def make_model(hidden, activation, latent_dim, data_dim, seed=0):
     torch.manual_seed(seed)
-    model = LatentVariableModel(MLPEncoder(data_dim, latent_dim, [5]),
-                                MLPDecoder(latent_dim, data_dim, hidden, activation), Gaussian(0.7))
+    model = LatentVariableModel(
+        MLPEncoder(data_dim, latent_dim, [5]), MLPDecoder(latent_dim, data_dim, hidden, activation), Gaussian(0.7)
+    )
     with torch.no_grad():  # larger weights than the default init so activations leave their linear range
         for parameter in model.decoder.parameters():
             parameter.mul_(2.0)
@@ -68,8 +68,9 @@ def one_thread():
 
 
 @pytest.mark.parametrize("hidden,activation,latent_dim,data_dim", CASES)
-def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(hidden, activation, latent_dim, data_dim,
-                                                                 monkeypatch, one_thread):
+def test_sweeping_in_blocks_of_rows_gives_the_whole_batch_result(
+    hidden, activation, latent_dim, data_dim, monkeypatch, one_thread
+):
     model = make_model(hidden, activation, latent_dim, data_dim)
     x = torch.randn(13, data_dim) * 2
     z = torch.randn(13, 9, latent_dim) * 2
@@ -165,8 +166,16 @@ def test_almond_update_fast_and_reference_give_the_same_parameters():
         for _ in range(10):
             indices = torch.randperm(30, generator=torch.Generator().manual_seed(1))[:20]
             if fast:
-                phases.almond_update(model, optimiser, chains, indices, x[indices], 0.01,
-                                     SamplerSettings(num_steps=10, burn_in=9), generator)
+                phases.almond_update(
+                    model,
+                    optimiser,
+                    chains,
+                    indices,
+                    x[indices],
+                    0.01,
+                    SamplerSettings(num_steps=10, burn_in=9),
+                    generator,
+                )
             else:
                 autograd_update(model, optimiser, chains, indices, x[indices], 0.01, 10, 9, generator)
         outcomes.append((torch.cat([p.detach().flatten() for p in model.generative_parameters]), chains.positions))

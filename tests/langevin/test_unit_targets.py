@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin import sampler, tabulated, targets
 from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.model.likelihoods import Gaussian, PoissonGLMM
 from almond_cli.model.model import LatentVariableModel, evaluation_mode
 from almond_cli.model.networks import MLPDecoder, MLPEncoder
@@ -31,8 +31,9 @@ def one_thread():
 
 def make_model(hidden, latent_dim, data_dim, seed=0):
     torch.manual_seed(seed)
-    model = LatentVariableModel(MLPEncoder(data_dim, latent_dim, [5]), MLPDecoder(latent_dim, data_dim, hidden),
-                                Gaussian(0.7))
+    model = LatentVariableModel(
+        MLPEncoder(data_dim, latent_dim, [5]), MLPDecoder(latent_dim, data_dim, hidden), Gaussian(0.7)
+    )
     with torch.no_grad():  # as in test_targets: activations leave their linear range
         for parameter in model.decoder.parameters():
             parameter.mul_(2.0)
@@ -102,8 +103,17 @@ def test_one_row_per_unit_gives_bitwise_the_unitless_chains_and_parameters(fast,
         generator = torch.Generator().manual_seed(3)
         for update in range(4):
             indices = torch.randperm(30, generator=torch.Generator().manual_seed(update))[:12]
-            phases.almond_update(model, optimiser, chains, indices, x[indices], 0.01,
-                                 SamplerSettings(num_steps=5, burn_in=3, tabulate=tabulate), generator, units=units)
+            phases.almond_update(
+                model,
+                optimiser,
+                chains,
+                indices,
+                x[indices],
+                0.01,
+                SamplerSettings(num_steps=5, burn_in=3, tabulate=tabulate),
+                generator,
+                units=units,
+            )
         outcomes.append((torch.cat([p.detach().flatten() for p in model.generative_parameters]), chains.positions))
     assert torch.equal(outcomes[0][0], outcomes[1][0])
     assert torch.equal(outcomes[0][1], outcomes[1][1])
@@ -115,8 +125,9 @@ def test_initial_chains_per_unit():
     chains = phases.initial_chains(model, x, 4, torch.Generator().manual_seed(0), 2, UNITS)
     assert chains.positions.shape == (5, 4, 1)
     identity = phases.initial_chains(model, x, 4, torch.Generator().manual_seed(0), 3, torch.arange(10))
-    assert torch.equal(identity.positions, phases.initial_chains(model, x, 4, torch.Generator().manual_seed(0), 3)
-                       .positions)
+    assert torch.equal(
+        identity.positions, phases.initial_chains(model, x, 4, torch.Generator().manual_seed(0), 3).positions
+    )
 
 
 # The conjugate Gaussian unit: x_r ~ N(a z + b, sigma²) for its k rows, z ~ N(0, 1), so z | x_1..k is Gaussian with
@@ -159,8 +170,11 @@ def test_chains_of_a_several_row_unit_reach_its_exact_conjugate_posterior(kind):
         if kind == "tabulated":
             target = tabulated.TabulatedTarget.around(model, x, start, step_size, steps, 2049, units=units)
         else:
-            target = (targets.target_for(model, x, units=units) if kind == "fused"
-                      else targets.AutogradTarget(lambda q: model.log_joint(x, q, units)))
+            target = (
+                targets.target_for(model, x, units=units)
+                if kind == "fused"
+                else targets.AutogradTarget(lambda q: model.log_joint(x, q, units))
+            )
             assert isinstance(target, targets.MLPTarget if kind == "fused" else targets.AutogradTarget)
         kept, _ = sampler.run(start, target, step_size, steps, steps - 1, generator)
     draws = kept[-1, :, :, 0].double()

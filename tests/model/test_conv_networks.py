@@ -8,14 +8,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from almond_cli.langevin.chains import PersistentChains
 from almond_cli.config import ConvNetworkConfig
-from almond_cli.model.conv_networks import ConvDecoder, ConvEncoder
 from almond_cli.errors import UsageError
+from almond_cli.langevin.chains import PersistentChains
+from almond_cli.langevin.settings import SamplerSettings
+from almond_cli.model.conv_networks import ConvDecoder, ConvEncoder
 from almond_cli.model.likelihoods import Bernoulli
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.training.phases import almond_update, vae_update
-from almond_cli.langevin.settings import SamplerSettings
 
 
 def small_model(latent_dim=3, batch_norm=True):
@@ -31,19 +31,23 @@ def test_paper_architecture_by_default():
     assert any(isinstance(m, torch.nn.Linear) and m.out_features == 1024 for m in encoder.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules()) == 3
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert [(t.out_channels, t.kernel_size, t.stride) for t in transposed] == [(64, (4, 4), (2, 2)),
-                                                                               (64, (4, 4), (2, 2)),
-                                                                               (1, (4, 4), (2, 2))]
+    assert [(t.out_channels, t.kernel_size, t.stride) for t in transposed] == [
+        (64, (4, 4), (2, 2)),
+        (64, (4, 4), (2, 2)),
+        (1, (4, 4), (2, 2)),
+    ]
     assert decoder.start_shape == (64, 3, 3)  # 28 → 14 → 7 → 3, mirrored 3 → 7 → 14 → 28
 
 
 def test_shapes_with_chain_axes_and_config_sizes():
     cfg = OmegaConf.structured(ConvNetworkConfig)
     cfg.channels, cfg.dense_units, cfg.kernel_size = [8, 16], 64, 3
-    encoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvEncoder"}),
-                          data_dim=784, latent_dim=5)
-    decoder = instantiate(OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvDecoder"}),
-                          latent_dim=5, output_dim=784)
+    encoder = instantiate(
+        OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvEncoder"}), data_dim=784, latent_dim=5
+    )
+    decoder = instantiate(
+        OmegaConf.merge(cfg, {"_target_": "almond_cli.model.conv_networks.ConvDecoder"}), latent_dim=5, output_dim=784
+    )
     mean, log_var = encoder(torch.rand(6, 784))
     assert mean.shape == (6, 5) and log_var.shape == (6, 5)
     assert decoder(torch.randn(6, 4, 5)).shape == (6, 4, 784)
@@ -88,8 +92,16 @@ def test_almond_update_samples_a_fixed_target_and_freezes_running_statistics():
     chains = PersistentChains(torch.randn(8, 4, 3))
     optimiser = torch.optim.Adam(model.generative_parameters, lr=1e-3)
     gamma_before = norms[0].weight.detach().clone()
-    almond_update(model, optimiser, chains, torch.arange(8), x, 0.01, SamplerSettings(num_steps=3, burn_in=1),
-                  torch.Generator().manual_seed(2))
+    almond_update(
+        model,
+        optimiser,
+        chains,
+        torch.arange(8),
+        x,
+        0.01,
+        SamplerSettings(num_steps=3, burn_in=1),
+        torch.Generator().manual_seed(2),
+    )
     for module, (mean, var, count) in zip(norms, before):
         assert torch.equal(module.running_mean, mean) and torch.equal(module.running_var, var)
         assert torch.equal(module.num_batches_tracked, count)
@@ -113,7 +125,8 @@ def test_bernoulli_is_stable_for_continuous_pixels_and_extreme_logits():
     assert torch.isfinite(value).all()
     # Continuous x: minus the binary cross-entropy, checked against torch's stable implementation.
     expected = -torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, x.unsqueeze(1).expand_as(logits), reduction="none").sum(-1)
+        logits, x.unsqueeze(1).expand_as(logits), reduction="none"
+    ).sum(-1)
     torch.testing.assert_close(value, expected)
     # By hand: saturated logits cost ~0; x u - softplus(u) = 0.15 - softplus(0.5) = -0.35 - softplus(-0.5).
     assert float(value[0, 0]) == pytest.approx(2 * (0.15 - 0.9740770), abs=1e-5)

@@ -16,9 +16,19 @@ from omegaconf import OmegaConf
 from torch import distributions as D
 
 from almond_cli.model import likelihoods
-from almond_cli.model.likelihoods import (LIKELIHOODS, Bernoulli, Gaussian, HeteroscedasticGaussian, Likelihood,
-                                          NegativeBinomial, Poisson, PoissonGLMM, likelihood_class, row_column_names,
-                                          target_of)
+from almond_cli.model.likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    Gaussian,
+    HeteroscedasticGaussian,
+    Likelihood,
+    NegativeBinomial,
+    Poisson,
+    PoissonGLMM,
+    likelihood_class,
+    row_column_names,
+    target_of,
+)
 from almond_cli.model.model import standard_normal_log_prob
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "likelihood"
@@ -99,8 +109,9 @@ COUNTS = np.array([[0.0, 3.0], [1.0, 12.0], [7.0, 0.0]])
 
 
 @pytest.mark.parametrize("cls", [Poisson, NegativeBinomial])
-@pytest.mark.parametrize("cell,value,reason", [((1, 0), -1.0, "which is negative"),
-                                               ((2, 1), 2.5, "which is not an integer")])
+@pytest.mark.parametrize(
+    "cell,value,reason", [((1, 0), -1.0, "which is negative"), ((2, 1), 2.5, "which is not an integer")]
+)
 def test_count_likelihoods_flag_negative_and_fractional_counts(cls, cell, value, reason):
     assert cls.support_violation(COUNTS) is None
     values = COUNTS.copy()
@@ -146,11 +157,14 @@ def test_messages_read_as_the_data_file_check_words_them():
         return f"is {value:g}, {cls.describe_violation(value)}; {phrase}"
 
     assert message(Poisson, np.array([[1.0, -2.0]])) == (
-        "is -2, which is negative; likelihood=poisson needs counts 0, 1, 2, ... in every observation column")
+        "is -2, which is negative; likelihood=poisson needs counts 0, 1, 2, ... in every observation column"
+    )
     assert message(Poisson, np.array([[2.5, 1.0]])) == (
-        "is 2.5, which is not an integer; likelihood=poisson needs counts 0, 1, 2, ... in every observation column")
+        "is 2.5, which is not an integer; likelihood=poisson needs counts 0, 1, 2, ... in every observation column"
+    )
     assert message(Bernoulli, np.array([[0.0, 1.5]])) == (
-        "is 1.5, outside [0, 1]; likelihood=bernoulli needs 0/1 values (or grey levels in [0, 1])")
+        "is 1.5, outside [0, 1]; likelihood=bernoulli needs 0/1 values (or grey levels in [0, 1])"
+    )
 
 
 # ----- mean, observations, noise sd ------------------------------------------------------------------------------
@@ -161,8 +175,14 @@ def test_mean_of_x_given_u_and_its_name():
     assert torch.allclose(NegativeBinomial(2.0).mean(u), u.exp(), **TIGHT)
     assert torch.allclose(Bernoulli().mean(u), 1 / (1 + (-u).exp()), **TIGHT)
     names = {cls: cls.mean_name for cls in LIKELIHOODS.values()}
-    assert names == {Gaussian: None, HeteroscedasticGaussian: None, Bernoulli: "prob", Poisson: "rate",
-                     NegativeBinomial: "rate", PoissonGLMM: None}
+    assert names == {
+        Gaussian: None,
+        HeteroscedasticGaussian: None,
+        Bernoulli: "prob",
+        Poisson: "rate",
+        NegativeBinomial: "rate",
+        PoissonGLMM: None,
+    }
     with pytest.raises(NotImplementedError, match="covariates"):
         PoissonGLMM(num_fixed=1).mean(u)
 
@@ -178,7 +198,9 @@ def test_observations_and_noise_sd():
         assert likelihood.observations(x) is x
     for likelihood in (Bernoulli(), Poisson(), NegativeBinomial(), PoissonGLMM(num_fixed=1)):
         assert likelihood.noise_sd(x) is None
-    assert {cls.name: cls.row_columns for cls in LIKELIHOODS.values() if cls.row_columns} == {"gaussian_hetero": ("sd",)}
+    assert {cls.name: cls.row_columns for cls in LIKELIHOODS.values() if cls.row_columns} == {
+        "gaussian_hetero": ("sd",)
+    }
 
 
 def test_row_columns_split_a_row_into_measurements_and_named_columns():
@@ -202,6 +224,7 @@ def test_a_likelihood_that_orders_shared_row_columns_differently_is_refused():
     try:
         assert row_column_names() == ("sd", "trials")
         with pytest.raises(TypeError, match="another order"):
+
             class Reversed(Likelihood):
                 name = "test_reversed"
                 row_columns = ("trials", "sd")
@@ -213,8 +236,14 @@ def test_a_likelihood_that_orders_shared_row_columns_differently_is_refused():
 
 # ----- the registry ---------------------------------------------------------------------------------------------
 def test_every_likelihood_is_registered_by_name_and_found_from_its_target():
-    assert LIKELIHOODS == {"gaussian": Gaussian, "gaussian_hetero": HeteroscedasticGaussian, "bernoulli": Bernoulli,
-                           "poisson": Poisson, "poisson_glmm": PoissonGLMM, "negative_binomial": NegativeBinomial}
+    assert LIKELIHOODS == {
+        "gaussian": Gaussian,
+        "gaussian_hetero": HeteroscedasticGaussian,
+        "bernoulli": Bernoulli,
+        "poisson": Poisson,
+        "poisson_glmm": PoissonGLMM,
+        "negative_binomial": NegativeBinomial,
+    }
     for name, cls in LIKELIHOODS.items():
         assert cls.name == name
         assert likelihood_class(target_of(cls)) is cls
@@ -234,6 +263,7 @@ def test_every_yaml_option_names_a_registered_likelihood_by_its_file_name():
 
 def test_a_new_subclass_registers_itself_and_a_taken_name_is_refused():
     try:
+
         class Exponential(Likelihood):
             name = "test_exponential_only"
 
@@ -245,8 +275,10 @@ def test_a_new_subclass_registers_itself_and_a_taken_name_is_refused():
 
         assert LIKELIHOODS["poisson"] is Poisson and Unnamed not in LIKELIHOODS.values()
         with pytest.raises(TypeError, match="already taken"):
+
             class Impostor(Likelihood):
                 name = "poisson"
+
         assert LIKELIHOODS["poisson"] is Poisson
     finally:
         LIKELIHOODS.pop("test_exponential_only", None)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from almond_cli.model.likelihoods import Gaussian
+from almond_cli.model.marginal import estimate_log_marginal, nll_summary
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import Decoder, Encoder
-from almond_cli.model.marginal import estimate_log_marginal, nll_summary
 
 D, LATENT, SIGMA = 6, 2, 0.5
 
@@ -49,7 +49,9 @@ def linear_gaussian(seed, num_images, column_scales=(2.0, 1.2)):
     bias = torch.randn(D, generator=generator, dtype=torch.float64)
     z = torch.randn(num_images, LATENT, generator=generator, dtype=torch.float64)
     x = z @ weight.T + bias + SIGMA * torch.randn(num_images, D, generator=generator, dtype=torch.float64)
-    marginal = torch.distributions.MultivariateNormal(bias, weight @ weight.T + SIGMA**2 * torch.eye(D, dtype=torch.float64))
+    marginal = torch.distributions.MultivariateNormal(
+        bias, weight @ weight.T + SIGMA**2 * torch.eye(D, dtype=torch.float64)
+    )
     return weight, bias, x, marginal.log_prob(x)
 
 
@@ -119,8 +121,9 @@ def test_the_encoder_reads_the_likelihoods_encoder_input_as_in_training():
         def forward(self, scaled):
             return super().forward(scaled * 3.0)
 
-    model = LatentVariableModel(ExpectsScaledInput(weight, bias), LinearDecoder(weight.clone(), bias.clone()),
-                                ScaledInputGaussian(SIGMA)).double()
+    model = LatentVariableModel(
+        ExpectsScaledInput(weight, bias), LinearDecoder(weight.clone(), bias.clone()), ScaledInputGaussian(SIGMA)
+    ).double()
     estimate = estimate_log_marginal(model, x, num_samples=3, seed=1)
     torch.testing.assert_close(estimate.log_marginal, exact, rtol=0, atol=1e-8)
 
@@ -132,8 +135,9 @@ def test_posterior_mean_of_the_decoder_output_uses_the_importance_weights():
     weight, bias, x, _ = linear_gaussian(seed=7, num_images=50)
     model = model_with(PosteriorEncoder(weight, bias, shift=0.3, variance_factor=2.0), weight, bias)
     estimate = estimate_log_marginal(model, x, num_samples=2000, seed=8, with_mean_u=True)
-    torch.testing.assert_close(estimate.posterior_mean_u, estimate.posterior_mean.double() @ weight.T + bias,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        estimate.posterior_mean_u, estimate.posterior_mean.double() @ weight.T + bias, rtol=0, atol=1e-5
+    )
     exact_mean, log_var = PosteriorEncoder(weight, bias)(x)
     tolerance = 4 * float((0.5 * log_var).exp().max()) / math.sqrt(2000) * 2 * 2
     assert float((estimate.posterior_mean_u - (exact_mean @ weight.T + bias)).abs().max()) < tolerance
@@ -177,8 +181,9 @@ def test_prior_fraction_zero_is_the_encoder_alone_and_the_draws_split_as_asked()
     weight, bias, x, exact = linear_gaussian(seed=11, num_images=20)
     model = model_with(PosteriorEncoder(weight, bias), weight, bias)
     # a = 0 keeps the exact-posterior proposal exact; a > 0 mixes in prior draws, whose weights differ.
-    torch.testing.assert_close(estimate_log_marginal(model, x, 5, seed=1, prior_fraction=0.0).log_marginal, exact,
-                               rtol=0, atol=1e-8)
+    torch.testing.assert_close(
+        estimate_log_marginal(model, x, 5, seed=1, prior_fraction=0.0).log_marginal, exact, rtol=0, atol=1e-8
+    )
     mixed = estimate_log_marginal(model, x, 10, seed=1, prior_fraction=0.2)
     assert float(mixed.mc_variance.max()) > 1e-6
     with pytest.raises(ValueError, match="prior_fraction"):

@@ -21,8 +21,9 @@ UNITS = torch.tensor([0, 2, 0, 1, 2, 2, 0, 3])  # rows of 4 units of 3, 1, 3 and
 
 def make_model(latent_dim=2, data_dim=3, seed=0):
     torch.manual_seed(seed)
-    return LatentVariableModel(MLPEncoder(data_dim, latent_dim, [6]), MLPDecoder(latent_dim, data_dim, [7, 5]),
-                               Gaussian(0.7))
+    return LatentVariableModel(
+        MLPEncoder(data_dim, latent_dim, [6]), MLPDecoder(latent_dim, data_dim, [7, 5]), Gaussian(0.7)
+    )
 
 
 def test_unit_rows_gathers_each_unit_with_all_its_rows_in_the_order_asked():
@@ -42,7 +43,9 @@ def test_a_units_log_likelihood_is_the_sum_of_its_rows():
     expected = torch.stack([per_row[UNITS == unit].sum(0) for unit in range(4)])
     # Both sum the same float32 terms (|term| < 30) in row order; allow a few ulps of the sum.
     torch.testing.assert_close(per_unit, expected, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(model.log_joint(x, z, UNITS), expected - 0.5 * (z.square().sum(-1) + 2 * math.log(2 * math.pi)))
+    torch.testing.assert_close(
+        model.log_joint(x, z, UNITS), expected - 0.5 * (z.square().sum(-1) + 2 * math.log(2 * math.pi))
+    )
 
 
 def test_a_units_elbo_is_the_sum_of_its_rows_expected_log_likelihood_minus_one_kl():
@@ -66,10 +69,13 @@ def test_one_row_per_unit_is_bitwise_the_unitless_path():
     assert torch.equal(model.log_joint(x, z, identity), model.log_joint(x, z))
     for got, want in zip(model.encode(x, identity), model.encode(x)):
         assert torch.equal(got, want)
-    assert torch.equal(model.elbo(x, 5, torch.Generator().manual_seed(1), identity),
-                       model.elbo(x, 5, torch.Generator().manual_seed(1)))
-    one = [estimate_log_marginal(model, x, 16, 5, chunk=48, with_mean_u=True, unit_index=index) for index in
-           (None, identity)]
+    assert torch.equal(
+        model.elbo(x, 5, torch.Generator().manual_seed(1), identity), model.elbo(x, 5, torch.Generator().manual_seed(1))
+    )
+    one = [
+        estimate_log_marginal(model, x, 16, 5, chunk=48, with_mean_u=True, unit_index=index)
+        for index in (None, identity)
+    ]
     for got, want in zip(one[1], one[0]):
         assert torch.equal(got, want)
 

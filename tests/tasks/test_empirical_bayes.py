@@ -27,8 +27,9 @@ def test_discrete_prior_marginal_and_posterior_mean_by_hand():
     normal = torch.distributions.Normal(torch.tensor([0.0, 3.0], dtype=torch.float64), 1.0)
     density = normal.log_prob(x[:, None]).exp() * torch.tensor([0.4, 0.6], dtype=torch.float64)
     torch.testing.assert_close(marginal_log_likelihood(prior, x, 1.0), density.sum(1).log(), rtol=0, atol=1e-12)
-    torch.testing.assert_close(posterior_means(prior, x, 1.0), (density * torch.tensor([0.0, 3.0])).sum(1) / density.sum(1),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        posterior_means(prior, x, 1.0), (density * torch.tensor([0.0, 3.0])).sum(1) / density.sum(1), rtol=0, atol=1e-12
+    )
     assert prior.cdf(torch.tensor([-1.0, 0.0, 1.0, 3.0])).tolist() == [0.0, 0.4, 0.4, 1.0]
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import compose_config
 
 from almond_cli.model.marginal import estimate_with
 from almond_cli.tasks.normal_means import NormalMeansTask
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import build_model
-from conftest import compose_config
 
 
 def test_heldout_scores_of_the_model_and_the_exact_baselines():

@@ -1,7 +1,7 @@
 import torch
 
-from almond_cli.tasks.metrics import ks_distance, w1_distance
 from almond_cli.data.priors import ExponentialPrior, NormalMixturePrior, NormalPrior, make_prior
+from almond_cli.tasks.metrics import ks_distance, w1_distance
 
 
 def test_ks_of_a_point_mass_against_a_uniform():
@@ -80,12 +80,14 @@ def grid_error_bound(draws, truth, grid_size=200_001):
 
 
 def test_normal_means_scores_name_the_prior_and_the_true_means():
-    from almond_cli.tasks.registry import build_dataset
-    from almond_cli.tasks.normal_means import NormalMeansTask
     from omegaconf import OmegaConf
 
-    dataset = build_dataset(OmegaConf.create({"name": "normal_means", "n": 500, "prior": "exponential",
-                                              "noise_sd": 1.0}), 7)
+    from almond_cli.tasks.normal_means import NormalMeansTask
+    from almond_cli.tasks.registry import build_dataset
+
+    dataset = build_dataset(
+        OmegaConf.create({"name": "normal_means", "n": 500, "prior": "exponential", "noise_sd": 1.0}), 7
+    )
     draws = dataset.x[:, 0].double()  # the data themselves: a fit with no deconvolution at all
     scores = NormalMeansTask._scores(draws, dataset)
     assert scores["ks"] == ks_distance(draws, dataset.prior.cdf)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import run_almond
 from torch import nn
 
 from almond_cli.tasks.prior_summary import QUANTILE_LEVELS, summarise_prior
-from conftest import run_almond
 
 
 class Map(nn.Module):
@@ -23,8 +23,11 @@ class Map(nn.Module):
 
 def _grid(result, coordinate=0):
     rows = [row for row in result["grid"] if row[0] == coordinate]
-    return (torch.tensor([r[1] for r in rows], dtype=torch.float64), torch.tensor([r[2] for r in rows], dtype=torch.float64),
-            torch.tensor([r[3] for r in rows], dtype=torch.float64))
+    return (
+        torch.tensor([r[1] for r in rows], dtype=torch.float64),
+        torch.tensor([r[2] for r in rows], dtype=torch.float64),
+        torch.tensor([r[3] for r in rows], dtype=torch.float64),
+    )
 
 
 def test_exp_of_a_normal_is_log_normal():
@@ -79,8 +82,9 @@ def test_several_coordinates_are_summarised_from_draws_with_their_dependence():
 
 def test_almond_prior_writes_the_numbers_and_the_figure(tmp_path):
     run_dir = tmp_path / "run"
-    run_almond(["train", "debug=tiny", "threads=1", "progress=silent", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-               check=True)
+    run_almond(
+        ["train", "debug=tiny", "threads=1", "progress=silent", f"hydra.run.dir={run_dir}"], cwd=tmp_path, check=True
+    )
     process = run_almond(["prior", str(run_dir), "threads=1", "grid=101"], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     (folder,) = (run_dir / "prior").iterdir()

@@ -29,8 +29,10 @@ def test_every_data_yaml_is_a_registered_option_with_its_schema():
 def test_no_module_but_the_registry_dispatches_on_the_data_option():
     """``data.name == "file"`` and its kin live only in tasks/registry.py (a new option would need them in
     every such place)."""
-    pattern = re.compile(r"""(data(_cfg)?|dataset)\.(name|get\(["']name["']\))\s*(==|!=|in\b|not in\b)"""
-                         r"""|["'](normal_means|file|mnist|glmm|glmm_file)["']\s*(==|!=|in\b)""")
+    pattern = re.compile(
+        r"""(data(_cfg)?|dataset)\.(name|get\(["']name["']\))\s*(==|!=|in\b|not in\b)"""
+        r"""|["'](normal_means|file|mnist|glmm|glmm_file)["']\s*(==|!=|in\b)"""
+    )
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         if path.relative_to(PACKAGE).as_posix() == "tasks/registry.py":
@@ -44,8 +46,13 @@ def test_no_module_but_the_registry_dispatches_on_the_data_option():
 # Which likelihood reads which option's rows: the GLMM rows only poisson_glmm; a per-row sd only a table with
 # data.sd_column; every other likelihood any other option.
 PLAIN = {"gaussian", "bernoulli", "poisson", "negative_binomial"}
-ACCEPTED = {"normal_means": PLAIN, "mnist": PLAIN, "file": PLAIN | {"gaussian_hetero"},
-            "glmm": {"poisson_glmm"}, "glmm_file": {"poisson_glmm"}}
+ACCEPTED = {
+    "normal_means": PLAIN,
+    "mnist": PLAIN,
+    "file": PLAIN | {"gaussian_hetero"},
+    "glmm": {"poisson_glmm"},
+    "glmm_file": {"poisson_glmm"},
+}
 
 
 @pytest.mark.parametrize("data", sorted(DATA_SETS))
@@ -77,8 +84,10 @@ def test_relative_paths_of_every_file_option_resolve_from_where_training_ran(tmp
     assert glmm.data.path == str(trained_in / "data" / "counts.csv")
     file = _data_cfg("file", path="data/m.csv", truth_path="data/truth.csv")
     resolve_data_paths(file, trained_in)
-    assert (file.data.path, file.data.truth_path) == (str(trained_in / "data" / "m.csv"),
-                                                      str(trained_in / "data" / "truth.csv"))
+    assert (file.data.path, file.data.truth_path) == (
+        str(trained_in / "data" / "m.csv"),
+        str(trained_in / "data" / "truth.csv"),
+    )
     images = _data_cfg("mnist", root="images")
     resolve_data_paths(images, trained_in)
     assert images.data.root == str(trained_in / "images")
@@ -92,4 +101,8 @@ def test_relative_paths_of_every_file_option_resolve_from_where_training_ran(tmp
     unknown = _data_cfg("glmm_file", path="data/counts.csv")
     resolve_data_paths(unknown, None)
     assert (kept.data.path, kept.data.truth_path, missing.data.path, unknown.data.path) == (
-        "data/m.csv", str(tmp_path / "nowhere.csv"), "data/gone.csv", "data/counts.csv")
+        "data/m.csv",
+        str(tmp_path / "nowhere.csv"),
+        "data/gone.csv",
+        "data/counts.csv",
+    )

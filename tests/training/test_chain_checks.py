@@ -8,17 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config, read_metrics, run_almond
 
 from almond_cli.langevin.chains import PersistentChains
-from almond_cli.langevin.diagnostics import (KOLMOGOROV_MEAN, posterior_ks, posterior_marginal_ks,
-                                             trajectory_convergence)
+from almond_cli.langevin.diagnostics import KOLMOGOROV_MEAN, posterior_ks, posterior_marginal_ks, trajectory_convergence
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import LinearDecoder
-from almond_cli.training.chain_checks import RHAT_ALARM, ChainTrajectory
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import build_model
-from conftest import compose_config, read_metrics, run_almond
+from almond_cli.training.chain_checks import RHAT_ALARM, ChainTrajectory
 
 
 def exact_posterior_draws(model, x, count, generator):
@@ -50,8 +49,14 @@ def test_exact_draws_pass_and_displaced_chains_do_not():
     assert float(posterior_ks(model, x, centre + 0.5 * (draws - centre)).mean()) > 1.5 * reference
 
 
-SHORT = ["experiment=mnn_exponential_fast", "threads=1", "progress=plain", "schedule.vae_epochs=200",
-         "schedule.almond_epochs=20", "schedule.warmup_epochs=20"]
+SHORT = [
+    "experiment=mnn_exponential_fast",
+    "threads=1",
+    "progress=plain",
+    "schedule.vae_epochs=200",
+    "schedule.almond_epochs=20",
+    "schedule.warmup_epochs=20",
+]
 
 
 def test_training_reports_the_checks_and_warns_when_the_chains_are_wrong(tmp_path):
@@ -70,16 +75,23 @@ def test_training_reports_the_checks_and_warns_when_the_chains_are_wrong(tmp_pat
     log = (healthy / "train.log").read_text()
     assert "do not follow the exact posterior" not in log and "have not mixed" not in log
     biased = tmp_path / "biased"
-    process = run_almond(["train", *SHORT, "sampler.step_size=0.8", "sampler.step_size_decay=constant",
-                          f"hydra.run.dir={biased}"], cwd=tmp_path, check=True)
+    process = run_almond(
+        ["train", *SHORT, "sampler.step_size=0.8", "sampler.step_size_decay=constant", f"hydra.run.dir={biased}"],
+        cwd=tmp_path,
+        check=True,
+    )
     assert "do not follow the exact posterior" in (biased / "train.log").read_text()
     assert "do not follow the exact posterior" in process.stderr + process.stdout
     frozen = tmp_path / "frozen"
-    process = run_almond(["train", *SHORT, "sampler.step_size=1e-5", "sampler.step_size_decay=constant",
-                          f"hydra.run.dir={frozen}"], cwd=tmp_path, check=True)
+    process = run_almond(
+        ["train", *SHORT, "sampler.step_size=1e-5", "sampler.step_size_decay=constant", f"hydra.run.dir={frozen}"],
+        cwd=tmp_path,
+        check=True,
+    )
     assert [r["rhat_median"] > RHAT_ALARM for r in read_metrics(frozen) if "rhat_median" in r] == [True, True]
     assert "have not mixed" in (frozen / "train.log").read_text()
     assert "have not mixed" in process.stderr + process.stdout
+
 
 def linear_gaussian_model(sigma: float):
     """u = A z + b, x | u ~ N(u, sigma² I), z ~ N(0, I_2): the posterior of z is normal with precision
@@ -129,7 +141,8 @@ def stuck_and_moving_chains(moving: bool, points=8, chains=20, epochs=50, seed=0
     draws[:, :, 0, 0] = generator.standard_normal((points, chains))
     for t in range(1, epochs):
         draws[:, :, t, 0] = phi * draws[:, :, t - 1, 0] + math.sqrt(1 - phi**2) * generator.standard_normal(
-            (points, chains))
+            (points, chains)
+        )
     return draws
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import almond_executable, read_metrics, run_almond
 
 from almond_cli.training.checkpoint import CheckpointError
 from almond_cli.training.distributed import DataParallel
-from conftest import almond_executable, read_metrics, run_almond
 
 TINY = ["debug=tiny", "threads=1", "progress=plain"]
 
@@ -50,8 +50,12 @@ def _hooks_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         results["nonfinite"] = parallel.average_epoch(1.0, {}, chains_healthy=rank == 0)[0]
         results["any"] = parallel.any(rank == 1)
         results["signal"] = parallel.agree_on_signal(15 if rank == 1 else None)
-        state = {"chains": {"positions": torch.full((4, 2, 1), float(rank))}, "order": None,
-                 "rng": {"noise": torch.tensor([rank])}, "model": "shared"}
+        state = {
+            "chains": {"positions": torch.full((4, 2, 1), float(rank))},
+            "order": None,
+            "rng": {"noise": torch.tensor([rank])},
+            "model": "shared",
+        }
         gathered = parallel.gather_state(state)
         results["gathered"] = gathered
         if rank == 0:
@@ -94,10 +98,23 @@ def test_a_single_process_refuses_a_two_process_checkpoint():
 
 
 def torchrun(args, cwd, nproc=2, timeout=300):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               almond_executable(), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        almond_executable(),
+        *args,
+    ]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _summary(run_dir):
@@ -123,6 +140,7 @@ def test_two_gloo_processes_match_one_and_resume_exactly(tmp_path):
     assert abs(one["vae"]["w1"] - two["vae"]["w1"]) < 0.0028
     assert abs(one["almond"]["w1"] - two["almond"]["w1"]) < 0.056
     assert abs(one["almond"]["ks"] - two["almond"]["ks"]) < 0.034
+
     def final_losses(run):
         return {phase: [r["loss"] for r in read_metrics(run) if r["phase"] == phase][-1] for phase in ("vae", "almond")}
 
@@ -137,8 +155,10 @@ def test_two_gloo_processes_match_one_and_resume_exactly(tmp_path):
     assert refused.returncode == 2 and "nproc_per_node=2" in refused.stderr
     second = torchrun(["train", f"resume={resumed}", "schedule.almond_epochs=20", "threads=1"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert read_metrics(resumed) == [dict(r, seconds=r2["seconds"], elapsed=r2["elapsed"]) for r, r2 in
-                                     zip(read_metrics(double), read_metrics(resumed))]
+    assert read_metrics(resumed) == [
+        dict(r, seconds=r2["seconds"], elapsed=r2["elapsed"])
+        for r, r2 in zip(read_metrics(double), read_metrics(resumed))
+    ]
     a = torch.load(double / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

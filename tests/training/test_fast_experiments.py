@@ -27,14 +27,38 @@ def differences(left, right, prefix=""):
     return found
 
 
-@pytest.mark.parametrize("paper,fast,changed", [
-    ("mnn_exponential", "mnn_exponential_fast",
-     {"sampler.num_chains", "sampler.burn_in", "schedule.vae_epochs", "schedule.almond_epochs",
-      "schedule.warmup_epochs", "encoder.init", "decoder.init"}),
-    ("mnn_mixture", "mnn_mixture_fast",
-     {"sampler.num_chains", "sampler.burn_in", "schedule.vae_draws", "schedule.vae_epochs",
-      "schedule.almond_epochs", "schedule.warmup_epochs", "encoder.init", "decoder.init"}),
-])
+@pytest.mark.parametrize(
+    "paper,fast,changed",
+    [
+        (
+            "mnn_exponential",
+            "mnn_exponential_fast",
+            {
+                "sampler.num_chains",
+                "sampler.burn_in",
+                "schedule.vae_epochs",
+                "schedule.almond_epochs",
+                "schedule.warmup_epochs",
+                "encoder.init",
+                "decoder.init",
+            },
+        ),
+        (
+            "mnn_mixture",
+            "mnn_mixture_fast",
+            {
+                "sampler.num_chains",
+                "sampler.burn_in",
+                "schedule.vae_draws",
+                "schedule.vae_epochs",
+                "schedule.almond_epochs",
+                "schedule.warmup_epochs",
+                "encoder.init",
+                "decoder.init",
+            },
+        ),
+    ],
+)
 def test_fast_experiment_changes_only_the_documented_settings(paper, fast, changed):
     found = differences(composed(paper), composed(fast))
     assert set(found) == changed | {"experiment_name"}

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from almond_cli.training import phases
+from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.model.likelihoods import Gaussian
 from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import LinearDecoder, MLPEncoder
-from almond_cli.langevin.settings import SamplerSettings
+from almond_cli.training import phases
 
 
 @pytest.mark.slow
@@ -29,8 +29,9 @@ def test_linear_decoder_recovers_the_random_effects_covariance():
     # for a posterior variance τ² (≈ 0.2 here), which shrinks the fitted A; s = 0.1 ended at 0.73 instead
     # of 1.0 for Σ_11, s = 0.01 leaves a bias of about 2.5%.
     for _ in range(100):
-        phases.almond_update(model, optimiser, chains, torch.arange(n), x, 0.01,
-                             SamplerSettings(num_steps=5, burn_in=3), generator)
+        phases.almond_update(
+            model, optimiser, chains, torch.arange(n), x, 0.01, SamplerSettings(num_steps=5, burn_in=3), generator
+        )
     fitted = model.decoder.covariance().detach()
     # The maximum-likelihood covariance of u is cov(x) − sigma² I; with n = 2,000 its entries have standard
     # errors ≈ sqrt((Σ_ii Σ_jj + Σ_ij²) / n) ≈ 0.03, so 0.12 (4 SE) separates "recovered" from "not".

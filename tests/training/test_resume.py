@@ -3,25 +3,30 @@
 import json
 import math
 import os
-import pickle
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from conftest import almond_executable, assert_same_final_state, compose_config, read_metrics, run_almond
 
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.training.checkpoint import CheckpointError, load_checkpoint
 from almond_cli.training.trainer import Interrupted, TrainingRun, train
-from conftest import almond_executable, assert_same_final_state, compose_config, read_metrics, run_almond
 
 # 200 points in batches of 64: 4 updates per epoch, so an interruption can fall mid-epoch.
-SMALL = ["debug=tiny", "progress=quiet", "schedule.batch_size=64", "schedule.vae_epochs=6",
-         "schedule.almond_epochs=6", "schedule.warmup_epochs=2", "checkpoint.every_epochs=2",
-         "checkpoint.every_minutes=0"]
+SMALL = [
+    "debug=tiny",
+    "progress=quiet",
+    "schedule.batch_size=64",
+    "schedule.vae_epochs=6",
+    "schedule.almond_epochs=6",
+    "schedule.warmup_epochs=2",
+    "checkpoint.every_epochs=2",
+    "checkpoint.every_minutes=0",
+]
 
 
 def interrupt_at(monkeypatch, global_step: int) -> None:
@@ -37,12 +42,15 @@ def interrupt_at(monkeypatch, global_step: int) -> None:
     monkeypatch.setattr(TrainingRun, "_update", update)
 
 
-@pytest.mark.parametrize("stop_step", [
-    10,   # VAE phase, mid-epoch (epoch 3, update 2 of 4)
-    31,   # ALMOND phase, mid-epoch (ALMOND epoch 2, update 3 of 4)
-    32,   # exactly at a checkpoint boundary (end of ALMOND epoch 2, checkpoint.every_epochs=2)
-    38,   # SGD phase (ALMOND epoch 4 of 6, after warmup_epochs=2), mid-epoch: SGD's momentum buffers must resume
-])
+@pytest.mark.parametrize(
+    "stop_step",
+    [
+        10,  # VAE phase, mid-epoch (epoch 3, update 2 of 4)
+        31,  # ALMOND phase, mid-epoch (ALMOND epoch 2, update 3 of 4)
+        32,  # exactly at a checkpoint boundary (end of ALMOND epoch 2, checkpoint.every_epochs=2)
+        38,  # SGD phase (ALMOND epoch 4 of 6, after warmup_epochs=2), mid-epoch: SGD's momentum buffers must resume
+    ],
+)
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, stop_step):
     cfg = compose_config(SMALL)
     train(cfg, tmp_path / "straight")
@@ -69,18 +77,39 @@ def test_a_checkpoint_holds_everything_needed_to_continue(tmp_path):
     cfg = compose_config(SMALL)
     train(cfg, tmp_path / "run")
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert {"model", "vae_optimiser", "almond_optimisers", "chains", "order", "rng", "position",
-            "config_yaml", "format_version"} <= set(checkpoint)
+    assert {
+        "model",
+        "vae_optimiser",
+        "almond_optimisers",
+        "chains",
+        "order",
+        "rng",
+        "position",
+        "config_yaml",
+        "format_version",
+    } <= set(checkpoint)
     assert {"noise", "order", "torch"} <= set(checkpoint["rng"])
     assert checkpoint["chains"]["positions"].shape == (200, 4, 1)
     assert checkpoint["position"]["phase"] == "done"
 
 
 def test_sigterm_writes_a_checkpoint_and_the_printed_command_resumes(tmp_path):
-    args = ["train", "debug=tiny", "threads=1", "schedule.almond_epochs=4000", "checkpoint.every_epochs=0",
-            "checkpoint.every_minutes=0", "progress=plain"]
-    process = subprocess.Popen([almond_executable(), *args, "hydra.run.dir=run"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "debug=tiny",
+        "threads=1",
+        "schedule.almond_epochs=4000",
+        "checkpoint.every_epochs=0",
+        "checkpoint.every_minutes=0",
+        "progress=plain",
+    ]
+    process = subprocess.Popen(
+        [almond_executable(), *args, "hydra.run.dir=run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = tmp_path / "run"
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoints" / "vae.pt").exists():
@@ -93,8 +122,9 @@ def test_sigterm_writes_a_checkpoint_and_the_printed_command_resumes(tmp_path):
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]
     assert stopped["phase"] == "almond" and stopped["global_step"] > 20
     resume_args = command.split()[1:] + ["schedule.almond_epochs=4000"]
-    resumed = run_almond(resume_args[:1] + resume_args[1:] + ["schedule.almond_epochs=" + str(stopped["epoch"] + 3)],
-                         cwd=tmp_path)
+    resumed = run_almond(
+        resume_args[:1] + resume_args[1:] + ["schedule.almond_epochs=" + str(stopped["epoch"] + 3)], cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     records = read_metrics(run_dir)
     almond_epochs = [r["epoch"] for r in records if r["phase"] == "almond"]
@@ -137,10 +167,13 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_changes(tmp_pat
         load_checkpoint(evil)
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"", "empty"),
-    (b"not a zip file at all", "damaged"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"", "empty"),
+        (b"not a zip file at all", "damaged"),
+    ],
+)
 def test_damaged_or_foreign_files_are_refused_in_words(tmp_path, content, needle):
     path = tmp_path / "last.pt"
     path.write_bytes(content)
@@ -161,8 +194,9 @@ def test_resume_refuses_overrides_that_change_the_model(tmp_path):
     run_dir = tmp_path / "run"
     assert run_almond(["train", *SMALL, "threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
     before = (run_dir / "metrics.jsonl").read_text()
-    process = run_almond(["train", f"resume={run_dir}", "sampler.step_size=0.5", "decoder.hidden_sizes=[3]"],
-                         cwd=tmp_path)
+    process = run_almond(
+        ["train", f"resume={run_dir}", "sampler.step_size=0.5", "decoder.hidden_sizes=[3]"], cwd=tmp_path
+    )
     assert process.returncode == 2
     assert "sampler.step_size" in process.stderr and "decoder.hidden_sizes" in process.stderr
     assert (run_dir / "metrics.jsonl").read_text() == before
@@ -170,8 +204,9 @@ def test_resume_refuses_overrides_that_change_the_model(tmp_path):
 
 def test_divergence_stops_cleanly_and_leaves_the_checkpoint_resumable(tmp_path):
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=1e6", f"hydra.run.dir={run_dir}"],
-                         cwd=tmp_path)
+    process = run_almond(
+        ["train", "debug=tiny", "threads=1", "sampler.step_size=1e6", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert "diverged" in process.stderr and "almond epoch 1" in process.stderr and "step size" in process.stderr
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -183,8 +218,9 @@ def test_chains_that_escape_the_prior_stop_the_run_while_the_loss_is_still_finit
     # At step 30 the tiny model's chains reach |z| > 1e4 in the first ALMOND epoch with a finite loss (~1e8);
     # without the escape check they run on, finite and meaningless, until an overflow at epoch 5.
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=30", f"hydra.run.dir={run_dir}"],
-                         cwd=tmp_path)
+    process = run_almond(
+        ["train", "debug=tiny", "threads=1", "sampler.step_size=30", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert "diverged in almond epoch 1:" in process.stderr and "|z| = 10000" in process.stderr
     reported_loss = float(process.stderr.split("while the loss (")[1].split(")")[0])
@@ -198,8 +234,18 @@ def test_a_save_between_epoch_ends_never_makes_a_diverged_state_the_last_checkpo
     # its end-of-epoch check. Without the check before each save, last.pt held NaN chains while the message called it
     # "the last good checkpoint".
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "debug=tiny", "threads=1", "sampler.step_size=30", "schedule.batch_size=50",
-                          "checkpoint.every_minutes=1e-9", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "debug=tiny",
+            "threads=1",
+            "sampler.step_size=30",
+            "schedule.batch_size=50",
+            "checkpoint.every_minutes=1e-9",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 1 and "diverged in almond epoch 1:" in process.stderr
     for path in (run_dir / "checkpoints").glob("*.pt"):
         chains = load_checkpoint(path)["chains"]
@@ -209,12 +255,23 @@ def test_a_save_between_epoch_ends_never_makes_a_diverged_state_the_last_checkpo
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_reaches_the_same_parameters(tmp_path):
-    args = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=100", "schedule.almond_epochs=600",
-            "checkpoint.every_epochs=7", "checkpoint.every_minutes=0"]
+    args = [
+        "train",
+        "debug=tiny",
+        "threads=1",
+        "schedule.vae_epochs=100",
+        "schedule.almond_epochs=600",
+        "checkpoint.every_epochs=7",
+        "checkpoint.every_minutes=0",
+    ]
     straight = run_almond([*args, "hydra.run.dir=straight"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
-    process = subprocess.Popen([almond_executable(), *args, "hydra.run.dir=killed"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [almond_executable(), *args, "hydra.run.dir=killed"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # The kill falls in the ALMOND phase: after vae.pt (its first update) and well before its 600 epochs end.
     while not (tmp_path / "killed" / "checkpoints" / "vae.pt").exists():
         time.sleep(0.02)
@@ -247,9 +304,14 @@ def test_truncate_metrics_keeps_each_finished_epoch_once(tmp_path):
     from almond_cli.training.trainer import Position, truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
-    lines = [{"phase": "vae", "epoch": 1, "step": 4}, {"phase": "vae", "epoch": 2, "step": 8},
-             {"phase": "almond", "epoch": 1, "step": 12}, {"phase": "almond", "epoch": 2, "step": 16},
-             {"phase": "almond", "epoch": 2, "step": 16, "again": True}, {"phase": "almond", "epoch": 3, "step": 20}]
+    lines = [
+        {"phase": "vae", "epoch": 1, "step": 4},
+        {"phase": "vae", "epoch": 2, "step": 8},
+        {"phase": "almond", "epoch": 1, "step": 12},
+        {"phase": "almond", "epoch": 2, "step": 16},
+        {"phase": "almond", "epoch": 2, "step": 16, "again": True},
+        {"phase": "almond", "epoch": 3, "step": 20},
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"phase": "alm')
     truncate_metrics(path, Position(phase="almond", epoch=2, batch=1, global_step=17))
     kept = read_metrics(tmp_path)
@@ -258,16 +320,23 @@ def test_truncate_metrics_keeps_each_finished_epoch_once(tmp_path):
 
 def test_an_existing_run_is_never_trained_over_and_resume_auto_continues_it(tmp_path):
     run_dir = tmp_path / "run"
-    short = ["train", "debug=tiny", "threads=1", "schedule.vae_epochs=4", "schedule.almond_epochs=4",
-             f"hydra.run.dir={run_dir}"]
+    short = [
+        "train",
+        "debug=tiny",
+        "threads=1",
+        "schedule.vae_epochs=4",
+        "schedule.almond_epochs=4",
+        f"hydra.run.dir={run_dir}",
+    ]
     first = run_almond([*short, "resume=auto"], cwd=tmp_path)  # nothing there yet: a fresh run
     assert first.returncode == 0, first.stderr
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     again = run_almond(short, cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
-    extended = run_almond([*short[:-2], "schedule.almond_epochs=6", f"hydra.run.dir={run_dir}", "resume=auto"],
-                          cwd=tmp_path)
+    extended = run_almond(
+        [*short[:-2], "schedule.almond_epochs=6", f"hydra.run.dir={run_dir}", "resume=auto"], cwd=tmp_path
+    )
     assert extended.returncode == 0, extended.stderr
     assert [r["epoch"] for r in read_metrics(run_dir) if r["phase"] == "almond"] == list(range(1, 7))
 
@@ -289,8 +358,9 @@ def test_a_run_saved_before_newer_config_keys_resumes_with_their_defaults(tmp_pa
     del older.encoder["init"], older.decoder["init"]
     payload["config_yaml"] = OmegaConf.to_yaml(older)
     save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version")}, last)
-    resumed = run_almond(["train", "resume=run", "threads=1", "progress=quiet", "schedule.almond_epochs=4"],
-                         cwd=tmp_path)
+    resumed = run_almond(
+        ["train", "resume=run", "threads=1", "progress=quiet", "schedule.almond_epochs=4"], cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
     assert [r["epoch"] for r in read_metrics(tmp_path / "run") if r["phase"] == "almond"] == [1, 2, 3, 4]
@@ -301,8 +371,14 @@ def test_current_defaults_fill_only_what_a_saved_config_lacks():
 
     from almond_cli.config import with_current_defaults
 
-    saved = OmegaConf.create({"seed": 3, "retired_key": 5, "sampler": {"step_size": 0.02, "num_chains": 7},
-                              "encoder": {"_target_": "almond_cli.model.networks.MLPEncoder", "hidden_sizes": [4]}})
+    saved = OmegaConf.create(
+        {
+            "seed": 3,
+            "retired_key": 5,
+            "sampler": {"step_size": 0.02, "num_chains": 7},
+            "encoder": {"_target_": "almond_cli.model.networks.MLPEncoder", "hidden_sizes": [4]},
+        }
+    )
     merged = with_current_defaults(saved)
     assert merged.seed == 3 and merged.sampler.step_size == 0.02 and merged.sampler.num_chains == 7
     assert merged.retired_key == 5  # kept as saved

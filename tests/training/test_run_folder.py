@@ -54,8 +54,11 @@ def test_a_folder_without_checkpoints_is_refused_in_words(tmp_path):
     with pytest.raises(UsageError, match="sample: .* is not an almond run folder: it has no checkpoints/last.pt"):
         folder.newest_checkpoint("sample")
     folder.log.write_text("diverged\n")
-    with pytest.raises(UsageError, match=r"holds no checkpoint: that run stopped before writing its first one \(its "
-                                         r"train.log says why\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"holds no checkpoint: that run stopped before writing its first one \(its "
+        r"train.log says why\)",
+    ):
         folder.newest_checkpoint("resume")
 
 

@@ -2,9 +2,9 @@
 tags the issue lists, values equal to ``metrics.jsonl`` (the record), and a throughput in the plain log."""
 
 import pytest
+from conftest import read_metrics, run_almond
 
 from almond_cli.training.console import Throughput
-from conftest import read_metrics, run_almond
 
 
 def test_throughput_counts_updates_per_second():
@@ -21,17 +21,41 @@ def test_tensorboard_events_hold_the_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    process = run_almond(["train", "debug=tiny", "threads=1", "progress=plain", "logger=tensorboard",
-                          "diagnostics.rhat_every_epochs=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            "debug=tiny",
+            "threads=1",
+            "progress=plain",
+            "logger=tensorboard",
+            "diagnostics.rhat_every_epochs=5",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 0, process.stderr
     assert "updates/s" in (run_dir / "train.log").read_text()
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"vae/loss", "vae/lr", "almond/loss", "almond/lr", "almond/langevin_step_size",
-                "chains/mean_log_joint", "chains/grad_norm", "chains/nonfinite_fraction", "chains/rhat_max",
-                "chains/rhat_median", "chains/ess_bulk_min", "chains/posterior_ks_mean", "metrics/almond/w1", "metrics/almond/ks", "metrics/vae/w1",
-                "metrics/normal_eb/w1"}
+    expected = {
+        "vae/loss",
+        "vae/lr",
+        "almond/loss",
+        "almond/lr",
+        "almond/langevin_step_size",
+        "chains/mean_log_joint",
+        "chains/grad_norm",
+        "chains/nonfinite_fraction",
+        "chains/rhat_max",
+        "chains/rhat_median",
+        "chains/ess_bulk_min",
+        "chains/posterior_ks_mean",
+        "metrics/almond/w1",
+        "metrics/almond/ks",
+        "metrics/vae/w1",
+        "metrics/normal_eb/w1",
+    }
     assert expected <= scalars, expected - scalars
     assert events.Tags()["images"] == ["figures/latent_density"]
     records = read_metrics(run_dir)

@@ -16,12 +16,21 @@ from almond_cli.training.runtime import seed_streams
 from almond_cli.training.trainer import train
 
 # 200 points in batches of 64: 4 updates per epoch.
-SMALL = ["debug=tiny", "progress=silent", "threads=1", "schedule.batch_size=64", "schedule.vae_epochs=2",
-         "schedule.almond_epochs=3", "checkpoint.every_minutes=0", "diagnostics.rhat_every_epochs=0"]
+SMALL = [
+    "debug=tiny",
+    "progress=silent",
+    "threads=1",
+    "schedule.batch_size=64",
+    "schedule.vae_epochs=2",
+    "schedule.almond_epochs=3",
+    "checkpoint.every_minutes=0",
+    "diagnostics.rhat_every_epochs=0",
+]
 
 
 def with_units(monkeypatch, unit_index_of):
     """Makes the trainer's data set carry the map ``unit_index_of(num_rows)``."""
+
     def build(data_cfg, seed):
         dataset = build_dataset(data_cfg, seed)
         dataset.unit_index = unit_index_of(dataset.num_points)

@@ -5,18 +5,25 @@ import signal
 
 import pytest
 import torch
+from conftest import assert_same_final_state, compose_config, read_metrics, run_almond
 from omegaconf import OmegaConf
 
 from almond_cli.errors import UsageError
 from almond_cli.training.checkpoint import load_checkpoint
 from almond_cli.training.trainer import Interrupted, TrainingRun, train
 from almond_cli.training.warm_start import load_warm_start, may_change, warm_start_config
-from conftest import assert_same_final_state, compose_config, read_metrics, run_almond
 
 # 200 points in batches of 64: 4 updates per epoch.
-SMALL = ["debug=tiny", "progress=quiet", "schedule.batch_size=64", "schedule.vae_epochs=6",
-         "schedule.almond_epochs=6", "schedule.warmup_epochs=2", "checkpoint.every_epochs=2",
-         "checkpoint.every_minutes=0"]
+SMALL = [
+    "debug=tiny",
+    "progress=quiet",
+    "schedule.batch_size=64",
+    "schedule.vae_epochs=6",
+    "schedule.almond_epochs=6",
+    "schedule.warmup_epochs=2",
+    "checkpoint.every_epochs=2",
+    "checkpoint.every_minutes=0",
+]
 
 
 def warm_started(source, overrides: list[str]):
@@ -40,8 +47,9 @@ def test_with_the_warm_starts_own_settings_the_almond_phase_is_the_same_bitwise(
 
 def test_almond_settings_change_and_the_vae_is_the_warm_starts(tmp_path):
     train(compose_config(SMALL), tmp_path / "source")
-    cfg, warm = warm_started(tmp_path / "source", ["sampler.num_chains=3", "schedule.almond_epochs=2",
-                                                   "schedule.adam_lr=0.5"])
+    cfg, warm = warm_started(
+        tmp_path / "source", ["sampler.num_chains=3", "schedule.almond_epochs=2", "schedule.adam_lr=0.5"]
+    )
     summary = train(cfg, tmp_path / "branch", warm=warm)
     own_vae = load_checkpoint(tmp_path / "branch" / "checkpoints" / "vae.pt")  # for almond evaluate's VAE row
     source_vae = load_checkpoint(tmp_path / "source" / "checkpoints" / "vae.pt")
@@ -80,11 +88,30 @@ def test_a_warm_started_run_interrupted_and_resumed_equals_it_uninterrupted(tmp_
 
 
 def test_only_almond_and_run_length_keys_may_differ_from_the_warm_start():
-    for key in ("sampler.num_chains", "sampler", "schedule.almond_epochs", "schedule.adam_lr", "schedule.batch_size",
-                "threads", "evaluation.num_draws", "checkpoint.every_epochs", "experiment_name", "warm_start"):
+    for key in (
+        "sampler.num_chains",
+        "sampler",
+        "schedule.almond_epochs",
+        "schedule.adam_lr",
+        "schedule.batch_size",
+        "threads",
+        "evaluation.num_draws",
+        "checkpoint.every_epochs",
+        "experiment_name",
+        "warm_start",
+    ):
         assert may_change(key), key
-    for key in ("schedule.vae_epochs", "schedule.vae_lr", "schedule.vae_draws", "decoder.hidden_sizes", "encoder",
-                "likelihood.sigma", "data.n", "seed", "latent_dim"):
+    for key in (
+        "schedule.vae_epochs",
+        "schedule.vae_lr",
+        "schedule.vae_draws",
+        "decoder.hidden_sizes",
+        "encoder",
+        "likelihood.sigma",
+        "data.n",
+        "seed",
+        "latent_dim",
+    ):
         assert not may_change(key), key
 
 
@@ -92,15 +119,27 @@ def test_the_command_refuses_a_changed_model_and_writes_nothing(tmp_path):
     source = tmp_path / "source"
     run_almond(["train", *SMALL, "threads=1", f"hydra.run.dir={source}"], cwd=tmp_path, check=True)
     branch = tmp_path / "branch"
-    process = run_almond(["train", f"warm_start={source}", "decoder.hidden_sizes=[3]", "schedule.vae_lr=0.5",
-                          "sampler.num_chains=2", f"hydra.run.dir={branch}"], cwd=tmp_path)
+    process = run_almond(
+        [
+            "train",
+            f"warm_start={source}",
+            "decoder.hidden_sizes=[3]",
+            "schedule.vae_lr=0.5",
+            "sampler.num_chains=2",
+            f"hydra.run.dir={branch}",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 2 and "Traceback" not in process.stderr
     assert "decoder.hidden_sizes" in process.stderr and "schedule.vae_lr" in process.stderr
     assert "sampler.num_chains" not in process.stderr.split("A warm-started run")[0]
     assert not (branch / "checkpoints").exists()
     # Accepted: the run folder's .hydra/config.yaml is the config it ran (the source's, with the new sampler).
-    run_almond(["train", f"warm_start={source}", "sampler.num_chains=2", "threads=1", f"hydra.run.dir={branch}"],
-               cwd=tmp_path, check=True)
+    run_almond(
+        ["train", f"warm_start={source}", "sampler.num_chains=2", "threads=1", f"hydra.run.dir={branch}"],
+        cwd=tmp_path,
+        check=True,
+    )
     recorded = OmegaConf.load(branch / ".hydra" / "config.yaml")
     assert recorded.sampler.num_chains == 2 and recorded.schedule.vae_epochs == 6 and recorded.data.n == 200
 

@@ -6,22 +6,30 @@ from __future__ import annotations
 import math
 
 import torch
+from conftest import compose_config, read_metrics
 
 from almond_cli.langevin import sampler
 from almond_cli.langevin.chains import PersistentChains
 from almond_cli.langevin.settings import SamplerSettings
 from almond_cli.langevin.targets import target_for
 from almond_cli.model.model import evaluation_mode
+from almond_cli.tasks.registry import build_dataset
 from almond_cli.training import phases
 from almond_cli.training.build import build_model
 from almond_cli.training.trainer import train
-from almond_cli.tasks.registry import build_dataset
-from conftest import compose_config, read_metrics
 
 # 200 points in batches of 64: 4 updates per epoch, so the global step and the epoch differ.
-SMALL = ["debug=tiny", "progress=silent", "threads=1", "schedule.batch_size=64", "schedule.vae_epochs=3",
-         "schedule.almond_epochs=6", "schedule.warmup_epochs=2", "checkpoint.every_minutes=0",
-         "diagnostics.rhat_every_epochs=0"]
+SMALL = [
+    "debug=tiny",
+    "progress=silent",
+    "threads=1",
+    "schedule.batch_size=64",
+    "schedule.vae_epochs=3",
+    "schedule.almond_epochs=6",
+    "schedule.warmup_epochs=2",
+    "checkpoint.every_minutes=0",
+    "diagnostics.rhat_every_epochs=0",
+]
 
 
 def test_an_update_stores_the_last_kept_state_of_each_chain():
@@ -38,8 +46,16 @@ def test_an_update_stores_the_last_kept_state_of_each_chain():
         kept, _ = sampler.run(start.clone(), target_for(model, x), 0.05, 5, 1, torch.Generator().manual_seed(2))
     assert kept.shape[0] == 4 and not torch.equal(kept[0], kept[-1])
     optimiser = torch.optim.SGD(model.generative_parameters, lr=0.0)
-    phases.almond_update(model, optimiser, chains, indices, x, 0.05, SamplerSettings(num_steps=5, burn_in=1),
-                         torch.Generator().manual_seed(2))
+    phases.almond_update(
+        model,
+        optimiser,
+        chains,
+        indices,
+        x,
+        0.05,
+        SamplerSettings(num_steps=5, burn_in=1),
+        torch.Generator().manual_seed(2),
+    )
     torch.testing.assert_close(chains.gather(indices), kept[-1], rtol=0, atol=0)
 
 
