@@ -194,6 +194,28 @@ def _names(dataset, width: int) -> list[str]:
     return ["x"] if width == 1 else [f"x{j}" for j in range(width)]
 
 
+def _stats_header(suffixes: list[str], level: float, likelihood, stats: dict) -> list[str]:
+    """The posterior columns of each latent coordinate: post_mean, post_sd, the interval bounds (``q5``, ``q95`` at
+    level 0.9) and, where the likelihood has one, the natural-scale posterior mean."""
+    tail = 100 * (1 - level) / 2
+    header = []
+    for s in suffixes:
+        header += [f"post_mean{s}", f"post_sd{s}", f"q{tail:g}{s}", f"q{100 - tail:g}{s}"]
+        if "natural_mean" in stats:
+            header.append(f"post_mean_{likelihood.mean_name}{s}")
+    return header
+
+
+def _stats_cells(stats: dict, index: int) -> list[str]:
+    """Line ``index`` of the ``_stats_header`` columns."""
+    cells = []
+    for p in range(stats["mean"].shape[1]):
+        cells += [f"{float(stats[key][index, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
+        if "natural_mean" in stats:
+            cells.append(f"{float(stats['natural_mean'][index, p]):.6g}")
+    return cells
+
+
 def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     """The per-row table: row, observations, the likelihood's per-row columns under their names (``sd`` for
     gaussian_hetero), [truth], post_mean, post_sd, interval bounds, and for Poisson/Bernoulli the posterior mean of
@@ -209,17 +231,12 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
         if len(observed) == num_latent
         else [f"_{j}" for j in range(num_latent)]
     )
-    tail = 100 * (1 - level) / 2
-    lower_name, upper_name = f"q{tail:g}", f"q{100 - tail:g}"
     ids = dataset.ids
     header = ["row"] + ([dataset.id_name or "id"] if ids is not None else []) + [*observed]
     header += list(row_columns)
     if dataset.truth is not None:
         header += [f"truth{s}" for s in suffixes]
-    for s in suffixes:
-        header += [f"post_mean{s}", f"post_sd{s}", f"{lower_name}{s}", f"{upper_name}{s}"]
-        if "natural_mean" in stats:
-            header.append(f"post_mean_{likelihood.mean_name}{s}")
+    header += _stats_header(suffixes, level, likelihood, stats)
     rows = dataset.rows()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -229,11 +246,7 @@ def posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
         line += [f"{float(column[i]):.6g}" for column in row_columns.values()]
         if dataset.truth is not None:
             line += [f"{v:.6g}" for v in dataset.truth[i].tolist()]
-        for p in range(num_latent):
-            line += [f"{float(stats[key][i, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
-            if "natural_mean" in stats:
-                line.append(f"{float(stats['natural_mean'][i, p]):.6g}")
-        writer.writerow(line)
+        writer.writerow(line + _stats_cells(stats, i))
     return buffer.getvalue()
 
 
@@ -242,23 +255,13 @@ def unit_posterior_csv(dataset, likelihood, stats: dict, level: float) -> str:
     post_mean, post_sd, interval bounds (and the natural-scale mean), one line per unit."""
     num_latent = stats["mean"].shape[1]
     suffixes = [""] if num_latent == 1 else [f"_{j}" for j in range(num_latent)]
-    tail = 100 * (1 - level) / 2
-    header = ["unit", "rows"]
-    for s in suffixes:
-        header += [f"post_mean{s}", f"post_sd{s}", f"q{tail:g}{s}", f"q{100 - tail:g}{s}"]
-        if "natural_mean" in stats:
-            header.append(f"post_mean_{likelihood.mean_name}{s}")
+    header = ["unit", "rows", *_stats_header(suffixes, level, likelihood, stats)]
     counts = torch.bincount(dataset.unit_index, minlength=dataset.num_units).tolist()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for i, label in enumerate(dataset.units()):
-        line = [label, counts[i]]
-        for p in range(num_latent):
-            line += [f"{float(stats[key][i, p]):.6g}" for key in ("mean", "sd", "lower", "upper")]
-            if "natural_mean" in stats:
-                line.append(f"{float(stats['natural_mean'][i, p]):.6g}")
-        writer.writerow(line)
+        writer.writerow([label, counts[i], *_stats_cells(stats, i)])
     return buffer.getvalue()
 
 
