@@ -308,18 +308,18 @@ def untrusted_key(cfg) -> tuple[str, str] | None:
 
     def walk(node, path: str, model_group: bool):
         if isinstance(node, dict):
-            for key, value in node.items():
+            # A model group's own _target_ first: the class it names says most about a crafted group.
+            for key, value in sorted(node.items(), key=lambda item: item[0] != "_target_"):
                 where = f"{path}.{key}" if path else str(key)
                 top_of_group = not path and key in MODEL_GROUPS
                 if key == "_target_" and model_group and path in MODEL_GROUPS:
                     if not isinstance(value, str) or current_target(value) not in allowed:
                         return where, f"names {value!r}, which is not one of almond's classes"
                     continue
+                if key == "_target_" and path:  # name the mapping that holds it: likelihood.sigma
+                    return path, f"holds a _target_ ({value})"
                 if key in _INSTANTIATE_KEYS:
-                    shown = f" ({value})" if isinstance(value, str) else ""
-                    if key == "_target_" and path:  # name the mapping that holds it: likelihood.sigma
-                        return path, f"holds a _target_{shown}"
-                    return where, f"holds a {key}{shown}"
+                    return where, "is one of Hydra's instantiate keys, which almond's configs never hold there"
                 if model_group and isinstance(value, dict):
                     target = value.get("_target_")
                     if isinstance(target, str):
