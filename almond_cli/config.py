@@ -342,13 +342,41 @@ def untrusted_key(cfg) -> tuple[str, str] | None:
     return walk(container, "", False)
 
 
+def _model_group_schemas() -> dict[str, tuple]:
+    """The schemas each model group's options extend (``register_schemas``)."""
+    likelihoods = (GaussianLikelihoodConfig, NegativeBinomialLikelihoodConfig, PoissonGLMMLikelihoodConfig)
+    return {
+        "likelihood": likelihoods,
+        "encoder": (MLPNetworkConfig, ConvNetworkConfig),
+        "decoder": (MLPNetworkConfig, ConvNetworkConfig, LinearNetworkConfig),
+    }
+
+
+def mistyped_key(cfg) -> tuple[str, str] | None:
+    """The first argument of a model group whose value its schema cannot hold (``likelihood.sigma: abc``), as
+    (dotted key, what it holds); None if there is none. A key no schema of the group has is left to the class."""
+    for group, schemas in _model_group_schemas().items():
+        node = cfg.get(group)
+        if not OmegaConf.is_dict(node):
+            continue
+        for key, value in OmegaConf.to_container(node, resolve=False).items():
+            schema = next((s for s in schemas if key != "_target_" and key in {f.name for f in fields(s)}), None)
+            if schema is None:
+                continue
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+            except OmegaConfBaseException:
+                return f"{group}.{key}", f"holds {value!r}, which its schema ({schema.__name__}) does not accept"
+    return None
+
+
 class SavedConfigRefused(UsageError):
     """A saved config (a checkpoint's ``config_yaml``) that names something almond would not instantiate."""
 
 
 def check_saved_config(cfg, command: str | None) -> None:
     """Raises ``SavedConfigRefused`` naming the key if ``untrusted_key(cfg)`` finds one."""
-    found = untrusted_key(cfg)
+    found = untrusted_key(cfg) or mistyped_key(cfg)
     if found:
         key, what = found
         prefix = f"{command}: " if command else ""

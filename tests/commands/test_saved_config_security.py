@@ -220,6 +220,18 @@ def test_instantiate_keys_mappings_and_interpolations_are_refused_wherever_they_
         saved_config(yaml.safe_dump(config), "resume")
 
 
+@pytest.mark.parametrize(
+    ("group", "key", "value"),
+    [("likelihood", "sigma", "abc"), ("encoder", "hidden_sizes", ["ten"]), ("decoder", "hidden_sizes", 7)],
+)
+def test_a_value_its_schema_cannot_hold_is_refused(group, key, value):
+    """A saved config is validated against the schemas the model groups' options extend (``config.py``)."""
+    config = yaml.safe_load(load_checkpoint(OLD_RUN / "checkpoints" / "last.pt")["config_yaml"])
+    config[group][key] = value
+    with pytest.raises(SavedConfigRefused, match=rf"sample: the run's saved config is refused: {group}\.{key} holds"):
+        saved_config(yaml.safe_dump(config), "sample")
+
+
 def test_every_shipped_option_names_an_allowed_class():
     """The allow-list holds every option almond ships (``tests/test_configs.py`` instantiates each one through
     ``build_model``, which refuses any other); here the YAML files' own ``_target_`` lines are checked."""
