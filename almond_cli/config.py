@@ -20,7 +20,10 @@ from .data.files import FileDataConfig  # noqa: F401
 from .data.glmm import GLMMDataConfig, GLMMFileDataConfig  # noqa: F401
 from .data.mnist import MnistDataConfig  # noqa: F401
 from .data.normal_means import NormalMeansDataConfig, PriorName  # noqa: F401
-from .errors import ConfigError  # noqa: F401  (importable from here, as before)
+from .errors import (
+    ConfigError,  # noqa: F401  (importable from here, as before)
+    UsageError,
+)
 from .errors import require as _require
 from .langevin.precision import PRECISIONS
 from .langevin.sampler import METHODS as SAMPLER_METHODS
@@ -276,11 +279,123 @@ def current_target(target: str) -> str:
     return target
 
 
-def saved_config(config_yaml: str):
+# The config groups whose ``_target_`` almond instantiates (``training/build.py``).
+MODEL_GROUPS = ("likelihood", "encoder", "decoder")
+# The keys Hydra's ``instantiate`` acts on: in a config almond instantiates, only ``_target_`` at the top of a
+# model group, naming one of ``allowed_targets()``.
+_INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+
+
+def allowed_targets() -> frozenset[str]:
+    """The import paths a ``_target_`` may name: the likelihoods, encoders and decoders almond ships. An allow-list,
+    not a blocklist: a config is data, and naming any other callable (``torch.load``, ``os.system``) is refused."""
+    from .model.conv_networks import ConvDecoder, ConvEncoder
+    from .model.networks import MLPDecoder, MLPEncoder
+
+    networks = (MLPEncoder, MLPDecoder, LinearDecoder, ConvEncoder, ConvDecoder)
+    return frozenset(target_of(cls) for cls in (*LIKELIHOODS.values(), *networks))
+
+
+def untrusted_key(cfg) -> tuple[str, str] | None:
+    """The first key of ``cfg`` (a config or plain container) that would make ``instantiate`` run anything but
+    almond's own classes, as (dotted key, what it holds); None if there is none. Refused: a ``_target_`` outside
+    ``allowed_targets()`` (an earlier almond's path, ``MOVED_TARGETS``, counts as today's), any instantiate key
+    (``_target_``, ``_args_``, ...) anywhere but a model group's own ``_target_``, a mapping inside a model group's
+    arguments (none of almond's takes one), and an interpolation (``${...}``; a saved config is saved resolved, and
+    a resolver such as ``oc.create`` could build a ``_target_`` after this check)."""
+    container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    allowed = allowed_targets()
+
+    def walk(node, path: str, model_group: bool):
+        if isinstance(node, dict):
+            # A model group's own _target_ first: the class it names says most about a crafted group.
+            for key, value in sorted(node.items(), key=lambda item: item[0] != "_target_"):
+                where = f"{path}.{key}" if path else str(key)
+                top_of_group = not path and key in MODEL_GROUPS
+                if key == "_target_" and model_group and path in MODEL_GROUPS:
+                    if not isinstance(value, str) or current_target(value) not in allowed:
+                        return where, f"names {value!r}, which is not one of almond's classes"
+                    continue
+                if key == "_target_" and path:  # name the mapping that holds it: likelihood.sigma
+                    return path, f"holds a _target_ ({value})"
+                if key in _INSTANTIATE_KEYS:
+                    return where, "is one of Hydra's instantiate keys, which almond's configs never hold there"
+                if model_group and isinstance(value, dict):
+                    target = value.get("_target_")
+                    if isinstance(target, str):
+                        return where, f"holds a _target_ ({target})"
+                    return where, "holds a mapping where a number, string or list is expected"
+                found = walk(value, where, model_group or top_of_group)
+                if found:
+                    return found
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                found = walk(value, f"{path}[{index}]", model_group)
+                if found:
+                    return found
+                if model_group and isinstance(value, dict):
+                    return f"{path}[{index}]", "holds a mapping where a number or string is expected"
+        elif isinstance(node, str) and "${" in node:
+            return path, f"holds an interpolation ({node[:80]})"
+        return None
+
+    return walk(container, "", False)
+
+
+def _model_group_schemas() -> dict[str, tuple]:
+    """The schemas each model group's options extend (``register_schemas``)."""
+    likelihoods = (GaussianLikelihoodConfig, NegativeBinomialLikelihoodConfig, PoissonGLMMLikelihoodConfig)
+    return {
+        "likelihood": likelihoods,
+        "encoder": (MLPNetworkConfig, ConvNetworkConfig),
+        "decoder": (MLPNetworkConfig, ConvNetworkConfig, LinearNetworkConfig),
+    }
+
+
+def mistyped_key(cfg) -> tuple[str, str] | None:
+    """The first argument of a model group whose value its schema cannot hold (``likelihood.sigma: abc``), as
+    (dotted key, what it holds); None if there is none. A key no schema of the group has is left to the class."""
+    for group, schemas in _model_group_schemas().items():
+        node = cfg.get(group)
+        if not OmegaConf.is_dict(node):
+            continue
+        for key, value in OmegaConf.to_container(node, resolve=False).items():
+            schema = next((s for s in schemas if key != "_target_" and key in {f.name for f in fields(s)}), None)
+            if schema is None:
+                continue
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+            except OmegaConfBaseException:
+                return f"{group}.{key}", f"holds {value!r}, which its schema ({schema.__name__}) does not accept"
+    return None
+
+
+class SavedConfigRefused(UsageError):
+    """A saved config (a checkpoint's ``config_yaml``) that names something almond would not instantiate."""
+
+
+def check_saved_config(cfg, command: str | None) -> None:
+    """Raises ``SavedConfigRefused`` naming the key if ``untrusted_key(cfg)`` finds one."""
+    found = untrusted_key(cfg) or mistyped_key(cfg)
+    if found:
+        key, what = found
+        prefix = f"{command}: " if command else ""
+        raise SavedConfigRefused(
+            f"{prefix}the run's saved config is refused: {key} {what}; almond instantiates only its own classes "
+            f"({', '.join(sorted(name.rsplit('.', 1)[1] for name in allowed_targets()))}) with plain values, so a "
+            "checkpoint or run folder can never run code. Was this file edited or made elsewhere?"
+        )
+
+
+def saved_config(config_yaml: str, command: str | None = None):
     """The config a checkpoint saved (its ``config_yaml``), completed by ``with_current_defaults`` and with its
     ``_target_`` paths brought up to date: what resume, ``almond evaluate`` and ``almond sample`` read a run's
-    settings from."""
-    cfg = with_current_defaults(OmegaConf.create(config_yaml))
+    settings from. The one reader of a saved config: it is data, and ``check_saved_config`` refuses (naming
+    ``command`` and the key) one that would make ``instantiate`` run anything but almond's own classes."""
+    raw = OmegaConf.create(config_yaml)
+    check_saved_config(raw, command)
+    cfg = with_current_defaults(raw)
+    check_saved_config(cfg, command)
     for group in ("likelihood", "encoder", "decoder"):
         node = cfg.get(group)
         if node is not None and isinstance(node.get("_target_"), str):

@@ -191,6 +191,7 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
     """
     import torch
 
+    from ..config import SavedConfigRefused
     from ..model.model import prior_draws
     from ..tasks.figures import plt, save_figure
     from ..tasks.prior_summary import exact_cdf_and_density, exact_quantiles, pushforward_grid
@@ -203,6 +204,8 @@ def fitted_prior_band(rows: list[JobRow], sweep_dir: Path, grid_size: int = 401)
     for row in finished:
         try:
             run = load_run("compare", row.path, "cpu")
+        except SavedConfigRefused as error:  # a tampered run is refused, never left out with a warning
+            raise UsageError(f"{error} (job {row.name}: {row.path})") from None
         except UsageError as error:
             print(f"almond: warning: job {row.name} left out of the prior band: {error}")
             continue

@@ -6,14 +6,23 @@ from __future__ import annotations
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from ..config import MODEL_GROUPS, untrusted_key
 from ..data.dataset import Dataset
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..model.model import LatentVariableModel
 
 
 def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
-    """Instantiates likelihood, encoder and decoder from their config groups, sized to the data."""
+    """Instantiates likelihood, encoder and decoder from their config groups, sized to the data; refuses
+    (``ConfigError``) a group naming anything but almond's own classes (``config.untrusted_key``)."""
+    # Defence in depth: a saved config was checked when it was read (``config.saved_config``); every option almond
+    # ships names its own classes, so the allow-list holds for every config almond instantiates.
+    groups = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in MODEL_GROUPS}
+    found = untrusted_key(groups)
+    if found:
+        raise ConfigError(found[0], f"{found[1]}; almond instantiates only its own classes, with plain values")
     try:
         # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
         likelihood = instantiate(cfg.likelihood, **dataset.likelihood_args())

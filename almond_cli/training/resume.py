@@ -135,7 +135,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
     if Path(resume_values[-1]).expanduser().is_file():  # a run folder gives its newest checkpoint already
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
-    checkpoint_cfg = saved_config(payload["config_yaml"])
+    checkpoint_cfg = saved_config(payload["config_yaml"], "resume")
     others = [o for o in overrides if not o.startswith("resume=")]
     touched = touched_subtrees(
         override_keys(others, "resume"), skip=lambda key: key.startswith("hydra") or _is_run_length(key)
@@ -211,7 +211,7 @@ def effective_config(cfg, task_overrides, run_dir: str | Path) -> tuple[object, 
             raise _already_a_run(run_dir)
         return cfg, None
     payload = load_checkpoint(cfg.resume)
-    resumed = saved_config(payload["config_yaml"])
+    resumed = saved_config(payload["config_yaml"], "resume")
     for override in task_overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if _is_run_length(key) and OmegaConf.select(cfg, key) is not None:

@@ -253,7 +253,10 @@ class LoadedRun:
                 print(f"almond: warning: the {name} baseline is left out: {error}")
                 continue
             fitted[name] = load_model_state(
-                saved_config(payload["config_yaml"]), self.dataset, payload["model"], self.device
+                saved_config(payload["config_yaml"], f"the {name} baseline"),
+                self.dataset,
+                payload["model"],
+                self.device,
             )
         return fitted
 
@@ -300,7 +303,7 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
         )
     checkpoint_path, payload = RunFolder(run_dir).newest_checkpoint(command)
     configure_process(threads)
-    cfg = saved_config(payload["config_yaml"])
+    cfg = saved_config(payload["config_yaml"], command)
     _resolve_data_paths(cfg, run_dir)
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
     check_same_data(payload.get("data"), dataset, command)

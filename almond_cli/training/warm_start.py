@@ -95,7 +95,7 @@ def warm_start_config(cfg, overrides: list[str]) -> tuple[object, Path, dict]:
     command line's) touch; refuses (``UsageError``) any touched key outside those whose value differs.
     """
     path, payload = load_warm_start(cfg.warm_start)
-    source = saved_config(payload["config_yaml"])
+    source = saved_config(payload["config_yaml"], "warm_start")
     touched = touched_subtrees(override_keys(overrides, "warm_start"), skip=lambda key: key.startswith("hydra"))
     conflicts = list(
         dict.fromkeys(d for subtree in touched for d in config_differences(subtree, source, cfg, may_change))
