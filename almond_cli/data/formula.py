@@ -320,8 +320,15 @@ def _allowed_calls() -> frozenset[str]:
     return frozenset(TRANSFORMS) - {"np", "contr"} | frozenset(EXTRA_FUNCTIONS)
 
 
-# R's names for common functions that formulaic spells np.xxx.
-EXTRA_FUNCTIONS = {"sqrt": np.sqrt, "abs": np.abs, "log1p": np.log1p, "expm1": np.expm1}
+def _factor(values, *args, **kwargs):
+    """R's ``factor(x)``: formulaic's ``C`` (its column is made categorical in R's level order beforehand)."""
+    from formulaic.transforms import C
+
+    return C(values, *args, **kwargs)
+
+
+# R's names for common functions that formulaic spells np.xxx, and R's factor().
+EXTRA_FUNCTIONS = {"sqrt": np.sqrt, "abs": np.abs, "log1p": np.log1p, "expm1": np.expm1, "factor": _factor}
 _MODULES = {"np", "numpy"}
 _CONTRASTS = {"treatment", "sum", "helmert", "poly", "diff", "custom"}
 _CONSTANTS = {"True", "False", "None", "pi", "inf"}
@@ -348,6 +355,8 @@ def _column_names(expression: str, columns: Sequence[str], formula: str) -> list
         elif token.kind == "op" and token.text == ".":
             module = tokens[index - 1] if index > 0 else None
             attribute = tokens[index + 1] if index + 1 < len(tokens) else None
+            if len(tokens) == 1:
+                raise FormulaError(f"'.' (all other columns) in '{formula}' is not supported; name the columns")
             if not (module and attribute and module.kind == "name" and attribute.kind == "name"):
                 raise _not_allowed(f"'.{after}'", formula)
             if module.text in _MODULES:
@@ -632,7 +641,25 @@ def _scan_columns(parsed: ParsedFormula, frame: pd.DataFrame, with_response: boo
                     )
                 grouping.append(name)
     parts["grouping"] = grouping
+    parts["factor"] = _factor_columns(parsed, columns)
     return parts
+
+
+def _factor_columns(parsed: ParsedFormula, columns: Sequence[str]) -> list[str]:
+    """Columns written as ``factor(NAME)``: read as factors with R's level order (95, 96, 97; not 95.0)."""
+    found = []
+    for text in (parsed.fixed, *parsed.offsets, *(bar.terms for bar in parsed.bars)):
+        tokens = _tokens(text)
+        for index in range(len(tokens) - 3):
+            name, opening, argument, closing = tokens[index : index + 4]
+            if (name.text, opening.text, closing.text) == ("factor", "(", ")") and argument.kind in (
+                "name",
+                "backtick",
+            ):
+                column = argument.text.strip("`")
+                if column in columns:
+                    found.append(column)
+    return found
 
 
 def _typed_frame(
@@ -769,7 +796,7 @@ def _design(
     kept = frame.iloc[rows].reset_index(drop=True)
     modelled = list(dict.fromkeys(used["response"] + used["fixed"] + used["offset"] + used["random"]))
     categories = template.categories if template is not None else None
-    data, found = _typed_frame(kept, modelled, factors, categories, formula)
+    data, found = _typed_frame(kept, modelled, (*factors, *used["factor"]), categories, formula)
 
     response_specs, values = [], []
     for k, expression in enumerate(parsed.response_args if with_response else ()):

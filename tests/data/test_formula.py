@@ -179,6 +179,20 @@ def test_string_factor_reference_is_first_sorted_level_and_no_intercept_gives_fu
         np.testing.assert_array_equal(design.fixed[:, :3].sum(axis=1), 1.0)
 
 
+def test_factor_of_a_numeric_column_is_named_as_lme4_names_it():
+    frame = _frame()
+    design = build_design("y ~ factor(g) + x", frame)
+    assert design.fixed_names == ("(Intercept)", "factor(g)9", "factor(g)10", "x")
+    np.testing.assert_array_equal(design.fixed[:, 2], frame["g"] == 10)
+    assert design_on_new_data(design, frame).fixed_names == design.fixed_names
+
+
+def test_text_response_is_zero_for_its_first_level():
+    frame = _frame()
+    design = build_design("f ~ x + (1|g)", frame)  # levels a, b, c: R's glm reads a as failure, b and c as success
+    np.testing.assert_array_equal(design.response, frame["f"] != "a")
+
+
 def test_transformations_offset_and_log_response():
     frame = _frame()
     design = build_design("log(y) ~ I(x^2) + offset(log(e)) + (1|g)", frame)
@@ -297,6 +311,9 @@ REFUSALS = [
     ("y ~ open('f')", "not a function"),
     ("y ~ I(log(e).dump('f'))", "not allowed"),
     ("y ~ np.load('f')", "not allowed"),
+    ("y ~ I(x.)", "not allowed"),
+    ("y ~ x + .", "not allowed"),
+    ("y ~ .", "all other columns"),
     ("cbind(y) ~ x", "needs two arguments"),
 ]
 
