@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -192,7 +192,7 @@ def _has_bar(text: str) -> bool:
 def _groupings(factor: str, formula: str) -> tuple[tuple[str, ...], ...]:
     """``a/b`` -> ((a,), (b, a)); ``a:b`` -> ((a, b),); ``a/b/c`` -> ((a,), (b, a), (c, b, a))."""
     for token in _tokens(factor):
-        if not (token.kind in ("name", "backtick") or (token.kind == "op" and token.text in ":/")):
+        if not (token.kind in ("name", "backtick", "number") or (token.kind == "op" and token.text in ":/.")):
             raise FormulaError(
                 f"the grouping factor '{factor}' in '{formula}' must be column names joined by ':' (interaction) "
                 "or '/' (nesting), as in (1|BROOD), (1|a:b) or (1|a/b)"
@@ -404,6 +404,25 @@ def _unknown_column(name: str, columns: Sequence[str], formula: str) -> FormulaE
     )
 
 
+_R_NAME = re.compile(r"^[A-Za-z.][A-Za-z0-9._]*$")
+
+
+def _quote_dotted(parsed: ParsedFormula, columns: Sequence[str]) -> ParsedFormula:
+    """R's column names with dots (``Sepal.Length``) in backticks, so formulaic reads them as names, not attributes."""
+    dotted = sorted((c for c in columns if "." in c and _R_NAME.match(c)), key=len, reverse=True)
+    if not dotted:
+        return parsed
+    pattern = re.compile(r"(?<![\w.`])(" + "|".join(map(re.escape, dotted)) + r")(?![\w.`(])")
+    quote = lambda text: pattern.sub(lambda match: f"`{match.group(1)}`", text)  # noqa: E731
+    return replace(
+        parsed,
+        response_args=tuple(map(quote, parsed.response_args)),
+        fixed=quote(parsed.fixed),
+        offsets=tuple(map(quote, parsed.offsets)),
+        bars=tuple(replace(bar, terms=quote(bar.terms)) for bar in parsed.bars),
+    )
+
+
 def _pythonise(expression: str) -> str:
     """R's power ``^`` inside a function's brackets is Python's ``**`` (formulaic reads it there as xor)."""
     out, last = [], 0
@@ -562,6 +581,7 @@ def _lme4_name(name: str) -> str:
     """formulaic's column name as lme4 prints it: ``Intercept`` -> ``(Intercept)``, ``trt[T.b]:x`` -> ``trtb:x``."""
     if name == "Intercept":
         return "(Intercept)"
+    name = re.sub(r"`([A-Za-z.][A-Za-z0-9._]*)`", r"\1", name)  # R quotes only names that are not syntactic
     parts, depth, start = [], 0, 0
     for position, char in enumerate(name):  # levels may hold quotes: count brackets only
         depth += (char in _OPEN) - (char in _CLOSE)
@@ -777,6 +797,8 @@ def _design(
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"build_design needs a pandas DataFrame, not {type(frame).__name__}")
     columns = [str(c) for c in frame.columns]
+    if template is None:
+        parsed = _quote_dotted(parsed, columns)
     for name in factors:
         if name not in columns:
             raise FormulaError(

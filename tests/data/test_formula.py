@@ -187,6 +187,16 @@ def test_factor_of_a_numeric_column_is_named_as_lme4_names_it():
     assert design_on_new_data(design, frame).fixed_names == design.fixed_names
 
 
+def test_r_names_with_dots_need_no_backticks():
+    frame = _frame().rename(columns={"x": "Sepal.Length", "e": "e.1", "h": "h.id"})
+    design = build_design("y ~ Sepal.Length + log(e.1) + (1 | h.id)", frame)
+    assert design.fixed_names == ("(Intercept)", "Sepal.Length", "log(e.1)")
+    np.testing.assert_array_equal(design.fixed[:, 1], frame["Sepal.Length"])
+    np.testing.assert_allclose(design.fixed[:, 2], np.log(frame["e.1"]), rtol=1e-15)
+    assert design.random[0].factor == "h.id" and design.random[0].levels == ("u", "v")
+    assert build_design("y ~ `Sepal.Length`", frame).fixed_names == ("(Intercept)", "Sepal.Length")
+
+
 def test_text_response_is_zero_for_its_first_level():
     frame = _frame()
     design = build_design("f ~ x + (1|g)", frame)  # levels a, b, c: R's glm reads a as failure, b and c as success
