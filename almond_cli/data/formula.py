@@ -18,6 +18,12 @@ linear mixed-effects models using lme4", J. Stat. Softw. 67(1), section 2.1 and 
 Inside a function's parentheses ``^`` is R's power (``I(age^2)`` = ``I(age**2)``). Formulas are evaluated as Python
 by formulaic, so only names of columns, formulaic's transforms and numpy's math functions (``np.sqrt``) may appear:
 a formula saved in a run folder must not be able to run other code when the run is read back.
+
+Where this differs from lme4 (1.1-31): ``scale()`` and ``center()`` take their mean and sd from the rows kept after
+dropping missing values (R's model.frame evaluates them before ``na.omit``, so rows dropped for another column's
+missing value still count there); text levels sort by code point, as R in the C locale (an English locale sorts
+``a`` before ``B``); the random blocks come in formula order (lme4 puts factors with more levels first);
+``(1|a/b/c)``'s innermost factor is named ``c:b:a``; ``y ~ .`` (all other columns) is refused.
 """
 
 from __future__ import annotations
@@ -102,6 +108,11 @@ class ParsedFormula:
     fixed: str
     offsets: tuple[str, ...]
     bars: tuple[BarTerm, ...]
+
+    @property
+    def random(self) -> tuple[BarTerm, ...]:
+        """The random terms (``bars``)."""
+        return self.bars
 
 
 _TOKEN = re.compile(
@@ -796,6 +807,8 @@ def _design(
     parsed = template.parsed if template is not None else parse_formula(formula)
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"build_design needs a pandas DataFrame, not {type(frame).__name__}")
+    if any(not isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)
     columns = [str(c) for c in frame.columns]
     if template is None:
         parsed = _quote_dotted(parsed, columns)
@@ -900,7 +913,7 @@ def build_design(formula: str, frame: pd.DataFrame, factors: Sequence[str] = ())
         FormulaError: a bad formula, an unknown column, an expression that cannot be evaluated or gives a
             non-finite value, a rank-deficient fixed part, or no rows left.
     """
-    return _design(str(formula), frame, tuple(str(f) for f in factors), None)
+    return _design(str(formula), frame, tuple(str(f) for f in factors or ()), None)
 
 
 def design_on_new_data(design: MixedDesign, frame: pd.DataFrame, with_response: bool = True) -> MixedDesign:
