@@ -358,7 +358,10 @@ def _column_names(expression: str, columns: Sequence[str], formula: str) -> list
     for index, token in enumerate(tokens):
         after = tokens[index + 1].text if index + 1 < len(tokens) else ""
         before = tokens[index - 1].text if index > 0 else ""
-        if token.kind == "backtick":
+        if token.kind == "string" and index > 0 and tokens[index - 1].kind == "name":
+            if tokens[index - 1].end == token.start:  # f"{...}" would run the code in its braces
+                raise _not_allowed(f"the prefixed string {tokens[index - 1].text}{token.text}", formula)
+        elif token.kind == "backtick":
             name = token.text[1:-1]
             if name not in known:
                 raise _unknown_column(name, columns, formula)
@@ -376,8 +379,9 @@ def _column_names(expression: str, columns: Sequence[str], formula: str) -> list
             elif not (module.text == "contr" and attribute.text in _CONTRASTS):
                 raise _not_allowed(f"'{module.text}.{attribute.text}'", formula)
         elif token.kind == "name":
-            if before == ".":
-                continue  # checked with its module
+            prefix = after[:1] in ("'", '"') and tokens[index + 1].start == token.end
+            if before == "." or prefix:
+                continue  # an attribute (checked with its module), or a string's prefix (checked with the string)
             if after == "(":
                 if token.text not in calls:
                     raise FormulaError(

@@ -322,6 +322,7 @@ REFUSALS = [
     ("y ~ I(log(e).dump('f'))", "not allowed"),
     ("y ~ np.load('f')", "not allowed"),
     ("y ~ I(x.)", "not allowed"),
+    ("y ~ I(f\"{open('z')}\")", "prefixed string"),
     ("y ~ x + .", "not allowed"),
     ("y ~ .", "all other columns"),
     ("cbind(y) ~ x", "needs two arguments"),
