@@ -237,7 +237,7 @@ def parse_formula(text: str) -> ParsedFormula:
     """
     text = str(text).strip()
     if not text:
-        raise FormulaError('is empty; write a formula such as "y ~ x + (1|group)"')
+        raise FormulaError('the formula is empty; write one such as "y ~ x + (1|group)"')
     tokens = _tokens(text)
     tildes = [t for t in tokens if t.text == "~"]
     if not tildes:
@@ -279,7 +279,7 @@ def parse_formula(text: str) -> ParsedFormula:
                 f"the random term in '{piece}' must stand alone, joined to the rest with '+', as in "
                 "y ~ x + (1 + x | group)"
             )
-        elif any(t.text == "offset" for t in _tokens(piece)):
+        elif re.search(r"(?<![\w.`])offset\s*\(", piece):
             raise FormulaError(f"'offset(...)' in '{piece}' must stand alone, joined to the rest with '+'")
         else:
             kept.append((sign or "+", piece))

@@ -211,6 +211,7 @@ def test_transformations_offset_and_log_response():
     np.testing.assert_allclose(design.offset, np.log(frame["e"]), rtol=1e-15)
     assert design.fixed_names == ("(Intercept)", "I(x ** 2)")
     np.testing.assert_allclose(design.fixed[:, 1], frame["x"] ** 2, rtol=1e-15)
+    assert build_design("y ~ offset", frame.rename(columns={"x": "offset"})).fixed_names == ("(Intercept)", "offset")
     two = build_design("y ~ x + offset(log(e)) + offset(x)", frame)
     np.testing.assert_allclose(two.offset, np.log(frame["e"]) + frame["x"], rtol=1e-15)
     assert two.fixed_names == ("(Intercept)", "x")
@@ -326,6 +327,9 @@ REFUSALS = [
     ("y ~ x + .", "not allowed"),
     ("y ~ .", "all other columns"),
     ("cbind(y) ~ x", "needs two arguments"),
+    ("", "the formula is empty"),
+    ("y ~ x + log(offset(e))", "must stand alone"),
+    ("y ~ x - offset(e)", "subtracted"),
 ]
 
 
