@@ -61,10 +61,8 @@ def read_frame(
         cells = table.cells[:, j]
         missing = np.isin(cells, list(MISSING))
         numeric = ~table.unparsed[:, j] | missing
-        if numeric.all():
-            values = table.values[:, j].copy()
-            values[missing] = np.nan
-            columns[name] = values
+        if numeric.all():  # read_table leaves NaN where a cell is not a number (NA, empty)
+            columns[name] = table.values[:, j].copy()
         else:
             columns[name] = np.array([None if gone else str(cell) for cell, gone in zip(cells, missing)], dtype=object)
     frame = pd.DataFrame(columns, index=pd.RangeIndex(table.values.shape[0]))
