@@ -19,9 +19,10 @@ Inside a function's parentheses ``^`` is R's power (``I(age^2)`` = ``I(age**2)``
 by formulaic, so only names of columns, formulaic's transforms and numpy's math functions (``np.sqrt``) may appear:
 a formula saved in a run folder must not be able to run other code when the run is read back.
 
-Where this differs from lme4 (1.1-31): ``scale()`` and ``center()`` take their mean and sd from the rows kept after
-dropping missing values (R's model.frame evaluates them before ``na.omit``, so rows dropped for another column's
-missing value still count there); text levels sort by code point, as R in the C locale (an English locale sorts
+``scale()`` and ``center()`` take their mean and sd as R's model.frame does: before ``na.omit``, over every row where
+their own input is present (rows dropped for another column's missing value still count); other stateful transforms
+(``poly``, ``bs``) see the kept rows only (R's ``poly`` refuses missing values). Where this differs from lme4
+(1.1-31): text levels sort by code point, as R in the C locale (an English locale sorts
 ``a`` before ``B``); the random blocks come in formula order (lme4 puts factors with more levels first);
 ``(1|a/b/c)``'s innermost factor is named ``c:b:a``; ``y ~ .`` (all other columns) is refused.
 """
@@ -477,7 +478,7 @@ def _labels(series: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
         unique = np.unique(values)
         labels = {v: _r_number(v) for v in unique}
         return np.array([labels[v] for v in values], dtype=object), tuple(labels[v] for v in unique)
-    labels = series.astype(str).to_numpy(dtype=object)
+    labels = np.array([str(value) for value in series], dtype=object)
     return labels, tuple(sorted(set(labels)))
 
 
@@ -703,11 +704,12 @@ def _typed_frame(
     factors: Sequence[str],
     categories: Mapping[str, tuple[str, ...]] | None,
     formula: str,
+    strict: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, tuple[str, ...]]]:
     """The columns formulaic reads: numbers as float64, text and ``factors`` as categoricals in R's level order.
 
     With ``categories`` (the training levels) a factor keeps the training levels and a label outside them is
-    refused; a column that was numeric in training must be numeric here.
+    refused (``strict``) or missing (not ``strict``); a column that was numeric in training must be numeric here.
     """
     data, found = {}, {}
     for name in dict.fromkeys(names):
@@ -717,13 +719,14 @@ def _typed_frame(
             if name in categories:
                 labels, _ = _labels(series)
                 unseen = sorted(set(labels) - set(categories[name]))
-                if unseen:
+                if unseen and strict:
                     raise FormulaError(
                         f"column '{name}' has the level '{unseen[0]}' that the training table did not have "
                         f"(its levels: {_listed(categories[name])}); a fixed effect cannot be predicted for an "
                         "unseen level: drop those rows or refit with them"
                     )
-                data[name] = pd.Categorical(labels, categories=list(categories[name]))
+                known = np.isin(labels, list(categories[name]))  # only without strict: missing, not a new level
+                data[name] = pd.Categorical(np.where(known, labels, None), categories=list(categories[name]))
                 continue
             if as_factor:
                 raise FormulaError(
@@ -738,14 +741,69 @@ def _typed_frame(
     return pd.DataFrame(data, index=pd.RangeIndex(len(frame))), found
 
 
-def _evaluate_expression(expression: str, spec, data: pd.DataFrame, formula: str, what: str):
+def _scale_na_rm(data, center=True, scale=True, ddof=1, _state={}):  # noqa: B006  (formulaic's signature)
+    """formulaic's ``scale`` with R's ``na.rm = TRUE``: the mean and sd of the values that are present."""
+    from formulaic.transforms import scale as formulaic_scale
+
+    values = np.asarray(data, dtype=np.float64)
+    if center is True and "center" not in _state:
+        center = np.nanmean(values, axis=0)
+    if scale is True and "scale" not in _state:
+        centred = values - (0.0 if center is False else center)
+        scale = np.sqrt(np.nansum(centred**2, axis=0) / (np.sum(~np.isnan(centred), axis=0) - ddof))
+    return formulaic_scale(values, center=center, scale=scale, ddof=ddof, _state=_state)
+
+
+def _center_na_rm(data, _state={}):  # noqa: B006
+    return _scale_na_rm(data, scale=False, _state=_state)
+
+
+_NA_RM_TRANSFORMS = ("scale(", "center(")
+
+
+def _before_na_omit(matrix, kept: pd.DataFrame, full: pd.DataFrame | None, what: str, formula: str):
+    """``matrix`` (on the kept rows) with its ``scale()``/``center()`` statistics taken as R takes them.
+
+    R's model.frame evaluates ``scale(x)`` on the whole table and drops rows with missing values afterwards, so the
+    mean and sd are those of every present x, including rows dropped for another column's missing value. Other
+    transforms keep the kept rows' state. If the whole table cannot be evaluated, the kept rows' state stays.
+    """
+    import formulaic
+    from formulaic.utils.stateful_transforms import stateful_transform
+
+    spec = matrix.model_spec
+    if full is None or not any(str(key).startswith(_NA_RM_TRANSFORMS) for key in spec.transform_state):
+        return matrix
+    context = {
+        **EXTRA_FUNCTIONS,
+        "scale": stateful_transform(_scale_na_rm),
+        "center": stateful_transform(_center_na_rm),
+    }
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            reference = formulaic.model_matrix(spec.formula, full, na_action="ignore", context=context)
+    except Exception:  # a transform that cannot take the missing values: keep the kept rows' statistics
+        return matrix
+    state = dict(spec.transform_state)
+    for key, value in reference.model_spec.transform_state.items():
+        if key in state and str(key).startswith(_NA_RM_TRANSFORMS):
+            state[key] = value
+    return _materialise(spec.update(transform_state=state), kept, what, formula)
+
+
+def _evaluate_expression(expression: str, spec, data: pd.DataFrame, formula: str, what: str, full=None):
     """One number per row from ``expression`` (a response, a cbind argument or an offset) and its ModelSpec."""
     if spec is None and expression.strip("` ") in data.columns:
         column = data[expression.strip("` ")]
         if isinstance(column.dtype, pd.CategoricalDtype) and what == "the response":
             # R's glm: a factor response is 0 for its first level, 1 for the others
             return (column.cat.codes.to_numpy() > 0).astype(np.float64), None
-    matrix = _materialise(spec if spec is not None else f"0 + I({_pythonise(expression)})", data, what, formula)
+    if spec is not None:
+        matrix = _materialise(spec, data, what, formula)
+    else:
+        matrix = _materialise(f"0 + I({_pythonise(expression)})", data, what, formula)
+        matrix = _before_na_omit(matrix, data, full, what, formula)
     if matrix.shape[1] != 1:
         raise FormulaError(
             f"{what} '{expression}' in '{formula}' gives {matrix.shape[1]} columns, not one number per row; "
@@ -760,8 +818,10 @@ def _random_blocks(
     kept: pd.DataFrame,
     specs: Sequence[Any] | None,
     formula: str,
+    full: pd.DataFrame | None = None,
 ) -> list[RandomBlock]:
-    """The random blocks of ``parsed`` on ``data`` (typed) with groups from ``kept`` (the raw kept rows)."""
+    """The random blocks of ``parsed`` on ``data`` (typed) with groups from ``kept`` (the raw kept rows); ``full``
+    is the whole typed table, for ``scale()``'s statistics (``_before_na_omit``)."""
     from formulaic import Formula
 
     blocks, index = [], 0
@@ -780,7 +840,10 @@ def _random_blocks(
             group, levels = _grouping(kept, names)
             for piece in pieces:
                 what = f"the random term '({bar.terms} | {bar.factor})'"
-                matrix = _materialise(specs[index] if specs is not None else piece, data, what, formula)
+                if specs is not None:
+                    matrix = _materialise(specs[index], data, what, formula)
+                else:
+                    matrix = _before_na_omit(_materialise(piece, data, what, formula), data, full, what, formula)
                 index += 1
                 if matrix.shape[1] == 0:
                     raise FormulaError(
@@ -836,11 +899,14 @@ def _design(
     modelled = list(dict.fromkeys(used["response"] + used["fixed"] + used["offset"] + used["random"]))
     categories = template.categories if template is not None else None
     data, found = _typed_frame(kept, modelled, (*factors, *used["factor"]), categories, formula)
+    full = None  # the whole table, for scale()'s statistics as R takes them (before dropping rows)
+    if template is None and rows.size < len(frame):
+        full, _ = _typed_frame(frame, modelled, (*factors, *used["factor"]), found, formula, strict=False)
 
     response_specs, values = [], []
     for k, expression in enumerate(parsed.response_args if with_response else ()):
         spec = template.response_specs[k] if template is not None else None
-        value, spec = _evaluate_expression(expression, spec, data, formula, "the response")
+        value, spec = _evaluate_expression(expression, spec, data, formula, "the response", full)
         values.append(value)
         response_specs.append(spec)
     if not with_response:
@@ -854,7 +920,7 @@ def _design(
     offset_specs = []
     for k, expression in enumerate(parsed.offsets):
         spec = template.offset_specs[k] if template is not None else None
-        value, spec = _evaluate_expression(expression, spec, data, formula, "the offset")
+        value, spec = _evaluate_expression(expression, spec, data, formula, "the offset", full)
         _check_finite(value[:, None], [f"offset({expression})"], rows, frame, formula)
         offset = offset + value
         offset_specs.append(spec)
@@ -862,6 +928,7 @@ def _design(
     fixed_matrix = _materialise(
         template.fixed_spec if template is not None else _pythonise(parsed.fixed), data, "the fixed part", formula
     )
+    fixed_matrix = _before_na_omit(fixed_matrix, data, full, "the fixed part", formula)
     fixed = np.asarray(fixed_matrix, dtype=np.float64).reshape(len(rows), -1)
     fixed_names = tuple(_lme4_name(str(c)) for c in fixed_matrix.columns)
     _check_finite(fixed, fixed_names, rows, frame, formula)
@@ -878,7 +945,7 @@ def _design(
             _check_finite(trials[:, None], [parsed.lhs], rows, frame, formula)
 
     specs = [block.spec for block in template.random] if template is not None else None
-    blocks = _random_blocks(parsed, data, kept, specs, formula)
+    blocks = _random_blocks(parsed, data, kept, specs, formula, full)
     for block in blocks:
         _check_finite(block.columns, block.terms, rows, frame, formula)
 

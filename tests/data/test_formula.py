@@ -240,6 +240,22 @@ def test_rows_missing_a_used_value_are_dropped_and_counted():
     assert design.random[0].levels == ("a", "b", "c") and design.random[1].levels == ("u", "v")
 
 
+def test_scale_takes_its_mean_and_sd_before_rows_are_dropped_as_r_does():
+    frame = _frame(24, seed=3)
+    frame.loc[[2, 7, 11], "y"] = np.nan  # dropped for the response; their e still counts in scale(e), as in R
+    frame.loc[[4], "e"] = np.nan
+    design = build_design("y ~ scale(e) + (1 + scale(x) | g)", frame)
+    assert design.dropped == 4
+    e, x = frame["e"].to_numpy(), frame["x"].to_numpy()
+    # R: scale(e) = (e - mean(e, na.rm = TRUE)) / sd(e, na.rm = TRUE), then na.omit. Rounding error only.
+    expected = (e - np.nanmean(e)) / np.nanstd(e, ddof=1)
+    np.testing.assert_allclose(design.fixed[:, 1], expected[design.rows], rtol=0, atol=1e-12)
+    slope = design.random[0].columns[:, 1]
+    np.testing.assert_allclose(slope, ((x - x.mean()) / x.std(ddof=1))[design.rows], rtol=0, atol=1e-12)
+    again = design_on_new_data(design, frame)
+    np.testing.assert_array_equal(again.fixed, design.fixed)
+
+
 def test_read_frame_types_and_missing_cells(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("y,x,trt,g\n1,0.5,a,7\n2,NA,b,8\n3,,a,NA\n4,1.5,,9\n5,2.5,b,7\n6,3,a,8\n")
