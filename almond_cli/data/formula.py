@@ -33,13 +33,15 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ..errors import UsageError
 from .frames import read_frame
+
+if TYPE_CHECKING:  # pandas and formulaic are imported when a formula is evaluated: commands without one start faster
+    import pandas as pd
 
 __all__ = [
     "BarTerm",
@@ -458,6 +460,8 @@ def _r_number(value: float) -> str:
 
 
 def _is_numeric(series: pd.Series) -> bool:
+    import pandas as pd
+
     return pd.api.types.is_numeric_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
 
 
@@ -469,6 +473,8 @@ def _missing(series: pd.Series) -> np.ndarray:
 
 def _labels(series: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
     """Each row's label and the labels in R's factor order (numbers numerically, text as sorted strings)."""
+    import pandas as pd
+
     if isinstance(series.dtype, pd.CategoricalDtype):
         present = set(series.astype(str))
         order = tuple(str(c) for c in series.cat.categories if str(c) in present)
@@ -711,6 +717,8 @@ def _typed_frame(
     With ``categories`` (the training levels) a factor keeps the training levels and a label outside them is
     refused (``strict``) or missing (not ``strict``); a column that was numeric in training must be numeric here.
     """
+    import pandas as pd
+
     data, found = {}, {}
     for name in dict.fromkeys(names):
         series = frame[name].reset_index(drop=True)
@@ -794,6 +802,8 @@ def _before_na_omit(matrix, kept: pd.DataFrame, full: pd.DataFrame | None, what:
 
 def _evaluate_expression(expression: str, spec, data: pd.DataFrame, formula: str, what: str, full=None):
     """One number per row from ``expression`` (a response, a cbind argument or an offset) and its ModelSpec."""
+    import pandas as pd
+
     if spec is None and expression.strip("` ") in data.columns:
         column = data[expression.strip("` ")]
         if isinstance(column.dtype, pd.CategoricalDtype) and what == "the response":
@@ -871,6 +881,8 @@ def _design(
     template: MixedDesign | None,
     with_response: bool = True,
 ) -> MixedDesign:
+    import pandas as pd
+
     parsed = template.parsed if template is not None else parse_formula(formula)
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"build_design needs a pandas DataFrame, not {type(frame).__name__}")

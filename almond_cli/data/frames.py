@@ -10,11 +10,14 @@ empty cell and R's ``NA`` (and ``NaN``/``nan``); a model drops the rows whose us
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .tables import DataFileError, read_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MISSING = frozenset({"", "NA", "NaN", "nan", "NAN"})
 
@@ -43,6 +46,8 @@ def read_frame(
     Raises:
         DataFileError: the file cannot be read, or two columns share a name.
     """
+    import pandas as pd  # here, not at the top: commands that read no formula start without it
+
     table = read_table(path, fmt=fmt, header=header, array=array, key=key)
     width = table.values.shape[1]
     names = list(table.names) if table.names is not None else [f"V{j + 1}" for j in range(width)]
