@@ -104,14 +104,14 @@ def choose_threads(
     return ThreadChoice(threads, f"{limit}; other processes use {busy_elsewhere:.1f} cores", False)
 
 
-def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
+def _cpu_times(cpus: set[int], stat: str = "/proc/stat") -> dict[int, tuple[int, int]] | None:
     """(busy, total) clock ticks since boot of each CPU in ``cpus``, from /proc/stat; None where it cannot be read.
 
     Busy counts steal (the hypervisor lent our CPU to another machine: just as unavailable); total leaves out guest
     time, which /proc/stat counts inside user time already.
     """
     try:
-        with open("/proc/stat") as handle:
+        with open(stat) as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
