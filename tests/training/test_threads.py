@@ -289,3 +289,26 @@ def test_the_wait_policy_set_early_stops_openmp_spinning():
 
     assert idle_cpu("plain", OMP_WAIT_POLICY="ACTIVE") > 0.15  # the probe sees spinning when there is some
     assert idle_cpu("almond") < 0.05
+
+
+@pytest.mark.slow
+def test_a_joblib_sweeps_jobs_share_the_cores(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    args = ["train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=tiny", "progress=quiet"]
+    process = subprocess.run(
+        [sys.executable, "-m", "almond_cli", *args, "seed=1,2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for job in ("0", "1"):
+        line = (sweep / job / "train.log").read_text().splitlines()[0]
+        threads = int(line.split("threads: ")[1].split(" ")[0])
+        assert 1 <= threads <= share, line  # 2 jobs x threads never exceed the cores
+        assert "shared by 2 almond processes" in line and "OMP_WAIT_POLICY=PASSIVE" in line, line
