@@ -16,16 +16,18 @@ import torch
 from ..errors import UsageError
 
 STREAMS = ("data", "init", "noise", "order")
-# torch's thread count when this process started: a job with threads=null gets it back, because a joblib
-# (loky) worker runs several sweep jobs in one process and an earlier job's setting would otherwise leak.
+# torch's thread count when this process started (it follows OMP_NUM_THREADS and the affinity): the most a job with
+# threads=null takes. Read once here, because a joblib (loky) worker runs several sweep jobs in one process and an
+# earlier job's setting would otherwise leak.
 DEFAULT_THREADS = torch.get_num_threads()
 
 log = logging.getLogger("almond")
 
 # Another process counts as holding a core once it uses more than this share of one: a browser tab or a shell
-# idling at a few percent leaves the core free, a neighbour at a third of a core already makes a thread of ours
-# wait at every barrier. Erring towards fewer threads is the cheap mistake: measured on a 2-core machine (issue 28),
-# one thread where two were free cost 1.4x, two threads beside one busy process cost 3.6x.
+# idling at a few percent leaves the core free, while a neighbour using a third of a core holds one of our threads
+# off it a third of the time, and every parallel operation waits for its slowest thread. Erring towards fewer
+# threads is the cheap mistake: on a 2-core machine (issue 28's figures, ALMOND phase) one thread where two were
+# free cost 1.4x, two threads beside one busy process cost 3.6x.
 LOAD_TOLERANCE = 0.3
 # How long the CPUs are watched before a run without ``threads`` picks its count: 20 ticks of the kernel's 100 Hz
 # accounting per CPU, enough to tell a busy core (about 20) from an idle one (about 0), short beside any run.
