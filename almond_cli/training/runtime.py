@@ -52,6 +52,7 @@ def choose_threads(
     torch_default: int,
     busy_elsewhere: float | None,
     processes: int = 1,
+    resumed: int | None = None,
 ) -> ThreadChoice:
     """The intra-op thread count of a run: pure, so tests pin it for any machine state.
 
@@ -64,12 +65,22 @@ def choose_threads(
             None when it could not be read.
         processes: almond processes sharing these cores: a joblib sweep's parallel jobs, or torchrun's ranks on
             this node; each gets ``cores // processes``.
+        resumed: the count a resumed run computed with (its checkpoint's), kept when ``requested`` is None:
+            results are bitwise reproducible for a given count only, and a resume must continue the same run.
 
     Returns:
         The count, the reason in words, and whether it is worth a line on screen.
     """
     cores = max(1, int(cores))
     processes = max(1, int(processes))
+    if requested is None and resumed is not None:
+        threads = int(resumed)
+        kept = (
+            "the count this run started with (its checkpoint), so the resume continues it bitwise; threads=N overrides"
+        )
+        if threads * processes > cores:
+            return ThreadChoice(threads, f"{kept}; more than the {cores} cores this process may use", True)
+        return ThreadChoice(threads, kept, False)
     if requested is not None:
         threads = int(requested)
         if threads * processes > cores:
@@ -191,7 +202,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_threads(threads: int | None, processes: int = 1) -> ThreadChoice:
+def pick_threads(threads: int | None, processes: int = 1, resumed: int | None = None) -> ThreadChoice:
     """``choose_threads`` on this machine now: the affinity, torch's default and, when there is a choice to make,
     the load of other processes (a ``LOAD_SAMPLE_SECONDS`` look at /proc/stat)."""
     try:
@@ -199,11 +210,12 @@ def pick_threads(threads: int | None, processes: int = 1) -> ThreadChoice:
     except (AttributeError, OSError):  # not Linux
         cpus = set(range(os.cpu_count() or 1))
     share = max(1, len(cpus) // max(1, processes))
-    measure = threads is None and min(share, DEFAULT_THREADS) > 1
-    return choose_threads(threads, len(cpus), DEFAULT_THREADS, busy_cores(cpus) if measure else 0.0, processes)
+    measure = threads is None and resumed is None and min(share, DEFAULT_THREADS) > 1
+    busy = busy_cores(cpus) if measure else 0.0
+    return choose_threads(threads, len(cpus), DEFAULT_THREADS, busy, processes, resumed)
 
 
-def configure_process(threads: int | None, processes: int = 1) -> ThreadChoice:
+def configure_process(threads: int | None, processes: int = 1, resumed: int | None = None) -> ThreadChoice:
     """Sets torch's CPU threads and keeps glibc from returning large temporaries to the OS after each step.
 
     Langevin steps allocate the same large temporaries again and again; with glibc's defaults every step pays
@@ -212,11 +224,12 @@ def configure_process(threads: int | None, processes: int = 1) -> ThreadChoice:
     Args:
         threads: the ``threads`` key: a count, or None to let ``choose_threads`` decide.
         processes: almond processes sharing this machine's cores (parallel sweep jobs, torchrun's local ranks).
+        resumed: a resumed run's own count (its checkpoint's ``threads``), kept when ``threads`` is None.
 
     Returns:
         The choice made; ``describe_threads`` writes it to ``train.log``.
     """
-    choice = pick_threads(threads, processes)
+    choice = pick_threads(threads, processes, resumed)
     torch.set_num_threads(choice.threads)
     _keep_freed_memory()
     return choice

@@ -141,6 +141,9 @@ class TrainingRun:
             "vae_snapshot": self.vae_snapshot,
             "num_batches": self.num_batches,
             "data": self.data_fingerprint,
+            # the thread count this run computes with: a resume without threads= keeps it, so the resumed run stays
+            # bitwise the run it continues even when the machine's load has changed (runtime.choose_threads)
+            "threads": torch.get_num_threads(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -461,7 +464,8 @@ def start(
         if config_subdir:  # this run's config is the warm start's with the ALMOND overrides
             write_text_atomic(RunFolder(run_dir).config_in(config_subdir), OmegaConf.to_yaml(cfg))
     validate(cfg)
-    choice = configure_process(cfg.threads, processes=parallel_jobs * local_processes())
+    resumed_threads = None if checkpoint is None else checkpoint.get("threads")
+    choice = configure_process(cfg.threads, processes=parallel_jobs * local_processes(), resumed=resumed_threads)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not one per rank
         describe_threads(choice)
     return train(cfg, run_dir, checkpoint=checkpoint, warm=warm)

@@ -52,6 +52,14 @@ def test_threads_given_means_threads_whatever_the_load():
     assert choose_threads(1, cores=16, torch_default=16, busy_elsewhere=0.0).threads == 1
 
 
+def test_a_resume_keeps_the_count_its_run_started_with():
+    # Results are bitwise reproducible for a given count only: a resumed run must not switch because the load did.
+    choice = choose_threads(None, cores=2, torch_default=2, busy_elsewhere=2.0, resumed=2)
+    assert choice.threads == 2 and not choice.notable and "its checkpoint" in choice.reason
+    assert choose_threads(1, cores=2, torch_default=2, busy_elsewhere=0.0, resumed=2).threads == 1  # threads=N wins
+    assert choose_threads(None, cores=1, torch_default=1, busy_elsewhere=0.0, resumed=2).notable
+
+
 def test_more_threads_than_cores_is_run_and_said():
     # Refusing it is issue 27's business; here it runs as given, with a line on screen saying what it costs.
     choice = choose_threads(8, cores=2, torch_default=2, busy_elsewhere=None)
@@ -91,6 +99,7 @@ def test_pick_threads_reads_the_load_only_when_there_is_a_choice(monkeypatch):
     assert runtime.pick_threads(None).threads == 1 and calls == [{0, 1}]
     assert runtime.pick_threads(2).threads == 2 and len(calls) == 1  # given: no look at the load
     assert runtime.pick_threads(None, processes=2).threads == 1 and len(calls) == 1  # share of 1: nothing to pick
+    assert runtime.pick_threads(None, resumed=2).threads == 2 and len(calls) == 1  # a resume keeps its count
     monkeypatch.setattr(runtime, "busy_cores", lambda cpus: 0.0)
     assert runtime.pick_threads(None).threads == runtime.DEFAULT_THREADS
 
@@ -209,6 +218,9 @@ def test_train_log_says_how_many_threads_ran(tmp_path):
     assert "threads: 1 (threads=1 as given)" in first
     assert "threads:" not in process.stdout + process.stderr
     assert json.loads((run_dir / "summary.json").read_text())["almond"]["w1"] > 0
+    from almond_cli.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["threads"] == 1  # what a resume keeps
 
 
 # ----- OpenMP's wait policy, set before torch starts ------------------------------------------------------------
