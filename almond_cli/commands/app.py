@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 
 import hydra
@@ -45,6 +46,32 @@ def _sweeper_needs_a_number() -> bool:
         return False
 
 
+def parallel_jobs(launcher, cores: int) -> int:
+    """Jobs of a sweep that ``launcher`` (Hydra's ``hydra.launcher`` config) runs at once on these ``cores``.
+
+    joblib's ``n_jobs`` by joblib's own rule (-1 every core, -2 all but one, ...; joblib counts the cores this
+    process may use, as ``cores`` does); 1 for every other launcher: the basic one runs jobs one after another,
+    and a cluster's jobs each get their own CPUs, which the job sees as its affinity.
+    """
+    if launcher is None or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = launcher.get("n_jobs")
+    n_jobs = 1 if n_jobs is None else int(n_jobs)
+    if n_jobs < 0:
+        n_jobs = cores + 1 + n_jobs
+    return max(1, n_jobs)
+
+
+def _parallel_jobs() -> int:
+    if not _is_multirun():
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return parallel_jobs(HydraConfig.get().launcher, cores)
+
+
 def objective(summary: dict) -> float:
     """The number a sweeper minimises: ALMOND's ``w1`` where the truth is known, else its ``test_nll``."""
     almond = summary.get("almond", {})
@@ -60,7 +87,13 @@ def task(cfg) -> float:
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = start(cfg, list(HydraConfig.get().overrides.task), run_dir, HydraConfig.get().output_subdir)
+        summary = start(
+            cfg,
+            list(HydraConfig.get().overrides.task),
+            run_dir,
+            HydraConfig.get().output_subdir,
+            parallel_jobs=_parallel_jobs(),
+        )
     except UsageError as error:
         if _is_multirun():
             raise

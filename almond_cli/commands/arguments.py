@@ -78,7 +78,7 @@ THREADS = Argument(
     optional_int,
     None,
     lambda v: None if v is None or v >= 1 else f"must be >= 1, got {v}",
-    "CPU threads, an integer >= 1; null leaves torch's default",
+    "CPU threads, an integer >= 1; null: the cores other processes leave free",
 )
 
 

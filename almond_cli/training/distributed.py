@@ -36,6 +36,16 @@ def launched_with_several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_processes() -> int:
+    """The ranks torchrun runs on this node (``LOCAL_WORLD_SIZE``), which share its cores; 1 outside torchrun.
+
+    torchrun itself sets ``OMP_NUM_THREADS=1`` for its workers unless the user set it; either way no rank takes
+    more than its share of the cores (``runtime.choose_threads``)."""
+    if not launched_with_several_processes():
+        return 1
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))))
+
+
 def init_from_env() -> None:
     """Joins the process group torchrun describes (MASTER_ADDR/PORT, RANK, WORLD_SIZE); idempotent."""
     if dist.is_initialized() or not launched_with_several_processes():

@@ -41,7 +41,7 @@ from ..tasks.registry import build_dataset, resolve_data_paths
 from .build import load_model_state
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .position import Phase, Position
-from .runtime import configure_process, pick_device, seed_streams
+from .runtime import configure_process, describe_threads, pick_device, seed_streams
 from .scoring import precision_record, summarise
 
 
@@ -302,7 +302,7 @@ def load_run(command: str, run_dir: Path, device: str = "auto", threads: int | N
             f"{command}: {run_dir} is a file, not a run folder; give the folder that holds {RunFolder.CHECKPOINTS}/"
         )
     checkpoint_path, payload = RunFolder(run_dir).newest_checkpoint(command)
-    configure_process(threads)
+    describe_threads(configure_process(threads))
     cfg = saved_config(payload["config_yaml"], command)
     _resolve_data_paths(cfg, run_dir)
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -30,13 +31,13 @@ from .baselines import fit_baselines
 from .build import build_model
 from .chain_checks import ChainTrajectory, periodic_rhat
 from .console import ProgressReporter, report_end
-from .distributed import DataParallel
+from .distributed import DataParallel, local_processes
 from .loggers import NullLogger, build_logger
 from .position import Phase, Position
 from .resume import effective_config
 from .run_folder import RunFolder
 from .run_lock import RunFolderLock, held_here, record_holder
-from .runtime import configure_process, pick_device, seed_streams
+from .runtime import configure_process, describe_threads, pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
 from .scoring import precision_record, summarise
 from .warm_start import warm_start_config
@@ -140,6 +141,9 @@ class TrainingRun:
             "vae_snapshot": self.vae_snapshot,
             "num_batches": self.num_batches,
             "data": self.data_fingerprint,
+            # the thread count this run computes with: a resume without threads= keeps it, so the resumed run stays
+            # bitwise the run it continues even when the machine's load has changed (runtime.choose_threads)
+            "threads": torch.get_num_threads(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -436,7 +440,9 @@ def train(cfg, run_dir: str | Path, checkpoint: dict | None = None, warm: tuple[
     return summary
 
 
-def start(cfg, task_overrides: list[str], run_dir: str | Path, config_subdir: str | None) -> dict:
+def start(
+    cfg, task_overrides: list[str], run_dir: str | Path, config_subdir: str | None, parallel_jobs: int = 1
+) -> dict:
     """``almond train`` from the config Hydra composed: a new run, the continuation of a run (``resume=``,
     ``resume.py``) or a run started from another run's VAE (``warm_start=``, ``warm_start.py``), checked
     (``config.validate``) and trained into ``run_dir``; returns the summary.
@@ -447,6 +453,8 @@ def start(cfg, task_overrides: list[str], run_dir: str | Path, config_subdir: st
         run_dir: the run folder.
         config_subdir: where in ``run_dir`` Hydra saved the composed config (its ``output_subdir``; None on
             torchrun's other ranks); a warm-started run's own config replaces it there.
+        parallel_jobs: jobs of this sweep running at once on this machine (joblib's ``n_jobs``), which share its
+            cores with this one, as torchrun's ranks on this node do.
     """
     cfg, checkpoint = effective_config(cfg, task_overrides, run_dir)
     warm = None
@@ -456,5 +464,8 @@ def start(cfg, task_overrides: list[str], run_dir: str | Path, config_subdir: st
         if config_subdir:  # this run's config is the warm start's with the ALMOND overrides
             write_text_atomic(RunFolder(run_dir).config_in(config_subdir), OmegaConf.to_yaml(cfg))
     validate(cfg)
-    configure_process(cfg.threads)
+    resumed_threads = None if checkpoint is None else checkpoint.get("threads")
+    choice = configure_process(cfg.threads, processes=parallel_jobs * local_processes(), resumed=resumed_threads)
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per rank
+        describe_threads(choice)
     return train(cfg, run_dir, checkpoint=checkpoint, warm=warm)
