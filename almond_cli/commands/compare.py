@@ -90,12 +90,9 @@ def ranking(summary: dict) -> tuple[str, float]:
     value = almond.get(HELDOUT_RANKING)
     if isinstance(value, (int, float)) and math.isfinite(value):
         return HELDOUT_RANKING, float(value)
-    value = objective(summary)
+    value = objective(summary)  # w1, test_nll, then train_nll
     if math.isfinite(value):
-        return next(key for key in ("w1", "test_nll") if almond.get(key) == value), value
-    value = almond.get(LAST_RANKING)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return LAST_RANKING, float(value)
+        return next(key for key in ("w1", "test_nll", LAST_RANKING) if almond.get(key) == value), value
     return "", math.inf
 
 

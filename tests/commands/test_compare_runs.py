@@ -13,6 +13,7 @@ from conftest import run_almond
 
 from almond_cli.commands import compare as compare_module
 from almond_cli.commands import prior as prior_module
+from almond_cli.commands.app import objective
 from almond_cli.commands.compare import ranking
 from almond_cli.data.priors import DiscretePrior, NormalPrior
 from almond_cli.model.marginal import estimate_with
@@ -64,6 +65,10 @@ def test_ranking_prefers_heldout_likelihood_and_never_gives_inf_where_a_likeliho
     assert ranking({"almond": {"test_nll": 90.0}}) == ("test_nll", 90.0)
     name, value = ranking({"almond": {}})
     assert name == "" and math.isinf(value)
+    # The sweeper's objective keeps w1 first, and falls back to the likelihoods instead of +inf on a user's file.
+    assert objective({"almond": {"w1": 0.3, "heldout_nll": 1.2}}) == 0.3
+    assert objective({"almond": {"heldout_nll": 1.2, "train_nll": 1.1}}) == 1.2
+    assert objective({"almond": {"u_mean": 0.5, "train_nll": -1.1}}) == -1.1
 
 
 def test_compare_labels_ranks_and_pairs_two_runs(runs, tmp_path):
