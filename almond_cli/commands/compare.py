@@ -150,7 +150,7 @@ def collect(folders) -> list[JobRow]:
             )
         jobs += [job for job in found if job.resolve() not in {known.resolve() for known in jobs}]
     # One folder: names below it, as a sweep's job numbers; several: names below the folder that holds them all.
-    base = folders[0] if len(folders) == 1 else output_folder(jobs)
+    base = folders[0] if len(folders) == 1 else Path(os.path.commonpath([str(job.resolve()) for job in jobs]))
     rows = [read_job(base, job.resolve() if len(folders) > 1 else job) for job in jobs]
     if len(folders) > 1 and any(row.name == "." for row in rows):
         for row in rows:
