@@ -73,9 +73,11 @@ def _parallel_jobs() -> int:
 
 
 def objective(summary: dict) -> float:
-    """The number a sweeper minimises: ALMOND's ``w1`` where the truth is known, else its ``test_nll``."""
+    """The number a sweeper minimises: ALMOND's ``w1`` where the truth is known, else its ``test_nll`` (images), else
+    its held-out rows' ``heldout_nll``, else its training rows' ``train_nll`` (a user's file): +inf only for a run
+    that scored none of them."""
     almond = summary.get("almond", {})
-    for key in ("w1", "test_nll"):
+    for key in ("w1", "test_nll", "heldout_nll", "train_nll"):
         value = almond.get(key)
         if value is not None and math.isfinite(value):
             return float(value)

@@ -26,7 +26,8 @@ class Argument:
 
 @dataclass
 class Command:
-    """A subcommand: the folder it takes, what it does, its arguments, and ``run(folder, **values)``."""
+    """A subcommand: the folder it takes, what it does, its arguments, and ``run(folder, **values)``; with
+    ``several_folders`` it takes one or more folders and ``run`` gets their list."""
 
     name: str
     folder: str
@@ -34,9 +35,11 @@ class Command:
     description: str
     arguments: dict[str, Argument]
     run: Callable[..., Any]
+    several_folders: bool = False
 
     def usage(self) -> str:
-        return f"almond {self.name} <{self.folder}> " + " ".join(f"[{key}=...]" for key in self.arguments)
+        folders = f"<{self.folder}> [<{self.folder}> ...]" if self.several_folders else f"<{self.folder}>"
+        return f"almond {self.name} {folders} " + " ".join(f"[{key}=...]" for key in self.arguments)
 
 
 def positive(value) -> str | None:
@@ -82,17 +85,19 @@ THREADS = Argument(
 )
 
 
-def parse_arguments(command: Command, args: list[str]) -> tuple[Path, dict]:
-    """Splits ``<folder> key=value ...`` and checks every value; raises ``UsageError`` naming the key."""
+def parse_arguments(command: Command, args: list[str]) -> tuple[Path | list[Path], dict]:
+    """Splits ``<folder> key=value ...`` (several folders for a command that takes them: their list) and checks
+    every value; raises ``UsageError`` naming the key."""
     positional = [arg for arg in args if "=" not in arg]
-    if len(positional) != 1:
+    if not positional or (len(positional) > 1 and not command.several_folders):
         what = (
             f"no {command.folder}"
             if not positional
             else f"{len(positional)} positional arguments ({' '.join(positional)})"
         )
+        how_many = "one or more" if command.several_folders else "exactly one"
         raise UsageError(
-            f"{command.name}: got {what}; give exactly one {command.folder} ({command.example}). "
+            f"{command.name}: got {what}; give {how_many} {command.folder} ({command.example}). "
             f"Usage: {command.usage()}"
         )
     spec = command.arguments
@@ -116,6 +121,8 @@ def parse_arguments(command: Command, args: list[str]) -> tuple[Path, dict]:
         if problem:
             raise UsageError(f"{command.name}: {key} {problem}")
         values[key] = value
+    if command.several_folders:
+        return [Path(folder).expanduser() for folder in positional], values
     return Path(positional[0]).expanduser(), values
 
 

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "compare",
-        help="a sweep's jobs sorted by the objective, also as CSV: almond compare <sweep folder> [csv=...]",
+        help="runs or a sweep's jobs, best first, also as CSV: almond compare <run or sweep folder> ... [csv=...]",
         add_help=False,
     )
     return parser

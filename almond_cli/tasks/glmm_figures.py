@@ -1,8 +1,9 @@
 """``figures/random_effects.png`` of a GLMM run (after Qiu & Wang 2019, Figure 3).
 
 One panel per method with the histogram of the first random-effect coordinate's draws and the true marginal
-density; a last panel with each method's estimated Kendall lambda function of the first two coordinates and
-the true Clayton lambda.
+density; where the random effect has two or more coordinates, a last panel with each method's estimated Kendall
+lambda function of the first two coordinates and the true Clayton lambda (a 1-d random effect has no pair, so no
+such panel).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def random_effects_figure(
     if prior is not None:
         lo = min(lo, prior.bulk()[0] - 0.5)
     grid = torch.linspace(lo, hi, 600, dtype=torch.float64)
-    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4.0 * (len(panels) + 1), 3.4), squeeze=False)
+    paired = any(draws.shape[1] >= 2 for draws, _ in panels.values())
+    columns = len(panels) + int(paired)
+    figure, axes = plt.subplots(1, columns, figsize=(4.0 * columns, 3.4), squeeze=False)
     for axis, (name, (draws, metrics)) in zip(axes[0], panels.items()):
         axis.hist(
             draws[:, 0].double().clamp(lo, hi).numpy(),
@@ -62,7 +65,16 @@ def random_effects_figure(
                 bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"),
             )
         axis.legend(loc="upper left", fontsize=8, frameon=False)
-    axis = axes[0][-1]
+    if paired:
+        kendall_panel(axes[0][-1], panels, theta)
+    figure.suptitle(
+        "fitted random-effects distribution vs truth" if prior is not None else "fitted random-effects distribution"
+    )
+    save_figure(figure, path)
+
+
+def kendall_panel(axis, panels: dict[str, tuple[Tensor, dict]], theta: float | None) -> None:
+    """Each method's Kendall lambda of (u_1, u_2) from its draws (N, q >= 2), and the Clayton lambda of ``theta``."""
     t = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
     for name, (draws, _) in panels.items():
         if draws.shape[1] >= 2:
@@ -82,7 +94,3 @@ def random_effects_figure(
     axis.set_title("Kendall λ(t) of (u_1, u_2)")
     axis.set_xlabel("t")
     axis.legend(fontsize=8, frameon=False)
-    figure.suptitle(
-        "fitted random-effects distribution vs truth" if prior is not None else "fitted random-effects distribution"
-    )
-    save_figure(figure, path)

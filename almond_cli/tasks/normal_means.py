@@ -6,8 +6,8 @@ empirical distribution of the n means mu_i the data were drawn with (``ks_true_m
 The second pair is the compound-decision view of empirical Bayes: the data carry information about the
 realised means, and only through them about the prior; a fit that recovered every mu_i exactly would still
 be ~0.08 from the exponential prior in W1 at n = 1000 (benchmarks/reproduce_mnn.py prints this per seed).
-The baselines are the normal empirical-Bayes fit mu ~ N(mean(x), var(x) − sigma²) and the Kiefer–Wolfowitz NPMLE
-(``tasks/empirical_bayes.py``). Every fit also reports the training rows' ``train_nll`` (exact for the baselines),
+The baselines are the maximum-likelihood normal prior mu ~ N(m, tau²) (with one sigma: m = mean(x),
+tau² = max(0, var(x) − sigma²), the variance with divisor n) and the Kiefer–Wolfowitz NPMLE (``tasks/empirical_bayes.py``). Every fit also reports the training rows' ``train_nll`` (exact for the baselines),
 and each baseline ALMOND's paired gain in log-likelihood per row; with ``data.holdout_fraction`` the same of the
 held-out rows (``heldout_nll``, ``almond_heldout_gain``), every fit made on the training rows alone.
 """
@@ -23,7 +23,7 @@ from ..data.dataset import Dataset
 from ..data.priors import EmpiricalPrior, NormalPrior, Prior
 from ..model.marginal import estimate_with
 from .base import Task
-from .empirical_bayes import fit_npmle, marginal_log_likelihood, posterior_means
+from .empirical_bayes import fit_normal_prior, fit_npmle, marginal_log_likelihood, posterior_means
 from .figures import latent_density_figure, method_panels
 from .metrics import evaluation_generator, heldout_names, ks_distance, latent_draws, train_likelihood, w1_distance
 
@@ -41,7 +41,9 @@ def truth_scores(draws: Tensor, truth: Tensor) -> dict[str, float]:
 
 
 def normal_empirical_bayes(x: Tensor, noise_sd: float) -> NormalPrior:
-    """The normal prior fitted by moments: mean of x, variance of x minus the noise variance (floored)."""
+    """The normal prior fitted by moments: mean of x, variance of x minus the noise variance (floored): the
+    James–Stein-type shrinkage of ``almond sample``'s comparison. The ``normal_eb`` baseline is the
+    maximum-likelihood fit, ``empirical_bayes.fit_normal_prior``."""
     x = x.double().flatten()
     variance = max(float(x.var()) - noise_sd**2, 1e-6)
     return NormalPrior(mean=float(x.mean()), variance=variance)
@@ -54,16 +56,14 @@ def row_noise_sd(likelihood, x: Tensor):
 
 
 def baseline_priors(likelihood, dataset: Dataset) -> dict[str, Prior]:
-    """The classical empirical-Bayes priors, for Gaussian likelihoods with one measurement per row: the normal
-    fit by moments (``normal_eb``) and the Kiefer–Wolfowitz NPMLE (``npmle``)."""
-    sd = likelihood.noise_sd(dataset.x)
+    """The classical empirical-Bayes priors, for Gaussian likelihoods with one measurement per row: the
+    maximum-likelihood normal prior with each row's own noise sd (``normal_eb``; the Fay–Herriot fit where the sds
+    differ) and the Kiefer–Wolfowitz NPMLE (``npmle``)."""
     x = likelihood.observations(dataset.x)
-    if sd is None or x.shape[1] != 1:
+    if likelihood.noise_sd(dataset.x) is None or x.shape[1] != 1:
         return {}
-    return {
-        "normal_eb": normal_empirical_bayes(x, sd),
-        "npmle": fit_npmle(x[:, 0], row_noise_sd(likelihood, dataset.x)),
-    }
+    sd = row_noise_sd(likelihood, dataset.x)
+    return {"normal_eb": fit_normal_prior(x[:, 0], sd), "npmle": fit_npmle(x[:, 0], sd)}
 
 
 def likelihood_comparison(model, dataset: Dataset, cfg, device, priors: dict[str, Prior]) -> dict[str, dict]:

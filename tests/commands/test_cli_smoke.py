@@ -6,8 +6,8 @@ import torch
 from conftest import read_metrics, run_almond
 
 from almond_cli.config import saved_config
+from almond_cli.tasks.empirical_bayes import fit_normal_prior
 from almond_cli.tasks.metrics import ks_distance, latent_draws, w1_distance
-from almond_cli.tasks.normal_means import normal_empirical_bayes
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import load_model_state
 from almond_cli.training.checkpoint import load_checkpoint
@@ -47,7 +47,7 @@ def test_train_writes_the_whole_run_folder(tmp_path):
     assert [r["step"] for r in records] == list(range(1, 41))
     assert (run_dir / "figures/latent_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The scores are those of the saved models: ALMOND's of last.pt, the VAE's of vae.pt, the baseline's of the
-    # moment fit to the data, recomputed here from the files alone (a row scored on the wrong model would differ).
+    # maximum-likelihood normal fit to the data, recomputed here from the files alone (a row scored on the wrong model would differ).
     payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = saved_config(payload["config_yaml"])
     dataset = build_dataset(cfg.data, seed_streams(cfg.seed)["data"])
@@ -55,7 +55,7 @@ def test_train_writes_the_whole_run_folder(tmp_path):
         state = load_checkpoint(run_dir / "checkpoints" / checkpoint)["model"]
         draws = latent_draws(load_model_state(cfg, dataset, state, torch.device("cpu")), cfg, "cpu")[:, 0]
         assert summary[method]["ks"] == ks_distance(draws, dataset.prior.cdf), method
-    eb = normal_empirical_bayes(dataset.x, 1.0)
+    eb = fit_normal_prior(dataset.x[:, 0], 1.0)
     eb_draws = eb.sample(cfg.evaluation.num_draws, torch.Generator().manual_seed(cfg.evaluation.seed))
     assert summary["baselines"]["normal_eb"]["w1"] == w1_distance(eb_draws, dataset.prior.cdf, *dataset.prior.bulk())
     assert summary["almond"]["train_nll"] > 1.4  # −log p(x) per point of x = mu + N(0, 1): above 0.5 log(2πe)

@@ -33,11 +33,11 @@ def test_heldout_scores_of_the_model_and_the_exact_baselines():
     assert scores["heldout_mse_posterior_mean"] == mse
     assert scores["train_nll"] != scores["heldout_nll"]
 
-    # Normal EB by hand: u ~ N(m, v) fitted by moments to the training rows only, x = u + N(0, sigma²), so a
-    # held-out x ~ N(m, v + sigma²).
+    # Normal EB by hand: u ~ N(m, v) fitted by maximum likelihood to the training rows only (one sigma: the mean and
+    # the variance with divisor n, minus sigma²), x = u + N(0, sigma²), so a held-out x ~ N(m, v + sigma²).
     sigma = float(cfg.likelihood.sigma)
     train_x, heldout_x = dataset.x[:, 0].double().numpy(), heldout.x[:, 0].double().numpy()
-    mean, variance = train_x.mean(), max(train_x.var(ddof=1) - sigma**2, 1e-6)
+    mean, variance = train_x.mean(), max(train_x.var(ddof=0) - sigma**2, 0.0)
     total = variance + sigma**2
     log_density = -0.5 * ((heldout_x - mean) ** 2 / total + math.log(2 * math.pi * total))
     normal_eb = baselines["normal_eb"]
@@ -45,7 +45,7 @@ def test_heldout_scores_of_the_model_and_the_exact_baselines():
     assert abs(normal_eb["heldout_nll_se"] - log_density.std(ddof=1) / math.sqrt(50)) < 1e-12
     # ... and not the same prior refitted to every row, held-out ones included (a leak this test would see).
     every_x = torch.cat([dataset.x, heldout.x])[:, 0].double().numpy()
-    leaked_total = max(every_x.var(ddof=1) - sigma**2, 1e-6) + sigma**2
+    leaked_total = max(every_x.var(ddof=0) - sigma**2, 0.0) + sigma**2
     leaked = -0.5 * ((heldout_x - every_x.mean()) ** 2 / leaked_total + math.log(2 * math.pi * leaked_total))
     assert abs(normal_eb["heldout_nll"] - float(-leaked.mean())) > 1e-6
 
