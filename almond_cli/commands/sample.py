@@ -3,8 +3,11 @@
 - ``what=prior``: n draws of u = h(z), z ~ N(0, I_d), from the learned latent distribution, to ``.npy`` or ``.csv``.
 - ``what=posterior``: for every data point, draws of u from p(u | x_i) under the fitted model by the same
   multi-chain Langevin sampler and target that trained it (``sampler.run`` under ``settings.build_target`` with the
-  run's sampler settings: tabulated, fused, bf16, MALA as training ran; Qiu & Wang 2019, Section 3), started from
-  the run's persistent chains; a CSV with the posterior mean, sd and a central interval per row — the
+  run's sampler settings: tabulated, fused, bf16; Qiu & Wang 2019, Section 3). By default MALA with each row's step
+  tuned during warm-up (``langevin.adapt``), then drawn until every row has R-hat <= 1.01 and bulk ESS >= 400 or a
+  cap stops it (``langevin.convergence``); ``step_size=`` runs the run's own method at a fixed step instead. The
+  training rows start from the run's persistent chains; the held-out rows and the rows of a new file (``data=``)
+  from the encoder. A CSV with the posterior mean, sd, a central interval and the chain checks per row — the
   empirical-Bayes shrinkage estimates. Where the true latent values are known (a simulation, or
   ``data.truth_path``), the printed summary gives the mean squared error of the posterior means, and for a
   Gaussian likelihood also that of the raw x and of the normal empirical-Bayes (James–Stein-type) estimates.
@@ -58,9 +61,9 @@ ARGUMENTS = {
         optional_int,
         None,
         lambda v: None if v is None or v >= 1 else f"must be >= 1 or null, got {v}",
-        "draws kept per chain, an integer >= 1 (exactly that many); null: 100, doubled until every row has "
-        "R-hat <= 1.01 and bulk ESS >= 400 (failing rows' chains run 2, 4, ... times longer, 200 evenly spaced "
-        "draws kept), up to max_draws",
+        "draws kept per chain, an integer >= 1 (exactly that many); null: 200, and the chains of every row "
+        "short of R-hat <= 1.01 and bulk ESS >= 400 run 2, 4, ... times longer (200 evenly spaced draws kept) "
+        "until it passes, up to max_draws",
     ),
     "max_draws": Argument(
         int,
@@ -888,8 +891,9 @@ COMMAND = Command(
     "run folder",
     "outputs/DATE/TIME",
     "Draws from a fitted run: what=prior writes n draws of u = h(z) to out (.npy or .csv); "
-    "what=posterior writes per-row posterior mean, sd and a central interval (Langevin draws) to out "
-    "(.csv).",
+    "what=posterior writes per-row posterior mean, sd, a central interval and the chains' rhat and ess_bulk to "
+    "out (.csv): MALA with tuned steps, drawn until every row has R-hat <= 1.01 and bulk ESS >= 400 (up to "
+    "max_draws), for the training and held-out rows, or the rows of a new file (data=).",
     ARGUMENTS,
     sample,
 )
