@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,29 @@ def _largest(step_size: float | torch.Tensor) -> float:
     return float(step_size.max()) if isinstance(step_size, torch.Tensor) else float(step_size)
 
 
+@dataclass
+class _Chunk:
+    """A chunk of rows (units) of ``PosteriorChains`` and where its chains are.
+
+    Attributes:
+        batch: (R, D) its data rows.
+        units: (R,) each row's unit 0..B-1 in the chunk; None: every row its own unit (R = B).
+        z: (B, C, d) its chains' positions; None until they are first drawn from the encoder.
+        step_size: the chains' step: one number, or (B, 1, 1) per row once tuned; None before burn-in.
+        first: the index of its first row (unit) among all.
+    """
+
+    batch: torch.Tensor
+    units: torch.Tensor | None
+    z: torch.Tensor | None
+    step_size: float | torch.Tensor | None
+    first: int
+
+    @property
+    def num_units(self) -> int:
+        return self.batch.shape[0] if self.units is None else int(self.units.max()) + 1
+
+
 class PosteriorChains:
     """The chains of every row (every unit) under the fitted model, in chunks of at most ``max_particles`` (row,
     chain) pairs, moved segment after segment by ``sampler.run`` under ``settings.build_target`` (the target
@@ -151,7 +174,7 @@ class PosteriorChains:
         rows = max(1, max_particles // num_chains)
         unit_rows = None if unit_index is None else UnitRows(unit_index)
         self.num_units = x.shape[0] if unit_rows is None else unit_rows.num_units  # rows, or units of rows
-        self.chunks = []  # [batch (R, D), units (R,) or None, z (B, C, d) or None, step size, first unit]
+        self.chunks: list[_Chunk] = []
         for first in range(0, self.num_units, rows):
             units = None  # every row its own unit
             if unit_rows is None:
@@ -160,37 +183,39 @@ class PosteriorChains:
                 picked, units = unit_rows.of(torch.arange(first, min(first + rows, unit_rows.num_units)))
                 batch, units = x[picked.to(x.device)], units.to(x.device)
             z = None if start is None else start[first : first + rows, :num_chains].to(x.device)
-            self.chunks.append([batch, units, z, None, first])
+            self.chunks.append(_Chunk(batch, units, z, None, first))
         self.accepted = torch.zeros((), dtype=torch.float64, device=x.device)  # MALA's acceptances, summed
         self.moves = 0  # (row, step) pairs behind ``accepted``
 
-    def _positions(self, chunk: list) -> torch.Tensor:
-        if chunk[2] is None:
+    def _positions(self, chunk: _Chunk) -> torch.Tensor:
+        if chunk.z is None:
             with torch.no_grad():
-                chunk[2] = self.model.sample_posterior_approx(chunk[0], self.num_chains, self.generator, chunk[1])
-        return chunk[2]
+                chunk.z = self.model.sample_posterior_approx(chunk.batch, self.num_chains, self.generator, chunk.units)
+        return chunk.z
 
-    def _segments(self, chunk: list, segments: list[int], keep: int) -> list[torch.Tensor]:
+    def _segments(self, chunk: _Chunk, segments: list[int], keep: int) -> list[torch.Tensor]:
         """Runs ``segments`` (steps each) on ``chunk`` at its step size; returns u at the end of the last ``keep``
         segments, each (B, C, P) on CPU."""
         draws = []
         with self.model.frozen():
             for index, steps in enumerate(segments):
-                z, step_size = self._positions(chunk), chunk[3]
-                target = build_target(self.model, chunk[0], z, self.settings, _largest(step_size), steps, chunk[1])
+                z, step_size = self._positions(chunk), chunk.step_size
+                target = build_target(
+                    self.model, chunk.batch, z, self.settings, _largest(step_size), steps, chunk.units
+                )
                 kept, info = sampler.run(z, target, step_size, steps, steps - 1, self.generator, self.settings.method)
-                chunk[2] = kept[-1]
+                chunk.z = kept[-1]
                 if info.acceptance_rate is not None:
                     self.accepted = self.accepted + info.acceptance_rate.double() * steps * z.shape[0]
                     self.moves += steps * z.shape[0]
                 if index >= len(segments) - keep:
-                    draws.append(decode(self.model, target, chunk[2]).cpu())
+                    draws.append(decode(self.model, target, chunk.z).cpu())
         return draws
 
     def burn_in(self, num_steps: int, step_size: float) -> None:
         """``num_steps`` steps of size ``step_size`` for every chunk, nothing kept."""
         for chunk in self.chunks:
-            chunk[3] = step_size
+            chunk.step_size = step_size
             if num_steps > 0:
                 self._segments(chunk, [num_steps], 0)
 
@@ -198,14 +223,14 @@ class PosteriorChains:
         """``num_steps`` MALA steps for every chunk, each row's step adapted from ``step_size`` to MALA's target
         acceptance (``adapt.warm_up``), nothing kept; the rows keep their tuned steps from then on."""
         for chunk in self.chunks:
-            batch, units = chunk[0], chunk[1]
+            batch, units = chunk.batch, chunk.units
 
             def make_target(z, largest, steps, batch=batch, units=units):
                 return build_target(self.model, batch, z, self.settings, largest, steps, units)
 
             with self.model.frozen():
                 warm = adapt.warm_up(self._positions(chunk), make_target, step_size, num_steps, self.generator)
-            chunk[2], chunk[3] = warm.z, warm.step_size.to(warm.z.dtype).view(-1, 1, 1)
+            chunk.z, chunk.step_size = warm.z, warm.step_size.to(warm.z.dtype).view(-1, 1, 1)
 
     def draw(self, num_draws: int, thin: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The next ``num_draws`` draws per chain, one every ``thin`` steps, of every row or of ``rows`` ((r,) long,
@@ -216,19 +241,18 @@ class PosteriorChains:
             if rows is None:
                 blocks.append(torch.cat(self._segments(chunk, [thin] * num_draws, num_draws), dim=1))
                 continue
-            count = len(chunk[0]) if chunk[1] is None else int(chunk[1].max()) + 1
-            local = rows[(rows >= chunk[4]) & (rows < chunk[4] + count)] - chunk[4]
+            local = rows[(rows >= chunk.first) & (rows < chunk.first + chunk.num_units)] - chunk.first
             if not len(local):
                 continue
-            part = self._part(chunk, local.to(chunk[0].device))
+            part = self._part(chunk, local.to(chunk.batch.device))
             blocks.append(torch.cat(self._segments(part, [thin] * num_draws, num_draws), dim=1))
-            chunk[2][local.to(chunk[2].device)] = part[2]
+            chunk.z[local.to(chunk.z.device)] = part.z
         return torch.cat(blocks).float()
 
     @staticmethod
-    def _part(chunk: list, local: torch.Tensor) -> list:
+    def _part(chunk: _Chunk, local: torch.Tensor) -> _Chunk:
         """The chunk of ``chunk``'s rows (units) ``local``: its data rows, units numbered 0.., chains and steps."""
-        batch, units, z, step_size = chunk[:4]
+        batch, units, z, step_size = chunk.batch, chunk.units, chunk.z, chunk.step_size
         if units is None:
             part_batch, part_units = batch[local], None
         else:
@@ -236,21 +260,22 @@ class PosteriorChains:
             part_batch, part_units = batch[picked.to(batch.device)], part_units.to(batch.device)
         if isinstance(step_size, torch.Tensor):
             step_size = step_size[local]
-        return [part_batch, part_units, z[local], step_size, 0]
+        return _Chunk(part_batch, part_units, z[local], step_size, 0)
 
     def step_sizes(self) -> torch.Tensor:
         """(n,) each row's step size (units: (U,))."""
         return torch.cat(
             [
-                chunk[3].flatten().double().cpu()
-                if isinstance(chunk[3], torch.Tensor)
-                else torch.full((chunk[0].shape[0] if chunk[1] is None else int(chunk[1].max()) + 1,), float(chunk[3]))
+                chunk.step_size.flatten().double().cpu()
+                if isinstance(chunk.step_size, torch.Tensor)
+                else torch.full((chunk.num_units,), float(chunk.step_size))
                 for chunk in self.chunks
             ]
         )
 
     def acceptance_rate(self) -> float | None:
-        """MALA's fraction of accepted moves over every row and step run since the last warm-up; None for ULA."""
+        """MALA's fraction of accepted moves over every row and step drawn (and of a fixed step's burn-in; the tuning
+        warm-up is not counted); None for ULA."""
         return float(self.accepted) / self.moves if self.moves else None
 
 
@@ -280,7 +305,7 @@ def posterior_draws(
     chains = PosteriorChains(model, x, num_chains, generator, start, max_particles, settings, unit_index)
     draws = []
     for chunk in chains.chunks:  # chunk by chunk, each burnt in then drawn (the order the generator serves them)
-        chunk[3] = step_size
+        chunk.step_size = step_size
         segments = ([burn_in] if burn_in > 0 else []) + [thin] * num_draws
         draws.append(torch.cat(chains._segments(chunk, segments, num_draws), dim=1))
     return torch.cat(draws).float()

@@ -93,11 +93,11 @@ def test_the_chains_of_some_units_move_on_alone_with_all_their_rows():
         model, x, 400, torch.Generator().manual_seed(0), settings=SamplerSettings(method="mala"), unit_index=unit_index
     )
     chains.tune(100, 0.01)
-    before = [chunk[2].clone() for chunk in chains.chunks]
+    before = [chunk.z.clone() for chunk in chains.chunks]
     draws = chains.draw(40, 5, rows=torch.tensor([1]))
     assert draws.shape == (1, 40 * 400, 1)
     (chunk,) = chains.chunks
-    assert torch.equal(chunk[2][[0, 2]], before[0][[0, 2]]) and not torch.equal(chunk[2][1], before[0][1])
+    assert torch.equal(chunk.z[[0, 2]], before[0][[0, 2]]) and not torch.equal(chunk.z[1], before[0][1])
     mean, var = float(draws.mean()), float(draws.var())
     assert abs(mean - 3.0 / 5) < 4 * (0.2 / 16000) ** 0.5 * 2  # x2: the draws of one chain are a little correlated
     assert math.isclose(var, 0.2, rel_tol=4 * (2 / 16000) ** 0.5 * 2)
