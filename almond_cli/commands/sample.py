@@ -7,8 +7,8 @@
   tuned during warm-up (``langevin.adapt``), then drawn until every row has R-hat <= 1.01 and bulk ESS >= 400 or a
   cap stops it (``langevin.convergence``); ``step_size=`` runs the run's own method at a fixed step instead. The
   training rows start from the run's persistent chains; the held-out rows and the rows of a new file (``data=``)
-  from the encoder. A CSV with the posterior mean, sd, a central interval and the chain checks per row — the
-  empirical-Bayes shrinkage estimates. Where the true latent values are known (a simulation, or
+  from draws of the encoder and the prior resampled by weight (``resampled_start``). A CSV with the posterior mean,
+  sd, a central interval and the chain checks per row — the empirical-Bayes shrinkage estimates. Where the true latent values are known (a simulation, or
   ``data.truth_path``), the printed summary gives the mean squared error of the posterior means, and for a
   Gaussian likelihood also that of the raw x and of the normal empirical-Bayes (James–Stein-type) estimates.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from ..langevin.chains import ESCAPE_BOUND, within_prior_range
 from ..langevin.convergence import ESS_TARGET, RHAT_TARGET, Convergence, passing, row_diagnostics, run_until_converged
 from ..langevin.settings import SamplerSettings, build_target
 from ..langevin.tabulated import TabulatedTarget
-from ..model.model import prior_draws
+from ..model.model import prior_draws, reparameterise, standard_normal_log_prob
 from ..model.units import UnitRows
 from ..tasks.empirical_bayes import posterior_means
 from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
@@ -584,8 +585,8 @@ def _rows_to_sample(run, data: str | None, num_chains: int, generator: torch.Gen
 
     Returns:
         (the data set: the run's training and held-out rows together (``rejoin_heldout``), or the new file's rows;
-        (U, C, d) starting positions: the run's persistent chains tiled to C for training units, draws from the
-        encoder's q(z | x) for the others; (U,) bool, True for a held-out unit; what the chains started from).
+        (U, C, d) starting positions: the run's persistent chains tiled to C for training units, ``resampled_start``
+        for the others; (U,) bool, True for a held-out unit; what the chains started from).
     """
     model = run.model
     if data is not None:
@@ -595,10 +596,13 @@ def _rows_to_sample(run, data: str | None, num_chains: int, generator: torch.Gen
                 f"sample: data={data} gives {dataset.x.shape[1]} values per row but the run was fitted to "
                 f"{run.dataset.x.shape[1]}; the new file needs the run's columns"
             )
-        x = dataset.x.to(run.device)
-        with torch.no_grad():
-            start = model.sample_posterior_approx(x, num_chains, generator, _units(dataset, run.device))
-        return dataset, start, torch.zeros(dataset.num_units, dtype=torch.bool), "the encoder (new rows)"
+        start = resampled_start(model, dataset.x.to(run.device), num_chains, generator, dataset.unit_index)
+        return (
+            dataset,
+            start,
+            torch.zeros(dataset.num_units, dtype=torch.bool),
+            "the encoder and the prior, resampled (new rows)",
+        )
     dataset, source = rejoin_heldout(run.dataset)
     trained = run.dataset.num_units
     chains = run.payload.get("chains")
@@ -608,23 +612,66 @@ def _rows_to_sample(run, data: str | None, num_chains: int, generator: torch.Gen
         started_from = "the run's persistent chains"
     else:
         x = run.dataset.x.to(run.device)
-        with torch.no_grad():
-            train_start = model.sample_posterior_approx(x, num_chains, generator, _units(run.dataset, run.device))
-        started_from = "the encoder"
+        train_start = resampled_start(model, x, num_chains, generator, run.dataset.unit_index)
+        started_from = "the encoder and the prior, resampled"
     starts = [train_start]
-    if run.dataset.heldout is not None:  # rows the fit never saw: no persistent chains, start from the encoder
+    if run.dataset.heldout is not None:  # rows the fit never saw: no persistent chains
         held = run.dataset.heldout
-        with torch.no_grad():
-            starts.append(
-                model.sample_posterior_approx(held.x.to(run.device), num_chains, generator, _units(held, run.device))
-            )
-        started_from += " (held-out rows: the encoder)"
+        starts.append(resampled_start(model, held.x.to(run.device), num_chains, generator, held.unit_index))
+        started_from += " (held-out rows: resampled from the encoder and the prior)"
     start = torch.cat(starts)[source.to(run.device)]
     return dataset, start, source >= trained, started_from
 
 
-def _units(dataset, device) -> torch.Tensor | None:
-    return None if dataset.unit_index is None else dataset.unit_index.to(device)
+@torch.no_grad()
+def resampled_start(
+    model,
+    x: torch.Tensor,
+    num_chains: int,
+    generator: torch.Generator,
+    unit_index: torch.Tensor | None = None,
+    candidates: int = 1000,
+    max_particles: int = 200_000,
+) -> torch.Tensor:
+    """Starting positions for rows without persistent chains (held-out rows, a new file's rows), by sampling-
+    importance-resampling: ``candidates`` draws per row, half from the encoder's q(z | x) and half from the prior
+    N(0, I), weighted by p(x, z) / (q(z | x) + N(z; 0, I)) / 2 (a defensive mixture: the prior half covers what an
+    encoder misses), and ``num_chains`` of them drawn by weight.
+
+    Why: where the decoder is not monotone a posterior of z has several modes (two z with the same u = h(z)), and
+    chains started in a minor one by the encoder stay there for good: on the batting data 29 of 140 held-out rows
+    had R-hat 1.14 to 1.36 after 64,000 MALA steps. Resampled starts sit in the modes in proportion to their mass.
+
+    Args:
+        x: (n, D) rows; ``unit_index`` (n,) their units (None: every row its own unit).
+
+    Returns:
+        (U, num_chains, d) starting positions.
+    """
+    unit_rows = None if unit_index is None else UnitRows(unit_index.cpu())
+    num_units = x.shape[0] if unit_rows is None else unit_rows.num_units
+    step = max(1, max_particles // candidates)
+    starts = []
+    for first in range(0, num_units, step):
+        units = None
+        if unit_rows is None:
+            batch = x[first : first + step]
+        else:
+            picked, units = unit_rows.of(torch.arange(first, min(first + step, num_units)))
+            batch, units = x[picked.to(x.device)], units.to(x.device)
+        mean, log_var = model.encode(batch, units, None if units is None else int(units.max()) + 1)
+        half = candidates // 2
+        prior = torch.randn(
+            (mean.shape[0], candidates - half, mean.shape[1]), generator=generator, device=x.device, dtype=mean.dtype
+        )
+        z = torch.cat([reparameterise(mean, log_var, half, generator), prior], dim=1)  # (B, M, d)
+        log_q = torch.distributions.Normal(mean.unsqueeze(1), (0.5 * log_var).exp().unsqueeze(1)).log_prob(z).sum(-1)
+        log_mixture = torch.logaddexp(log_q, standard_normal_log_prob(z)) - math.log(2.0)
+        log_weight = torch.nan_to_num(model.log_joint(batch, z, units) - log_mixture, nan=-math.inf)
+        log_weight = torch.where(torch.isfinite(log_weight).any(1, keepdim=True), log_weight, 0.0)  # all -inf: uniform
+        index = torch.multinomial(torch.softmax(log_weight.double(), dim=1), num_chains, True, generator=generator)
+        starts.append(torch.gather(z, 1, index.unsqueeze(-1).expand(-1, -1, z.shape[-1])))
+    return torch.cat(starts)
 
 
 def draw_posterior(
