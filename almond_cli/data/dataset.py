@@ -278,6 +278,43 @@ def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     )
 
 
+def rejoin_heldout(dataset: Dataset) -> tuple[Dataset, Tensor]:
+    """The training units of ``dataset`` and its held-out ones (``hold_out``'s two parts) as one data set.
+
+    Where every row is its own unit the rows come back in the order read (by their labels); grouped rows come back
+    as the training units, then the held-out ones. Every unit keeps its labels.
+
+    Returns:
+        (the joined data set, without ``heldout``; (U,) long: each of its units' index among the training units
+        followed by the held-out ones, so index >= ``dataset.num_units`` marks a held-out unit).
+    """
+    held = dataset.heldout
+    source = torch.arange(dataset.num_units + (held.num_units if held is not None else 0))
+    if held is None:
+        return dataset, source
+
+    def joined(a, b):
+        return None if a is None or b is None else torch.cat([a, b])
+
+    grouped = dataset.unit_index is not None
+    together = replace(
+        dataset,
+        x=torch.cat([dataset.x, held.x]),
+        truth=joined(dataset.truth, held.truth),
+        row_labels=dataset.rows() + held.rows(),
+        ids=None if dataset.ids is None or held.ids is None else dataset.ids + held.ids,
+        heldout=None,
+        read_fingerprint=None,
+        unit_index=joined(dataset.unit_index, None if not grouped else held.unit_index + dataset.num_units),
+        unit_labels=dataset.units() + held.units() if grouped else None,
+    )
+    if grouped:
+        return together, source
+    labels = together.rows()
+    order = torch.tensor(sorted(range(len(labels)), key=lambda i: labels[i]), dtype=torch.long)
+    return together.select(order), source[order]
+
+
 def make_normal_means(n: int, prior_name: str, noise_sd: float, generator: torch.Generator) -> Dataset:
     """n draws mu_i from the named prior and x_i = mu_i + noise_sd · N(0, 1)."""
     prior = make_prior(prior_name)

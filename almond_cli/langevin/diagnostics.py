@@ -137,6 +137,14 @@ def ess_tail(draws) -> float:
     return float(_ess_tail(np.asarray(draws, dtype=np.float64)))
 
 
+def rhat_and_ess_bulk(draws) -> tuple[np.ndarray, np.ndarray]:
+    """``rank_rhat`` and ``ess_bulk`` of every set of chains at once: (..., M chains, N draws) -> two (...) arrays
+    (the rank normalisation shared by both; ESS is NaN below N = 8 draws per chain)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    scores = _rank_normalise(_split_chains(draws))
+    return _rank_rhat(draws, scores), _ess(scores)
+
+
 def trajectory_convergence(draws) -> dict[str, float]:
     """R-hat and effective sample size of each data point's persistent chains over their trajectory.
 

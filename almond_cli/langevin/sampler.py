@@ -10,7 +10,9 @@ run on C chains per data point. This module is pure: it knows the target only th
 (autograd by default, ``targets.AutogradTarget``; or a hand-written gradient, ``targets.MLPTarget``), knows
 nothing of models and holds no counters; the caller builds the target (``targets.target_for``, or
 ``targets.AutogradTarget`` around a closure) and decides burn-in, averaging and the step-size schedule.
-Chains are a tensor axis: a state has shape (B, C, d) for B data points, C chains, d latent dimensions.
+Chains are a tensor axis: a state has shape (B, C, d) for B data points, C chains, d latent dimensions. A step
+size is one number, or a (B, 1, 1) tensor giving each data point's chains their own step (``adapt.warm_up`` tunes
+one per data point); the float path is unchanged by the tensor one.
 
 ``method="mala"`` adds a Metropolis–Hastings correction to each move (MALA, Roberts & Tweedie 1996):
 the proposal above is accepted with probability min(1, p(z')q(z | z') / p(z)q(z' | z)), chain by chain,
@@ -75,7 +77,7 @@ def initial_state(z: Tensor, target: Target) -> LangevinState:
     return LangevinState(z.detach(), log_joint, grad)
 
 
-def propose(state: LangevinState, step_size: float, generator: torch.Generator | None = None) -> Tensor:
+def propose(state: LangevinState, step_size: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The Langevin move z + s ∇ log p(x, z) + sqrt(2 s) ε from ``state``; returns the new z (B, C, d)."""
     noise = torch.randn(state.z.shape, generator=generator, device=state.z.device, dtype=state.z.dtype)
     return state.z + step_size * state.grad + (2.0 * step_size) ** 0.5 * noise
@@ -93,7 +95,7 @@ def diagnose(state: LangevinState) -> StepInfo:
 def step(
     state: LangevinState,
     target: Target,
-    step_size: float,
+    step_size: float | Tensor,
     generator: torch.Generator | None = None,
 ) -> tuple[LangevinState, StepInfo]:
     """One unadjusted Langevin transition of every chain.
@@ -101,7 +103,7 @@ def step(
     Args:
         state: current chains, z of shape (B, C, d).
         target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
-        step_size: s > 0, the Langevin step size.
+        step_size: s > 0, the Langevin step size (or (B, 1, 1) per data point).
         generator: the source of the Gaussian noise; same generator state gives the same chains.
 
     Returns:
@@ -111,15 +113,20 @@ def step(
     return new_state, diagnose(new_state)
 
 
-def log_proposal_density(to: Tensor, start: LangevinState, step_size: float) -> Tensor:
-    """log q(to | start) up to a constant: the Langevin proposal is N(z + s ∇, 2 s I). Returns (B, C)."""
-    return -(to - start.z - step_size * start.grad).square().sum(-1) / (4.0 * step_size)
+def log_proposal_density(to: Tensor, start: LangevinState, step_size: float | Tensor) -> Tensor:
+    """log q(to | start) up to a constant: the Langevin proposal is N(z + s ∇, 2 s I). Returns (B, C).
+
+    ``step_size`` is one number, or (B, 1, 1) per-row steps (``adapt.warm_up``'s), as everywhere in this module."""
+    squared = (to - start.z - step_size * start.grad).square().sum(-1)
+    if isinstance(step_size, Tensor):  # (B, 1, 1) -> (B, 1), against the (B, C) sums
+        step_size = step_size.squeeze(-1)
+    return -squared / (4.0 * step_size)
 
 
 def mala_step(
     state: LangevinState,
     target: Target,
-    step_size: float,
+    step_size: float | Tensor,
     generator: torch.Generator | None = None,
 ) -> tuple[LangevinState, Tensor]:
     """One Metropolis-adjusted Langevin transition of every chain.
@@ -131,7 +138,7 @@ def mala_step(
     Args:
         state: current chains, z of shape (B, C, d), with log-joint and gradient.
         target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
-        step_size: s > 0.
+        step_size: s > 0 (or (B, 1, 1) per data point).
         generator: the source of the Gaussian noise and of the uniform acceptance draws.
 
     Returns:
@@ -158,7 +165,7 @@ def mala_step(
 def transition(
     state: LangevinState,
     target: Target,
-    step_size: float,
+    step_size: float | Tensor,
     generator: torch.Generator | None = None,
     method: str = "ula",
 ) -> tuple[LangevinState, Tensor | None]:
@@ -172,7 +179,7 @@ def transition(
 def run(
     z: Tensor,
     target: Target,
-    step_size: float,
+    step_size: float | Tensor,
     num_steps: int,
     burn_in: int,
     generator: torch.Generator | None = None,
@@ -187,7 +194,7 @@ def run(
     Args:
         z: (B, C, d) starting positions.
         target: the ``targets.Target`` log p(x, z); its ``value_and_grad`` gives (B, C) and (B, C, d) at z.
-        step_size: s > 0.
+        step_size: s > 0 (or (B, 1, 1) per data point).
         num_steps: K >= 1 transitions.
         burn_in: the first ``burn_in`` states (0 <= burn_in < K) are discarded.
         generator: noise source.

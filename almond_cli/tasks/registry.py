@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from omegaconf import OmegaConf
 
 from ..data.dataset import Dataset, build_normal_means, hold_out
 from ..data.files import PATH_KEYS as FILE_PATH_KEYS
@@ -32,7 +33,7 @@ from ..data.glmm import (
 from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
 from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
 from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
-from ..errors import require
+from ..errors import UsageError, require
 from ..model.likelihoods import Likelihood, likelihood_class
 from .base import Task
 from .file import FileTask
@@ -189,6 +190,36 @@ def check_before_run(cfg, seed: int) -> None:
     dataset = option.build(cfg.data, generator) if option.check is None else option.check(cfg, generator)
     if dataset is not None:
         hold_out(dataset, float(cfg.data.get("holdout_fraction", 0.0)), seed)
+
+
+def read_new_rows(cfg, path: str, command: str) -> Dataset:
+    """The rows of ``path``, a new file laid out as the run's own data file (the same ``data`` keys: observation,
+    per-row and id columns, format, header), read with every check training makes of its file except the batch
+    size; no truth, no held-out rows. For ``almond sample data=PATH``.
+
+    Args:
+        cfg: the run's saved config (not changed).
+        path: the new file.
+        command: the command, for the messages.
+
+    Raises:
+        UsageError: for a run whose data are not read from a table (a simulation, image folders), or a file that
+            fails a check (naming the file, row and column).
+    """
+    option = _option(cfg.data.name)
+    if "path" not in option.path_keys or option.check is None:
+        raise UsageError(
+            f"{command}: data={path} reads new rows laid out as the run's data file, but this run's data are "
+            f"data={cfg.data.name}, not read from a file; new rows need a run trained with data=file or "
+            "data=glmm_file"
+        )
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    new.data.path = str(path)
+    for key, value in (("truth_path", None), ("n", None), ("holdout_fraction", 0.0)):
+        if key in new.data:
+            new.data[key] = value
+    new.schedule.batch_size = None  # a few new rows are fine: they are not trained on
+    return option.check(new, torch.Generator().manual_seed(0))
 
 
 def resolve_data_paths(cfg, train_cwd: str | Path | None) -> None:

@@ -116,7 +116,7 @@ def test_sample_prior_and_posterior(finished_run, tmp_path):
     assert process.returncode == 0, process.stderr
     rows = list(csv.DictReader((tmp_path / "post.csv").open()))
     assert len(rows) == 120
-    assert list(rows[0]) == ["row", "x", "truth", "post_mean", "post_sd", "q5", "q95"]
+    assert list(rows[0]) == ["row", "x", "truth", "post_mean", "post_sd", "q5", "q95", "rhat", "ess_bulk"]
     assert [int(r["row"]) for r in rows[:3]] == [2, 3, 4]  # line numbers of the data file
     for r in rows:
         assert float(r["q5"]) <= float(r["post_mean"]) <= float(r["q95"]) and float(r["post_sd"]) > 0

@@ -112,31 +112,34 @@ def test_sample_reads_the_runs_sampler_settings(tmp_path, monkeypatch):
         check=True,
     )
     received = []
-    original = sample_command.posterior_draws
 
-    def recording(*args, **kwargs):
-        received.append(kwargs["settings"])
-        return original(*args, **kwargs)
+    class Recording(sample_command.PosteriorChains):
+        def __init__(self, *args, **kwargs):
+            received.append(kwargs["settings"])
+            super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(sample_command, "posterior_draws", recording)
+    monkeypatch.setattr(sample_command, "PosteriorChains", Recording)
     monkeypatch.chdir(tmp_path)
-    result = sample_command.sample(
-        run_dir,
-        what="posterior",
-        out=str(tmp_path / "post.csv"),
-        num_chains=2,
-        num_draws=8,
-        thin=2,
-        burn_in=2,
-        device="cpu",
-        threads=1,
-    )
-    assert result["rows"] == 60
+    for step_size, name in ((None, "tuned.csv"), (0.05, "fixed.csv")):  # tuned MALA, and the run's own at a step
+        result = sample_command.sample(
+            run_dir,
+            what="posterior",
+            out=str(tmp_path / name),
+            num_chains=2,
+            num_draws=8,
+            thin=2,
+            burn_in=2,
+            step_size=step_size,
+            device="cpu",
+            threads=1,
+        )
+        assert result["rows"] == 60
     from omegaconf import OmegaConf
 
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    assert received == [sampler_settings(saved.sampler)]
+    assert received == [sampler_settings(saved.sampler)] * 2
     assert received[0].method == "mala" and received[0].tabulate == "on"
+
 
 
 def test_settings_of_a_run_saved_before_the_keys_existed_are_the_old_behaviour():

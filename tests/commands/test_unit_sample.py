@@ -71,3 +71,33 @@ def test_sample_writes_one_line_per_unit_with_its_label(monkeypatch, tmp_path):
     assert [line["unit"] for line in lines] == [f"g{i}" for i in range(40)]
     assert {line["rows"] for line in lines} == {"5"}  # 200 rows, 5 per unit
     assert all(math.isfinite(float(line["post_mean"])) for line in lines)
+
+
+def test_the_chains_of_some_units_move_on_alone_with_all_their_rows():
+    """``PosteriorChains.draw(rows=...)`` (what the checking loop asks of failing units) moves only those units'
+    chains, each under p(z | all its rows): unit 1 (four rows) drawn alone has the posterior N(sum / 5, 1 / 5);
+    unit 0's chains stay where they were. Tuned MALA: no step-size bias, so 4 standard errors of 400 x 40 draws
+    (thinned by 5 MALA steps at acceptance 0.8: nearly independent) bound mean and variance."""
+    from almond_cli.commands.sample import PosteriorChains
+    from almond_cli.langevin.settings import SamplerSettings
+
+    torch.manual_seed(0)
+    decoder = MLPDecoder(1, 1, [])
+    with torch.no_grad():
+        decoder.net[0].weight.fill_(1.0)
+        decoder.net[0].bias.fill_(0.0)
+    model = LatentVariableModel(MLPEncoder(1, 1, [4]), decoder, Gaussian(1.0)).eval()
+    unit_index = torch.tensor([1, 0, 1, 1, 1, 2])
+    x = torch.tensor([[0.5], [2.0], [1.0], [0.0], [1.5], [-1.0]])
+    chains = PosteriorChains(
+        model, x, 400, torch.Generator().manual_seed(0), settings=SamplerSettings(method="mala"), unit_index=unit_index
+    )
+    chains.tune(100, 0.01)
+    before = [chunk.z.clone() for chunk in chains.chunks]
+    draws = chains.draw(40, 5, rows=torch.tensor([1]))
+    assert draws.shape == (1, 40 * 400, 1)
+    (chunk,) = chains.chunks
+    assert torch.equal(chunk.z[[0, 2]], before[0][[0, 2]]) and not torch.equal(chunk.z[1], before[0][1])
+    mean, var = float(draws.mean()), float(draws.var())
+    assert abs(mean - 3.0 / 5) < 4 * (0.2 / 16000) ** 0.5 * 2  # x2: the draws of one chain are a little correlated
+    assert math.isclose(var, 0.2, rel_tol=4 * (2 / 16000) ** 0.5 * 2)
