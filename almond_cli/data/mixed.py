@@ -18,7 +18,8 @@ from ..errors import ConfigError, require
 from ..model.likelihoods import LIKELIHOODS, Likelihood
 from ..model.mixed import MixedLayout, MixedLikelihood, MixedModel
 from .dataset import Dataset
-from .formula import MixedDesign, build_design, read_frame
+from .formula import MixedDesign, build_design
+from .frames import read_frame
 
 MIXED_LIKELIHOODS = ("poisson", "binomial", "bernoulli", "gaussian", "negative_binomial")
 

@@ -282,6 +282,13 @@ class MixedModel(LatentVariableModel):
         per_row = self.likelihood.log_prob_rows(x, self.decoder(z), units)
         return sum_over_rows(per_row, units, z.shape[0])
 
+    def chain_whitening(self) -> tuple[Tensor, Tensor]:
+        """The chains move in the coordinates of the warm start's q: z = mean + sd · w per level and term (fixed
+        once the VAE phase is over), so one Langevin step suits a level pinned down by hundreds of rows and a level
+        of two rows alike."""
+        encoder = self.encoder
+        return encoder.mean.detach(), (0.5 * encoder.log_var.detach()).exp()
+
     def encode(self, x: Tensor, units: Tensor | None = None, num_units: int | None = None) -> tuple[Tensor, Tensor]:
         """(mean, log_var) of q(z), each (B, d): the table's, for each of the B units (1 in training)."""
         if num_units is None:

@@ -2,14 +2,14 @@
 
 - ``random_effect_laws``: each factor's random-effect law u = h_f(z), z ~ N(0, I), from prior draws: its mean (which
   a learned law may carry and the matching fixed effect absorbs), sd, skewness and quantiles of the centred effects.
-- ``fixed_effects_table``: estimates with standard errors from the observed information by Louis' identity,
-  I = E[−∇²_θ log f(y | z)] − Cov[∇_θ log f(y | z)] under the posterior of z given y, over θ = (beta, one log scale
-  per random term (the spread of its law, whose shape is held at the fit), the family's dispersion). The fixed
-  effects' SEs are the beta block of I⁻¹: they carry the uncertainty of the random effects' spread, as lme4's do.
-- ``marginal_log_lik``: log p(y) = log ∫ f(y | z) N(z; 0, I) dz, exact by adaptive Gauss-Hermite quadrature when
-  there is one grouping factor whose levels have 1 or 2 random terms (the groups are then independent: a sum of
-  one small integral per level), else by importance sampling from a Gaussian fitted to posterior draws, with the
-  estimator's standard error.
+- ``components``: the independent parts of the posterior (rows linked through shared levels of any factor).
+- ``mixed_fit_statistics``: log p(y) = log ∫ f(y | z) N(z; 0, I) dz with its SE, by adaptive Gauss-Hermite
+  quadrature where there is one grouping factor of 1 or 2 random terms (a sum of one small integral per level),
+  else by importance sampling one component at a time; and the fixed effects' SEs from the observed information,
+  the Hessian of that estimate in the parameters (its integration rule held fixed, the estimate is smooth in them).
+  Louis' identity over posterior draws gives the same in principle, but where most of the information is missing
+  (an intercept confounded with the groups' effects) it is a small difference of two large noisy terms; the
+  Hessian of the integrated likelihood is not.
 
 All in float64 (sums over thousands of rows, differences between fits of a fraction of a nat).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -180,118 +181,69 @@ def components(model: MixedModel, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     return row_component, [torch.tensor(c, dtype=torch.long) for c in coordinates]
 
 
-def fixed_effects_table(model: MixedModel, x: Tensor, draws: Tensor) -> dict:
-    """Estimates and standard errors of the fixed effects by Louis' identity over posterior draws.
+@dataclass
+class IntegrationRule:
+    """How the latents are integrated out: log p(y_k) ≈ logsumexp_m [log f(y_k | z_m) + log_weights[m, k]] + const[k]
+    for each independent component k (``components``), at the points z_m (M, d) (every latent of every component).
 
-    Args:
-        x: (n, D) the rows the model was fitted to.
-        draws: (N, d) posterior draws of the whole latent (every level of every factor) given all rows.
+    Adaptive Gauss-Hermite quadrature (one factor of 1 or 2 random terms: each level is a component, the nodes are
+    centred and scaled at its posterior) or importance sampling (each component from a Student-t fitted to its
+    posterior draws). Either way the rule is fixed once built, so the estimate is a smooth function of the
+    parameters, and its Hessian is the observed information (``mixed_fit_statistics``)."""
 
-    Returns:
-        {"beta": (p,), "se": (p,), "covariance": (p, p), "information_ok": bool}: beta as the model holds it (the
-        caller moves a learned law's mean into the matching fixed effect); ``information_ok`` False when the
-        observed information was not positive definite (its SEs are then NaN).
-    """
-    model = in_float64(model)
-    effects = _effects(model, draws)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # each law's own mean (0 for lme4's Gaussian law): what a term's scale spreads around
-        laws_mean = [
-            model.decoder.block_forward(i, torch.randn(20_000, b.size, generator=generator, dtype=torch.float64)).mean(0)
-            for i, b in enumerate(model.layout.blocks)
-        ]
-    theta, _names = _parameter_vector(model)
-    row_component, parts = components(model, x)
-    function = _log_lik_of_theta(model, x, effects, laws_mean, row_component, len(parts))
-    scores = torch.func.jacfwd(function)(theta)  # (N, K, P): each component's score per draw
-    hessian = torch.func.hessian(lambda t: function(t).sum(1).mean())(theta)  # (P, P)
-    # Cov of the total score = Σ over independent components of each one's covariance: the cross terms are 0 under
-    # the posterior, and leaving out their sample noise is what makes the SEs usable from a few thousand draws.
-    centred = scores - scores.mean(0)
-    covariance_of_score = torch.einsum("nkp,nkq->pq", centred, centred) / max(scores.shape[0] - 1, 1)
-    information = -hessian - covariance_of_score
-    p = model.layout.num_fixed
-    beta = theta[:p]
-    try:
-        covariance = torch.linalg.inv(information)
-        ok = bool(torch.all(torch.linalg.eigvalsh(0.5 * (information + information.T)) > 0))
-    except RuntimeError:
-        covariance, ok = torch.full_like(information, float("nan")), False
-    covariance = covariance[:p, :p]
-    se = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"), dtype=torch.float64)
-    return {"beta": beta, "se": se, "covariance": covariance, "information_ok": ok}
+    points: Tensor
+    log_weights: Tensor
+    const: Tensor
+    method: str
 
 
-def _group_log_lik(model: MixedModel, x: Tensor, z_levels: Tensor) -> Tensor:
-    """log f(y_g | z_g) summed over each level's rows, one factor: z_levels (K, G, q) -> (K, G) for K nodes."""
-    likelihood = model.likelihood
-    layout = likelihood.layout
-    with torch.no_grad():
-        u = model.decoder.block_forward(0, z_levels)
-        groups = x[:, layout.group_column(0)].long()
-        fixed = x[:, layout.offset_column] + x[:, layout.fixed_columns] @ likelihood.beta
-        eta = fixed.unsqueeze(0) + (u[:, groups, :] * x[:, layout.z_columns(0)]).sum(-1)  # (K, R)
-        per_row = likelihood.log_prob_eta(x, eta.T).T  # (K, R)
-    out = torch.zeros(z_levels.shape[0], z_levels.shape[1], dtype=torch.float64)
-    return out.index_add_(1, groups, per_row)
-
-
-def _quadrature_levels(model: MixedModel, x: Tensor, draws: Tensor, nodes: int) -> Tensor:
-    """log p(y_g) per level g of the one factor by adaptive Gauss-Hermite quadrature centred and scaled at the
-    posterior draws' mean and sd of z_g (a product rule for q = 2): (G,)."""
+def _quadrature_rule(model: MixedModel, draws: Tensor, nodes: int) -> IntegrationRule:
     block = model.layout.blocks[0]
-    z = draws.double().reshape(draws.shape[0], block.num_groups, block.size)
+    z = draws.reshape(draws.shape[0], block.num_groups, block.size)
     centre = z.mean(0)  # (G, q)
     scale = z.std(0).clamp_min(1e-3) * 1.2  # a little wider than the posterior: the tails weigh in
     t, w = np.polynomial.hermite.hermgauss(nodes)
     t, w = torch.tensor(t, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
     if block.size == 1:
-        grid, log_weight = t.unsqueeze(1), w.log() + t.square()
+        grid, log_w = t.unsqueeze(1), w.log() + t.square()
     else:
         grid = torch.cartesian_prod(t, t)
-        log_weight = (torch.cartesian_prod(w, w).log() + grid.square()).sum(1)
-    # z = centre + sqrt(2) scale t: ∫ g(z) dz = Σ w exp(t²) g(z(t)) · Π sqrt(2) scale
-    points = centre.unsqueeze(0) + math.sqrt(2.0) * scale.unsqueeze(0) * grid.unsqueeze(1)  # (K, G, q)
-    log_prior = -0.5 * (points.square().sum(-1) + block.size * LOG_2PI)
-    log_f = _group_log_lik(model, x, points)
-    log_jacobian = (math.sqrt(2.0) * scale).log().sum(-1)  # (G,)
-    terms = log_weight.reshape(-1, 1) + log_f + log_prior
-    return torch.logsumexp(terms, 0) + log_jacobian
+        log_w = (torch.cartesian_prod(w, w).log() + grid.square()).sum(1)
+    # z = centre + sqrt(2) scale t: ∫ g(z) dz = Σ_m w_m exp(t_m²) g(z(t_m)) · Π sqrt(2) scale
+    points = centre.unsqueeze(0) + math.sqrt(2.0) * scale.unsqueeze(0) * grid.unsqueeze(1)  # (M, G, q)
+    log_prior = -0.5 * (points.square().sum(-1) + block.size * LOG_2PI)  # (M, G)
+    return IntegrationRule(
+        points.reshape(points.shape[0], -1),
+        log_w.unsqueeze(1) + log_prior,
+        (math.sqrt(2.0) * scale).log().sum(-1),
+        "quadrature",
+    )
 
 
-def _importance_sampling(model: MixedModel, x: Tensor, draws: Tensor, num_samples: int, seed: int):
-    """log p(y) by importance sampling, one independent component (``components``) at a time, each from a
-    Student-t (10 degrees of freedom) fitted to its posterior draws; with the delta-method standard error:
-    (estimate, se) summed over components."""
-    row_component, parts = components(model, x)
+def _chi2(count: int, dof: float, generator: torch.Generator) -> Tensor:
+    """Chi-squared(dof) draws from ``generator`` (a sum of squared normals for an integer dof)."""
+    return torch.randn(count, int(dof), generator=generator, dtype=torch.float64).square().sum(1)
+
+
+def _importance_rule(draws: Tensor, parts: list[Tensor], num_samples: int, seed: int) -> IntegrationRule:
     generator = torch.Generator().manual_seed(seed)
-    total, variance = 0.0, 0.0
-    for index, coordinates in enumerate(parts):
-        rows = x[row_component == index]
-        estimate, se = _component_is(model, rows, draws, coordinates, num_samples, generator)
-        total += estimate
-        variance += se**2
-    return total, math.sqrt(variance)
-
-
-def _component_is(model, rows: Tensor, draws: Tensor, coordinates: Tensor, num_samples: int, generator):
-    """log p(y_k) of one component's ``rows`` whose latents are ``coordinates`` of the full latent: (estimate, se)."""
-    sub = draws[:, coordinates]
-    d = sub.shape[1]
-    mean = sub.mean(0)
-    centred = sub - mean
-    covariance = centred.T @ centred / max(sub.shape[0] - 1, 1)
-    # Shrink towards the diagonal: a covariance of d coordinates from a few thousand draws is noisy off the diagonal.
-    shrink = min(1.0, d / max(sub.shape[0], 1))
-    covariance = (1 - shrink) * covariance + shrink * torch.diag(covariance.diagonal())
-    covariance = covariance * 1.2 + 1e-9 * torch.eye(d, dtype=torch.float64)
-    chol = torch.linalg.cholesky(covariance)
+    points = draws.new_zeros(num_samples, draws.shape[1])
+    log_weights = draws.new_zeros(num_samples, len(parts))
     dof = 10.0
-    log_weights = []
-    for start in range(0, num_samples, 2000):
-        count = min(2000, num_samples - start)
-        normal = torch.randn(count, d, generator=generator, dtype=torch.float64)
-        step = normal * (dof / _chi2(count, dof, generator)).sqrt().unsqueeze(1)
+    for index, coordinates in enumerate(parts):
+        sub = draws[:, coordinates]
+        d = sub.shape[1]
+        mean = sub.mean(0)
+        centred = sub - mean
+        covariance = centred.T @ centred / max(sub.shape[0] - 1, 1)
+        # Shrunk towards the diagonal (a covariance of d coordinates from a few thousand draws is noisy off it) and
+        # widened: a proposal must not be narrower than the posterior in any direction.
+        shrink = min(1.0, d / max(sub.shape[0], 1))
+        covariance = (1 - shrink) * covariance + shrink * torch.diag(covariance.diagonal())
+        covariance = covariance * 1.2 + 1e-9 * torch.eye(d, dtype=torch.float64)
+        chol = torch.linalg.cholesky(covariance)
+        normal = torch.randn(num_samples, d, generator=generator, dtype=torch.float64)
+        step = normal * (dof / _chi2(num_samples, dof, generator)).sqrt().unsqueeze(1)
         z = mean + step @ chol.T
         maha = torch.linalg.solve_triangular(chol, (z - mean).T, upper=False).T.square().sum(1)
         log_q = (
@@ -301,51 +253,92 @@ def _component_is(model, rows: Tensor, draws: Tensor, coordinates: Tensor, num_s
             - chol.diagonal().log().sum()
             - 0.5 * (dof + d) * torch.log1p(maha / dof)
         )
-        full = draws.new_zeros(count, draws.shape[1])
-        full[:, coordinates] = z
-        with torch.no_grad():
-            log_f = model.log_lik(rows, full.unsqueeze(0)).squeeze(0)
-        log_prior = -0.5 * (z.square().sum(1) + d * LOG_2PI)
-        log_weights.append(log_f + log_prior - log_q)
-    log_w = torch.cat(log_weights)
-    top = log_w.max()
-    w = (log_w - top).exp()
-    return float(top + w.mean().log()), float(w.std() / (math.sqrt(w.shape[0]) * w.mean()))
-
-
-def _chi2(count: int, dof: float, generator: torch.Generator) -> Tensor:
-    """Chi-squared(dof) draws from ``generator`` (a sum of squared normals for an integer dof)."""
-    return torch.randn(count, int(dof), generator=generator, dtype=torch.float64).square().sum(1)
+        points[:, coordinates] = z
+        log_weights[:, index] = -0.5 * (z.square().sum(1) + d * LOG_2PI) - log_q
+    const = torch.full((len(parts),), -math.log(num_samples), dtype=torch.float64)
+    return IntegrationRule(points, log_weights, const, "importance_sampling")
 
 
 def can_integrate_exactly(model: MixedModel) -> bool:
-    """Whether ``marginal_log_lik`` integrates exactly: one factor whose levels have 1 or 2 random terms."""
+    """Whether the log-likelihood is integrated by quadrature: one factor whose levels have 1 or 2 random terms."""
     blocks = model.layout.blocks
     return len(blocks) == 1 and blocks[0].size <= 2
 
 
-def marginal_log_lik(model: MixedModel, x: Tensor, draws: Tensor, num_samples: int = 20_000, seed: int = 0) -> dict:
-    """log p(y) of the rows ``x`` (the total over them, nats) with its standard error.
+def _rule_estimate(model: MixedModel, x: Tensor, rule: IntegrationRule, row_component: Tensor, count: int):
+    """theta -> (K,) log p̂(y_k) under ``rule``, and the per-(m, k) log terms at the fitted theta (for the SE)."""
+    effects = _effects(model, rule.points)
+    with torch.no_grad():  # each law's own mean (0 for lme4's Gaussian law): what a term's scale spreads around
+        generator = torch.Generator().manual_seed(0)
+        means = [
+            model.decoder.block_forward(i, torch.randn(20_000, b.size, generator=generator, dtype=torch.float64)).mean(
+                0
+            )
+            for i, b in enumerate(model.layout.blocks)
+        ]
+    log_f = _log_lik_of_theta(model, x, effects, means, row_component, count)
+
+    def estimate(theta: Tensor) -> Tensor:
+        return torch.logsumexp(log_f(theta) + rule.log_weights, 0) + rule.const
+
+    return estimate, log_f
+
+
+def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_samples: int = 16_000, seed: int = 0) -> dict:
+    """The fit's log-likelihood and the fixed effects' standard errors, from one integration rule.
 
     Args:
-        draws: (N, d) posterior draws of the latent given ``x``: they centre the quadrature or fit the importance
-            proposal; the estimate does not depend on them beyond that.
+        x: (n, D) the rows the model was fitted to.
+        draws: (N, d) posterior draws of the whole latent given ``x``: they centre the quadrature or fit the
+            importance proposals; the estimates do not depend on them beyond that.
+        num_samples: importance samples per component.
 
     Returns:
-        {"log_lik", "log_lik_se", "method" ("quadrature" or "importance_sampling"), "per_group" ((G,) per level
-        of the one factor, quadrature only, else None)}. The quadrature's SE is its change from half the nodes.
+        {"log_lik", "log_lik_se" (nats, total over the rows), "method" ("quadrature" or "importance_sampling"),
+        "per_component" ((K,) each independent component's log-likelihood, in a fixed order for given rows),
+        "beta" (p,), "se" (p,), "covariance" (p, p), "information_ok"}. The observed information is the Hessian of
+        the estimated log-likelihood in theta = (beta, one log scale per random term (the spread of its law, its
+        shape held at the fit), the family's dispersion); the fixed effects' SEs are the beta block of its inverse,
+        so they carry the uncertainty of the random effects' spread, as lme4's do. The quadrature's SE is its change
+        from half the nodes; importance sampling's is the delta-method SE of each component's mean weight.
     """
     model, x, draws = in_float64(model), x.double().cpu(), draws.double().cpu()
+    row_component, parts = components(model, x)
+    theta, _names = _parameter_vector(model)
     if can_integrate_exactly(model):
         nodes = 40 if model.layout.blocks[0].size == 1 else 24
-        per_group = _quadrature_levels(model, x, draws, nodes)
-        coarse = _quadrature_levels(model, x, draws, nodes // 2)
-        total = float(per_group.sum())
-        return {
-            "log_lik": total,
-            "log_lik_se": abs(total - float(coarse.sum())),
-            "method": "quadrature",
-            "per_group": per_group,
-        }
-    estimate, se = _importance_sampling(model, x, draws, num_samples, seed)
-    return {"log_lik": estimate, "log_lik_se": se, "method": "importance_sampling", "per_group": None}
+        rule = _quadrature_rule(model, draws, nodes)
+        estimate, _ = _rule_estimate(model, x, rule, row_component, len(parts))
+        coarse_estimate, _ = _rule_estimate(
+            model, x, _quadrature_rule(model, draws, nodes // 2), row_component, len(parts)
+        )
+        with torch.no_grad():
+            per_component = estimate(theta)
+            se = abs(float(per_component.sum()) - float(coarse_estimate(theta).sum()))
+    else:
+        rule = _importance_rule(draws, parts, num_samples, seed)
+        estimate, log_f = _rule_estimate(model, x, rule, row_component, len(parts))
+        with torch.no_grad():
+            terms = log_f(theta) + rule.log_weights  # (M, K)
+            per_component = torch.logsumexp(terms, 0) + rule.const
+            weights = (terms - terms.max(0).values).exp()
+            relative = weights.std(0) / (math.sqrt(weights.shape[0]) * weights.mean(0))
+            se = float(relative.square().sum().sqrt())
+    information = -torch.func.hessian(lambda t: estimate(t).sum())(theta)
+    p = model.layout.num_fixed
+    try:
+        ok = bool(torch.all(torch.linalg.eigvalsh(0.5 * (information + information.T)) > 0))
+        covariance = torch.linalg.inv(information)[:p, :p]
+    except RuntimeError:
+        ok, covariance = False, torch.full((p, p), float("nan"), dtype=torch.float64)
+    standard_errors = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"))
+    return {
+        "log_lik": float(per_component.sum()),
+        "log_lik_se": se,
+        "method": rule.method,
+        "per_component": per_component,
+        "beta": theta[:p],
+        "se": standard_errors.double(),
+        "covariance": covariance,
+        "information_ok": ok,
+    }
