@@ -20,16 +20,36 @@ from omegaconf import OmegaConf
 
 from ..data.mixed import MixedDataset
 from ..langevin import sampler
+from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import target_for
 from ..langevin.whitening import WhitenedTarget, Whitening
 from ..model.mixed import MixedLinearDecoder, MixedModel
-from ..model.mixed_inference import mixed_fit_statistics, random_effect_laws
+from ..model.mixed_inference import components, mixed_fit_statistics, random_effect_laws
 from ..model.model import evaluation_mode
 from .base import Task
 
 BASELINE = "gaussian"
 LINEAR_DECODER = f"{MixedLinearDecoder.__module__}.{MixedLinearDecoder.__qualname__}"
 TARGET_ACCEPTANCE = 0.6
+
+
+def component_cholesky(draws: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    """A block-diagonal lower-triangular L (d, d) with L Lᵀ ≈ the draws' covariance within each independent
+    component (``model.mixed_inference.components``) and 0 across them: chains whitened by it see a posterior of
+    about identity covariance, correlated nested effects included."""
+    d = draws.shape[1]
+    scale = draws.new_zeros(d, d)
+    for coordinates in parts:
+        sub = draws[:, coordinates].double()
+        centred = sub - sub.mean(0)
+        covariance = centred.T @ centred / max(sub.shape[0] - 1, 1)
+        # shrunk towards its diagonal (few draws for many coordinates), floored so the map stays invertible
+        shrink = min(1.0, sub.shape[1] / max(sub.shape[0], 1))
+        covariance = (1 - shrink) * covariance + shrink * torch.diag(covariance.diagonal())
+        covariance = covariance + 1e-8 * torch.eye(sub.shape[1], dtype=torch.float64)
+        block = torch.linalg.cholesky(covariance).to(draws.dtype)
+        scale[coordinates.unsqueeze(1), coordinates.unsqueeze(0)] = block
+    return scale
 
 
 @torch.no_grad()
@@ -66,9 +86,9 @@ def posterior_draws(
             z = whitening.unwhiten(states[-1])
             history.append(z)
             step *= math.exp(2.0 * (float(info.acceptance_rate) - TARGET_ACCEPTANCE))
-            if block == blocks // 2 - 1:  # re-centre and re-scale on the posterior seen so far
+            if block == blocks // 2 - 1:  # re-centre and re-shape on the posterior seen so far
                 seen = torch.cat(history[len(history) // 2 :], dim=1)[0]  # (chains x blocks, d)
-                whitening = Whitening(seen.mean(0), seen.std(0).clamp_min(1e-4))
+                whitening = Whitening(seen.mean(0), component_cholesky(seen, components(model, x)[1]))
         states, info = sampler.run(
             whitening.whiten(z), WhitenedTarget(target, whitening), step, kept, 0, generator, "mala"
         )
@@ -186,3 +206,80 @@ class MixedTask(Task):
         scores["almond_gain_se"] = float(difference.std() / math.sqrt(count)) if count > 1 else float("nan")
         scores["almond_gain_groups"] = count
         return {BASELINE: scores}
+
+
+POSTERIOR_COLUMNS = ("factor", "group", "term", "post_mean", "post_sd", "q5", "q95", "rhat", "ess_bulk")
+
+
+def group_posteriors(model: MixedModel, dataset: MixedDataset, num_chains: int = 20, seed: int = 0) -> dict:
+    """Every level's random effect given all rows, centred as the summary reports it (u − the law's mean).
+
+    Returns:
+        {"rows": one tuple per (factor, level, term) in ``POSTERIOR_COLUMNS`` order, "max_rhat", "min_ess_bulk",
+        "acceptance"}: R-hat and bulk ESS per quantity from ``num_chains`` chains (``langevin.diagnostics``).
+    """
+    model = model.cpu()
+    draws, sampling = posterior_draws(model, dataset.x, num_chains=num_chains, seed=seed)
+    chains = draws.reshape(-1, num_chains, draws.shape[-1])  # (K, C, d): draws come kept state by kept state
+    laws = random_effect_laws(model, num_draws=20_000, seed=seed)
+    with torch.no_grad(), evaluation_mode(model):
+        effects = model.layout.split(model.decoder(chains.float()).double())  # (K, C, G, q) per block
+    rows, rhats, esses = [], [], []
+    for block, law, part, random in zip(model.layout.blocks, laws, effects, dataset.design.random):
+        centred = part - law["mean"]
+        for level in range(block.num_groups):
+            for j, term in enumerate(block.terms):
+                values = centred[:, :, level, j]  # (K, C)
+                flat = values.reshape(-1)
+                rhat = rank_rhat(values.T.numpy())
+                ess = ess_bulk(values.T.numpy())
+                rhats.append(rhat)
+                esses.append(ess)
+                rows.append(
+                    (
+                        block.factor,
+                        random.levels[level],
+                        term,
+                        float(flat.mean()),
+                        float(flat.std()),
+                        float(torch.quantile(flat, 0.05)),
+                        float(torch.quantile(flat, 0.95)),
+                        rhat,
+                        ess,
+                    )
+                )
+    return {
+        "rows": rows,
+        "max_rhat": max(rhats),
+        "min_ess_bulk": min(esses),
+        "acceptance": sampling["acceptance"],
+    }
+
+
+def group_posterior_csv(table: dict) -> str:
+    """The CSV of ``group_posteriors``: a header and one line per factor, level and term."""
+    lines = [",".join(POSTERIOR_COLUMNS)]
+    for factor, group, term, *numbers in table["rows"]:
+        cells = [_csv_cell(factor), _csv_cell(group), _csv_cell(term)] + [f"{value:.6g}" for value in numbers]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_cell(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+@torch.no_grad()
+def law_draws(model: MixedModel, num_draws: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """Draws of each factor's random-effect law, centred (``almond sample what=prior``): column names
+    "factor|term" and (num_draws, Σ q) draws (the factors are independent a priori)."""
+    generator = torch.Generator().manual_seed(seed)
+    names, columns = [], []
+    with evaluation_mode(model):
+        for index, block in enumerate(model.layout.blocks):
+            z = torch.randn(num_draws, block.size, generator=generator)
+            u = model.decoder.block_forward(index, z.to(next(model.parameters()).device)).double().cpu()
+            mean = model.decoder.block_forward(index, torch.randn(100_000, block.size, generator=generator)).mean(0)
+            columns.append(u - mean.double().cpu())
+            names += [f"{block.factor}|{term}" for term in block.terms]
+    return names, torch.cat(columns, dim=1)
