@@ -38,6 +38,7 @@ from .model.likelihoods import (
     likelihood_class,
     target_of,
 )
+from .model.mixed import MixedLinearDecoder, MixedMLPDecoder, MixedTableEncoder
 from .model.networks import ACTIVATIONS, INITIALISATIONS, LinearDecoder
 from .tasks.registry import register_data_schemas, validate_data
 
@@ -91,6 +92,27 @@ class NegativeBinomialLikelihoodConfig:
 
 
 @dataclass
+class MixedTableEncoderConfig:
+    _target_: str = target_of(MixedTableEncoder)
+    init_log_var: float = -2.0
+
+
+@dataclass
+class MixedMLPDecoderConfig:
+    _target_: str = target_of(MixedMLPDecoder)
+    hidden_sizes: List[int] = field(default_factory=lambda: [32, 32])
+    activation: str = "tanh"
+    init: str = "pytorch"
+    init_scale: float = 0.5
+
+
+@dataclass
+class MixedLinearDecoderConfig:
+    _target_: str = target_of(MixedLinearDecoder)
+    init_scale: float = 0.5
+
+
+@dataclass
 class TargetOnlyLikelihoodConfig:
     """A likelihood with no settings whose YAML names its class (poisson, gaussian_hetero); bernoulli, with no
     settings either, has its own schema (``BernoulliLikelihoodConfig``) whose default names its class."""
@@ -140,6 +162,11 @@ def sampler_settings(sampler_cfg) -> SamplerSettings:
     return SamplerSettings(**values)
 
 
+AFTER_WARMUP = ("sgd", "adam")
+"""What follows the ALMOND warm-up: the paper's SGD, or Adam at a decaying rate (mixed models: parameters whose
+curvatures differ by orders of magnitude, where one SGD rate is too small for some and too large for others)."""
+
+
 @dataclass
 class ScheduleConfig:
     batch_size: Optional[int] = None
@@ -152,6 +179,8 @@ class ScheduleConfig:
     sgd_lr: float = 0.01
     sgd_momentum: float = 0.1
     weight_decay: float = 0.001
+    after_warmup: str = "sgd"
+    average_last: float = 0.0
 
 
 @dataclass
@@ -241,6 +270,9 @@ def register_schemas() -> None:
     store.store(group="likelihood", name="target_only_schema", node=TargetOnlyLikelihoodConfig)
     store.store(group="likelihood", name="negative_binomial_schema", node=NegativeBinomialLikelihoodConfig)
     store.store(group="encoder", name="conv_schema", node=ConvNetworkConfig)
+    store.store(group="encoder", name="mixed_table_schema", node=MixedTableEncoderConfig)
+    store.store(group="decoder", name="mixed_mlp_schema", node=MixedMLPDecoderConfig)
+    store.store(group="decoder", name="mixed_linear_schema", node=MixedLinearDecoderConfig)
     store.store(group="decoder", name="conv_schema", node=ConvNetworkConfig)
     store.store(group="likelihood", name="bernoulli_schema", node=BernoulliLikelihoodConfig)
     store.store(group="sampler", name="langevin_schema", node=SamplerConfig)
@@ -292,7 +324,16 @@ def allowed_targets() -> frozenset[str]:
     from .model.conv_networks import ConvDecoder, ConvEncoder
     from .model.networks import MLPDecoder, MLPEncoder
 
-    networks = (MLPEncoder, MLPDecoder, LinearDecoder, ConvEncoder, ConvDecoder)
+    networks = (
+        MLPEncoder,
+        MLPDecoder,
+        LinearDecoder,
+        ConvEncoder,
+        ConvDecoder,
+        MixedTableEncoder,
+        MixedMLPDecoder,
+        MixedLinearDecoder,
+    )
     return frozenset(target_of(cls) for cls in (*LIKELIHOODS.values(), *networks))
 
 
@@ -347,8 +388,14 @@ def _model_group_schemas() -> dict[str, tuple]:
     likelihoods = (GaussianLikelihoodConfig, NegativeBinomialLikelihoodConfig, PoissonGLMMLikelihoodConfig)
     return {
         "likelihood": likelihoods,
-        "encoder": (MLPNetworkConfig, ConvNetworkConfig),
-        "decoder": (MLPNetworkConfig, ConvNetworkConfig, LinearNetworkConfig),
+        "encoder": (MLPNetworkConfig, ConvNetworkConfig, MixedTableEncoderConfig),
+        "decoder": (
+            MLPNetworkConfig,
+            ConvNetworkConfig,
+            LinearNetworkConfig,
+            MixedMLPDecoderConfig,
+            MixedLinearDecoderConfig,
+        ),
     }
 
 
@@ -492,6 +539,17 @@ def validate(cfg) -> None:
         _require(schedule[key] > 0, f"schedule.{key}", f"must be > 0, got {schedule[key]}")
     _require(0 <= schedule.sgd_momentum < 1, "schedule.sgd_momentum", f"must be in [0, 1), got {schedule.sgd_momentum}")
     _require(schedule.weight_decay >= 0, "schedule.weight_decay", f"must be >= 0, got {schedule.weight_decay}")
+    _require(
+        0.0 <= float(schedule.get("average_last", 0.0)) < 1.0,
+        "schedule.average_last",
+        f"must be in [0, 1) (the share of ALMOND epochs whose parameters are averaged), got "
+        f"{schedule.get('average_last')}",
+    )
+    _require(
+        schedule.get("after_warmup", "sgd") in AFTER_WARMUP,
+        "schedule.after_warmup",
+        f"must be one of {', '.join(AFTER_WARMUP)}, got {schedule.get('after_warmup')}",
+    )
     _require(
         schedule.batch_size is None or schedule.batch_size >= 1,
         "schedule.batch_size",

@@ -35,9 +35,11 @@ from ..langevin.chains import ESCAPE_BOUND, within_prior_range
 from ..langevin.convergence import ESS_TARGET, RHAT_TARGET, Convergence, passing, row_diagnostics, run_until_converged
 from ..langevin.settings import SamplerSettings, build_target
 from ..langevin.tabulated import TabulatedTarget
+from ..model.mixed import MixedModel
 from ..model.model import prior_draws, reparameterise, standard_normal_log_prob
 from ..model.units import UnitRows
 from ..tasks.empirical_bayes import posterior_means
+from ..tasks.mixed import group_posterior_csv, group_posteriors, law_draws
 from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
 from ..tasks.registry import read_new_rows
 from ..training.position import Phase
@@ -536,6 +538,10 @@ def sample(
             target = check_output_file(key, path, run, overwrite)
             if data is not None and target == Path(data).expanduser().resolve():
                 raise UsageError(f"sample: {key}={path} is the data= file; choose another file to write")
+    if isinstance(run.model, MixedModel):  # one line per group and factor, with its id
+        if data is not None:
+            raise UsageError("sample: data= (new rows) is not available for a mixed-model run yet")
+        return _sample_mixed(run, what, n, out, seed, num_chains)
     if what == "prior":
         draws = prior_draws(
             run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed), run.device
@@ -827,6 +833,39 @@ def _sample_posterior(
             held_truth = dataset.truth[heldout].double()
             result["heldout_mse_posterior_mean"] = float((stats["mean"][heldout] - held_truth).square().mean())
     print_posterior_summary(dataset, likelihood, stats, result, num_chains, num_draws, max_draws, thin, burn_in)
+    return result
+
+
+def _sample_mixed(run, what: str, n: int, out: str | None, seed: int, num_chains: int) -> dict:
+    """``almond sample`` of a mixed-model run: each factor's law (what=prior) or every group's random effect given
+    the data (what=posterior: one line per factor, group and term, with its id, R-hat and bulk ESS)."""
+    if what == "prior":
+        names, draws = law_draws(run.model, n, seed)
+        path = _output_path(out, run, "prior.csv")
+        if path.suffix.lower() == ".npy":
+            _save_array(path, draws.numpy())
+        else:
+            text = io.StringIO()
+            np.savetxt(text, draws.numpy(), delimiter=",", header=",".join(names), comments="", fmt="%.6g")
+            write_text_atomic(path, text.getvalue())
+        print(f"{n} draws of each factor's random-effect law (centred) -> {path}")
+        return {"what": "prior", "path": str(path), "n": n, "columns": names}
+    table = group_posteriors(run.model, run.dataset, num_chains=num_chains, seed=seed)
+    path = _output_path(out, run, "posterior.csv")
+    write_text_atomic(path, group_posterior_csv(table))
+    result = {
+        "what": "posterior",
+        "path": str(path),
+        "rows": len(table["rows"]),
+        "max_rhat": table["max_rhat"],
+        "min_ess_bulk": table["min_ess_bulk"],
+    }
+    print(
+        f"posteriors of {len(table['rows'])} random effects (factor, group, term) -> {path}; largest R-hat "
+        f"{table['max_rhat']:.3f}, smallest bulk ESS {table['min_ess_bulk']:.0f}"
+    )
+    if table["max_rhat"] > RHAT_ALARM:
+        print(f"warning: the largest R-hat is above {RHAT_ALARM}: the chains disagree; rerun with more chains")
     return result
 
 

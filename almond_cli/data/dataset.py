@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..model.model import LatentVariableModel
 from ..model.units import UnitRows
 from .priors import Prior, make_prior
 
@@ -102,6 +103,19 @@ class Dataset:
     def likelihood_args(self) -> dict:
         """Likelihood sizes the data define (the GLMM's number of fixed effects); none by default."""
         return {}
+
+    def latent_dim_for(self, requested: int) -> int:
+        """The latent dimension d of a model of these data: ``latent_dim`` as the config asks, unless the data
+        define it (a mixed model: one coordinate per level and random term)."""
+        return requested
+
+    def network_args(self) -> dict:
+        """Arguments the data give the encoder and the decoder besides their sizes (a mixed model's blocks)."""
+        return {}
+
+    def model(self, encoder, decoder, likelihood) -> LatentVariableModel:
+        """The model of these data from its three parts (a mixed model wraps the family in its own likelihood)."""
+        return LatentVariableModel(encoder, decoder, likelihood)
 
     def arrays(self) -> dict[str, Tensor]:
         """The arrays a fit depends on, by name: what ``fingerprint`` hashes."""

@@ -269,6 +269,44 @@ class Poisson(CountLikelihood):
         return (x * u - u.exp() - torch.lgamma(x + 1.0)).sum(-1)
 
 
+class Binomial(Likelihood):
+    """x | u ~ Binomial(n, sigmoid(u)): k successes out of n trials, u the logit. Rows carry their number of trials
+    after the successes (``row_columns = ("trials",)``); lme4's ``cbind(k, n - k)`` response.
+
+    log f = k·u − n·softplus(u) + log C(n, k), stable for any logit (no sigmoid, no log(0)).
+    """
+
+    name = "binomial"
+    row_columns = ("trials",)
+    mean_name = "prob"
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim - 1
+
+    def log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        successes, trials = x[:, :-1].unsqueeze(1), x[:, -1:].unsqueeze(1)
+        choose = torch.lgamma(trials + 1.0) - torch.lgamma(successes + 1.0) - torch.lgamma(trials - successes + 1.0)
+        return (successes * u - trials * torch.nn.functional.softplus(u) + choose).sum(-1)
+
+    @classmethod
+    def support_violation(cls, values: np.ndarray) -> tuple[np.ndarray, str] | None:
+        """Successes that are not counts, or more than the trials (last column); trials that are not counts."""
+        successes, trials = values[:, :-1], values[:, -1:]
+        bad = np.zeros(values.shape, dtype=bool)
+        bad[:, :-1] = _count_violation(successes) | (successes > trials)
+        bad[:, -1] = _count_violation(values[:, -1])
+        phrase = "likelihood=binomial needs counts of successes 0, 1, ... at most the number of trials"
+        return (bad, phrase) if bad.any() else None
+
+    @classmethod
+    def describe_violation(cls, value: float) -> str:
+        return "which is not a count of successes within its trials"
+
+    def mean(self, u: Tensor) -> Tensor:
+        """E[x | u] / n = sigmoid(u), the probability."""
+        return torch.sigmoid(u)
+
+
 class HeteroscedasticGaussian(Likelihood):
     """x_i | u_i ~ N(u_i, sd_i² I) with a known noise sd per data point (the heteroscedastic normal means).
 

@@ -161,6 +161,12 @@ class LatentVariableModel(nn.Module):
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1)
         return expected_log_lik - kl
 
+    def chain_whitening(self):
+        """(centre, scale) of the coordinates w the Langevin chains move in, z = centre + scale · w
+        (``langevin.whitening``), or None: z itself. A model whose latents differ widely in posterior spread
+        (``mixed.MixedModel``) whitens them."""
+        return None
+
     @contextmanager
     def frozen(self):
         """Stops parameter gradients while the chains run: the Langevin target needs only ∇_z."""

@@ -30,6 +30,7 @@ from ..data.glmm import (
     validate_glmm_config,
     validate_glmm_file_config,
 )
+from ..data.mixed import MIXED_LIKELIHOODS, MixedDataConfig, build_mixed, check_mixed, validate_mixed_config
 from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
 from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
 from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
@@ -39,6 +40,7 @@ from .base import Task
 from .file import FileTask
 from .glmm import GLMMTask
 from .images import ImageTask
+from .mixed import MixedTask
 from .normal_means import NormalMeansTask
 
 
@@ -63,9 +65,11 @@ class DataOption:
             None: ``build`` is the check (a simulation).
         path_keys: the ``data`` keys that name files or folders, relative to where ``almond train`` ran.
         likelihoods: the likelihoods its rows are laid out for, by name (the GLMM's [y, covariates] rows:
-            ``poisson_glmm`` alone); None: any likelihood that reads rows of observations, that is one no option
-            names here, whose per-row columns (``Likelihood.row_columns``) the schema has a
+            ``poisson_glmm`` alone); None: any likelihood that reads rows of observations, that is one no
+            exclusive option names here, whose per-row columns (``Likelihood.row_columns``) the schema has a
             ``<name>_column`` key for.
+        exclusive: whether the ``likelihoods`` it names read its rows alone (the GLMM's) and are refused with other
+            options; False where they are ordinary families it lays its own rows out for (``data=mixed``).
     """
 
     schema: type
@@ -75,6 +79,7 @@ class DataOption:
     check: Callable[[Any, torch.Generator], Dataset | None] | None = None
     path_keys: tuple[str, ...] = ()
     likelihoods: tuple[str, ...] | None = None
+    exclusive: bool = True
 
     def supplies(self, row_column: str) -> bool:
         """Whether its data rows can carry the per-row column ``row_column`` (its schema has the key)."""
@@ -114,6 +119,16 @@ DATA_SETS: dict[str, DataOption] = {
         check=check_glmm_file,
         path_keys=("path",),
         likelihoods=GLMM_LIKELIHOODS,
+    ),
+    "mixed": DataOption(
+        MixedDataConfig,
+        build_mixed,
+        MixedTask,
+        validate=validate_mixed_config,
+        check=check_mixed,
+        path_keys=("path",),
+        likelihoods=MIXED_LIKELIHOODS,
+        exclusive=False,
     ),
 }
 
@@ -158,7 +173,11 @@ def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
             f"data={name} needs " + " or ".join(f"likelihood={n}" for n in option.likelihoods),
         )
         return
-    owners = [other for other, entry in DATA_SETS.items() if entry.likelihoods and likelihood.name in entry.likelihoods]
+    owners = [
+        other
+        for other, entry in DATA_SETS.items()
+        if entry.exclusive and entry.likelihoods and likelihood.name in entry.likelihoods
+    ]
     require(
         not owners,
         "likelihood",
@@ -168,12 +187,13 @@ def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
         + " or ".join(f"data={o}" for o in owners),
     )
     for column in likelihood.row_columns:
-        readers = [other for other, entry in DATA_SETS.items() if entry.supplies(column)]
+        readers = [f"data={r} with data.{row_column_key(column)}=NAME" for r, e in DATA_SETS.items() if e.supplies(column)]
+        readers += [f"data={r}" for r, e in DATA_SETS.items() if e.likelihoods and likelihood.name in e.likelihoods]
         require(
             option.supplies(column),
             "likelihood",
             f"likelihood={likelihood.name} reads each row's {column} from a column of a table, which data={name} "
-            f"does not have; use " + " or ".join(f"data={r} with data.{row_column_key(column)}=NAME" for r in readers),
+            f"does not have; use " + " or ".join(readers),
         )
 
 

@@ -26,14 +26,16 @@ def build_model(cfg, dataset: Dataset) -> LatentVariableModel:
     try:
         # Data-defined likelihood sizes (the GLMM's number of fixed effects) come from the data set.
         likelihood = instantiate(cfg.likelihood, **dataset.likelihood_args())
-        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=cfg.latent_dim)
-        decoder = instantiate(cfg.decoder, latent_dim=cfg.latent_dim, output_dim=likelihood.param_dim(dataset.data_dim))
+        latent_dim, extra = dataset.latent_dim_for(int(cfg.latent_dim)), dataset.network_args()
+        encoder = instantiate(cfg.encoder, data_dim=dataset.data_dim, latent_dim=latent_dim, **extra)
+        output_dim = likelihood.param_dim(dataset.data_dim)
+        decoder = instantiate(cfg.decoder, latent_dim=latent_dim, output_dim=output_dim, **extra)
     except InstantiationException as error:
         # Hydra wraps a network's own UsageError (sizes that do not fit the data); show it as the user's error.
         if isinstance(error.__cause__, UsageError):
             raise error.__cause__ from None
         raise
-    return LatentVariableModel(encoder, decoder, likelihood)
+    return dataset.model(encoder, decoder, likelihood)
 
 
 def load_model_state(cfg, dataset: Dataset, state: dict, device: torch.device) -> LatentVariableModel:

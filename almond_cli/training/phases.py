@@ -13,6 +13,7 @@ from torch import Tensor
 from ..langevin import sampler, tabulated
 from ..langevin.chains import PersistentChains
 from ..langevin.settings import SamplerSettings, build_target
+from ..langevin.whitening import WhitenedTarget, Whitening
 from ..model.model import LatentVariableModel, evaluation_mode
 from ..model.units import UnitRows
 
@@ -105,9 +106,23 @@ def almond_update(
         start = chains.gather(indices)
         with model.frozen():
             target = build_target(model, x, start, settings, step_size, settings.num_steps, units)
-            kept, info = sampler.run(
-                start, target, step_size, settings.num_steps, settings.burn_in, generator, settings.method
-            )
+            scales = model.chain_whitening()  # None but for models whose latents differ widely in spread
+            if scales is None:
+                kept, info = sampler.run(
+                    start, target, step_size, settings.num_steps, settings.burn_in, generator, settings.method
+                )
+            else:
+                whitening = Whitening(*scales)
+                kept, info = sampler.run(
+                    whitening.whiten(start),
+                    WhitenedTarget(target, whitening),
+                    step_size,
+                    settings.num_steps,
+                    settings.burn_in,
+                    generator,
+                    settings.method,
+                )
+                kept = whitening.unwhiten(kept)
         chains.scatter(indices, kept[-1])
         num_kept, batch, num_chains, latent_dim = kept.shape
         # Kept states of all chains form one (B, K'·C) axis of particles per unit.

@@ -23,7 +23,8 @@ def langevin_step_size(sampler_cfg, epoch: int) -> float:
 
 
 class AlmondOptimisers:
-    """Adam during warm-up, then SGD with a 1/sqrt decaying learning rate; both states are kept.
+    """Adam during warm-up, then SGD (or Adam, ``schedule.after_warmup``) with a 1/sqrt decaying learning rate;
+    both states are kept.
 
     Args:
         parameters: the generative parameters beta = (theta, eta).
@@ -32,7 +33,12 @@ class AlmondOptimisers:
 
     def __init__(self, parameters, schedule_cfg):
         parameters = list(parameters)
+        self.parameters = parameters
         self.cfg = schedule_cfg
+        # Polyak-Ruppert: the running mean of the parameters over the last ``schedule.average_last`` of the ALMOND
+        # epochs, which replaces them at the end (``use_average``): the noise of stochastic gradients averages out.
+        self.average: list[torch.Tensor] | None = None
+        self.averaged = 0
         self.adam = torch.optim.Adam(parameters, lr=schedule_cfg.adam_lr)
         self.sgd = torch.optim.SGD(
             parameters,
@@ -41,21 +47,62 @@ class AlmondOptimisers:
             weight_decay=schedule_cfg.weight_decay,
         )
 
+    @property
+    def _adam_after_warmup(self) -> bool:
+        return self.cfg.get("after_warmup", "sgd") == "adam"  # a run saved before the key: the paper's SGD
+
     def learning_rate(self, epoch: int) -> float:
         if epoch < self.cfg.warmup_epochs:
             return float(self.cfg.adam_lr)
-        return float(self.cfg.sgd_lr) / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
+        base = self.cfg.adam_lr if self._adam_after_warmup else self.cfg.sgd_lr
+        return float(base) / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
 
     def for_epoch(self, epoch: int) -> torch.optim.Optimizer:
-        """The optimiser of ALMOND epoch ``epoch`` with its learning rate set."""
-        optimiser = self.adam if epoch < self.cfg.warmup_epochs else self.sgd
+        """The optimiser of ALMOND epoch ``epoch`` with its learning rate set: Adam during warm-up, then SGD (or,
+        with ``schedule.after_warmup=adam``, Adam on) at a rate decaying as 1/sqrt."""
+        warm = epoch < self.cfg.warmup_epochs
+        optimiser = self.adam if warm or self._adam_after_warmup else self.sgd
         for group in optimiser.param_groups:
             group["lr"] = self.learning_rate(epoch)
         return optimiser
 
+    def average_start(self) -> int | None:
+        """The first ALMOND epoch whose parameters are averaged, or None (``schedule.average_last`` 0: no average)."""
+        fraction = float(self.cfg.get("average_last", 0.0))  # a run saved before the key: no average
+        if fraction <= 0:
+            return None
+        return int(round(int(self.cfg.almond_epochs) * (1.0 - fraction)))
+
+    @torch.no_grad()
+    def after_step(self, epoch: int) -> None:
+        """Adds the parameters after an update of ALMOND epoch ``epoch`` to the running mean, once it has begun."""
+        start = self.average_start()
+        if start is None or epoch < start:
+            return
+        self.averaged += 1
+        if self.average is None:
+            self.average = [p.detach().clone() for p in self.parameters]
+            return
+        for mean, parameter in zip(self.average, self.parameters):
+            mean.add_(parameter.detach() - mean, alpha=1.0 / self.averaged)
+
+    @torch.no_grad()
+    def use_average(self) -> None:
+        """Puts the running mean into the parameters (at the end of the ALMOND phase); nothing without one."""
+        if self.average is None:
+            return
+        for mean, parameter in zip(self.average, self.parameters):
+            parameter.copy_(mean)
+
     def state_dict(self) -> dict:
-        return {"adam": self.adam.state_dict(), "sgd": self.sgd.state_dict()}
+        state = {"adam": self.adam.state_dict(), "sgd": self.sgd.state_dict()}
+        if self.average is not None:
+            state["average"] = {"mean": [m.clone() for m in self.average], "count": self.averaged}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.adam.load_state_dict(state["adam"])
         self.sgd.load_state_dict(state["sgd"])
+        average = state.get("average")
+        self.average = None if average is None else [m.clone() for m in average["mean"]]
+        self.averaged = 0 if average is None else int(average["count"])

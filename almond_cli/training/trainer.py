@@ -240,6 +240,7 @@ class TrainingRun:
         loss, info = phases.almond_update(
             self.model, optimiser, self.chains, indices, x, step_size, self.sampler, self.noise_generator, units=units
         )
+        self.almond_optimisers.after_step(position.epoch)
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
         return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
 
@@ -341,6 +342,7 @@ class TrainingRun:
                 if position.phase == Phase.VAE:
                     self._start_almond()
                 else:
+                    self.almond_optimisers.use_average()  # schedule.average_last: the averaged parameters
                     position.phase = Phase.DONE
                 continue
             if current_phase != position.phase:

@@ -1,0 +1,285 @@
+"""The mixed-model task (``data=mixed``): lme4's summary of a fit, and the Gaussian random-effects fit beside it.
+
+A fit's row in ``summary.json`` holds ``fixed_effects`` ({term: estimate, se, z, p, ci_low, ci_high}, lme4's term
+names; a learned law's mean moved into the fixed effect of the same name, so the random effects are centred),
+``random_effects`` ({factor: sd, skewness, quantiles of the centred effects; per term where a factor has several}),
+``log_lik`` and ``log_lik_se`` (the total over the training rows, nats; ``model/mixed_inference.py``), from
+posterior draws of all the latents given all rows.
+
+The baseline ``gaussian`` is lme4's model: the same formula and family with ``decoder=mixed_linear`` (each factor's
+random effects N(0, L Lᵀ)), fitted as a child run by the same machinery (``training/baselines.py``), with
+``almond_gain`` (mean over independent groups of log p_ALMOND(y_g) − log p_Gaussian(y_g)) and its SE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import OmegaConf
+
+from ..data.mixed import MixedDataset
+from ..langevin import sampler
+from ..langevin.diagnostics import ess_bulk, rank_rhat
+from ..langevin.targets import target_for
+from ..langevin.whitening import WhitenedTarget, Whitening
+from ..model.mixed import MixedLinearDecoder, MixedModel
+from ..model.mixed_inference import components, mixed_fit_statistics, random_effect_laws
+from ..model.model import evaluation_mode
+from .base import Task
+
+BASELINE = "gaussian"
+LINEAR_DECODER = f"{MixedLinearDecoder.__module__}.{MixedLinearDecoder.__qualname__}"
+TARGET_ACCEPTANCE = 0.6
+
+
+def component_cholesky(draws: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    """A block-diagonal lower-triangular L (d, d) with L Lᵀ ≈ the draws' covariance within each independent
+    component (``model.mixed_inference.components``) and 0 across them: chains whitened by it see a posterior of
+    about identity covariance, correlated nested effects included."""
+    d = draws.shape[1]
+    scale = draws.new_zeros(d, d)
+    for coordinates in parts:
+        sub = draws[:, coordinates].double()
+        centred = sub - sub.mean(0)
+        covariance = centred.T @ centred / max(sub.shape[0] - 1, 1)
+        # shrunk towards its diagonal (few draws for many coordinates), floored so the map stays invertible
+        shrink = min(1.0, sub.shape[1] / max(sub.shape[0], 1))
+        covariance = (1 - shrink) * covariance + shrink * torch.diag(covariance.diagonal())
+        covariance = covariance + 1e-8 * torch.eye(sub.shape[1], dtype=torch.float64)
+        block = torch.linalg.cholesky(covariance).to(draws.dtype)
+        scale[coordinates.unsqueeze(1), coordinates.unsqueeze(0)] = block
+    return scale
+
+
+@torch.no_grad()
+def posterior_draws(
+    model: MixedModel,
+    x: torch.Tensor,
+    num_chains: int = 20,
+    burn_in: int = 400,
+    kept: int = 800,
+    thin: int = 4,
+    step_size: float = 0.2,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict]:
+    """Draws of every latent given all rows by MALA from the encoder's q, in whitened coordinates
+    (``langevin.whitening``): first those of q, then, halfway through burn-in, those of the draws so far; the step is
+    tuned to an acceptance of about 0.6 during burn-in (blocks of 25 steps) and fixed for the kept steps.
+
+    Returns:
+        ((kept / thin) · C, d) float64 draws and {acceptance, step_size}.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    units = torch.zeros(x.shape[0], dtype=torch.long)
+    with evaluation_mode(model), model.frozen():
+        z = model.sample_posterior_approx(x, num_chains, generator, units, 1)
+        target = target_for(model, x, "fp32", units)
+        whitening = Whitening(*model.chain_whitening())
+        step = float(step_size)
+        blocks = max(burn_in // 25, 2)
+        history = []
+        for block in range(blocks):
+            states, info = sampler.run(
+                whitening.whiten(z), WhitenedTarget(target, whitening), step, 25, 24, generator, "mala"
+            )
+            z = whitening.unwhiten(states[-1])
+            history.append(z)
+            step *= math.exp(2.0 * (float(info.acceptance_rate) - TARGET_ACCEPTANCE))
+            if block == blocks // 2 - 1:  # re-centre and re-shape on the posterior seen so far
+                seen = torch.cat(history[len(history) // 2 :], dim=1)[0]  # (chains x blocks, d)
+                whitening = Whitening(seen.mean(0), component_cholesky(seen, components(model, x)[1]))
+        states, info = sampler.run(
+            whitening.whiten(z), WhitenedTarget(target, whitening), step, kept, 0, generator, "mala"
+        )
+        states = whitening.unwhiten(states[thin - 1 :: thin])  # (K, 1, C, d)
+    draws = states[:, 0].reshape(-1, states.shape[-1]).double()
+    return draws, {"acceptance": float(info.acceptance_rate), "step_size": step}
+
+
+def _plain(value):
+    return [float(v) for v in value] if hasattr(value, "__len__") else float(value)
+
+
+def law_summary(laws: list[dict]) -> dict:
+    """``random_effects`` of the summary: per factor its sd, skewness and quantiles; per term where it has several
+    (with their correlation)."""
+    out: dict = {}
+    for law in laws:
+        terms = law["terms"]
+        per_term = {
+            term: {
+                "sd": float(law["sd"][j]),
+                "skewness": float(law["skewness"][j]),
+                "quantiles": {f"{level:g}": float(values[j]) for level, values in law["quantiles"].items()},
+            }
+            for j, term in enumerate(terms)
+        }
+        key = law["factor"]
+        while key in out:  # (1 + x || g) gives two blocks of one factor
+            key += "'"
+        if len(terms) == 1:
+            out[key] = per_term[terms[0]]
+        else:
+            out[key] = {**per_term, "correlation": [_plain(row) for row in law["correlation"]]}
+    return out
+
+
+def fixed_effect_summary(model: MixedModel, dataset: MixedDataset, table: dict, laws: list[dict]) -> dict:
+    """``fixed_effects``: each term's estimate (with the mean of a random term of the same name added: the random
+    effects are reported centred), SE, z, two-sided p and 95 % interval."""
+    names = list(dataset.design.fixed_names)
+    estimate = table["beta"].clone()
+    for law in laws:
+        for j, term in enumerate(law["terms"]):
+            if term in names:
+                estimate[names.index(term)] += float(law["mean"][j])
+    out = {}
+    for j, name in enumerate(names):
+        value, se = float(estimate[j]), float(table["se"][j])
+        z = value / se if se > 0 else float("nan")
+        p = math.erfc(abs(z) / math.sqrt(2.0)) if math.isfinite(z) else float("nan")
+        out[name] = {
+            "estimate": value,
+            "se": se,
+            "z": z,
+            "p": p,
+            "ci_low": value - 1.959964 * se,
+            "ci_high": value + 1.959964 * se,
+        }
+    return out
+
+
+def gaussian_config(cfg):
+    """The parent run's config with ``decoder=mixed_linear`` and no baseline of its own: a plain DictConfig."""
+    child = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    child.decoder = {"_target_": LINEAR_DECODER}
+    child.data.gaussian_baseline = False
+    child.resume = None
+    child.experiment_name = f"{cfg.experiment_name}/{BASELINE}"
+    return child
+
+
+class MixedTask(Task):
+    """lme4's summary of each fit, the Gaussian baseline and ALMOND's gain over it."""
+
+    def __init__(self):
+        self._log_liks: dict[int, dict] = {}
+
+    def score(self, model, dataset, cfg, device):
+        model = model.cpu()
+        x = dataset.x
+        draws, sampling = posterior_draws(model, x, seed=int(cfg.seed))
+        table = mixed_fit_statistics(model, x, draws, seed=int(cfg.seed))
+        laws = random_effect_laws(model)
+        self._log_liks[id(model)] = table
+        scores = {
+            "fixed_effects": fixed_effect_summary(model, dataset, table, laws),
+            "random_effects": law_summary(laws),
+            "log_lik": table["log_lik"],
+            "log_lik_se": table["log_lik_se"],
+            "log_lik_method": table["method"],
+            "posterior_acceptance": sampling["acceptance"],
+        }
+        if model.likelihood.learns_sigma:
+            scores["residual_sd"] = float(model.likelihood.log_sigma.exp())
+        if not table["information_ok"]:
+            scores["se_note"] = "the observed information was not positive definite: SEs unavailable"
+        return scores
+
+    def trained_baselines(self, dataset, cfg):
+        return {BASELINE: gaussian_config(cfg)} if cfg.data.gaussian_baseline else {}
+
+    def baselines(self, model, dataset, cfg, device, fitted):
+        if BASELINE not in fitted:
+            return {}
+        gaussian = fitted[BASELINE]
+        scores = self.score(gaussian, dataset, cfg, device)
+        mine = self._log_liks.get(id(model))
+        if mine is None:
+            self.score(model, dataset, cfg, device)
+            mine = self._log_liks[id(model)]
+        theirs = self._log_liks[id(gaussian)]
+        difference = mine["per_component"] - theirs["per_component"]
+        count = difference.shape[0]
+        scores["almond_gain"] = float(difference.mean())
+        scores["almond_gain_se"] = float(difference.std() / math.sqrt(count)) if count > 1 else float("nan")
+        scores["almond_gain_groups"] = count
+        return {BASELINE: scores}
+
+
+POSTERIOR_COLUMNS = ("factor", "group", "term", "post_mean", "post_sd", "q5", "q95", "rhat", "ess_bulk")
+
+
+def group_posteriors(model: MixedModel, dataset: MixedDataset, num_chains: int = 20, seed: int = 0) -> dict:
+    """Every level's random effect given all rows, centred as the summary reports it (u − the law's mean).
+
+    Returns:
+        {"rows": one tuple per (factor, level, term) in ``POSTERIOR_COLUMNS`` order, "max_rhat", "min_ess_bulk",
+        "acceptance"}: R-hat and bulk ESS per quantity from ``num_chains`` chains (``langevin.diagnostics``).
+    """
+    model = model.cpu()
+    draws, sampling = posterior_draws(model, dataset.x, num_chains=num_chains, seed=seed)
+    chains = draws.reshape(-1, num_chains, draws.shape[-1])  # (K, C, d): draws come kept state by kept state
+    laws = random_effect_laws(model, num_draws=20_000, seed=seed)
+    with torch.no_grad(), evaluation_mode(model):
+        effects = model.layout.split(model.decoder(chains.float()).double())  # (K, C, G, q) per block
+    rows, rhats, esses = [], [], []
+    for block, law, part, random in zip(model.layout.blocks, laws, effects, dataset.design.random):
+        centred = part - law["mean"]
+        for level in range(block.num_groups):
+            for j, term in enumerate(block.terms):
+                values = centred[:, :, level, j]  # (K, C)
+                flat = values.reshape(-1)
+                rhat = rank_rhat(values.T.numpy())
+                ess = ess_bulk(values.T.numpy())
+                rhats.append(rhat)
+                esses.append(ess)
+                rows.append(
+                    (
+                        block.factor,
+                        random.levels[level],
+                        term,
+                        float(flat.mean()),
+                        float(flat.std()),
+                        float(torch.quantile(flat, 0.05)),
+                        float(torch.quantile(flat, 0.95)),
+                        rhat,
+                        ess,
+                    )
+                )
+    return {
+        "rows": rows,
+        "max_rhat": max(rhats),
+        "min_ess_bulk": min(esses),
+        "acceptance": sampling["acceptance"],
+    }
+
+
+def group_posterior_csv(table: dict) -> str:
+    """The CSV of ``group_posteriors``: a header and one line per factor, level and term."""
+    lines = [",".join(POSTERIOR_COLUMNS)]
+    for factor, group, term, *numbers in table["rows"]:
+        cells = [_csv_cell(factor), _csv_cell(group), _csv_cell(term)] + [f"{value:.6g}" for value in numbers]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_cell(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+@torch.no_grad()
+def law_draws(model: MixedModel, num_draws: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """Draws of each factor's random-effect law, centred (``almond sample what=prior``): column names
+    "factor|term" and (num_draws, Σ q) draws (the factors are independent a priori)."""
+    generator = torch.Generator().manual_seed(seed)
+    names, columns = [], []
+    with evaluation_mode(model):
+        for index, block in enumerate(model.layout.blocks):
+            z = torch.randn(num_draws, block.size, generator=generator)
+            u = model.decoder.block_forward(index, z.to(next(model.parameters()).device)).double().cpu()
+            mean = model.decoder.block_forward(index, torch.randn(100_000, block.size, generator=generator)).mean(0)
+            columns.append(u - mean.double().cpu())
+            names += [f"{block.factor}|{term}" for term in block.terms]
+    return names, torch.cat(columns, dim=1)
