@@ -38,9 +38,9 @@ from ..langevin.tabulated import TabulatedTarget
 from ..model.mixed import MixedModel
 from ..model.model import prior_draws, reparameterise, standard_normal_log_prob
 from ..model.units import UnitRows
-from ..tasks.empirical_bayes import posterior_means
+from ..tasks.empirical_bayes import fit_normal_prior, posterior_means
 from ..tasks.mixed import group_posterior_csv, group_posteriors, law_draws
-from ..tasks.normal_means import normal_empirical_bayes, row_noise_sd
+from ..tasks.normal_means import row_noise_sd
 from ..tasks.registry import read_new_rows
 from ..training.position import Phase
 from ..training.run_folder import RunFolder, load_run
@@ -334,7 +334,8 @@ def summarise(draws: torch.Tensor, level: float) -> dict[str, torch.Tensor]:
 
 
 def normal_eb_means(x: torch.Tensor, sd: torch.Tensor | float) -> torch.Tensor:
-    """Posterior means under the moment-fitted normal prior N(m, tau²) (James–Stein-type shrinkage).
+    """Posterior means under the maximum-likelihood normal prior N(m, tau²) (``empirical_bayes.fit_normal_prior``,
+    the ``normal_eb`` baseline of ``summary.json``): the shrinkage estimates ``mse_normal_eb`` scores.
 
     Args:
         x: (n,) measurements.
@@ -344,7 +345,7 @@ def normal_eb_means(x: torch.Tensor, sd: torch.Tensor | float) -> torch.Tensor:
         (n,) m + tau² / (tau² + sd_i²) (x_i − m).
     """
     sd = torch.as_tensor(sd, dtype=torch.float64)
-    return posterior_means(normal_empirical_bayes(x, float(sd.square().mean().sqrt())), x, sd)
+    return posterior_means(fit_normal_prior(x, sd), x, sd)
 
 
 def comparison(dataset, likelihood, posterior_mean: torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..data.dataset import Dataset
-from ..data.priors import EmpiricalPrior, NormalPrior, Prior
+from ..data.priors import EmpiricalPrior, Prior
 from ..model.marginal import estimate_with
 from .base import Task
 from .empirical_bayes import fit_normal_prior, fit_npmle, marginal_log_likelihood, posterior_means
@@ -38,15 +38,6 @@ def truth_scores(draws: Tensor, truth: Tensor) -> dict[str, float]:
     """``ks_true_means`` and ``w1_true_means``: two-sample distances of ``draws`` (m,) to the true means (n,)."""
     scores = distribution_scores(draws, EmpiricalPrior(truth))
     return {f"{name}_true_means": value for name, value in scores.items()}
-
-
-def normal_empirical_bayes(x: Tensor, noise_sd: float) -> NormalPrior:
-    """The normal prior fitted by moments: mean of x, variance of x minus the noise variance (floored): the
-    James–Stein-type shrinkage of ``almond sample``'s comparison. The ``normal_eb`` baseline is the
-    maximum-likelihood fit, ``empirical_bayes.fit_normal_prior``."""
-    x = x.double().flatten()
-    variance = max(float(x.var()) - noise_sd**2, 1e-6)
-    return NormalPrior(mean=float(x.mean()), variance=variance)
 
 
 def row_noise_sd(likelihood, x: Tensor):
