@@ -131,7 +131,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
             raise _already_a_run(run_dirs[-1])
         return overrides
     if lock and Path(resume_values[-1]).expanduser().exists():
-        hold(RunFolder.of_target(resume_values[-1]).path)
+        hold(RunFolder.of_target(resume_values[-1]).path, resuming=True)
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
     if Path(resume_values[-1]).expanduser().is_file():  # a run folder gives its newest checkpoint already
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
