@@ -70,9 +70,12 @@ _STARTUP_SIGNAL: list[int] = []  # a stop signal that arrived before the trainin
 
 def defer_stop_signals() -> None:
     """From now until a run's loop takes over, SIGINT and SIGTERM are remembered instead of killing the process
-    mid-way through making the run folder; ``TrainingRun.run`` (or ``pending_stop_signal``) acts on them."""
+    mid-way through making the run folder; ``TrainingRun.run`` (or ``pending_stop_signal``) acts on them. A second
+    signal before then (a start-up that takes long, Ctrl-C pressed again) exits at once."""
 
     def remember(signal_number, _frame) -> None:
+        if _STARTUP_SIGNAL:
+            raise SystemExit(128 + signal_number)
         _STARTUP_SIGNAL.append(signal_number)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
