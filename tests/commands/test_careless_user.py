@@ -226,27 +226,36 @@ def test_a_sweep_listing_a_value_twice_is_refused(tmp_path, capsys):
 
 
 # ----- 4. signals at phase ends -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("stage,sig", [("fit_baselines", signal.SIGTERM), ("summarise", signal.SIGINT)])
+@pytest.mark.parametrize(
+    "stage,sig", [("save", signal.SIGTERM), ("fit_baselines", signal.SIGTERM), ("summarise", signal.SIGINT)]
+)
 def test_a_signal_after_the_last_epoch_checkpoints_and_the_resume_finishes(stage, sig, tmp_path, capsys, monkeypatch):
-    """A signal while the finished run is scored (baselines, summary) stops it at its final checkpoint with the
-    resume line; the resume scores it, and ``metrics.jsonl`` never holds an epoch beyond the checkpoint."""
-    original = getattr(trainer, stage)
+    """A signal while the finished run writes its final checkpoint or is scored (baselines, summary) stops it at
+    that checkpoint with the resume line, with no further work (a signal during the save fits no baseline); the
+    resume scores it, and ``metrics.jsonl`` never holds an epoch beyond the checkpoint."""
+    module = run_folder if stage == "save" else trainer
+    name = "save_checkpoint" if stage == "save" else stage
+    original, fitted = getattr(module, name), []
 
     def signalled(*args, **kwargs):
-        os.kill(os.getpid(), sig)
+        if stage != "save" or "-done" in args[1].name:  # the final checkpoint's save
+            os.kill(os.getpid(), sig)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, stage, signalled)
+    monkeypatch.setattr(module, name, signalled)
+    if stage == "save":
+        fit = trainer.fit_baselines
+        monkeypatch.setattr(trainer, "fit_baselines", lambda *args: fitted.append(1) or fit(*args))
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as stopped:
         cli.main(["train", *SHORT, f"hydra.run.dir={run}"])
-    assert stopped.value.code == 128 + sig
+    assert stopped.value.code == 128 + sig and not fitted
     assert f"Resume with:\n  almond train resume={run}" in capsys.readouterr().err
     step = load_checkpoint(run / "checkpoints/last.pt")["position"]["global_step"]
     assert step == 5 and max(record["step"] for record in read_metrics(run)) == step
     assert not (run / "summary.json").exists()
 
-    monkeypatch.setattr(trainer, stage, original)
+    monkeypatch.setattr(module, name, original)
     with open(run / "metrics.jsonl", "a") as handle:  # what a kill -9 between a metrics line and its save leaves
         handle.write(json.dumps({"phase": "almond", "epoch": 4, "step": 6, "loss": 0.0}) + "\n")
     cli.main(["train", f"resume={run}"])
