@@ -43,7 +43,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         raise CheckpointError(
             f"{path} is not a PyTorch file (it starts with {head!r}): it is damaged, or not a checkpoint at all; "
-            f"almond's checkpoints are the .pt files in a run folder's checkpoints/, and a run folder may be given"
+            f"give a run folder (almond picks its newest checkpoint) or one of the .pt files almond wrote there"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -169,7 +169,7 @@ def test_an_image_hold_out_that_leaves_nothing_is_refused_before_the_run(tmp_pat
 def test_resume_from_a_csv_says_it_is_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "table.csv").write_text("x,y\n1,2\n")
     line = refused(["train", f"resume={tmp_path / 'table.csv'}"], capsys)
-    assert "table.csv is not a PyTorch file" in line and "checkpoints/" in line
+    assert "table.csv is not a PyTorch file" in line and "give a run folder" in line
 
 
 @pytest.mark.parametrize("failure", ["enospc", "torch_writer"])
