@@ -219,6 +219,22 @@ def test_more_threads_than_cores_is_refused_with_the_core_count(tmp_path, capsys
     assert f"threads: {cores + 997} is more than the {cores} CPU cores" in line
 
 
+def test_resuming_a_run_trained_with_more_threads_than_cores_asks_for_fewer(tmp_path, capsys):
+    """A run trained on a bigger machine: its saved threads are refused before anything is written, naming the
+    run-length override that resumes it here."""
+    run = tmp_path / "run"
+    cli.main(["train", *SHORT, f"hydra.run.dir={run}"])
+    last = run / "checkpoints/last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["config_yaml"] = payload["config_yaml"].replace("threads: 1\n", f"threads: {usable_cores() + 5}\n")
+    torch.save(payload, last)
+    capsys.readouterr()
+    before = snapshot(run)
+    line = refused(["train", f"resume={run}"], capsys)
+    assert f"was trained with threads={usable_cores() + 5}" in line and f"resume with threads={usable_cores()}" in line
+    assert snapshot(run) == before
+
+
 def test_a_sweep_listing_a_value_twice_is_refused(tmp_path, capsys):
     line = refused(["train", "--multirun", *TINY, "seed=3,1,3", f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
     assert "seed: the sweep lists seed=3 2 times" in line
