@@ -7,6 +7,7 @@ Validation is pure: it builds no objects.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
@@ -475,6 +476,14 @@ def override_parse_message(error: Exception, overrides: list[str]) -> str:
     return text + "."
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
 def validate(cfg) -> None:
     """Checks ranges and cross-field rules of a composed config; raises ``ConfigError`` naming the key."""
     sampler, schedule = cfg.sampler, cfg.schedule
@@ -562,6 +571,13 @@ def validate(cfg) -> None:
         f"must be one of {list(DEVICES)} or cuda:N, got {cfg.device!r}",
     )
     _require(cfg.threads is None or cfg.threads >= 1, "threads", f"must be >= 1 or null, got {cfg.threads}")
+    cores = usable_cores()
+    _require(
+        cfg.threads is None or cfg.threads <= cores,
+        "threads",
+        f"{cfg.threads} is more than the {cores} CPU cores this process may use; threads beyond the cores only wait "
+        f"on each other. Set threads={cores} or fewer (or null for torch's default)",
+    )
     _require(cfg.progress in PROGRESS_MODES, "progress", f"must be one of {list(PROGRESS_MODES)}, got {cfg.progress!r}")
     _require(cfg.evaluation.num_draws >= 100, "evaluation.num_draws", f"must be >= 100, got {cfg.evaluation.num_draws}")
     ckpt = cfg.checkpoint

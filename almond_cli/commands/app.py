@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -84,8 +86,22 @@ def objective(summary: dict) -> float:
     return math.inf
 
 
+def _discard_unstarted(run_dir: str) -> str:
+    """After a signal stopped a new run before it had a checkpoint: removes its folder if it holds nothing but
+    what starting wrote (Hydra's ``.hydra/`` and log, the lock's record); returns what was done, in words."""
+    from ..training.run_folder import RunFolder
+
+    folder = Path(run_dir)
+    started_only = {Path(RunFolder.CONFIG).parent.name, RunFolder.LOG, RunFolder.LOCK}
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= started_only:
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"nothing was trained, and its run folder {folder} was removed"
+    return f"nothing was trained; {folder} holds no checkpoint of it"
+
+
 def task(cfg) -> float:
-    from ..training.trainer import DivergenceError, Interrupted, start
+    from ..training.run_folder import WriteError
+    from ..training.trainer import DivergenceError, Interrupted, StoppedBeforeTraining, start
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
@@ -96,6 +112,11 @@ def task(cfg) -> float:
             HydraConfig.get().output_subdir,
             parallel_jobs=_parallel_jobs(),
         )
+    except WriteError as error:  # before UsageError, which it is: the resume command belongs to this run
+        if _is_multirun():
+            raise
+        then = f"then `almond train resume={run_dir}`" if error.resumable else "then start the run again"
+        _stop(f"{error}. Free some space, {then}", EXIT_USAGE)
     except UsageError as error:
         if _is_multirun():
             raise
@@ -108,6 +129,11 @@ def task(cfg) -> float:
         if _is_multirun():
             raise
         _stop(str(error), 1)
+    except StoppedBeforeTraining as stop:
+        discarded = _discard_unstarted(run_dir)
+        message = f"almond: stopped by signal {stop.signal_number} while the run was starting; {discarded}"
+        print(message, file=sys.stderr)
+        sys.exit(128 + stop.signal_number)
     except Interrupted as stop:
         message = (
             f"almond: stopped by signal {stop.signal_number}; checkpoint written to "

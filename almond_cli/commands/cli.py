@@ -74,6 +74,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         parsed = parser.parse_overrides(overrides)
     except Exception as error:  # Hydra's parse errors carry the offending text
         fail(override_parse_message(error, overrides))
+    if multirun:
+        refuse_duplicate_sweep_values(parsed)
     combinations = [overrides]
     if multirun and all(not o.is_sweep_override() or o.value_type is not None for o in parsed):
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -96,7 +98,8 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                 cfg = compose(CONFIG_NAME, overrides=combination)
             except Exception as error:
                 fail(
-                    f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
+                    clash_message(error, combination)
+                    or f"{composition_message(error)} (`almond train --cfg job` prints every key and its value; "
                     f"the options of each group are the files in configs/<group>/)"
                 )
             try:
@@ -104,6 +107,45 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
                 check_before_run(cfg, combination)
             except UsageError as error:
                 fail(f"{error}")
+
+
+def refuse_duplicate_sweep_values(parsed) -> None:
+    """A sweep that lists a value twice (``seed=3,3``) would run the same job twice; exits 2 naming the key and
+    the value. Values are compared as written (``3`` and ``3.0`` differ)."""
+    for override in parsed:
+        if not (override.is_sweep_override() and override.is_discrete_sweep()):
+            continue
+        values = list(override.sweep_string_iterator())
+        repeated = next((value for index, value in enumerate(values) if value in values[:index]), None)
+        if repeated is not None:
+            key = override.key_or_group
+            fail(
+                f"{key}: the sweep lists {key}={repeated} {values.count(repeated)} times, which would run the same "
+                f"job again; list each value once"
+            )
+
+
+def clash_message(error: Exception, overrides: list[str]) -> str | None:
+    """Two options that do not combine, in one line naming both: a config file (``debug/tiny``) setting a key that
+    the option chosen elsewhere lacks (``debug=tiny experiment=mnist_cpu``: MNIST's data have no ``data.n``). None
+    for any other composition error."""
+    import re
+
+    text = f"{error} {error.__cause__ or ''}"
+    found = re.search(r"In '(\w+)/(\w+)': ConfigKeyError.*?Key '(\w+)' not in .*?full_key: ([\w.]+)", text, re.S)
+    if found is None:
+        return None
+    group, option, _, key = found.groups()
+    section = key.split(".")[0]
+    from ..config import CONFIG_GROUPS
+
+    others = [o for o in overrides if o.split("=")[0] in CONFIG_GROUPS and o.split("=")[0] != group and "=" in o]
+    chosen = ", ".join(others) or "the defaults"
+    return (
+        f"{group}={option} does not combine with {chosen}: {group}/{option} sets {key}, which the {section} "
+        f"chosen there does not have. Leave out {group}={option}, or set that option's own keys instead (the "
+        f"options of each group are the files in configs/<group>/; `almond train --cfg job` prints every key)"
+    )
 
 
 def check_before_run(cfg, overrides: list[str]) -> None:
@@ -141,13 +183,34 @@ def run_train(args: list[str]) -> None:
             check_overrides(overrides, multirun)
         except UsageError as error:
             fail(str(error))
+        from ..training.trainer import defer_stop_signals
+
+        defer_stop_signals()  # from here a signal stops the run cleanly, never half-way through making its folder
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 names the folder and tells the others
             overrides = overrides + fresh_output_dir(overrides, multirun)
+            lock_run_folder(overrides, multirun)
         overrides = agree_with_other_ranks(overrides, multirun)
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]
     hydra_app()
+
+
+def lock_run_folder(overrides: list[str], multirun: bool) -> None:
+    """Takes the run folder's lock before Hydra writes ``.hydra/`` and ``train.log`` into it, so a run refused
+    because another process writes the folder leaves the folder as it was; exits 2 naming the holder. A sweep's
+    jobs lock their own folders when they start (``trainer.train``); a folder Hydra still has to interpolate
+    (``${...}``) is locked there too."""
+    from ..training.run_lock import hold
+
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    if multirun or not run_dirs or "${" in run_dirs[-1]:
+        return
+    resuming = any(o.startswith("resume=") and o.split("=", 1)[1] not in ("", "null") for o in overrides)
+    try:
+        hold(Path(run_dirs[-1]).expanduser(), resuming=resuming, record=True)
+    except UsageError as error:
+        fail(str(error))
 
 
 DEFAULT_EXPERIMENT_GROUPS = {"data": "normal_means", "likelihood": "gaussian", "encoder": "mlp", "decoder": "mlp"}

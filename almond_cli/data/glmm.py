@@ -10,6 +10,7 @@ y_i ~ Poisson(exp(x_i·beta + zeta_i·u_i)).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -20,7 +21,7 @@ from omegaconf import MISSING
 from ..errors import require
 from .clayton import ShiftedGamma, clayton_random_effects
 from .dataset import GLMMDataset
-from .tables import EXTENSIONS, DataFileError, check_finite, column_index, first_bad, read_table
+from .tables import EXTENSIONS, FLOAT32_MAX, DataFileError, check_finite, column_index, first_bad, read_table
 
 
 @dataclass
@@ -109,8 +110,26 @@ def make_glmm(
     )
 
 
+def covariate_bound(max_linear_predictor: float) -> float:
+    """The largest covariate magnitude the Poisson GLMM can compute with in float32.
+
+    A covariate x enters the linear predictor eta = x·beta + zeta·u, and above ``max_linear_predictor`` (the cap)
+    the rate's continuation exp(cap)(1 + d + d²/2), d = eta − cap, has the slope exp(cap)(1 + d); the gradient
+    of log f in u multiplies it by zeta again (``PoissonGLMM.value_and_grad_u``). At a coefficient of order one
+    (beta and u start at the scale of N(0, 1)) d ≈ |x|, so exp(cap)·x² must stay below float32's largest value:
+    |x| <= sqrt(FLOAT32_MAX / exp(cap)), about 5.6e12 at the default cap of 30. Beyond it the first update
+    overflows whatever the settings."""
+    return math.sqrt(FLOAT32_MAX / math.exp(max_linear_predictor))
+
+
 def load_glmm_file(
-    path: str, response, fixed_effects, random_effects, header: bool = True, n: int | None = None
+    path: str,
+    response,
+    fixed_effects,
+    random_effects,
+    header: bool = True,
+    n: int | None = None,
+    max_linear_predictor: float | None = None,
 ) -> GLMMDataset:
     """Reads a Poisson GLMM data set from a table (CSV, or any format of ``data/tables.py``).
 
@@ -121,6 +140,7 @@ def load_glmm_file(
         random_effects: the random-effect covariate columns (names or indices; at least one).
         header: whether the first row holds column names.
         n: read only the first n data rows (None: all).
+        max_linear_predictor: the likelihood's cap; given, covariates beyond ``covariate_bound`` of it are refused.
 
     Returns:
         A GLMMDataset with x (n, 1 + p + q) in the order [response, fixed..., random...].
@@ -163,6 +183,18 @@ def load_glmm_file(
             check_finite(table, columns)
         except DataFileError as error:
             raise DataFileError(f"{key}: {error}") from None
+    if max_linear_predictor is not None:
+        bound = covariate_bound(max_linear_predictor)
+        for key in ("data.fixed_effects", "data.random_effects"):
+            too_large = np.abs(table.values[:, indices[key]]) > bound
+            if too_large.any():
+                row, column = first_bad(table, too_large, indices[key])
+                raise DataFileError(
+                    f"{key}: {table.path}: {table.row_label(row)}, {table.column_label(column)} is "
+                    f"{table.values[row, column]:g}; the GLMM's linear predictor x·beta + zeta·u overflows float32 "
+                    f"for covariates beyond ±{bound:.2g} (at likelihood.max_linear_predictor={max_linear_predictor:g})"
+                    f"; rescale that column (standardise it, or other units) or drop the row"
+                )
     counts = table.values[:, order[:1]]
     bad = (counts < 0) | (counts != np.round(counts))
     if bad.any():
@@ -211,5 +243,16 @@ def build_glmm_file(data_cfg, generator: torch.Generator | None = None) -> GLMMD
 
 def check_glmm_file(cfg, generator: torch.Generator | None = None) -> GLMMDataset:
     """Reads ``data=glmm_file``'s table with every check (counts in the response, finite covariates within float32,
-    each column in one role), before any run folder exists; returns it as ``build_glmm_file`` does."""
-    return build_glmm_file(cfg.data, generator)
+    each column in one role, covariates the linear predictor can hold: ``covariate_bound``), before any run folder
+    exists; returns it as ``build_glmm_file`` does."""
+    data = cfg.data
+    cap = cfg.likelihood.get("max_linear_predictor")  # the Poisson GLMM's; other likelihoods have no such bound
+    return load_glmm_file(
+        data.path,
+        data.response,
+        data.fixed_effects,
+        data.random_effects,
+        data.header,
+        data.get("n"),
+        None if cap is None else float(cap),
+    )

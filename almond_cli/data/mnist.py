@@ -20,6 +20,9 @@ Labels are kept (``ImageDataset.train_labels``, ``test_labels``) for the latent 
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from ..errors import UsageError, require
 from .dataset import ImageDataset
-from .idx import SPLITS, IdxError, available_splits, load_split
+from .idx import IMAGES_MAGIC, SPLITS, IdxError, available_splits, load_split, split_file
 
 PIXEL_MODES = ("continuous", "threshold", "dynamic")
 
@@ -87,9 +90,41 @@ def validate_mnist_config(cfg) -> None:
 
 
 def check_mnist_files(cfg, generator: torch.Generator | None = None) -> None:
-    """Refuses a missing ``data.root`` or split before any run folder exists, without reading the images (which
-    training reads once); returns None: the hold-out of images is their own (``data.held_out_*``)."""
-    _image_root(cfg.data)
+    """Refuses a missing ``data.root`` or split, and a ``data.held_out_fraction`` that leaves no image on one side,
+    before any run folder exists, from the files' headers alone (training reads the images once, and checks them
+    whole); returns None: the hold-out of images is their own (``data.held_out_*``)."""
+    data = cfg.data
+    root = _image_root(data)
+    counts = [_image_count(root, str(split)) for split in data.splits]
+    if data.held_out_split in (None, "") and None not in counts:
+        _held_out_count(data.held_out_fraction, sum(counts))
+
+
+def _image_count(root: Path, split: str) -> int | None:
+    """The number of images the header of ``split``'s image file promises; None if the header cannot be read as
+    one (reading the file refuses it then, in the words of ``idx.read_idx``)."""
+    path = split_file(root, split, "images")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(8)
+    except (EOFError, OSError, zlib.error):
+        return None
+    if len(head) < 8 or struct.unpack(">I", head[:4])[0] != IMAGES_MAGIC:
+        return None
+    return struct.unpack(">I", head[4:8])[0]
+
+
+def _held_out_count(fraction: float, count: int) -> int:
+    """round(fraction · count) images held out; refused unless both sides keep at least one image."""
+    num_test = int(round(float(fraction) * count))
+    if num_test < 1 or num_test >= count:
+        raise UsageError(
+            f"data.held_out_fraction: {fraction} of {count} images leaves {num_test} held out and "
+            f"{count - num_test} for training; choose a fraction that leaves both at least one image, or set "
+            f"data.held_out_split"
+        )
+    return num_test
 
 
 def dynamic_binarise(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -155,13 +190,7 @@ def build_mnist(data_cfg, generator: torch.Generator | None = None) -> ImageData
         test_x = _pixels(test_images, mode, float(data_cfg.threshold))
         train_index = order
     else:
-        num_test = int(round(float(data_cfg.held_out_fraction) * x_all.shape[0]))
-        if num_test < 1 or num_test >= x_all.shape[0]:
-            raise UsageError(
-                f"data.held_out_fraction: {data_cfg.held_out_fraction} of {x_all.shape[0]} images "
-                f"leaves {num_test} held out and {x_all.shape[0] - num_test} for training; "
-                f"choose a fraction that leaves both at least one image, or set data.held_out_split"
-            )
+        num_test = _held_out_count(data_cfg.held_out_fraction, x_all.shape[0])
         test_index, train_index = order[:num_test].sort().values, order[num_test:]
         test_x, test_labels = x_all[test_index], labels[test_index]
     if data_cfg.subset is not None:

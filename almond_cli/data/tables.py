@@ -133,6 +133,7 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str 
             continue  # blank lines, including the usual trailing one
         rows.append([cell.strip() for cell in fields])
         lines.append(line_number)
+    _refuse_another_delimiter(path, delimiter, rows, lines)
     first = rows[0]
     if header is None:  # a header is a first row with text where the next row has a number (as csv.Sniffer)
         second = rows[1] if len(rows) > 1 else None
@@ -171,8 +172,28 @@ def _read_text(path: Path, delimiter: str | None, header: bool | None, key: str 
     return Table(values, names, np.asarray(lines), path, True, cells, unparsed)
 
 
+def _refuse_another_delimiter(path: Path, delimiter: str, rows: list[list[str]], lines: list[int]) -> None:
+    """A file whose lines are one cell each, all split by the same other delimiter (a semicolon CSV, as
+    spreadsheets in many locales save it, or tabs in a .csv), is refused naming the delimiter found; reading it
+    as one column would report its header row as a cell that is not a number."""
+    if delimiter == " " or any(len(fields) != 1 for fields in rows[:2]):
+        return
+    for other in ("\t", ";", ",", "|"):
+        counts = [fields[0].count(other) for fields in rows[:2]]
+        if other != delimiter and counts[0] >= 1 and len(set(counts)) == 1:
+            advice = (
+                "name it .tsv (or set data.format=tsv)"
+                if other == "\t"
+                else "save it with commas, or name it .txt (almond then takes the delimiter from its first line)"
+            )
+            raise DataFileError(
+                f"{path} is read as {delimiter_name(delimiter)}-separated, but line {lines[0]} is separated by "
+                f"{delimiter_name(other)}s ({rows[0][0][:60]!r}); {advice}"
+            )
+
+
 def delimiter_name(delimiter: str) -> str:
-    return {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}.get(delimiter, delimiter)
+    return {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space", "|": "pipe"}.get(delimiter, delimiter)
 
 
 def _array_table(array: np.ndarray, path: Path, what: str) -> Table:

@@ -199,7 +199,8 @@ def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
 
 def check_before_run(cfg, seed: int) -> None:
     """Refuses, before any run folder exists, what training would refuse about the data: the option's files read
-    with every check (``DataOption.check``), and a ``data.holdout_fraction`` that leaves nothing to train on.
+    with every check (``DataOption.check``), a ``data.holdout_fraction`` that leaves nothing to train on, and a
+    ``schedule.batch_size`` beyond the data points trained on (a batch is never silently shrunk).
 
     Args:
         cfg: the composed, validated config.
@@ -209,7 +210,14 @@ def check_before_run(cfg, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     dataset = option.build(cfg.data, generator) if option.check is None else option.check(cfg, generator)
     if dataset is not None:
-        hold_out(dataset, float(cfg.data.get("holdout_fraction", 0.0)), seed)
+        trained = hold_out(dataset, float(cfg.data.get("holdout_fraction", 0.0)), seed)
+        batch_size = cfg.schedule.batch_size
+        require(
+            batch_size is None or batch_size <= trained.num_units,
+            "schedule.batch_size",
+            f"{batch_size} is more than the {trained.num_units} data points (units) this run trains on; lower it to "
+            f"at most {trained.num_units}, or null for the whole data set in every update",
+        )
 
 
 def read_new_rows(cfg, path: str, command: str) -> Dataset:

@@ -36,6 +36,15 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): it was probably cut off while being written")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (PK..), older torch a pickle (protocol 2+: 0x80); anything else (a CSV, a
+    # YAML file, a run's log) is not a checkpoint at all, and unpickling it would only give a misleading error.
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{path} is not a PyTorch file (it starts with {head!r}): it is damaged, or not a checkpoint at all; "
+            f"give a run folder (almond picks its newest checkpoint) or one of the .pt files almond wrote there"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

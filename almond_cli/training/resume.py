@@ -12,7 +12,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..config import CONFIG_GROUPS, composition_message, override_parse_message, register_schemas, saved_config
+from ..config import (
+    CONFIG_GROUPS,
+    composition_message,
+    override_parse_message,
+    register_schemas,
+    saved_config,
+    usable_cores,
+)
 from ..data.dataset import check_same_data
 from ..errors import UsageError
 from ..tasks.registry import build_dataset
@@ -131,12 +138,18 @@ def resume_overrides(overrides: list[str], multirun: bool = False, lock: bool = 
             raise _already_a_run(run_dirs[-1])
         return overrides
     if lock and Path(resume_values[-1]).expanduser().exists():
-        hold(RunFolder.of_target(resume_values[-1]).path)
+        hold(RunFolder.of_target(resume_values[-1]).path, resuming=True)
     run_dir, checkpoint_path, payload = find_checkpoint(resume_values[-1])
     if Path(resume_values[-1]).expanduser().is_file():  # a run folder gives its newest checkpoint already
         refuse_moving_backwards(run_dir, checkpoint_path, payload)
     checkpoint_cfg = saved_config(payload["config_yaml"], "resume")
     others = [o for o in overrides if not o.startswith("resume=")]
+    saved_threads, cores = checkpoint_cfg.get("threads"), usable_cores()
+    if saved_threads is not None and saved_threads > cores and not any(o.startswith("threads=") for o in others):
+        raise UsageError(
+            f"threads: {checkpoint_path} was trained with threads={saved_threads}, more than the {cores} CPU cores "
+            f"this process may use; resume with threads={cores} or fewer (it may change on resume)"
+        )
     touched = touched_subtrees(
         override_keys(others, "resume"), skip=lambda key: key.startswith("hydra") or _is_run_length(key)
     )

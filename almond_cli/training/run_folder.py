@@ -22,6 +22,7 @@ checkpoint that loads, with a warning naming the checkpoint used (``RunFolder.ne
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -43,6 +44,24 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .position import Phase, Position
 from .runtime import configure_process, describe_threads, pick_device, seed_streams
 from .scoring import precision_record, summarise
+
+
+class WriteError(UsageError):
+    """A file of a run could not be written (a full disk, a quota, a read-only mount); the message names the file
+    and the last good checkpoint, which a resume continues from (``resumable``: there is one)."""
+
+    def __init__(self, message: str, resumable: bool):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    """An ``OSError`` (ENOSPC, EDQUOT, EROFS, ...) or torch's own report of a failed write while saving
+    (``RuntimeError: [enforce fail at inline_container.cc:...] ... file write failed`` from its zip writer)."""
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)
 
 
 class RunFolder:
@@ -141,15 +160,35 @@ class RunFolder:
     def save(self, state: dict, global_step: int, phase: Phase, keep: int, vae: bool = False) -> None:
         """Writes ``state`` as the numbered checkpoint of (``global_step``, ``phase``), makes it ``last.pt`` (and, with
         ``vae``, ``vae.pt``), and deletes numbered checkpoints beyond the newest ``keep`` + 1 (the newest is
-        ``last.pt``'s twin)."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        ``last.pt``'s twin). A write that fails (a full disk) raises ``WriteError``; ``last.pt`` is then still the
+        previous checkpoint, whole (every write is atomic)."""
         named = self.numbered(global_step, phase)
-        save_checkpoint(state, named)
-        self._publish_as_last(named)
+        with self.writing(named):
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(state, named)
+        with self.writing(self.last):
+            self._publish_as_last(named)
         if vae:
-            save_checkpoint(state, self.vae)
+            with self.writing(self.vae):
+                save_checkpoint(state, self.vae)
         for old in self.numbered_checkpoints()[: -(keep + 1)]:
             old.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def writing(self, path: Path):
+        """Turns a failed write of ``path`` (``_is_write_failure``) into a ``WriteError`` naming it and the last
+        good checkpoint."""
+        try:
+            yield
+        except (OSError, RuntimeError) as error:
+            if not _is_write_failure(error):
+                raise
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            if self.last.is_file():
+                kept = f"the last good checkpoint is {self.last}, whole, and a resume continues from it"
+            else:
+                kept = f"the run has no checkpoint yet ({self.checkpoints} holds none), so a resume cannot continue it"
+            raise WriteError(f"could not write {path} ({reason}); {kept}", self.last.is_file()) from None
 
     def _publish_as_last(self, named: Path) -> None:
         """Makes ``last.pt`` the same file as ``named`` by an atomic rename of a fresh hard link (or copy)."""

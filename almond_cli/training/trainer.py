@@ -58,6 +58,40 @@ class Interrupted(Exception):
         self.checkpoint_path = checkpoint_path
 
 
+class StoppedBeforeTraining(Exception):
+    """A stop signal arrived while the run was starting, before it had a checkpoint: nothing to keep."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"stopped by signal {signal_number} before training began")
+        self.signal_number = signal_number
+
+
+_STARTUP_SIGNAL: list[int] = []  # a stop signal that arrived before the training loop took over
+
+
+def defer_stop_signals() -> None:
+    """From now until a run's loop takes over, SIGINT and SIGTERM are remembered instead of killing the process
+    mid-way through making the run folder; ``TrainingRun.run`` (or ``pending_stop_signal``) acts on them. A second
+    signal before then (a start-up that takes long, Ctrl-C pressed again) exits at once."""
+
+    def remember(signal_number, _frame) -> None:
+        if _STARTUP_SIGNAL:
+            raise SystemExit(128 + signal_number)
+        _STARTUP_SIGNAL.append(signal_number)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, remember)
+
+
+def pending_stop_signal() -> int | None:
+    """The first stop signal ``defer_stop_signals`` remembered (taken: it is acted on once), or None."""
+    if not _STARTUP_SIGNAL:
+        return None
+    signal_number = _STARTUP_SIGNAL[0]
+    _STARTUP_SIGNAL.clear()
+    return signal_number
+
+
 def truncate_metrics(path: Path, position: Position, source: Path | None = None) -> None:
     """Keeps the metrics lines of the epochs a checkpoint has finished (those whose ``step`` it has reached),
     once each, so a resume neither repeats nor skips an epoch; a line cut off by a kill is dropped too. With
@@ -262,7 +296,7 @@ class TrainingRun:
             **diagnostics,
         }
         if self.dist.is_writer:
-            with open(self.folder.metrics, "a", encoding="utf-8") as handle:
+            with self.folder.writing(self.folder.metrics), open(self.folder.metrics, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
         self.logger.log_epoch(record)
         self.reporter.end_epoch(position.epoch, loss_mean)
@@ -325,14 +359,34 @@ class TrainingRun:
         )
         self.logger = build_logger(self.cfg, self.run_dir, self.position.global_step, enabled=self.dist.is_writer)
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self._loop()
+        try:  # the handler stays through the phase ends and the final scoring: a signal there saves too
+            try:
+                self._stop_if_signalled_at_start()
+                self._loop()
+            finally:
+                self.reporter.close()
+                self.logger.flush()
+            return self._finish()
         finally:
-            self.reporter.close()
-            self.logger.flush()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return self._finish()
+
+    def _stop_if_signalled_at_start(self) -> None:
+        """A signal that arrived while the run was starting (``defer_stop_signals``) stops it now: at the
+        checkpoint it resumed or warm-started from, or, with none yet, before anything was trained."""
+        signal_number = self.dist.agree_on_signal(pending_stop_signal())  # every rank stops, or none
+        if signal_number is None:
+            return
+        if self.folder.last.is_file():
+            raise Interrupted(signal_number, self.folder.last)
+        raise StoppedBeforeTraining(signal_number)
+
+    def _stop_if_signalled(self) -> None:
+        """Between the final stages (checkpoint, baselines, scoring): a signal received there stops the run at
+        its final checkpoint, which a resume continues from (it scores the run again)."""
+        self.stop_signal = self.dist.agree_on_signal(self.stop_signal)
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal, self.folder.last)
 
     def _loop(self) -> None:
         position = self.position
@@ -395,7 +449,9 @@ class TrainingRun:
     def _finish(self) -> dict:
         """Scores the final model, writes summary.json, the figures and the final checkpoint."""
         self.save()
+        self._stop_if_signalled()
         fitted = fit_baselines(self.task, self.dataset, self.cfg, self.run_dir, TrainingRun)
+        self._stop_if_signalled()
         summary = summarise(
             self.task,
             self.dataset,
@@ -407,8 +463,10 @@ class TrainingRun:
             position=self.position,
             precision=precision_record(self.model, self.cfg, self.device),
         )
+        self._stop_if_signalled()
         if self.dist.is_writer:
-            write_text_atomic(self.folder.summary, json.dumps(summary, indent=2) + "\n")
+            with self.folder.writing(self.folder.summary):
+                write_text_atomic(self.folder.summary, json.dumps(summary, indent=2) + "\n")
             self.task.figures(self.run_dir, self.model, self.dataset, self.cfg, self.device, summary, self.vae_snapshot)
         self.logger.log_summary(summary, self.run_dir, self.position.global_step)
         self.logger.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,16 @@ def test_sd_column_needs_the_heteroscedastic_likelihood(tmp_path, capsys):
 def test_read_errors_are_usage_errors(tmp_path):
     with pytest.raises(DataFileError, match="cannot tell the format"):
         read_table(write(tmp_path / "m.xlsx", "1\n"))
+
+
+@pytest.mark.parametrize("value", ["1e39", "-1e39"])
+def test_the_float32_range_is_checked_on_both_sides(value, tmp_path):
+    """A value finite as read (float64) but beyond float32 either way is refused naming its row and column
+    (issue 27: a one-sided check, |x| replaced by x, passed every test, which all used +1e39)."""
+    from almond_cli.data.tables import check_finite
+
+    table = read_table(write(tmp_path / "m.csv", f"x,y\n1,2\n3,{value}\n"))
+    check_finite(table, [0])  # the column without it passes
+    shown = f"{float(value):g}"  # 1e+39, -1e+39
+    with pytest.raises(DataFileError, match=rf"row 3 .*column 'y'.* is {re.escape(shown)}, beyond the float32 range"):
+        check_finite(table, [0, 1])

@@ -61,3 +61,33 @@ def test_matches_arviz_where_installed():
         assert rank_rhat(draws) == pytest.approx(float(arviz.rhat(draws, method="rank")), rel=1e-10)
         assert ess_bulk(draws) == pytest.approx(float(arviz.ess(draws, method="bulk")), rel=1e-10)
         assert ess_tail(draws) == pytest.approx(float(arviz.ess(draws, method="tail")), rel=1e-10)
+
+
+def test_trajectory_rhat_and_ess_are_unchanged_by_a_strictly_increasing_transform():
+    """Rank normalisation makes the trajectory checks depend on the draws' order alone (issue 27: without it every
+    test still passed). x -> sign(x)|x|³ is strictly increasing and odd: with the pooled median at exactly 0 (an
+    odd number of pooled draws, one of them shifted to 0) it also keeps the order of |x − median|, which the tail
+    R-hat ranks, so every number is the same; the ranks are identical, so they agree to rounding (1e-12)."""
+    from almond_cli.langevin.diagnostics import trajectory_convergence
+
+    points, chains, draws, dims = 3, 3, 9, 2  # 27 pooled draws per point and coordinate: the median is one of them
+    rng = np.random.default_rng(5)
+    trajectory = np.stack(
+        [
+            np.stack([ar1_chains(0.6, chains, draws, seed=int(rng.integers(1 << 30))) for _ in range(dims)], -1)
+            for _ in range(points)
+        ]
+    )  # (P, C, N, d)
+    trajectory[1, 0] *= 4.0  # one wide chain: R-hat well above 1, so the check has something to keep
+    pooled = trajectory.transpose(0, 3, 1, 2).reshape(points, dims, -1)
+    trajectory = trajectory - np.median(pooled, axis=-1)[:, None, None, :]
+    cubed = np.sign(trajectory) * np.abs(trajectory) ** 3
+    plain, transformed = trajectory_convergence(trajectory), trajectory_convergence(cubed)
+    assert (
+        plain.keys()
+        == transformed.keys()
+        == {"rhat_max", "rhat_median", "ess_bulk_min", "ess_bulk_median", "ess_tail_min"}
+    )
+    assert plain["rhat_max"] > 1.01
+    for key in plain:
+        assert math.isclose(plain[key], transformed[key], rel_tol=1e-12), (key, plain[key], transformed[key])
