@@ -220,3 +220,28 @@ def test_the_preset_gaussian_fit_reproduces_lme4_on_cbpp(tmp_path):
     # the SEs at lme4's own estimates are lme4's within 3 % (1.3 % when written)
     for j, term in enumerate(TERMS):
         assert abs(float(at_lme4["se"][j]) / LME4[term][1] - 1) < 0.03, (term, at_lme4["se"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="source bug: training/console.py prints 'nats per data point (paired over rows)' after the gain, but a "
+    "mixed run's almond_gain is the mean over independent groups (15 herds here, not 56 rows)",
+    strict=True,
+)
+def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
+    _, summary, process = cbpp_run
+    lines = [line for line in process.stdout.splitlines() if "ALMOND − gaussian" in line]
+    assert len(lines) == 1 and f"{summary['baselines']['gaussian']['almond_gain']:+.4f}" in lines[0]
+    assert "per data point" not in lines[0] and "over rows" not in lines[0], lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="source bug: training/console.py's summary table prints each fit's fixed_effects and random_effects "
+    "as raw Python dict reprs ({'(Intercept)': {'estimate': ...}}), wrapped over dozens of lines; the issue asks "
+    "for a table printed like lme4's summary",
+    strict=True,
+)
+def test_the_console_shows_no_raw_dicts(cbpp_run):
+    _, _, process = cbpp_run
+    assert "{'estimate'" not in process.stdout and "{'sd'" not in process.stdout
