@@ -245,3 +245,36 @@ def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
 def test_the_console_shows_no_raw_dicts(cbpp_run):
     _, _, process = cbpp_run
     assert "{'estimate'" not in process.stdout and "{'sd'" not in process.stdout
+
+
+@pytest.mark.slow
+def test_sample_writes_one_posterior_row_per_group_with_its_id_and_the_prior_law(cbpp_run, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    run_dir, summary, _ = cbpp_run
+    out = tmp_path / "posterior.csv"
+    process = run_almond(["sample", str(run_dir), "what=posterior", f"out={out}", "threads=1"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    posterior = pd.read_csv(out)
+    assert list(posterior.columns[:3]) == ["factor", "group", "term"]
+    assert len(posterior) == 15 and set(posterior["factor"]) == {"herd"} and set(posterior["term"]) == {"(Intercept)"}
+    assert sorted(posterior["group"]) == list(range(1, 16))  # the herd ids of the table, not 0-based codes
+    assert (posterior["post_sd"] > 0).all() and (posterior["q5"] < posterior["q95"]).all()
+    # the ids are the right ones: each herd's effect follows its empirical logit (0.95 when written; a shuffled
+    # id column gives about 0, and 0.8 leaves room for the period effects the raw logit ignores)
+    table = pd.read_csv(CBPP).groupby("herd")[["incidence", "size"]].sum()
+    logit = np.log((table["incidence"] + 0.5) / (table["size"] - table["incidence"] + 0.5))
+    means = posterior.set_index("group")["post_mean"]
+    assert np.corrcoef(logit.loc[means.index], means)[0, 1] > 0.8
+
+    prior_out = tmp_path / "prior.csv"
+    process = run_almond(["sample", str(run_dir), "what=prior", f"out={prior_out}", "threads=1"], cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    prior = pd.read_csv(prior_out)
+    assert list(prior.columns) == ["herd|(Intercept)"]
+    draws = prior["herd|(Intercept)"].to_numpy()
+    # centred, with the summary's sd: 10,000 draws give an sd's MC error of sd/sqrt(2n) ≈ 0.005 and a mean's
+    # sd/sqrt(n) ≈ 0.007; 0.03 is 4-6 of those
+    assert abs(draws.mean()) < 0.03
+    assert abs(draws.std() - summary["almond"]["random_effects"]["herd"]["sd"]) < 0.03
