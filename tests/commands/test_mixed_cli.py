@@ -82,6 +82,7 @@ def test_random_effects_and_log_likelihood_are_reported(cbpp_run):
         assert quantiles == sorted(quantiles)
         assert math.isfinite(fit["log_lik"]) and fit["log_lik"] < 0 and fit["log_lik_se"] >= 0, (name, fit)
         assert fit["log_lik_method"] == "quadrature"  # one factor, one random term: exact by quadrature
+        assert fit["se_basis"] in ("joint", "fixed_effects_only"), (name, fit["se_basis"])
     # lme4's model: a Gaussian law, skewness 0 up to the Monte Carlo error of 100k draws (sd sqrt(6/1e5) = 0.008)
     assert abs(summary["baselines"]["gaussian"]["random_effects"]["herd"]["skewness"]) < 0.04
 
@@ -192,6 +193,7 @@ def test_the_preset_gaussian_fit_reproduces_lme4_on_cbpp(tmp_path):
     process = run_almond(args, cwd=tmp_path, timeout=300)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     fit = json.loads((run_dir / "summary.json").read_text())["almond"]
+    assert fit["se_basis"] == "joint"  # at lme4's maximum: SEs carry the sd's uncertainty, as lme4's do
     # the issue's bounds: estimates within 0.1 of lme4's SE (0.005 SE at worst when written), the herd sd within
     # 5 % (1.1 %); SEs within 5 % (1.4 %: lme4's come from its Laplace approximation, ours from the exact Hessian)
     for term, (estimate, se) in LME4.items():
