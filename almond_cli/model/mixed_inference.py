@@ -296,7 +296,8 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
     Returns:
         {"log_lik", "log_lik_se" (nats, total over the rows), "method" ("quadrature" or "importance_sampling"),
         "per_component" ((K,) each independent component's log-likelihood, in a fixed order for given rows),
-        "beta" (p,), "se" (p,), "covariance" (p, p), "information_ok"}. The observed information is the Hessian of
+        "beta" (p,), "se" (p,), "covariance" (p, p), "information_ok", "se_basis" ("joint", "fixed_effects_only"
+        or "unavailable")}. The observed information is the Hessian of
         the estimated log-likelihood in theta = (beta, one log scale per random term (the spread of its law, its
         shape held at the fit), the family's dispersion); the fixed effects' SEs are the beta block of its inverse,
         so they carry the uncertainty of the random effects' spread, as lme4's do. The quadrature's SE is its change
@@ -326,11 +327,14 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
             se = float(relative.square().sum().sqrt())
     information = -torch.func.hessian(lambda t: estimate(t).sum())(theta)
     p = model.layout.num_fixed
-    try:
-        ok = bool(torch.all(torch.linalg.eigvalsh(0.5 * (information + information.T)) > 0))
-        covariance = torch.linalg.inv(information)[:p, :p]
-    except RuntimeError:
-        ok, covariance = False, torch.full((p, p), float("nan"), dtype=torch.float64)
+    # The joint information where it is positive definite; else (a learned law not at a maximum of its spread, or
+    # too few samples for it) the fixed effects' block alone, SEs that hold every law's spread at its fit.
+    basis, covariance = "unavailable", torch.full((p, p), float("nan"), dtype=torch.float64)
+    for name, block in (("joint", information), ("fixed_effects_only", information[:p, :p])):
+        if bool(torch.all(torch.linalg.eigvalsh(0.5 * (block + block.T)) > 0)):
+            basis, covariance = name, torch.linalg.inv(block)[:p, :p]
+            break
+    ok = basis != "unavailable"
     standard_errors = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"))
     return {
         "log_lik": float(per_component.sum()),
@@ -341,4 +345,5 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         "se": standard_errors.double(),
         "covariance": covariance,
         "information_ok": ok,
+        "se_basis": basis,
     }

@@ -183,8 +183,7 @@ class MixedTask(Task):
         }
         if model.likelihood.learns_sigma:
             scores["residual_sd"] = float(model.likelihood.log_sigma.exp())
-        if not table["information_ok"]:
-            scores["se_note"] = "the observed information was not positive definite: SEs unavailable"
+        scores["se_basis"] = table["se_basis"]
         return scores
 
     def trained_baselines(self, dataset, cfg):

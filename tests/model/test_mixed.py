@@ -42,7 +42,17 @@ def _rows(family: str, n: int = 24, seed: int = 0) -> torch.Tensor:
         family_rows = [torch.floor(trials * torch.rand(n, generator=gen)), trials]
     else:
         family_rows = [torch.randn(n, generator=gen) * 2.0]
-    columns = [*family_rows, offset, torch.ones(n), x, torch.ones(n), x, torch.ones(n), level_a.float(), level_b.float()]
+    columns = [
+        *family_rows,
+        offset,
+        torch.ones(n),
+        x,
+        torch.ones(n),
+        x,
+        torch.ones(n),
+        level_a.float(),
+        level_b.float(),
+    ]
     return torch.stack(columns, 1)
 
 
@@ -86,7 +96,8 @@ def test_log_lik_equals_a_loop_over_rows(family):
     z = torch.randn(1, 3, model.layout.latent_dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = model.log_lik(rows, z)
     assert got.shape == (1, 3)
-    sigma = float(model.likelihood.log_sigma.detach().exp()) if family == "gaussian" else 0.0  # 1.7 as float32 stored it
+    # the residual sd as the float32 log_sigma holds 1.7
+    sigma = float(model.likelihood.log_sigma.detach().exp()) if family == "gaussian" else 0.0
     if family == "gaussian":
         assert abs(sigma - 1.7) < 1e-6
     for chain in range(3):

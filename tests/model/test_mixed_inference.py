@@ -139,7 +139,7 @@ def test_standard_errors_match_the_hessian_of_the_exact_log_likelihood():
     hessian = torch.autograd.functional.hessian(exact_log_lik, mle)
     expected = torch.linalg.inv(-hessian).diagonal().sqrt()[:2]  # beta's SEs, the sd profiled in as lme4 does
     stats = mi.mixed_fit_statistics(_model(mle), ROWS, _posterior_draws(mle))
-    assert stats["information_ok"]
+    assert stats["information_ok"] and stats["se_basis"] == "joint"
     torch.testing.assert_close(stats["beta"], mle[:2])
     # 1 % (0.35 % when written): both are the same observed information, the quadrature exact to 1e-7 nats; what
     # remains is the Monte Carlo mean m (~0.005) of the law that the scale parameter spreads around, which mixes
@@ -149,6 +149,19 @@ def test_standard_errors_match_the_hessian_of_the_exact_log_likelihood():
     assert torch.all((ratio - 1).abs() < 0.01), (stats["se"], expected)
     beta_block_only = torch.linalg.inv(-hessian[:2, :2]).diagonal().sqrt()
     assert beta_block_only[0] < 0.985 * expected[0]  # the data do make that difference visible
+
+
+def test_where_the_joint_information_is_not_positive_definite_the_fixed_effects_block_gives_the_ses():
+    """Far below the fitted sd (0.05 where the data say 0.7) the log-likelihood is convex in the log sd, so the joint
+    information is indefinite; the SEs then come from the fixed effects' block alone, the spread held fixed."""
+    params = _float32_params(torch.tensor([0.45, 0.28, math.log(0.05)], dtype=torch.float64))
+    information = -torch.autograd.functional.hessian(exact_log_lik, params)
+    assert torch.linalg.eigvalsh(information).min() < 0  # the premise, from the exact log-likelihood
+    stats = mi.mixed_fit_statistics(_model(params), ROWS, _posterior_draws(params))
+    assert stats["se_basis"] == "fixed_effects_only" and stats["information_ok"]
+    expected = torch.linalg.inv(information[:2, :2]).diagonal().sqrt()
+    # 1 %: the same Hessian block up to quadrature error (0.0 % when written)
+    torch.testing.assert_close(stats["se"], expected, rtol=0.01, atol=0)
 
 
 def _layout_model(blocks) -> MixedModel:
