@@ -225,11 +225,6 @@ def test_the_preset_gaussian_fit_reproduces_lme4_on_cbpp(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="source bug: training/console.py prints 'nats per data point (paired over rows)' after the gain, but a "
-    "mixed run's almond_gain is the mean over independent groups (15 herds here, not 56 rows)",
-    strict=True,
-)
 def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
     _, summary, process = cbpp_run
     lines = [line for line in process.stdout.splitlines() if "ALMOND − gaussian" in line]
@@ -238,12 +233,6 @@ def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="source bug: training/console.py's summary table prints each fit's fixed_effects and random_effects "
-    "as raw Python dict reprs ({'(Intercept)': {'estimate': ...}}), wrapped over dozens of lines; the issue asks "
-    "for a table printed like lme4's summary",
-    strict=True,
-)
 def test_the_console_shows_no_raw_dicts(cbpp_run):
     _, _, process = cbpp_run
     assert "{'estimate'" not in process.stdout and "{'sd'" not in process.stdout
@@ -283,14 +272,6 @@ def test_sample_writes_one_posterior_row_per_group_with_its_id_and_the_prior_law
 
 
 @needs_cbpp
-@pytest.mark.xfail(
-    reason="source bug: data/mixed.py validate_mixed_config reads data.formula (and check_mixed/read_design "
-    "data.path) while it is still ??? (MISSING): omegaconf.errors.MissingMandatoryValue escapes as a traceback, "
-    "exit 1, instead of 'almond: error: data.formula: ...' and exit 2; the same makes tests/test_configs.py fail "
-    "for data=mixed (validate(cfg) of every data option and of experiment=mixed). Check "
-    "OmegaConf.is_missing(cfg.data, 'formula') first and raise ConfigError('data.formula', ...)",
-    strict=True,
-)
 @pytest.mark.parametrize("key", ["data.formula", "data.path"])
 def test_a_missing_formula_or_path_is_refused_naming_the_key(key, tmp_path, capsys):
     given = {"data.formula": BINOMIAL_FORMULA, "data.path": f"data.path={CBPP}"}

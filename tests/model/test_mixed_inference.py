@@ -284,14 +284,6 @@ def test_the_grid_check_itself_agrees_with_gauss_hermite_for_a_gaussian_law():
     assert abs(exact - float(exact_log_lik(PARAMS))) < 1e-6
 
 
-@pytest.mark.xfail(
-    reason="source bug: _quadrature_rule's adaptive Gauss-Hermite in z (40 nodes at the posterior mean, 1.2 sd) is "
-    "not exact for a learned law: u = h(z) bends, the posterior in z is far from normal, and the rule is 0.15 nats "
-    "off here (above its own SE 0.11), 0.56 nats off for the preset's ALMOND fit of cbpp (-90.587 vs -90.027 by a "
-    "20,001-point grid; 20/80/160 nodes: -89.59/-90.21/-90.11). A dense grid per level (1-D) or per level pair "
-    "(2-D) is cheap and exact",
-    strict=True,
-)
 def test_quadrature_is_exact_for_a_learned_law():
     model = _bent_law_model()
     exact, draws = _grid_log_lik_and_draws(model)
