@@ -91,7 +91,9 @@ def test_every_group_option_composes_and_validates(group):
 def test_every_experiment_composes_validates_and_builds(experiment):
     from almond_cli.training.build import build_model
 
-    cfg = compose_config([f"experiment={experiment}"])
+    # experiment=mixed fits the user's table and formula: it validates once they are given (validate reads no file)
+    user_data = ["data.path=table.csv", "data.formula='y ~ x + (1|g)'"] if experiment == "mixed" else []
+    cfg = compose_config([f"experiment={experiment}", *user_data])
     validate(cfg)
     assert cfg.experiment_name == experiment
     if cfg.data.name == "normal_means":

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from ..errors import ConfigError, require
 from ..model.likelihoods import LIKELIHOODS, Likelihood
@@ -132,8 +132,9 @@ def read_design(data_cfg) -> MixedDesign:
 def validate_mixed_config(cfg) -> None:
     """Config rules of ``data=mixed`` that need no file."""
     data = cfg.data
+    for key, example in (("path", "data.path=grouseticks.csv"), ("formula", """'data.formula="y ~ x + (1|g)"'""")):
+        require(not OmegaConf.is_missing(data, key), f"data.{key}", f"is required by data=mixed, e.g. {example}")
     require(data.n is None or data.n >= 2, "data.n", f"must be >= 2 or null (all rows), got {data.n}")
-    require(str(data.formula).count("~") == 1, "data.formula", f"needs one '~', got {data.formula!r}")
 
 
 def check_response(design: MixedDesign, family_name: str) -> None:

@@ -126,9 +126,17 @@ def print_summary(summary: dict, run_dir) -> None:
     log-likelihood gains and the held-out rows' −log p(x) where rows were held out."""
     rows = [("vae", summary.get("vae", {})), ("almond", summary.get("almond", {}))]
     rows += [(name, metrics) for name, metrics in summary.get("baselines", {}).items()]
+    # console width: off a terminal (a log, a pipe) tables keep their natural width instead of 80 columns
+    console = Console(force_terminal=False, width=200) if not sys.stdout.isatty() else Console()
+    if any("fixed_effects" in metrics for _, metrics in rows):
+        print_mixed_summary(console, rows, run_dir)
     metric_names: list[str] = []
     for _, metrics in rows:
-        metric_names += [name for name in metrics if name not in metric_names and name not in HELDOUT_METRICS]
+        metric_names += [
+            name
+            for name, value in metrics.items()
+            if name not in metric_names and name not in HELDOUT_METRICS and not isinstance(value, dict)
+        ]
     table = Table(title=f"almond summary ({run_dir})")
     table.add_column("method")
     for name in metric_names:
@@ -136,8 +144,6 @@ def print_summary(summary: dict, run_dir) -> None:
     for method, metrics in rows:
         table.add_row(method, *[_format(metrics.get(name)) for name in metric_names])
     timing = summary.get("timing", {})
-    # off a terminal (a log, a pipe) the table keeps its natural width instead of 80 columns
-    console = Console(force_terminal=False, width=200) if not sys.stdout.isatty() else Console()
     console.print(table)
     heldout = [
         f"{method} {metrics['heldout_nll']:.4f} ± {metrics['heldout_nll_se']:.4f}"
@@ -148,10 +154,12 @@ def print_summary(summary: dict, run_dir) -> None:
         console.print(f"held-out rows, −log p(x) per data point: {', '.join(heldout)} (nats, ± one standard error)")
     for name, metrics in summary.get("baselines", {}).items():
         if "almond_gain" in metrics:
-            line = (
-                f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± "
-                f"{metrics['almond_gain_se']:.4f} nats per data point (paired over rows, ± one standard error)"
+            per = (
+                f"nats per independent group ({metrics['almond_gain_groups']} groups, paired, ± one standard error)"
+                if "almond_gain_groups" in metrics
+                else "nats per data point (paired over rows, ± one standard error)"
             )
+            line = f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± {metrics['almond_gain_se']:.4f} {per}"
             if "almond_heldout_gain" in metrics:
                 line += (
                     f"; held-out rows {metrics['almond_heldout_gain']:+.4f} ± {metrics['almond_heldout_gain_se']:.4f}"
@@ -160,6 +168,35 @@ def print_summary(summary: dict, run_dir) -> None:
     console.print(
         "time: VAE {:.1f} s, ALMOND {:.1f} s".format(timing.get("vae_seconds", 0.0), timing.get("almond_seconds", 0.0))
     )
+
+
+def print_mixed_summary(console, rows: list, run_dir) -> None:
+    """A mixed model's fits as lme4 prints them: per method, the fixed effects (estimate, SE, z, p) and each
+    factor's random-effect sd and skewness."""
+    for method, metrics in rows:
+        effects = metrics.get("fixed_effects")
+        if not effects:
+            continue
+        table = Table(title=f"{method}: fixed effects ({run_dir})")
+        for name in ("term", "Estimate", "Std. Error", "z value", "Pr(>|z|)"):
+            table.add_column(name, justify="left" if name == "term" else "right")
+        for term, row in effects.items():
+            table.add_row(term, *(f"{row[key]:.4g}" for key in ("estimate", "se", "z", "p")))
+        console.print(table)
+        laws = []
+        for factor, law in metrics.get("random_effects", {}).items():
+            if "sd" in law:
+                laws.append(f"{factor}: sd {law['sd']:.4f}, skewness {law['skewness']:+.3f}")
+            else:
+                laws += [
+                    f"{factor} {term}: sd {values['sd']:.4f}, skewness {values['skewness']:+.3f}"
+                    for term, values in law.items()
+                    if isinstance(values, dict)
+                ]
+        console.print(
+            f"{method}: random effects: {'; '.join(laws)}; log-likelihood {metrics['log_lik']:.2f} ± "
+            f"{metrics['log_lik_se']:.2f} ({metrics.get('log_lik_method', '')})"
+        )
 
 
 def report_end(mode: str, summary: dict, run_dir: Path) -> None:

@@ -49,7 +49,7 @@ class AlmondOptimisers:
 
     @property
     def _adam_after_warmup(self) -> bool:
-        return self.cfg.get("after_warmup", "sgd") == "adam"  # a run saved before the key: the paper's SGD
+        return getattr(self.cfg, "after_warmup", "sgd") == "adam"  # a run saved before the key: the paper's SGD
 
     def learning_rate(self, epoch: int) -> float:
         if epoch < self.cfg.warmup_epochs:
@@ -68,7 +68,7 @@ class AlmondOptimisers:
 
     def average_start(self) -> int | None:
         """The first ALMOND epoch whose parameters are averaged, or None (``schedule.average_last`` 0: no average)."""
-        fraction = float(self.cfg.get("average_last", 0.0))  # a run saved before the key: no average
+        fraction = float(getattr(self.cfg, "average_last", 0.0))  # a run saved before the key: no average
         if fraction <= 0:
             return None
         return int(round(int(self.cfg.almond_epochs) * (1.0 - fraction)))

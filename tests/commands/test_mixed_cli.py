@@ -225,11 +225,6 @@ def test_the_preset_gaussian_fit_reproduces_lme4_on_cbpp(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="source bug: training/console.py prints 'nats per data point (paired over rows)' after the gain, but a "
-    "mixed run's almond_gain is the mean over independent groups (15 herds here, not 56 rows)",
-    strict=True,
-)
 def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
     _, summary, process = cbpp_run
     lines = [line for line in process.stdout.splitlines() if "ALMOND − gaussian" in line]
@@ -238,12 +233,6 @@ def test_the_printed_gain_says_what_it_is_averaged_over(cbpp_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="source bug: training/console.py's summary table prints each fit's fixed_effects and random_effects "
-    "as raw Python dict reprs ({'(Intercept)': {'estimate': ...}}), wrapped over dozens of lines; the issue asks "
-    "for a table printed like lme4's summary",
-    strict=True,
-)
 def test_the_console_shows_no_raw_dicts(cbpp_run):
     _, _, process = cbpp_run
     assert "{'estimate'" not in process.stdout and "{'sd'" not in process.stdout
@@ -280,3 +269,16 @@ def test_sample_writes_one_posterior_row_per_group_with_its_id_and_the_prior_law
     # sd/sqrt(n) ≈ 0.007; 0.03 is 4-6 of those
     assert abs(draws.mean()) < 0.03
     assert abs(draws.std() - summary["almond"]["random_effects"]["herd"]["sd"]) < 0.03
+
+
+@needs_cbpp
+@pytest.mark.parametrize("key", ["data.formula", "data.path"])
+def test_a_missing_formula_or_path_is_refused_naming_the_key(key, tmp_path, capsys):
+    given = {"data.formula": BINOMIAL_FORMULA, "data.path": f"data.path={CBPP}"}
+    args = ["train", "experiment=mixed", "likelihood=binomial", "threads=1"]
+    args += [value for name, value in given.items() if name != key]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert stopped.value.code == 2
+    _assert_one_error_line(capsys.readouterr().err, [key])
+    assert not (tmp_path / "run").exists()

@@ -237,3 +237,56 @@ def test_quadrature_does_not_depend_on_where_the_draws_centre_it(seed):
     first = mi.mixed_fit_statistics(model, ROWS, draws)["log_lik"]
     second = mi.mixed_fit_statistics(model, ROWS, shifted)["log_lik"]
     assert abs(first - second) < 1e-6
+
+
+def _bent_law_model() -> MixedModel:
+    """A learned law of the kind ALMOND fits: u = 0.1 z + tanh(3 z), nearly a two-point mixture at ±1."""
+    from almond_cli.model.mixed import MixedMLPDecoder
+
+    layout = MixedLayout.of([("g", ("(Intercept)",), G)], 2, 1)
+    decoder = MixedMLPDecoder(layout.plain(), hidden_sizes=[8])
+    with torch.no_grad():
+        decoder.factors[0].fill_(0.1)
+        first, last = decoder.nets[0][0], decoder.nets[0][-1]
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0, 0] = 3.0
+        last.weight.zero_()
+        last.weight[0, 0] = 1.0
+    likelihood = MixedLikelihood(Poisson(), layout, torch.tensor([0.45, 0.28]))
+    return MixedModel(MixedTableEncoder(layout.latent_dim), decoder, likelihood)
+
+
+def _grid_log_lik_and_draws(model: MixedModel, count: int = 4000):
+    """log p(y) of a one-factor, one-term model by a 16,001-point rule on z in [-8, 8] per group (the integrand
+    is smooth and the prior's mass beyond 8 is e^-32), and draws from normals with each group's exact posterior
+    mean and sd in z (the best centring the adaptive rule can get)."""
+    model = mi.in_float64(model)
+    grid = torch.linspace(-8.0, 8.0, 16001, dtype=torch.float64).unsqueeze(1)
+    x = ROWS.double()
+    with torch.no_grad():
+        u = model.decoder.block_forward(0, grid)[:, 0]
+        eta = (x[:, 2:4] @ model.likelihood.beta).unsqueeze(0) + u.unsqueeze(1)
+        per_row = x[:, 0] * eta - eta.exp() - torch.lgamma(x[:, 0] + 1.0)
+        log_joint = per_row.new_zeros(grid.shape[0], G).index_add(1, GROUP, per_row)
+        log_joint = log_joint - 0.5 * grid.square() - 0.5 * math.log(2.0 * math.pi)
+    exact = float((torch.logsumexp(log_joint, 0) + math.log(16.0 / 16000)).sum())
+    weights = torch.softmax(log_joint, 0)
+    mean = (weights * grid).sum(0)
+    sd = (weights * (grid - mean).square()).sum(0).sqrt()
+    noise = torch.randn(count, G, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return exact, mean + sd * noise
+
+
+def test_the_grid_check_itself_agrees_with_gauss_hermite_for_a_gaussian_law():
+    """The brute-force rule of the next test, on lme4's law, equals the exact Gauss-Hermite value."""
+    exact, _ = _grid_log_lik_and_draws(_model(PARAMS))
+    assert abs(exact - float(exact_log_lik(PARAMS))) < 1e-6
+
+
+def test_quadrature_is_exact_for_a_learned_law():
+    model = _bent_law_model()
+    exact, draws = _grid_log_lik_and_draws(model)
+    stats = mi.mixed_fit_statistics(model, ROWS, draws)
+    assert stats["method"] == "quadrature"
+    assert abs(stats["log_lik"] - exact) < 0.01, (stats["log_lik"], exact, stats["log_lik_se"])

@@ -16,13 +16,6 @@ def test_langevin_step_size_is_the_papers_max_of_floor_and_inverse_sqrt():
     assert langevin_step_size(cfg, 500) == 0.01
 
 
-@pytest.mark.xfail(
-    reason="source bug: AlmondOptimisers reads schedule.after_warmup/average_last with cfg.get(...), which a plain "
-    "attribute config (SimpleNamespace, a dataclass) lacks: AttributeError at the first epoch after warm-up; "
-    "getattr(cfg, 'after_warmup', 'sgd') works for both",
-    raises=AttributeError,
-    strict=True,
-)
 def test_adam_during_warmup_then_sgd_with_inverse_sqrt_learning_rate():
     cfg = SimpleNamespace(adam_lr=0.01, sgd_lr=0.01, sgd_momentum=0.1, weight_decay=0.001, warmup_epochs=100)
     parameter = torch.nn.Parameter(torch.zeros(2))
