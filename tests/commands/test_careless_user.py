@@ -120,9 +120,9 @@ def test_a_signal_while_the_run_starts_leaves_no_run_folder(tmp_path, capsys, mo
     """SIGTERM after Hydra made the folder but before training began: exit 143, and the folder is gone."""
     started = trainer.configure_process
 
-    def signalled(threads):
+    def signalled(threads, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
-        return started(threads)
+        return started(threads, **kwargs)
 
     monkeypatch.setattr(trainer, "configure_process", signalled)
     with pytest.raises(SystemExit) as stopped:
@@ -286,9 +286,9 @@ def test_a_resume_signalled_while_starting_stops_at_its_checkpoint(tmp_path, cap
     before = load_checkpoint(run / "checkpoints/last.pt")["position"]
     started = trainer.configure_process
 
-    def signalled(threads):
+    def signalled(threads, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
-        return started(threads)
+        return started(threads, **kwargs)
 
     monkeypatch.setattr(trainer, "configure_process", signalled)
     capsys.readouterr()

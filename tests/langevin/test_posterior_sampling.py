@@ -99,8 +99,10 @@ def test_posterior_draws_match_the_conjugate_posterior(heteroscedastic):
         assert torch.all((stats[key][:, 0].double() - (u_mean + sign * 1.6449 * u_sd)).abs() < 0.19 * u_sd)
 
 
-def test_normal_eb_means_are_james_stein_shrinkage():
+def test_normal_eb_means_shrink_by_the_maximum_likelihood_prior():
     x = torch.tensor([0.0, 1.0, 2.0, 3.0, 9.0], dtype=torch.float64)
-    mean, var = float(x.mean()), float(x.var())
-    factor = (var - 1.0) / var  # B = 1 - sigma² / var(x): the moment (James–Stein-type) shrinkage factor
-    assert torch.allclose(normal_eb_means(x, 1.0), mean + factor * (x - mean))
+    # Equal noise sd 1: the ML prior is N(mean, max(0, var_1/n(x) − 1)), so the shrinkage factor is
+    # tau² / (tau² + 1) = 1 − 1 / var_1/n(x) (the divisor n, not n − 1: the likelihood's, not the moment fit's).
+    mean, var = float(x.mean()), float(x.var(unbiased=False))
+    factor = (var - 1.0) / var
+    assert torch.allclose(normal_eb_means(x, 1.0), mean + factor * (x - mean), atol=1e-9)
