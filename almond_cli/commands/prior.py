@@ -22,8 +22,10 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..data.priors import DiscretePrior, NormalPrior, Prior
+from ..model.mixed import MixedModel
 from ..model.model import prior_draws
 from ..tasks.figures import plt, save_figure
+from ..tasks.mixed import FactorLaw
 from ..tasks.normal_means import baseline_priors
 from ..tasks.prior_summary import summarise_prior
 from ..training.run_folder import RunFolder, load_run
@@ -151,6 +153,8 @@ def prior(
 ) -> Path:
     """Writes the fitted prior of ``run_dir`` into ``<run>/prior/<timestamp>/``; returns that folder."""
     run = load_run("prior", run_dir, device, threads)
+    if isinstance(run.model, MixedModel):
+        return _mixed_prior(run, n, grid, seed)
     latent_dim = int(run.cfg.latent_dim)
     draws = prior_draws(run.model.decoder, latent_dim, n, torch.Generator().manual_seed(seed), run.device)
     result = summarise_prior(run.model.decoder, latent_dim, draws, grid, run.device)
@@ -197,6 +201,37 @@ def prior(
         sd = float(variance) ** 0.5
         what = "normal prior by maximum likelihood" if isinstance(fit, NormalPrior) else f"{fit.support.numel()} atoms"
         print(f"{BASELINE_STYLE.get(name, (name,))[0]}: mean {mean:.4f}, sd {sd:.4f} ({what})")
+    print(f"written to {folder}")
+    return folder
+
+
+def _mixed_prior(run, n: int, grid: int, seed: int) -> Path:
+    """``almond prior`` of a mixed-model run: each grouping factor's random-effect law, as for any run's prior (its
+    grid, summary and figure), one factor after another; the files carry the factor's name."""
+    folder = run.folder.new_output_folder(RunFolder.PRIOR)
+    grid_rows, summary_rows = [], []
+    for index, block in enumerate(run.model.layout.blocks):
+        law = FactorLaw(run.model.decoder, index)
+        draws = prior_draws(law, block.size, n, torch.Generator().manual_seed(seed), run.device)
+        result = summarise_prior(law, block.size, draws, grid, run.device)
+        grid_rows += [
+            (block.factor, block.terms[p], f"{u:.8g}", f"{d:.8g}", f"{c:.8g}") for p, u, d, c in result["grid"]
+        ]
+        for row in result["summary"]:
+            term = block.terms[int(row["coordinate"])]
+            summary_rows.append({"factor": block.factor, "term": term, **row})
+            print(
+                f"{block.factor} {term}: mean {row['mean']:.4f}, sd {row['sd']:.4f}, skewness {row['skewness']:.3f}, "
+                f"90% interval [{row['q5']:.4f}, {row['q95']:.4f}] (uncentred: the matching fixed effect holds the mean)"
+            )
+        name = "".join(c if c.isalnum() else "_" for c in block.factor)
+        prior_figure(result, None, folder / "figures" / f"prior_{name}.png")
+    write_text_atomic(folder / "prior.csv", _csv(["factor", "term", "u", "density", "cdf"], grid_rows))
+    keys = list(summary_rows[0])
+    write_text_atomic(
+        folder / "prior_summary.csv",
+        _csv(keys, [[row[k] if isinstance(row[k], str) else f"{row[k]:.8g}" for k in keys] for row in summary_rows]),
+    )
     print(f"written to {folder}")
     return folder
 

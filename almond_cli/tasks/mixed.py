@@ -282,3 +282,17 @@ def law_draws(model: MixedModel, num_draws: int, seed: int = 0) -> tuple[list[st
             columns.append(u - mean.double().cpu())
             names += [f"{block.factor}|{term}" for term in block.terms]
     return names, torch.cat(columns, dim=1)
+
+
+class FactorLaw(torch.nn.Module):
+    """One factor's random-effect law as a decoder of its own, z (..., q) -> u (..., q), for code that draws or
+    summarises a law (``almond prior``): the mixed decoder's ``block_forward`` of that factor."""
+
+    def __init__(self, decoder, index: int):
+        super().__init__()
+        self.decoder = decoder
+        self.index = index
+        self.latent_dim = decoder.layout.blocks[index].size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.block_forward(self.index, z)
