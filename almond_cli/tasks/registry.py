@@ -187,7 +187,9 @@ def check_likelihood(name: str, likelihood: type[Likelihood]) -> None:
         + " or ".join(f"data={o}" for o in owners),
     )
     for column in likelihood.row_columns:
-        readers = [f"data={r} with data.{row_column_key(column)}=NAME" for r, e in DATA_SETS.items() if e.supplies(column)]
+        readers = [
+            f"data={r} with data.{row_column_key(column)}=NAME" for r, e in DATA_SETS.items() if e.supplies(column)
+        ]
         readers += [f"data={r}" for r, e in DATA_SETS.items() if e.likelihoods and likelihood.name in e.likelihoods]
         require(
             option.supplies(column),

@@ -141,7 +141,6 @@ def test_sample_reads_the_runs_sampler_settings(tmp_path, monkeypatch):
     assert received[0].method == "mala" and received[0].tabulate == "on"
 
 
-
 def test_settings_of_a_run_saved_before_the_keys_existed_are_the_old_behaviour():
     """A sampler config without method, precision, tabulate and table_nodes (almond 0.1.0 wrote none of the last
     three) reads ULA, fp32, no table, 2049 nodes: how such a run trained."""

@@ -80,9 +80,7 @@ def test_unreadable_load_keeps_the_share():
     assert choice.threads == 4 and "could not be read" in choice.reason
 
 
-@pytest.mark.parametrize(
-    ("cores", "processes", "expected"), [(2, 2, 1), (16, 4, 4), (16, 3, 5), (2, 4, 1), (8, 1, 8)]
-)
+@pytest.mark.parametrize(("cores", "processes", "expected"), [(2, 2, 1), (16, 4, 4), (16, 3, 5), (2, 4, 1), (8, 1, 8)])
 def test_processes_sharing_the_cores_each_take_their_share(cores, processes, expected):
     # joblib jobs x threads (and torchrun ranks x threads) never exceed the cores, and no process gets 0 threads.
     choice = choose_threads(None, cores=cores, torch_default=cores, busy_elsewhere=0.0, processes=processes)
@@ -138,9 +136,7 @@ def test_busy_cores_counts_other_processes_not_this_one(monkeypatch):
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux only")
 def test_busy_cores_sees_a_busy_process_on_our_cpu():
     cpu = min(os.sched_getaffinity(0))
-    busy = subprocess.Popen(
-        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
-    )
+    busy = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
     try:
         import time
 
