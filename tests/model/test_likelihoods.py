@@ -19,6 +19,7 @@ from almond_cli.model import likelihoods
 from almond_cli.model.likelihoods import (
     LIKELIHOODS,
     Bernoulli,
+    Binomial,
     Gaussian,
     HeteroscedasticGaussian,
     Likelihood,
@@ -182,6 +183,7 @@ def test_mean_of_x_given_u_and_its_name():
         Poisson: "rate",
         NegativeBinomial: "rate",
         PoissonGLMM: None,
+        Binomial: "prob",
     }
     with pytest.raises(NotImplementedError, match="covariates"):
         PoissonGLMM(num_fixed=1).mean(u)
@@ -199,7 +201,8 @@ def test_observations_and_noise_sd():
     for likelihood in (Bernoulli(), Poisson(), NegativeBinomial(), PoissonGLMM(num_fixed=1)):
         assert likelihood.noise_sd(x) is None
     assert {cls.name: cls.row_columns for cls in LIKELIHOODS.values() if cls.row_columns} == {
-        "gaussian_hetero": ("sd",)
+        "gaussian_hetero": ("sd",),
+        "binomial": ("trials",),
     }
 
 
@@ -217,21 +220,21 @@ def test_row_columns_split_a_row_into_measurements_and_named_columns():
 
 
 def test_a_likelihood_that_orders_shared_row_columns_differently_is_refused():
-    class Trials(Likelihood):  # a later binomial with an offset: a new column after the known ones is fine
-        name = "test_trials_offset"
-        row_columns = ("sd", "trials")
+    class Exposure(Likelihood):  # a later likelihood with a new column after the known ones is fine
+        name = "test_exposure"
+        row_columns = ("trials", "sd", "exposure")
 
     try:
-        assert row_column_names() == ("sd", "trials")
+        assert row_column_names() == ("trials", "sd", "exposure")
         with pytest.raises(TypeError, match="another order"):
 
             class Reversed(Likelihood):
                 name = "test_reversed"
-                row_columns = ("trials", "sd")
+                row_columns = ("sd", "trials")
     finally:
-        LIKELIHOODS.pop("test_trials_offset", None)
+        LIKELIHOODS.pop("test_exposure", None)
         LIKELIHOODS.pop("test_reversed", None)
-    assert row_column_names() == ("sd",)
+    assert row_column_names() == ("trials", "sd")
 
 
 # ----- the registry ---------------------------------------------------------------------------------------------
@@ -243,6 +246,7 @@ def test_every_likelihood_is_registered_by_name_and_found_from_its_target():
         "poisson": Poisson,
         "poisson_glmm": PoissonGLMM,
         "negative_binomial": NegativeBinomial,
+        "binomial": Binomial,
     }
     for name, cls in LIKELIHOODS.items():
         assert cls.name == name

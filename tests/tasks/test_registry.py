@@ -52,12 +52,13 @@ ACCEPTED = {
     "file": PLAIN | {"gaussian_hetero"},
     "glmm": {"poisson_glmm"},
     "glmm_file": {"poisson_glmm"},
+    "mixed": PLAIN | {"binomial"},  # the families a formula's rows are laid out for (binomial: cbind's trials)
 }
 
 
 @pytest.mark.parametrize("data", sorted(DATA_SETS))
 def test_each_option_accepts_the_likelihoods_its_rows_are_for(data):
-    assert set(LIKELIHOODS) == PLAIN | {"gaussian_hetero", "poisson_glmm"}  # a new likelihood: add it above
+    assert set(LIKELIHOODS) == PLAIN | {"gaussian_hetero", "poisson_glmm", "binomial"}  # a new likelihood: add it above
     for name, cls in LIKELIHOODS.items():
         if name in ACCEPTED[data]:
             check_likelihood(data, cls)
