@@ -173,7 +173,8 @@ def main() -> None:
                 time.sleep(1.0 if busy else 0.0)  # let the busy processes reach full speed
                 for round_number in range(args.rounds):
                     for label, (threads, extra_env) in settings.items():
-                        run_dir = Path(workdir) / f"{state}-{label.split(',')[0]}-{round_number}"
+                        slug = "".join(c if c.isalnum() else "-" for c in label)  # "2" and "2, spinning" differ
+                        run_dir = Path(workdir) / f"{state}-{slug}-{round_number}"
                         row = run_once(threads, extra_env, overrides, run_dir)
                         samples[state][label].append(row)
                         print(
