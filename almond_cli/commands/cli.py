@@ -323,7 +323,10 @@ def quiet_openmp_waits(environ=os.environ) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_openmp_waits()  # first: nothing has imported torch yet
+    # OpenMP's wait policy is left to the user: measured on the 2-core AMD EPYC (benchmarks/README.md, threads.py),
+    # PASSIVE made the idle default run's ALMOND phase 2.2x slower (48.4 s against 21.7 s spinning), while the load-
+    # aware thread count alone already keeps a busy neighbour from costing 3x. `quiet_openmp_waits` stays for a
+    # user or a test that asks for it.
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
