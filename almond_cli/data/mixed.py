@@ -15,7 +15,7 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from ..errors import ConfigError, require
-from ..model.likelihoods import LIKELIHOODS, Likelihood
+from ..model.likelihoods import LIKELIHOODS, Likelihood, likelihood_class
 from ..model.mixed import MixedLayout, MixedLikelihood, MixedModel
 from .dataset import Dataset
 from .formula import MixedDesign, build_design
@@ -161,12 +161,11 @@ def check_response(design: MixedDesign, family_name: str) -> None:
 
 
 def family_name_of(likelihood_cfg) -> str:
-    target = str(likelihood_cfg.get("_target_", ""))
-    for name in MIXED_LIKELIHOODS:
-        cls = LIKELIHOODS[name]
-        if f"{cls.__module__}.{cls.__qualname__}" == target:
-            return name
-    raise ConfigError("likelihood", f"data=mixed fits the families {', '.join(MIXED_LIKELIHOODS)}; choose one")
+    """The family ``likelihood=`` chose, by name; ``ConfigError`` for one ``data=mixed`` does not fit."""
+    cls = likelihood_class(str(likelihood_cfg.get("_target_", "")))
+    if cls is None or cls.name not in MIXED_LIKELIHOODS:
+        raise ConfigError("likelihood", f"data=mixed fits the families {', '.join(MIXED_LIKELIHOODS)}; choose one")
+    return cls.name
 
 
 def build_mixed(data_cfg, generator=None) -> MixedDataset:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from ..data.dataset import Dataset
 
 
@@ -41,3 +43,15 @@ class Task:
         self, run_dir: Path, model, dataset: Dataset, cfg, device, summary: dict, vae_snapshot: dict | None
     ) -> None:
         """Writes the task's figures into ``run_dir / "figures"``."""
+
+
+def gaussian_baseline_config(cfg, decoder_target: str, name: str):
+    """A parent run's config for its Gaussian baseline child (``Task.trained_baselines``): the same run with the
+    decoder ``decoder_target`` (a linear one: Gaussian random effects), no baseline of its own and no resume, named
+    ``<experiment>/<name>``; a plain DictConfig."""
+    child = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    child.decoder = {"_target_": decoder_target}
+    child.data.gaussian_baseline = False
+    child.resume = None
+    child.experiment_name = f"{cfg.experiment_name}/{name}"
+    return child

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from ..data.clayton import lambda_l1
 from ..data.dataset import GLMMDataset
 from ..model.networks import LinearDecoder
-from .base import Task
+from .base import Task, gaussian_baseline_config
 from .figures import method_panels
 from .glmm_figures import random_effects_figure
 from .metrics import ks_distance, latent_draws, train_likelihood, w1_distance
@@ -64,16 +63,6 @@ def score_model(model, dataset: GLMMDataset, cfg, device) -> tuple[dict[str, flo
     return scores, draws
 
 
-def gaussian_glmm_config(cfg):
-    """The parent run's config with ``decoder=linear`` and no baseline of its own: a plain DictConfig."""
-    child = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    child.decoder = {"_target_": LINEAR_DECODER}
-    child.data.gaussian_baseline = False
-    child.resume = None
-    child.experiment_name = f"{cfg.experiment_name}/{BASELINE}"
-    return child
-
-
 class GLMMTask(Task):
     """Random-effects distribution scores, fixed-effect error, the Gaussian GLMM baseline, the figure."""
 
@@ -84,7 +73,7 @@ class GLMMTask(Task):
         return {**score_model(model, dataset, cfg, device)[0], **train_likelihood(model, dataset, cfg, device)}
 
     def trained_baselines(self, dataset, cfg):
-        return {BASELINE: gaussian_glmm_config(cfg)} if cfg.data.gaussian_baseline else {}
+        return {BASELINE: gaussian_baseline_config(cfg, LINEAR_DECODER, BASELINE)} if cfg.data.gaussian_baseline else {}
 
     def baselines(self, model, dataset, cfg, device, fitted):
         if BASELINE not in fitted:

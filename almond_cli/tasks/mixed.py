@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-from omegaconf import OmegaConf
 
 from ..data.mixed import MixedDataset
 from ..langevin import sampler
@@ -26,7 +25,7 @@ from ..langevin.whitening import WhitenedTarget, Whitening
 from ..model.mixed import MixedLinearDecoder, MixedModel
 from ..model.mixed_inference import components, mixed_fit_statistics, random_effect_laws
 from ..model.model import evaluation_mode
-from .base import Task
+from .base import Task, gaussian_baseline_config
 
 BASELINE = "gaussian"
 LINEAR_DECODER = f"{MixedLinearDecoder.__module__}.{MixedLinearDecoder.__qualname__}"
@@ -150,16 +149,6 @@ def fixed_effect_summary(model: MixedModel, dataset: MixedDataset, table: dict, 
     return out
 
 
-def gaussian_config(cfg):
-    """The parent run's config with ``decoder=mixed_linear`` and no baseline of its own: a plain DictConfig."""
-    child = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    child.decoder = {"_target_": LINEAR_DECODER}
-    child.data.gaussian_baseline = False
-    child.resume = None
-    child.experiment_name = f"{cfg.experiment_name}/{BASELINE}"
-    return child
-
-
 class MixedTask(Task):
     """lme4's summary of each fit, the Gaussian baseline and ALMOND's gain over it."""
 
@@ -187,7 +176,7 @@ class MixedTask(Task):
         return scores
 
     def trained_baselines(self, dataset, cfg):
-        return {BASELINE: gaussian_config(cfg)} if cfg.data.gaussian_baseline else {}
+        return {BASELINE: gaussian_baseline_config(cfg, LINEAR_DECODER, BASELINE)} if cfg.data.gaussian_baseline else {}
 
     def baselines(self, model, dataset, cfg, device, fitted):
         if BASELINE not in fitted:
