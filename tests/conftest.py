@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,36 @@ def run_almond(
             f"almond {' '.join(args)} failed ({process.returncode}):\n{process.stdout}\n{process.stderr}"
         )
     return process
+
+
+@pytest.fixture
+def almond_refuses(monkeypatch, capsys):
+    """``almond *args`` in-process (``cli.main``, no interpreter start-up to pay), expected to refuse: exit code 2
+    and one ``almond: error:`` line, no traceback. Returns that line. The installed command runs the same
+    ``cli.main``; a few tests per place a refusal comes from still run it in a subprocess (``run_almond``)."""
+    from almond_cli.commands import cli
+    from almond_cli.training import trainer
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main sets it; a run that goes ahead sets handlers too
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def refuses(args: list[str], cwd: Path | None = None) -> str:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            cli.main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        assert stopped.value.code == 2, (stopped.value.code, out[-2000:], err[-2000:])
+        assert "Traceback" not in out + err, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("almond: error: "), err
+        return lines[0]
+
+    yield refuses
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    trainer.pending_stop_signal()  # a signal a test left pending is not the next test's
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

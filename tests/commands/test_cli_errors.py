@@ -21,12 +21,19 @@ from conftest import run_almond
         ("likelihood=poisson sampler.tabulate=on", "sampler.tabulate"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_paragraph(tmp_path, override, needle):
-    process = run_almond(["train", *override.split(), "debug=tiny"], cwd=tmp_path, timeout=120)
+def test_bad_input_exits_2_with_one_clear_paragraph(tmp_path, override, needle, almond_refuses):
+    line = almond_refuses(["train", *override.split(), "debug=tiny"], cwd=tmp_path)
+    assert needle in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_installed_command_refuses_in_one_paragraph(tmp_path):
+    """The cases above run ``cli.main`` in-process; one of them as a user meets it, in a process of its own."""
+    process = run_almond(["train", "sampler.step_size=abc", "debug=tiny"], cwd=tmp_path, timeout=120)
     assert process.returncode == 2, process.stderr
     assert "Traceback" not in process.stderr + process.stdout
     message = process.stderr.strip()
-    assert message.startswith("almond: error:") and needle in message
+    assert message.startswith("almond: error:") and "sampler.step_size" in message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
 

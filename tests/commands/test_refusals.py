@@ -73,15 +73,16 @@ def copy(trained, tmp_path) -> Path:
         (["data.holdout_fraction=0.2"], "data.holdout_fraction (checkpoint: 0.0, command line: 0.2)"),
     ],
 )
-def test_resume_with_a_bad_override_is_one_paragraph(copy, overrides, fragment):
+def test_resume_with_a_bad_override_is_one_paragraph(copy, overrides, fragment, almond_refuses):
     run = copy / "run"
     before = snapshot(run)
-    assert_refused(run_almond(["train", f"resume={run}", *overrides], cwd=copy), "resume:", fragment)
-    assert_refused(run_almond(["train", "resume=auto", f"hydra.run.dir={run}", *overrides], cwd=copy), fragment)
+    line = almond_refuses(["train", f"resume={run}", *overrides], cwd=copy)
+    assert "resume:" in line and fragment in line, line
+    assert fragment in almond_refuses(["train", "resume=auto", f"hydra.run.dir={run}", *overrides], cwd=copy)
     assert snapshot(run) == before
 
 
-def test_changed_data_are_refused_by_resume_evaluate_and_sample(trained, tmp_path):
+def test_changed_data_are_refused_by_resume_evaluate_and_sample(trained, tmp_path, almond_refuses):
     folder = tmp_path / "t"
     shutil.copytree(trained, folder)
     run, data = folder / "run", trained / "m.csv"
@@ -95,14 +96,11 @@ def test_changed_data_are_refused_by_resume_evaluate_and_sample(trained, tmp_pat
             ["evaluate", str(run)],
             ["sample", str(run), "what=prior", f"out={tmp_path / 'p.npy'}"],
         ):
-            process = run_almond(command, cwd=tmp_path)
-            assert_refused(
-                process, "the data are not those this run was fitted to", str(data), "values differ", "new run"
-            )
+            line = almond_refuses(command, cwd=tmp_path)
+            for fragment in ("the data are not those this run was fitted to", str(data), "values differ", "new run"):
+                assert fragment in line, (fragment, line)
         data.write_text("x\n" + "".join(f"{v:.6f}\n" for v in values[:5]))  # 5 rows
-        assert_refused(
-            run_almond(["train", f"resume={run}"], cwd=tmp_path), "x has shape (5, 1), the run's had (200, 1)"
-        )
+        assert "x has shape (5, 1), the run's had (200, 1)" in almond_refuses(["train", f"resume={run}"], cwd=tmp_path)
     finally:
         data.write_text(original)
     assert snapshot(run) == before and not (tmp_path / "p.npy").exists()
@@ -120,41 +118,36 @@ def test_a_second_resume_of_a_running_run_is_refused_and_writes_nothing(copy):
         assert snapshot(run) == before  # its train.log, metrics and checkpoints untouched
 
 
-def test_a_resume_never_moves_a_run_backwards(copy):
+def test_a_resume_never_moves_a_run_backwards(copy, almond_refuses):
     run = copy / "run"
     older = sorted((run / "checkpoints").glob("step-*.pt"))[0]
     before = snapshot(run)
-    assert_refused(
-        run_almond(["train", f"resume={older}"], cwd=copy), "never moves a run backwards", "copy the run folder"
-    )
+    line = almond_refuses(["train", f"resume={older}"], cwd=copy)
+    assert "never moves a run backwards" in line and "copy the run folder" in line, line
     assert snapshot(run) == before
 
 
-def test_sample_never_writes_over_data_a_run_folder_or_an_existing_file(copy, trained):
+def test_sample_never_writes_over_data_a_run_folder_or_an_existing_file(copy, trained, almond_refuses):
     run = copy / "run"
     before, data = snapshot(run), (trained / "m.csv").read_bytes()
-    assert_refused(
-        run_almond(["sample", str(run), "what=prior", f"out={trained / 'm.csv'}", "overwrite=true"], cwd=copy),
-        "data file of the run",
-    )
-    assert_refused(
-        run_almond(["sample", str(run), "what=prior", f"out={run / 'prior.csv'}"], cwd=copy), "inside the run folder"
-    )
+    overwrite_data = ["sample", str(run), "what=prior", f"out={trained / 'm.csv'}", "overwrite=true"]
+    assert "data file of the run" in almond_refuses(overwrite_data, cwd=copy)
+    inside = ["sample", str(run), "what=prior", f"out={run / 'prior.csv'}"]
+    assert "inside the run folder" in almond_refuses(inside, cwd=copy)
     existing = copy / "mine.csv"
     existing.write_text("keep me\n")
-    assert_refused(
-        run_almond(["sample", str(run), "what=prior", f"out={existing}"], cwd=copy), "exists", "overwrite=true"
-    )
+    line = almond_refuses(["sample", str(run), "what=prior", f"out={existing}"], cwd=copy)
+    assert "exists" in line and "overwrite=true" in line, line
     assert existing.read_text() == "keep me\n"
     replaced = run_almond(["sample", str(run), "what=prior", "n=10", f"out={existing}", "overwrite=true"], cwd=copy)
     assert replaced.returncode == 0 and existing.read_text().splitlines()[0] == "u"
     assert snapshot(run) == before and (trained / "m.csv").read_bytes() == data
 
 
-def test_values_beyond_float32_are_refused_with_row_and_column(tmp_path):
+def test_values_beyond_float32_are_refused_with_row_and_column(tmp_path, almond_refuses):
     (tmp_path / "big.csv").write_text("x\n1.0\n2.0\n1e39\n3.0\n")
-    process = run_almond(["train", *TINY, "data=file", "data.path=big.csv", "hydra.run.dir=run"], cwd=tmp_path)
-    assert_refused(process, "row 4 (line 4 of the file), column 'x'", "float32")
+    line = almond_refuses(["train", *TINY, "data=file", "data.path=big.csv", "hydra.run.dir=run"], cwd=tmp_path)
+    assert "row 4 (line 4 of the file), column 'x'" in line and "float32" in line, line
     assert not (tmp_path / "run").exists()
 
 
@@ -166,10 +159,9 @@ def test_a_run_that_diverges_before_its_first_checkpoint_says_so(tmp_path):
     assert_refused(run_almond(["train", "resume=run"], cwd=tmp_path), "stopped before writing its first one")
 
 
-def test_an_unquoted_non_ascii_value_gets_the_quoting_hint(tmp_path):
-    assert_refused(
-        run_almond(["train", "data=file", "data.path=dönnées.csv"], cwd=tmp_path), "data.path=\"'dönnées.csv'\""
-    )
+def test_an_unquoted_non_ascii_value_gets_the_quoting_hint(tmp_path, almond_refuses):
+    line = almond_refuses(["train", "data=file", "data.path=dönnées.csv"], cwd=tmp_path)
+    assert "data.path=\"'dönnées.csv'\"" in line, line
     (tmp_path / "dönnées.csv").write_text("x\n1\n2\n3\n")
     quoted = run_almond(
         [
