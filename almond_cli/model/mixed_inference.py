@@ -283,6 +283,12 @@ def can_integrate_exactly(model: MixedModel) -> bool:
     return len(blocks) == 1 and blocks[0].size <= 2
 
 
+def needs_draws(model: MixedModel) -> bool:
+    """Whether the integration rule is centred by posterior draws: all but the dense grid of one factor of one random
+    term, whose points do not depend on where the posterior lies."""
+    return not (can_integrate_exactly(model) and model.layout.blocks[0].size == 1)
+
+
 def _rule_estimate(model: MixedModel, x: Tensor, rule: IntegrationRule, row_component: Tensor, count: int):
     """theta -> (K,) log p̂(y_k) under ``rule``, and the per-(m, k) log terms at the fitted theta (for the SE)."""
     effects = _effects(model, rule.points)
@@ -383,7 +389,7 @@ def integrated_log_lik(model: MixedModel, x: Tensor, draws: Tensor, num_samples:
     Args:
         x: (n, D) the rows, laid out as ``model.layout`` says.
         draws: (N, d) posterior draws of ``model``'s latents given ``x`` (they centre the rules; see
-            ``mixed_fit_statistics``).
+            ``mixed_fit_statistics``); none (N = 0) will do where ``needs_draws`` says so.
 
     Returns:
         {"log_lik", "log_lik_se" (nats, total over the rows), "method", "per_component" ((K,) each independent

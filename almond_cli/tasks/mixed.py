@@ -25,7 +25,13 @@ from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import target_for
 from ..langevin.whitening import WhitenedTarget, Whitening
 from ..model.mixed import MixedLinearDecoder, MixedModel
-from ..model.mixed_inference import components, integrated_log_lik, mixed_fit_statistics, random_effect_laws
+from ..model.mixed_inference import (
+    components,
+    integrated_log_lik,
+    mixed_fit_statistics,
+    needs_draws,
+    random_effect_laws,
+)
 from ..model.model import evaluation_mode
 from .base import Task, gaussian_baseline_config
 
@@ -133,7 +139,10 @@ def groups_model(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> Mix
 
 def heldout_log_lik(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> dict:
     """``integrated_log_lik`` of ``dataset``'s rows (held-out groups) under ``model`` fitted to other groups."""
-    fresh = groups_model(model, dataset, seed)
+    fresh = model.cpu().for_groups(dataset.layout)
+    if not needs_draws(fresh):  # a dense grid of z: no posterior to find first
+        return integrated_log_lik(fresh, dataset.x, torch.zeros(0, fresh.layout.latent_dim), seed=seed)
+    fit_group_encoder(fresh, dataset.x, seed=seed)
     draws, _ = posterior_draws(fresh, dataset.x, seed=seed)
     return integrated_log_lik(fresh, dataset.x, draws, seed=seed)
 

@@ -92,11 +92,11 @@ def test_every_fit_reports_the_held_out_groups_log_likelihood(heldout_run):
 
 
 @pytest.mark.slow
-def test_sample_marks_the_held_out_groups_and_draws_a_new_tables_groups(heldout_run):
+def test_sample_marks_the_held_out_groups_and_draws_a_new_tables_groups(heldout_run, capsys):
+    """In process (``cli.main``): the sample command's own work, without three more interpreter start-ups."""
     folder, run_dir, _, _ = heldout_run
     out = folder / "posterior.csv"
-    process = run_almond(["sample", str(run_dir), "what=posterior", f"out={out}", "threads=1"], cwd=folder)
-    assert process.returncode == 0, process.stderr[-3000:]
+    cli.main(["sample", str(run_dir), "what=posterior", f"out={out}", "threads=1"])
     posterior = pd.read_csv(out)
     assert list(posterior.columns)[-1] == "split" and len(posterior) == 24
     held, trained = posterior[posterior["split"] == "heldout"], posterior[posterior["split"] == "train"]
@@ -106,19 +106,16 @@ def test_sample_marks_the_held_out_groups_and_draws_a_new_tables_groups(heldout_
     new_path = folder / "new.csv"
     _table(groups=5, seed=9, prefix="new").to_csv(new_path, index=False)
     new_out = folder / "new_posterior.csv"
-    process = run_almond(
-        ["sample", str(run_dir), "what=posterior", f"data={new_path}", f"out={new_out}", "threads=1"], cwd=folder
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
+    cli.main(["sample", str(run_dir), "what=posterior", f"data={new_path}", f"out={new_out}", "threads=1"])
     new = pd.read_csv(new_out)
     assert list(new["group"]) == [f"new{k}" for k in range(5)] and "split" not in new.columns
+    capsys.readouterr()
 
     bad = folder / "bad.csv"
     _table(groups=3).drop(columns=["x"]).to_csv(bad, index=False)
     bad_out = folder / "bad_posterior.csv"
-    process = run_almond(
-        ["sample", str(run_dir), "what=posterior", f"data={bad}", f"out={bad_out}", "threads=1"], cwd=folder
-    )
-    assert process.returncode == 2
-    _assert_one_error_line(process.stderr, [f"data={bad}", "no column 'x'"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["sample", str(run_dir), "what=posterior", f"data={bad}", f"out={bad_out}", "threads=1"])
+    assert stopped.value.code == 2
+    _assert_one_error_line(capsys.readouterr().err, [f"data={bad}", "no column 'x'"])
     assert not bad_out.exists()
