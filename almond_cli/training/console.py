@@ -163,8 +163,10 @@ def print_summary(summary: dict, run_dir) -> None:
             )
             line = f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± {metrics['almond_gain_se']:.4f} {per}"
             if "almond_heldout_gain" in metrics:
+                which = "groups" if "almond_gain_groups" in metrics else "rows"  # a mixed model's: per group
                 line += (
-                    f"; held-out rows {metrics['almond_heldout_gain']:+.4f} ± {metrics['almond_heldout_gain_se']:.4f}"
+                    f"; held-out {which} {metrics['almond_heldout_gain']:+.4f} ± "
+                    f"{metrics['almond_heldout_gain_se']:.4f}"
                 )
             console.print(line)
     console.print(
