@@ -321,7 +321,10 @@ def paired_differences(rows: list[JobRow], runs: dict) -> tuple[str, str, int] |
     finished = [row for row in rows if row.name in runs]
     if len(finished) < 2:
         return None
-    heldout = all(runs[row.name].dataset.heldout is not None for row in finished)
+    # held-out rows scored per row (heldout_nll); a mixed model's held-out groups are scored per group instead
+    heldout = all(
+        runs[row.name].dataset.heldout is not None and f"almond.{HELDOUT_RANKING}" in row.metrics for row in finished
+    )
     if not heldout and not all(f"almond.{LAST_RANKING}" in row.metrics for row in finished):
         return None  # images score held-out images alone (test_nll): no per-row training likelihood to pair
     scores = {row.name: row_nll(runs[row.name], heldout) for row in finished}

@@ -39,7 +39,7 @@ from ..model.mixed import MixedModel
 from ..model.model import prior_draws, reparameterise, standard_normal_log_prob
 from ..model.units import UnitRows
 from ..tasks.empirical_bayes import fit_normal_prior, posterior_means
-from ..tasks.mixed import group_posterior_csv, group_posteriors, law_draws
+from ..tasks.mixed import group_posterior_csv, group_posteriors, groups_model, law_draws
 from ..tasks.normal_means import row_noise_sd
 from ..tasks.registry import read_new_rows
 from ..training.position import Phase
@@ -99,7 +99,8 @@ ARGUMENTS = {
         optional_str,
         None,
         help="a file of new rows with the columns the run was trained on (its data.columns, sd, id columns; "
-        "data=file or glmm_file runs): their posteriors under the fitted prior, instead of the run's own rows",
+        "data=file or glmm_file runs; a mixed run's formula columns, whose groups are new groups): their "
+        "posteriors under the fitted prior, instead of the run's own rows",
     ),
     "level": Argument(
         float,
@@ -540,9 +541,7 @@ def sample(
             if data is not None and target == Path(data).expanduser().resolve():
                 raise UsageError(f"sample: {key}={path} is the data= file; choose another file to write")
     if isinstance(run.model, MixedModel):  # one line per group and factor, with its id
-        if data is not None:
-            raise UsageError("sample: data= (new rows) is not available for a mixed-model run yet")
-        return _sample_mixed(run, what, n, out, seed, num_chains)
+        return _sample_mixed(run, what, n, out, seed, num_chains, data)
     if what == "prior":
         draws = prior_draws(
             run.model.decoder, int(run.cfg.latent_dim), n, torch.Generator().manual_seed(seed), run.device
@@ -837,9 +836,12 @@ def _sample_posterior(
     return result
 
 
-def _sample_mixed(run, what: str, n: int, out: str | None, seed: int, num_chains: int) -> dict:
+def _sample_mixed(run, what: str, n: int, out: str | None, seed: int, num_chains: int, data: str | None) -> dict:
     """``almond sample`` of a mixed-model run: each factor's law (what=prior) or every group's random effect given
-    the data (what=posterior: one line per factor, group and term, with its id, R-hat and bulk ESS)."""
+    the data (what=posterior: one line per factor, group and term, with its id, R-hat and bulk ESS). The held-out
+    groups (``data.holdout_fraction``) follow the training groups, marked in a ``split`` column; with ``data=`` a
+    new table's groups instead. Groups the fit did not see are new draws from the fitted laws: their posteriors
+    are under those laws given their own rows (``tasks.mixed.groups_model``)."""
     if what == "prior":
         names, draws = law_draws(run.model, n, seed)
         path = _output_path(out, run, "prior.csv")
@@ -851,19 +853,37 @@ def _sample_mixed(run, what: str, n: int, out: str | None, seed: int, num_chains
             write_text_atomic(path, text.getvalue())
         print(f"{n} draws of each factor's random-effect law (centred) -> {path}")
         return {"what": "prior", "path": str(path), "n": n, "columns": names}
-    table = group_posteriors(run.model, run.dataset, num_chains=num_chains, seed=seed)
+    split = None
+    if data is not None:  # a new table's groups, under the fitted laws
+        new = read_new_rows(run.cfg, str(Path(data).expanduser()), "sample", run.dataset)
+        table = group_posteriors(groups_model(run.model, new, seed), new, num_chains=num_chains, seed=seed)
+        which = f"the {new.num_points} rows of {data}"
+    else:
+        table = group_posteriors(run.model, run.dataset, num_chains=num_chains, seed=seed)
+        which = "the training rows"
+        held = run.dataset.heldout
+        if held is not None:  # groups kept out of training: new draws from the fitted laws, given their rows
+            other = group_posteriors(groups_model(run.model, held, seed), held, num_chains=num_chains, seed=seed)
+            split = ["train"] * len(table["rows"]) + ["heldout"] * len(other["rows"])
+            table = {
+                "rows": table["rows"] + other["rows"],
+                "max_rhat": max(table["max_rhat"], other["max_rhat"]),
+                "min_ess_bulk": min(table["min_ess_bulk"], other["min_ess_bulk"]),
+            }
+            which += f" and the {held.num_points} held-out rows"
     path = _output_path(out, run, "posterior.csv")
-    write_text_atomic(path, group_posterior_csv(table))
+    write_text_atomic(path, group_posterior_csv(table, split))
     result = {
         "what": "posterior",
         "path": str(path),
         "rows": len(table["rows"]),
+        "heldout_rows": split.count("heldout") if split is not None else 0,
         "max_rhat": table["max_rhat"],
         "min_ess_bulk": table["min_ess_bulk"],
     }
     print(
-        f"posteriors of {len(table['rows'])} random effects (factor, group, term) -> {path}; largest R-hat "
-        f"{table['max_rhat']:.3f}, smallest bulk ESS {table['min_ess_bulk']:.0f}"
+        f"posteriors of {len(table['rows'])} random effects (factor, group, term) given {which} -> {path}; "
+        f"largest R-hat {table['max_rhat']:.3f}, smallest bulk ESS {table['min_ess_bulk']:.0f}"
     )
     if table["max_rhat"] > RHAT_ALARM:
         print(f"warning: the largest R-hat is above {RHAT_ALARM}: the chains disagree; rerun with more chains")

@@ -155,6 +155,26 @@ class Dataset:
         rows, _ = self.unit_rows().of(units)
         return self.select(rows.sort().values)
 
+    def holdout_split(self, fraction: float, generator: torch.Generator) -> tuple[Dataset, Dataset]:
+        """(training part, held-out part) for ``hold_out``: ``round(fraction · U)`` (at least one) of the U units,
+        the first ones of a permutation drawn from ``generator``, with all their rows.
+
+        Raises:
+            UsageError: when no unit would be left to train on.
+        """
+        n = self.num_units
+        what = "rows" if self.unit_index is None else "units"
+        count = max(1, round(fraction * n))
+        if count >= n:
+            raise UsageError(
+                f"data.holdout_fraction: {fraction} of {n} {what} holds out {count}, which leaves no "
+                f"{what[:-1]} to train on; lower data.holdout_fraction (0 trains on every row) or use more "
+                "data"
+            )
+        order = torch.randperm(n, generator=generator)
+        train_units, heldout_units = order[count:].sort().values, order[:count].sort().values
+        return self.select_units(train_units), self.select_units(heldout_units)
+
     def fingerprint(self) -> dict:
         """What identifies these data: a SHA-256 of every array as read (its shape, dtype and bytes), each array's
         shape, and the file it came from. A checkpoint keeps it, so a run is never continued, scored or sampled
@@ -250,15 +270,23 @@ def check_same_data(saved: dict | None, dataset: Dataset, command: str) -> None:
     )
 
 
+def holdout_generator(seed: int) -> torch.Generator:
+    """The generator of the hold-out split: a stream of its own, seeded by SHA-256 of ``almond:{seed}:holdout``, so
+    the data set's own draws are unchanged and every command that rebuilds the data from the saved config gets the
+    same split."""
+    stream = int.from_bytes(hashlib.sha256(f"almond:{seed}:holdout".encode()).digest()[:8], "little") >> 1
+    return torch.Generator().manual_seed(stream)
+
+
 def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """Keeps ``round(fraction · n)`` random rows (at least one) out of training: ``data.holdout_fraction``. Where
     rows are grouped in units (``Dataset.unit_index``), whole units are kept out the same way: ``round(fraction ·
-    U)`` of the U units with all their rows.
+    U)`` of the U units with all their rows. A data set may split itself otherwise (``Dataset.holdout_split``: a
+    mixed model holds out whole groups of one grouping factor).
 
-    The rows are a permutation's first ones, from a generator of their own stream, seeded by SHA-256 of
-    ``almond:{seed}:holdout`` (``seed``: the data stream's seed the data set was built with, itself derived from
-    the run's ``seed``), so the data set's own draws are unchanged and every command that rebuilds the data from
-    the saved config gets the same split. Both parts keep the order of the rows as read.
+    The rows are a permutation's first ones, from a generator of their own stream (``holdout_generator``; ``seed``:
+    the data stream's seed the data set was built with, itself derived from the run's ``seed``). Both parts keep the
+    order of the rows as read.
 
     Args:
         dataset: every row as read.
@@ -273,23 +301,8 @@ def hold_out(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """
     if fraction <= 0:
         return dataset
-    n = dataset.num_units
-    what = "rows" if dataset.unit_index is None else "units"
-    count = max(1, round(fraction * n))
-    if count >= n:
-        raise UsageError(
-            f"data.holdout_fraction: {fraction} of {n} {what} holds out {count}, which leaves no "
-            f"{what[:-1]} to train on; lower data.holdout_fraction (0 trains on every row) or use more "
-            "data"
-        )
-    stream = int.from_bytes(hashlib.sha256(f"almond:{seed}:holdout".encode()).digest()[:8], "little") >> 1
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(stream))
-    train_units, heldout_units = order[count:].sort().values, order[:count].sort().values
-    return replace(
-        dataset.select_units(train_units),
-        heldout=dataset.select_units(heldout_units),
-        read_fingerprint=dataset.fingerprint(),
-    )
+    trained, held = dataset.holdout_split(fraction, holdout_generator(seed))
+    return replace(trained, heldout=held, read_fingerprint=dataset.fingerprint())
 
 
 def rejoin_heldout(dataset: Dataset) -> tuple[Dataset, Tensor]:

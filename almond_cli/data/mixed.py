@@ -7,18 +7,18 @@ fixed effects at the fixed-effects-only GLM fit, so training starts near the ans
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
 import numpy as np
 import torch
 from omegaconf import MISSING, OmegaConf
 
-from ..errors import ConfigError, require
+from ..errors import ConfigError, UsageError, require
 from ..model.likelihoods import LIKELIHOODS, Likelihood, likelihood_class
 from ..model.mixed import MixedLayout, MixedLikelihood, MixedModel
 from .dataset import Dataset
-from .formula import MixedDesign, build_design
+from .formula import FormulaError, MixedDesign, _aliased, build_design, design_on_new_data
 from .frames import read_frame
 
 MIXED_LIKELIHOODS = ("poisson", "binomial", "bernoulli", "gaussian", "negative_binomial")
@@ -35,6 +35,8 @@ class MixedDataConfig:
     header: bool = True
     n: Optional[int] = None
     gaussian_baseline: bool = True
+    holdout_fraction: float = 0.0
+    holdout_by: Optional[str] = None
 
 
 @dataclass
@@ -44,16 +46,62 @@ class MixedDataset(Dataset):
     Attributes:
         design: the formula's columns (``data/formula.py``).
         layout: where each column sits in a row and each level in the latent.
+        holdout_by: the grouping factor whose groups ``data.holdout_fraction`` holds out (``data.holdout_by``);
+            None: the outermost factor (``holdout_factor``).
     """
 
     design: MixedDesign | None = None
     layout: MixedLayout | None = None
+    holdout_by: str | None = None
 
     def latent_dim_for(self, requested: int) -> int:
         return self.layout.latent_dim
 
     def network_args(self) -> dict:
         return {"blocks": self.layout.plain()}
+
+    def holdout_split(self, fraction: float, generator: torch.Generator) -> tuple[MixedDataset, MixedDataset]:
+        """Holds out whole groups of one grouping factor (``holdout_factor``): ``round(fraction · G)`` of its G
+        levels, the first of a permutation drawn from ``generator``, with every row in them. Each part is a table
+        of its own, its levels renumbered: the held-out rows' random effects, those of another factor's level they
+        share with training rows included, are new draws from the fitted laws when they are scored.
+
+        Raises:
+            ConfigError: no group held out or none left to train on (``data.holdout_fraction``), an unknown
+                ``data.holdout_by``, or training rows that cannot estimate a fixed effect any more.
+        """
+        factor = holdout_factor(self.design, self.holdout_by)
+        block = next(b for b in self.design.random if b.factor == factor)
+        total = len(block.levels)
+        count = round(fraction * total)
+        where = f"{fraction} of the {total} groups of {factor}"
+        require(
+            count >= 1,
+            "data.holdout_fraction",
+            f"{where} holds out none (it rounds to 0); raise it to at least {1.0 / total:.3g} for one group, or "
+            "0 to train on every row",
+        )
+        require(
+            count < total,
+            "data.holdout_fraction",
+            f"{where} holds out {count}, which leaves no group to train on; lower it (0 trains on every row)",
+        )
+        held_levels = torch.randperm(total, generator=generator)[:count].numpy()
+        held = np.isin(block.group, held_levels)
+        trained = subset_design(self.design, ~held)
+        aliased = _aliased(trained.fixed)
+        if aliased is not None:
+            raise ConfigError(
+                "data.holdout_fraction",
+                f"holding out {count} of the {total} groups of {factor} leaves training rows that cannot estimate "
+                f"the fixed effect '{trained.fixed_names[aliased]}' (its column is zero or a combination of the "
+                "others there: the held-out groups hold every row of a level); hold out fewer groups, by another "
+                "factor (data.holdout_by), or with another seed",
+            )
+        return (
+            mixed_dataset(trained, self.source, self.holdout_by),
+            mixed_dataset(subset_design(self.design, held), self.source, self.holdout_by),
+        )
 
     def model(self, encoder, decoder, likelihood: Likelihood) -> MixedModel:
         """The mixed model around the family ``likelihood``, its fixed effects started at the fixed-effects-only
@@ -105,7 +153,57 @@ def fixed_effects_fit(
     return (beta if torch.isfinite(beta).all() else torch.zeros_like(beta)), 1.0
 
 
-def mixed_dataset(design: MixedDesign, source: str | None = None) -> MixedDataset:
+def subset_design(design: MixedDesign, rows: np.ndarray) -> MixedDesign:
+    """The design of some of its rows (``rows``: (n,) bool), each factor's levels cut to those the rows touch and
+    renumbered in their order; the formula's specs (contrasts, ``scale()``'s statistics) are kept as they are."""
+    blocks = []
+    for block in design.random:
+        present, group = np.unique(block.group[rows], return_inverse=True)
+        levels = tuple(block.levels[k] for k in present.tolist())
+        blocks.append(
+            replace(block, columns=block.columns[rows], group=group.reshape(-1).astype(np.int64), levels=levels)
+        )
+    return replace(
+        design,
+        response=design.response[rows],
+        trials=None if design.trials is None else design.trials[rows],
+        offset=design.offset[rows],
+        fixed=design.fixed[rows],
+        random=tuple(blocks),
+        rows=design.rows[rows],
+    )
+
+
+def nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether every level of the grouping ``inner`` (n,) lies within one level of ``outer`` (n,)."""
+    pairs = np.unique(np.stack([inner, outer], axis=1), axis=0)
+    return pairs.shape[0] == np.unique(inner).shape[0]
+
+
+def holdout_factor(design: MixedDesign, name: str | None = None) -> str:
+    """The grouping factor whose groups are held out: ``name`` (``data.holdout_by``) where given, else the
+    outermost factor (the first in which every other factor is nested: LOCATION of broods within locations, ``a``
+    of ``(1|a/b)``), else the formula's first factor (crossed factors).
+
+    Raises:
+        ConfigError: ``name`` is not a grouping factor of the formula.
+    """
+    factors = list(dict.fromkeys(block.factor for block in design.random))
+    if name is not None:
+        require(
+            name in factors,
+            "data.holdout_by",
+            f"'{name}' is not a grouping factor of the formula '{design.formula}'; its factors are "
+            f"{', '.join(factors)}",
+        )
+        return name
+    for block in design.random:
+        if all(nested_in(other.group, block.group) for other in design.random):
+            return block.factor
+    return factors[0]
+
+
+def mixed_dataset(design: MixedDesign, source: str | None = None, holdout_by: str | None = None) -> MixedDataset:
     """The rows of ``design`` as a data set of one unit."""
     rows, layout = pack_rows(design)
     x = torch.from_numpy(rows)
@@ -118,6 +216,7 @@ def mixed_dataset(design: MixedDesign, source: str | None = None) -> MixedDatase
         unit_labels=["all"],
         design=design,
         layout=layout,
+        holdout_by=holdout_by,
     )
 
 
@@ -170,11 +269,57 @@ def family_name_of(likelihood_cfg) -> str:
 
 def build_mixed(data_cfg, generator=None) -> MixedDataset:
     """``data=mixed``'s data set (nothing is simulated: ``generator`` is not used)."""
-    return mixed_dataset(read_design(data_cfg), str(data_cfg.path))
+    return mixed_dataset(read_design(data_cfg), str(data_cfg.path), data_cfg.get("holdout_by"))
 
 
 def check_mixed(cfg, generator=None) -> MixedDataset:
     """Everything training will check, before a run folder exists: the formula, the table and the response."""
     design = read_design(cfg.data)
     check_response(design, family_name_of(cfg.likelihood))
-    return mixed_dataset(design, str(cfg.data.path))
+    holdout_by = cfg.data.get("holdout_by")
+    if holdout_by is not None:  # named even where nothing is held out: a typo is refused, not ignored
+        holdout_factor(design, holdout_by)
+    return mixed_dataset(design, str(cfg.data.path), holdout_by)
+
+
+def required_columns(design: MixedDesign) -> list[str]:
+    """The table columns the formula reads (response, fixed part, offsets, random terms, grouping factors)."""
+    specs = [design.fixed_spec, *design.response_specs, *design.offset_specs, *(b.spec for b in design.random)]
+    names: list[str] = []
+    for spec in specs:
+        names += sorted(str(v) for v in getattr(spec, "required_variables", ()) or ()) if spec is not None else []
+    if design.parsed is not None:  # a factor response is read as a column, without a spec
+        names += [arg.strip("` ") for arg in design.parsed.response_args]
+    names += [name for block in design.random for name in block.groupings]
+    return list(dict.fromkeys(names))
+
+
+def read_new_groups(cfg, path: str, trained: MixedDataset, command: str) -> MixedDataset:
+    """The rows of the table ``path``, with the columns of the run's table, laid out by the run's formula as
+    training laid out its own (``formula.design_on_new_data``: the same contrasts, factor levels and ``scale()``
+    statistics) and checked as training checks its response: their groups are new groups, whatever their labels.
+
+    Args:
+        cfg: the run's saved config (``data.header``, ``likelihood``).
+        path: the new table.
+        trained: the run's data set (its design).
+        command: the command, for the messages.
+
+    Raises:
+        UsageError: one line naming ``data=path``: a column the formula reads is missing, a fixed effect's factor
+            has a level training did not see, a response the family cannot take, no row left.
+    """
+    frame = read_frame(path, header=bool(cfg.data.header), key=f"{command}: data")
+    design = trained.design
+    missing = [name for name in required_columns(design) if name not in frame.columns]
+    if missing:
+        raise UsageError(
+            f"{command}: data={path} has no column '{missing[0]}', which the run's formula '{design.formula}' reads; "
+            f"the new table needs the columns of the training table ({', '.join(required_columns(design))})"
+        )
+    try:
+        new = design_on_new_data(design, frame)
+        check_response(new, family_name_of(cfg.likelihood))
+    except (ConfigError, FormulaError) as error:  # named data.formula in training; here the new table is at fault
+        raise UsageError(f"{command}: data={path}: {str(error).removeprefix(error.key + ': ')}") from None
+    return mixed_dataset(new, str(path), trained.holdout_by)

@@ -21,6 +21,7 @@ u = eta as their natural parameter) or ``gaussian``, whose residual sd a mixed m
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -281,6 +282,28 @@ class MixedModel(LatentVariableModel):
             units = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         per_row = self.likelihood.log_prob_rows(x, self.decoder(z), units)
         return sum_over_rows(per_row, units, z.shape[0])
+
+    def for_groups(self, layout: MixedLayout) -> MixedModel:
+        """The fitted model laid out for other groups (held-out or new ones, ``layout``: the same factors and
+        terms, other levels): each factor's fitted law h_f, the fixed effects and the family's parameters, copied,
+        and a fresh table encoder of the new latent dimension (q(z) = N(0, I) until fitted). The new groups' random
+        effects are new draws from the fitted laws: nothing of the training groups' posteriors is kept.
+
+        Raises:
+            ValueError: ``layout`` has other factors, terms or fixed effects than this model's.
+        """
+        mine = self.layout
+        same = [(b.factor, b.terms) for b in mine.blocks] == [(b.factor, b.terms) for b in layout.blocks]
+        if not same or (mine.num_fixed, mine.family_width) != (layout.num_fixed, layout.family_width):
+            raise ValueError("for_groups needs a layout of the same factors, terms and fixed effects")
+        parameter = next(self.decoder.parameters())
+        decoder = copy.deepcopy(self.decoder)
+        decoder.layout = MixedLayout.of(layout.blocks, 0, 0)
+        decoder.latent_dim = layout.latent_dim
+        likelihood = copy.deepcopy(self.likelihood)
+        likelihood.layout = layout
+        encoder = MixedTableEncoder(layout.latent_dim, init_log_var=0.0).to(parameter.device, parameter.dtype)
+        return MixedModel(encoder, decoder, likelihood).train(self.training)
 
     def chain_whitening(self) -> tuple[Tensor, Tensor]:
         """The chains move in the coordinates of the warm start's q: z = mean + sd · w per level and term (fixed

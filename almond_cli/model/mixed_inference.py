@@ -283,6 +283,12 @@ def can_integrate_exactly(model: MixedModel) -> bool:
     return len(blocks) == 1 and blocks[0].size <= 2
 
 
+def needs_draws(model: MixedModel) -> bool:
+    """Whether the integration rule is centred by posterior draws: all but the dense grid of one factor of one random
+    term, whose points do not depend on where the posterior lies."""
+    return not (can_integrate_exactly(model) and model.layout.blocks[0].size == 1)
+
+
 def _rule_estimate(model: MixedModel, x: Tensor, rule: IntegrationRule, row_component: Tensor, count: int):
     """theta -> (K,) log p̂(y_k) under ``rule``, and the per-(m, k) log terms at the fitted theta (for the SE)."""
     effects = _effects(model, rule.points)
@@ -322,6 +328,35 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         from half the nodes; importance sampling's is the delta-method SE of each component's mean weight.
     """
     model, x, draws = in_float64(model), x.double().cpu(), draws.double().cpu()
+    estimate, theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed)
+    information = -torch.func.hessian(lambda t: estimate(t).sum())(theta)
+    p = model.layout.num_fixed
+    # The joint information where it is positive definite; else (a learned law not at a maximum of its spread, or
+    # too few samples for it) the fixed effects' block alone, SEs that hold every law's spread at its fit.
+    basis, covariance = "unavailable", torch.full((p, p), float("nan"), dtype=torch.float64)
+    for name, block in (("joint", information), ("fixed_effects_only", information[:p, :p])):
+        if bool(torch.all(torch.linalg.eigvalsh(0.5 * (block + block.T)) > 0)):
+            basis, covariance = name, torch.linalg.inv(block)[:p, :p]
+            break
+    ok = basis != "unavailable"
+    standard_errors = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"))
+    return {
+        "log_lik": float(per_component.sum()),
+        "log_lik_se": se,
+        "method": method,
+        "per_component": per_component,
+        "beta": theta[:p],
+        "se": standard_errors.double(),
+        "covariance": covariance,
+        "information_ok": ok,
+        "se_basis": basis,
+    }
+
+
+def _integrate(model: MixedModel, x: Tensor, draws: Tensor, num_samples: int, seed: int):
+    """The integration rule of ``mixed_fit_statistics`` and ``integrated_log_lik`` (``model`` in float64, ``x`` and
+    ``draws`` float64 on the CPU): (theta -> (K,) estimate, theta at the fit, (K,) per component at the fit, its SE,
+    the method's name)."""
     row_component, parts = components(model, x)
     theta, _names = _parameter_vector(model)
     if can_integrate_exactly(model):
@@ -343,25 +378,23 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
             weights = (terms - terms.max(0).values).exp()
             relative = weights.std(0) / (math.sqrt(weights.shape[0]) * weights.mean(0))
             se = float(relative.square().sum().sqrt())
-    information = -torch.func.hessian(lambda t: estimate(t).sum())(theta)
-    p = model.layout.num_fixed
-    # The joint information where it is positive definite; else (a learned law not at a maximum of its spread, or
-    # too few samples for it) the fixed effects' block alone, SEs that hold every law's spread at its fit.
-    basis, covariance = "unavailable", torch.full((p, p), float("nan"), dtype=torch.float64)
-    for name, block in (("joint", information), ("fixed_effects_only", information[:p, :p])):
-        if bool(torch.all(torch.linalg.eigvalsh(0.5 * (block + block.T)) > 0)):
-            basis, covariance = name, torch.linalg.inv(block)[:p, :p]
-            break
-    ok = basis != "unavailable"
-    standard_errors = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"))
-    return {
-        "log_lik": float(per_component.sum()),
-        "log_lik_se": se,
-        "method": rule.method,
-        "per_component": per_component,
-        "beta": theta[:p],
-        "se": standard_errors.double(),
-        "covariance": covariance,
-        "information_ok": ok,
-        "se_basis": basis,
-    }
+    return estimate, theta, per_component, se, rule.method
+
+
+def integrated_log_lik(model: MixedModel, x: Tensor, draws: Tensor, num_samples: int = 16_000, seed: int = 0) -> dict:
+    """log p(y) of the rows ``x`` under ``model`` with every random effect they touch integrated out under the fitted
+    laws, by ``mixed_fit_statistics``'s rules (quadrature or importance sampling), without the observed information:
+    the score of held-out or new groups (``model`` laid out for them: ``MixedModel.for_groups``).
+
+    Args:
+        x: (n, D) the rows, laid out as ``model.layout`` says.
+        draws: (N, d) posterior draws of ``model``'s latents given ``x`` (they centre the rules; see
+            ``mixed_fit_statistics``); none (N = 0) will do where ``needs_draws`` says so.
+
+    Returns:
+        {"log_lik", "log_lik_se" (nats, total over the rows), "method", "per_component" ((K,) each independent
+        component's log-likelihood)}.
+    """
+    model, x, draws = in_float64(model), x.double().cpu(), draws.double().cpu()
+    _estimate, _theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed)
+    return {"log_lik": float(per_component.sum()), "log_lik_se": se, "method": method, "per_component": per_component}

@@ -4,7 +4,9 @@ A fit's row in ``summary.json`` holds ``fixed_effects`` ({term: estimate, se, z,
 names; a learned law's mean moved into the fixed effect of the same name, so the random effects are centred),
 ``random_effects`` ({factor: sd, skewness, quantiles of the centred effects; per term where a factor has several}),
 ``log_lik`` and ``log_lik_se`` (the total over the training rows, nats; ``model/mixed_inference.py``), from
-posterior draws of all the latents given all rows.
+posterior draws of all the latents given all rows. With ``data.holdout_fraction`` (whole groups of one factor held
+out: ``data/mixed.py``) also ``heldout_log_lik`` and ``heldout_log_lik_se``: the held-out rows' log p(y), their
+random effects new draws from the fitted laws (``MixedModel.for_groups``), integrated by the same rules.
 
 The baseline ``gaussian`` is lme4's model: the same formula and family with ``decoder=mixed_linear`` (each factor's
 random effects N(0, L Lᵀ)), fitted as a child run by the same machinery (``training/baselines.py``), with
@@ -23,7 +25,13 @@ from ..langevin.diagnostics import ess_bulk, rank_rhat
 from ..langevin.targets import target_for
 from ..langevin.whitening import WhitenedTarget, Whitening
 from ..model.mixed import MixedLinearDecoder, MixedModel
-from ..model.mixed_inference import components, mixed_fit_statistics, random_effect_laws
+from ..model.mixed_inference import (
+    components,
+    integrated_log_lik,
+    mixed_fit_statistics,
+    needs_draws,
+    random_effect_laws,
+)
 from ..model.model import evaluation_mode
 from .base import Task, gaussian_baseline_config
 
@@ -96,6 +104,49 @@ def posterior_draws(
     return draws, {"acceptance": float(info.acceptance_rate), "step_size": step}
 
 
+def fit_group_encoder(
+    model: MixedModel, x: torch.Tensor, steps: int = 300, lr: float = 0.03, num_draws: int = 5, seed: int = 0
+) -> MixedModel:
+    """Fits the table encoder q(z) of ``model`` to the rows ``x`` by the ELBO, the fitted laws, fixed effects and
+    dispersion held as they are (the preset's VAE phase on q alone: Adam at ``lr``, ``num_draws`` draws a step):
+    where the chains of new groups start and the coordinates they move in (``posterior_draws``). Returns ``model``."""
+    generator = torch.Generator().manual_seed(seed)
+    units = torch.zeros(x.shape[0], dtype=torch.long)
+    encoder = model.encoder
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=lr)
+    held = [p for p in model.parameters() if all(p is not q for q in encoder.parameters())]
+    flags = [p.requires_grad for p in held]
+    for parameter in held:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad(), evaluation_mode(model):  # scoring may run under no_grad
+            for _ in range(steps):
+                optimiser.zero_grad()
+                loss = -model.elbo(x, num_draws, generator, units).sum()
+                loss.backward()
+                optimiser.step()
+    finally:
+        for parameter, flag in zip(held, flags):
+            parameter.requires_grad_(flag)
+    return model
+
+
+def groups_model(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> MixedModel:
+    """The fitted ``model`` laid out for the groups of ``dataset`` (held-out groups, or a new table's), their random
+    effects new draws from the fitted laws (``MixedModel.for_groups``), with q fitted to their rows."""
+    return fit_group_encoder(model.cpu().for_groups(dataset.layout), dataset.x, seed=seed)
+
+
+def heldout_log_lik(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> dict:
+    """``integrated_log_lik`` of ``dataset``'s rows (held-out groups) under ``model`` fitted to other groups."""
+    fresh = model.cpu().for_groups(dataset.layout)
+    if not needs_draws(fresh):  # a dense grid of z: no posterior to find first
+        return integrated_log_lik(fresh, dataset.x, torch.zeros(0, fresh.layout.latent_dim), seed=seed)
+    fit_group_encoder(fresh, dataset.x, seed=seed)
+    draws, _ = posterior_draws(fresh, dataset.x, seed=seed)
+    return integrated_log_lik(fresh, dataset.x, draws, seed=seed)
+
+
 def _plain(value):
     return [float(v) for v in value] if hasattr(value, "__len__") else float(value)
 
@@ -154,6 +205,7 @@ class MixedTask(Task):
 
     def __init__(self):
         self._log_liks: dict[int, dict] = {}
+        self._heldout_log_liks: dict[int, dict] = {}
 
     def score(self, model, dataset, cfg, device):
         model = model.cpu()
@@ -173,6 +225,11 @@ class MixedTask(Task):
         if model.likelihood.learns_sigma:
             scores["residual_sd"] = float(model.likelihood.log_sigma.exp())
         scores["se_basis"] = table["se_basis"]
+        if dataset.heldout is not None:  # whole groups kept out of training: scored as new groups of the fitted laws
+            held = heldout_log_lik(model, dataset.heldout, seed=int(cfg.seed))
+            self._heldout_log_liks[id(model)] = held
+            scores["heldout_log_lik"] = held["log_lik"]
+            scores["heldout_log_lik_se"] = held["log_lik_se"]
         return scores
 
     def trained_baselines(self, dataset, cfg):
@@ -193,6 +250,16 @@ class MixedTask(Task):
         scores["almond_gain"] = float(difference.mean())
         scores["almond_gain_se"] = float(difference.std() / math.sqrt(count)) if count > 1 else float("nan")
         scores["almond_gain_groups"] = count
+        if dataset.heldout is not None:  # the same pairing over the held-out groups' independent components
+            if id(model) not in self._heldout_log_liks:
+                self.score(model, dataset, cfg, device)
+            difference = (
+                self._heldout_log_liks[id(model)]["per_component"]
+                - self._heldout_log_liks[id(gaussian)]["per_component"]
+            )
+            count = difference.shape[0]
+            scores["almond_heldout_gain"] = float(difference.mean())
+            scores["almond_heldout_gain_se"] = float(difference.std() / math.sqrt(count)) if count > 1 else float("nan")
         return {BASELINE: scores}
 
 
@@ -244,12 +311,13 @@ def group_posteriors(model: MixedModel, dataset: MixedDataset, num_chains: int =
     }
 
 
-def group_posterior_csv(table: dict) -> str:
-    """The CSV of ``group_posteriors``: a header and one line per factor, level and term."""
-    lines = [",".join(POSTERIOR_COLUMNS)]
-    for factor, group, term, *numbers in table["rows"]:
+def group_posterior_csv(table: dict, split: list[str] | None = None) -> str:
+    """The CSV of ``group_posteriors``: a header and one line per factor, level and term, and where given each
+    line's ``split`` (``train`` or ``heldout``) in a last column."""
+    lines = [",".join(POSTERIOR_COLUMNS + (("split",) if split is not None else ()))]
+    for index, (factor, group, term, *numbers) in enumerate(table["rows"]):
         cells = [_csv_cell(factor), _csv_cell(group), _csv_cell(term)] + [f"{value:.6g}" for value in numbers]
-        lines.append(",".join(cells))
+        lines.append(",".join(cells + ([split[index]] if split is not None else [])))
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,14 @@ from ..data.glmm import (
     validate_glmm_config,
     validate_glmm_file_config,
 )
-from ..data.mixed import MIXED_LIKELIHOODS, MixedDataConfig, build_mixed, check_mixed, validate_mixed_config
+from ..data.mixed import (
+    MIXED_LIKELIHOODS,
+    MixedDataConfig,
+    build_mixed,
+    check_mixed,
+    read_new_groups,
+    validate_mixed_config,
+)
 from ..data.mnist import PATH_KEYS as IMAGE_PATH_KEYS
 from ..data.mnist import MnistDataConfig, build_mnist, check_mnist_files, validate_mnist_config
 from ..data.normal_means import NormalMeansDataConfig, validate_normal_means_config
@@ -70,6 +77,9 @@ class DataOption:
             ``<name>_column`` key for.
         exclusive: whether the ``likelihoods`` it names read its rows alone (the GLMM's) and are refused with other
             options; False where they are ordinary families it lays its own rows out for (``data=mixed``).
+        read_new: ``read_new(cfg, path, trained, command) -> Dataset``, a new table's rows laid out as the run's
+            data set ``trained`` lays out its own (a formula's contrasts and transforms), for ``almond sample
+            data=``; None: its ``check`` on the new file does (``read_new_rows``).
     """
 
     schema: type
@@ -80,6 +90,7 @@ class DataOption:
     path_keys: tuple[str, ...] = ()
     likelihoods: tuple[str, ...] | None = None
     exclusive: bool = True
+    read_new: Callable[[Any, str, Dataset, str], Dataset] | None = None
 
     def supplies(self, row_column: str) -> bool:
         """Whether its data rows can carry the per-row column ``row_column`` (its schema has the key)."""
@@ -129,6 +140,7 @@ DATA_SETS: dict[str, DataOption] = {
         path_keys=("path",),
         likelihoods=MIXED_LIKELIHOODS,
         exclusive=False,
+        read_new=read_new_groups,
     ),
 }
 
@@ -222,26 +234,30 @@ def check_before_run(cfg, seed: int) -> None:
         )
 
 
-def read_new_rows(cfg, path: str, command: str) -> Dataset:
+def read_new_rows(cfg, path: str, command: str, trained: Dataset | None = None) -> Dataset:
     """The rows of ``path``, a new file laid out as the run's own data file (the same ``data`` keys: observation,
     per-row and id columns, format, header), read with every check training makes of its file except the batch
-    size; no truth, no held-out rows. For ``almond sample data=PATH``.
+    size; no truth, no held-out rows. For ``almond sample data=PATH``. An option with ``read_new`` (a formula's
+    table) lays them out by the run's data set ``trained`` instead.
 
     Args:
         cfg: the run's saved config (not changed).
         path: the new file.
         command: the command, for the messages.
+        trained: the run's data set, which ``DataOption.read_new`` needs.
 
     Raises:
         UsageError: for a run whose data are not read from a table (a simulation, image folders), or a file that
             fails a check (naming the file, row and column).
     """
     option = _option(cfg.data.name)
+    if option.read_new is not None and trained is not None:
+        return option.read_new(cfg, str(path), trained, command)
     if "path" not in option.path_keys or option.check is None:
         raise UsageError(
             f"{command}: data={path} reads new rows laid out as the run's data file, but this run's data are "
-            f"data={cfg.data.name}, not read from a file; new rows need a run trained with data=file or "
-            "data=glmm_file"
+            f"data={cfg.data.name}, not read from a file; new rows need a run trained with data=file, "
+            "data=glmm_file or data=mixed"
         )
     new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     new.data.path = str(path)

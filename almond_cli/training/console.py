@@ -118,6 +118,8 @@ HELDOUT_METRICS = (
     "heldout_mse_posterior_mean",
     "almond_heldout_gain",
     "almond_heldout_gain_se",
+    "heldout_log_lik",
+    "heldout_log_lik_se",
 )
 
 
@@ -161,8 +163,10 @@ def print_summary(summary: dict, run_dir) -> None:
             )
             line = f"log-likelihood, ALMOND − {name}: {metrics['almond_gain']:+.4f} ± {metrics['almond_gain_se']:.4f} {per}"
             if "almond_heldout_gain" in metrics:
+                which = "groups" if "almond_gain_groups" in metrics else "rows"  # a mixed model's: per group
                 line += (
-                    f"; held-out rows {metrics['almond_heldout_gain']:+.4f} ± {metrics['almond_heldout_gain_se']:.4f}"
+                    f"; held-out {which} {metrics['almond_heldout_gain']:+.4f} ± "
+                    f"{metrics['almond_heldout_gain_se']:.4f}"
                 )
             console.print(line)
     console.print(
@@ -193,9 +197,14 @@ def print_mixed_summary(console, rows: list, run_dir) -> None:
                     for term, values in law.items()
                     if isinstance(values, dict)
                 ]
+        heldout = (
+            f"; held-out groups {metrics['heldout_log_lik']:.2f} ± {metrics['heldout_log_lik_se']:.2f}"
+            if "heldout_log_lik" in metrics
+            else ""
+        )
         console.print(
             f"{method}: random effects: {'; '.join(laws)}; log-likelihood {metrics['log_lik']:.2f} ± "
-            f"{metrics['log_lik_se']:.2f} ({metrics.get('log_lik_method', '')})"
+            f"{metrics['log_lik_se']:.2f} ({metrics.get('log_lik_method', '')}){heldout}"
         )
 
 
