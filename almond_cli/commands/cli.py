@@ -302,31 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# OpenMP threads that wait for work sleep at once instead of spinning. torch's Linux wheels (2.13 CPU build
-# checked) bring GNU OpenMP (libgomp), which reads its environment once, when torch's import loads it: set after
-# `import torch` the variable does nothing. Measured (CPU time a 2-thread process burns while its main thread sleeps
-# 20 ms after each of 50 parallel ops): unset 0.33 s (libgomp spins ~3 ms after every parallel region), PASSIVE set
-# before the import 0.00 s, set after it 0.22 s (no effect), ACTIVE 1.00 s; KMP_BLOCKTIME=0 no effect (an Intel/LLVM
-# OpenMP variable; libgomp ignores it; those runtimes honour OMP_WAIT_POLICY too). A spinning thread holds a core
-# that its sibling thread, or another process, needs: with one busy neighbour on 2 cores the default run's ALMOND
-# phase took 4.7x its idle time with 2 threads (issue 28). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def quiet_openmp_waits(environ=os.environ) -> bool:
-    """Sets ``OPENMP_WAIT`` in ``environ`` unless torch is loaded already (too late: see above) or the user chose
-    a wait policy; child processes (joblib's workers, torchrun's ranks) inherit it. Returns whether it set it."""
-    if "torch" in sys.modules or any(name in environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
-        return False
-    environ.update(OPENMP_WAIT)
-    return True
-
-
 def main(argv: list[str] | None = None) -> None:
     # OpenMP's wait policy is left to the user: measured on the 2-core AMD EPYC (benchmarks/README.md, threads.py),
     # PASSIVE made the idle default run's ALMOND phase 2.2x slower (48.4 s against 21.7 s spinning), while the load-
-    # aware thread count alone already keeps a busy neighbour from costing 3x. `quiet_openmp_waits` stays for a
-    # user or a test that asks for it.
+    # aware thread count alone already keeps a busy neighbour from costing 3x (training/runtime.py).
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):

@@ -9,13 +9,11 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
-from conftest import REPO_ROOT, run_almond
+from conftest import run_almond
 
 from almond_cli.commands.app import parallel_jobs
-from almond_cli.commands.cli import quiet_openmp_waits
 from almond_cli.training import runtime
 from almond_cli.training.distributed import local_processes
 from almond_cli.training.runtime import LOAD_TOLERANCE, ThreadChoice, choose_threads, describe_threads
@@ -222,12 +220,6 @@ def test_train_log_says_how_many_threads_ran(tmp_path):
 # ----- OpenMP's wait policy, set before torch starts ------------------------------------------------------------
 
 
-def test_quiet_openmp_waits_leaves_a_users_choice_and_a_loaded_torch_alone():
-    # torch is loaded in this test process: too late for libgomp to read the variable, so nothing is set.
-    environ = {}
-    assert "torch" in sys.modules and quiet_openmp_waits(environ) is False and environ == {}
-
-
 # A sitecustomize that records OMP_WAIT_POLICY the moment anything imports torch, then ends the process: what the
 # OpenMP runtime loaded by that import will read.
 RECORD_AT_TORCH_IMPORT = """
@@ -253,51 +245,6 @@ def test_the_almond_command_leaves_the_wait_policy_alone(tmp_path, command):
     env.update(PYTHONPATH=str(hook), ALMOND_TEST_RECORD=str(record))
     subprocess.run([sys.executable, "-m", "almond_cli", *command], cwd=tmp_path, env=env, timeout=120)
     assert record.read_text() == "unset"
-
-
-SPIN_PROBE = """
-import os, sys, time
-if sys.argv[1] == "almond":
-    from almond_cli.commands.cli import quiet_openmp_waits
-    assert quiet_openmp_waits()
-import torch
-torch.set_num_threads(2)
-x = torch.randn(2_000_000)
-def cpu():
-    t = os.times()
-    return t.user + t.system
-idle_cpu = 0.0
-for _ in range(50):
-    (x * 2).sum()  # a parallel region: then the main thread sleeps while the pool's other thread waits
-    before = cpu()
-    time.sleep(0.02)
-    idle_cpu += cpu() - before
-print(idle_cpu)
-"""
-
-
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores for a 2-thread pool")
-def test_the_wait_policy_set_early_stops_openmp_spinning():
-    """What torch's OpenMP (libgomp in the Linux wheels) does with the variable, through almond's own setter: CPU
-    time burnt while the main thread sleeps 50 x 20 ms after parallel ops. Spinning forever (ACTIVE) burns up to
-    1 s; a loaded machine preempts the spinner, so the control only needs 0.15 s. Passive waiting burns none but
-    clock-tick noise (10 ms ticks): under 0.05 s."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-
-    def idle_cpu(mode: str, **extra) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SPIN_PROBE), mode],
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return float(out.stdout)
-
-    assert idle_cpu("plain", OMP_WAIT_POLICY="ACTIVE") > 0.15  # the probe sees spinning when there is some
-    assert idle_cpu("almond") < 0.05
 
 
 @pytest.mark.slow
