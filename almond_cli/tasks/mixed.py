@@ -210,7 +210,11 @@ class MixedTask(Task):
     def score(self, model, dataset, cfg, device):
         model = model.cpu()
         x = dataset.x
-        draws, sampling = posterior_draws(model, x, seed=int(cfg.seed))
+        # The dense grid of one factor of one term needs no posterior draws (seconds of MALA per fit otherwise)
+        if needs_draws(model):
+            draws, sampling = posterior_draws(model, x, seed=int(cfg.seed))
+        else:
+            draws, sampling = x.new_zeros(0, model.layout.latent_dim, dtype=torch.float64), None
         table = mixed_fit_statistics(model, x, draws, seed=int(cfg.seed))
         laws = random_effect_laws(model)
         self._log_liks[id(model)] = table
@@ -220,8 +224,9 @@ class MixedTask(Task):
             "log_lik": table["log_lik"],
             "log_lik_se": table["log_lik_se"],
             "log_lik_method": table["method"],
-            "posterior_acceptance": sampling["acceptance"],
         }
+        if sampling is not None:  # the acceptance of the draws that centred the integration rule
+            scores["posterior_acceptance"] = sampling["acceptance"]
         if model.likelihood.learns_sigma:
             scores["residual_sd"] = float(model.likelihood.log_sigma.exp())
         scores["se_basis"] = table["se_basis"]
