@@ -35,6 +35,11 @@ class Task:
         """
         return {}
 
+    def signal_moments(self, model, dataset: Dataset):
+        """(mean (P,), sd (P,)) of the data's signal u, estimated without the model's prior (for the check of a
+        collapsed VAE warm start, ``training/collapse.py``), or None where the task has no such estimate."""
+        return None
+
     def snapshot(self, model, dataset: Dataset, cfg, device) -> dict | None:
         """Small tensors kept in the checkpoint at the end of the VAE phase, for the final figures."""
         return None

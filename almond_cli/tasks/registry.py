@@ -70,6 +70,8 @@ class DataOption:
             ``<name>_column`` key for.
         exclusive: whether the ``likelihoods`` it names read its rows alone (the GLMM's) and are refused with other
             options; False where they are ordinary families it lays its own rows out for (``data=mixed``).
+        auto_epochs: whether choosing it on the command line makes both phases' epoch counts ``auto`` unless the
+            command gives them (a user's data: a preset's epoch count was chosen for its own data).
     """
 
     schema: type
@@ -80,6 +82,7 @@ class DataOption:
     path_keys: tuple[str, ...] = ()
     likelihoods: tuple[str, ...] | None = None
     exclusive: bool = True
+    auto_epochs: bool = False
 
     def supplies(self, row_column: str) -> bool:
         """Whether its data rows can carry the per-row column ``row_column`` (its schema has the key)."""
@@ -99,6 +102,7 @@ DATA_SETS: dict[str, DataOption] = {
         validate=validate_file_config,
         check=check_data_file,
         path_keys=FILE_PATH_KEYS,
+        auto_epochs=True,
     ),
     "mnist": DataOption(
         MnistDataConfig,
@@ -131,6 +135,11 @@ DATA_SETS: dict[str, DataOption] = {
         exclusive=False,
     ),
 }
+
+
+def trains_until_done(name: str) -> bool:
+    """Whether data option ``name`` defaults to ``auto`` epoch counts (``DataOption.auto_epochs``)."""
+    return name in DATA_SETS and DATA_SETS[name].auto_epochs
 
 
 def _option(name: str) -> DataOption:
