@@ -80,7 +80,7 @@ def main() -> None:
         ],
         out,
     )
-    posterior = run / "posterior.csv"
+    posterior = out / f"posterior-seed{args.seed}.csv"
     sample_s = timed(
         ["sample", str(run), "what=posterior", f"out={posterior}", f"threads={args.threads}", "overwrite=true"], out
     )
@@ -91,10 +91,10 @@ def main() -> None:
 
     train = [r for r in rows if r.get("split", "train") == "train"]
     x_train = torch.tensor([float(r["x"]) for r in train], dtype=torch.float64)
-    se_train = torch.tensor([float(r["se"]) for r in train], dtype=torch.float64)
+    se_train = torch.tensor([float(r["sd"]) for r in train], dtype=torch.float64)
     npmle = fit_npmle(x_train, se_train)
     x_all = torch.tensor([float(r["x"]) for r in rows], dtype=torch.float64)
-    se_all = torch.tensor([float(r["se"]) for r in rows], dtype=torch.float64)
+    se_all = torch.tensor([float(r["sd"]) for r in rows], dtype=torch.float64)
     npmle_means = posterior_means(npmle, x_all, se_all)
     best = int(npmle_means.argmax())
     almond_best = float(rows[best]["post_mean"])

@@ -511,8 +511,8 @@ class TrainingRun:
             CAP: f"schedule.auto.max_{phase.value}_epochs (its cap under auto)",
         }[reason]
         log.info("%s phase: %d epochs run; stopped by %s", phase.value, position.epoch, words)
-        if phase == Phase.ALMOND and checks.checks:
-            position.still_improving = checks.still_improving()
+        if phase == Phase.ALMOND and checks.checks:  # a run stopped for want of a gain is not still improving
+            position.still_improving = reason != NO_GAIN and checks.still_improving()
 
     def _save_due_on_time(self) -> bool:
         minutes = self.cfg.checkpoint.every_minutes
