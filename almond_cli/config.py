@@ -203,6 +203,7 @@ class ScheduleConfig:
     weight_decay: float = 0.001
     after_warmup: str = "sgd"
     average_last: float = 0.0
+    collapse_ratio: float = 0.0  # paper.yaml sets 0.25; a run saved before the key starts ALMOND as it did
     auto: AutoScheduleConfig = field(default_factory=AutoScheduleConfig)
 
 
@@ -577,6 +578,11 @@ def validate(cfg) -> None:
             f"must be a whole number of epochs >= 0 or auto (train until the held-out log-likelihood stops improving, "
             f"schedule.auto), got {schedule[key]!r}",
         )
+    _require(
+        0.0 <= float(schedule.get("collapse_ratio", 0.0)) < 1.0,
+        "schedule.collapse_ratio",
+        f"must be in [0, 1) (0: no check of the warm start's spread), got {schedule.get('collapse_ratio')}",
+    )
     auto = schedule.get("auto") or AutoScheduleConfig()  # a run saved before the key: the defaults
     for key in ("every", "window", "max_vae_epochs", "max_almond_epochs", "nll_samples"):
         value = getattr(auto, key)

@@ -510,7 +510,7 @@ class TrainingRun:
             f"last {checks.window} checks (the best at epoch {checks.incumbent_epoch})",
             CAP: f"schedule.auto.max_{phase.value}_epochs (its cap under auto)",
         }[reason]
-        log.info("%s phase: %d epochs run; stopped by %s", phase.value, position.epoch, words)
+        self.reporter.note(f"{phase.value} phase: {position.epoch} epochs run; stopped by {words}")
         if phase == Phase.ALMOND and checks.checks:  # a run stopped for want of a gain is not still improving
             position.still_improving = reason != NO_GAIN and checks.still_improving()
 
