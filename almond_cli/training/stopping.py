@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from ..config import AUTO
-from ..model.marginal import estimate_log_marginal
 
 # What ended a phase (summary.json timing.stopped_because).
 FIXED, NO_GAIN, CAP = "epochs", "no_gain", "cap"
@@ -192,20 +191,11 @@ def check_due(schedule, phase: str, done: int) -> bool:
     return done in epochs
 
 
-def evaluate_check(model, rows: Tensor, unit_index: Tensor | None, cfg) -> tuple[Tensor, Tensor]:
-    """(log p̂ per unit (n,), its Monte Carlo variance (n,)) of ``rows`` (R, D) under ``model``, with
-    ``schedule.auto.nll_samples`` draws from ``evaluation.seed`` (its own generator: training's streams untouched)."""
-    settings = auto_settings(cfg.schedule)
-    estimate = estimate_log_marginal(
-        model,
-        rows,
-        int(settings["nll_samples"]),
-        int(cfg.evaluation.seed),
-        int(cfg.evaluation.nll_chunk),
-        prior_fraction=float(cfg.evaluation.get("nll_prior_fraction", 0.0)),
-        unit_index=unit_index,
-    )
-    return estimate.log_marginal, estimate.mc_variance
+def evaluate_check(task, model, dataset, cfg, device) -> tuple[Tensor, Tensor]:
+    """(log p̂ per unit (n,), its Monte Carlo variance (n,)) of ``dataset``'s rows under ``model`` (``Task.check_log_lik``:
+    importance sampling with ``schedule.auto.nll_samples`` draws per row from ``evaluation.seed``, on its own generator,
+    training's streams untouched; a mixed model's exact per-component log-likelihood)."""
+    return task.check_log_lik(model, dataset, cfg, device, int(auto_settings(cfg.schedule)["nll_samples"]))
 
 
 def suggested_epochs(epochs_run: int) -> int:

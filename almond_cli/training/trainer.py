@@ -158,7 +158,7 @@ class TrainingRun:
         self.task = task_for(self.dataset)
         # What the progress checks score (training/stopping.py): the held-out rows, else the training rows.
         checked = self.dataset.heldout if self.dataset.heldout is not None else self.dataset
-        self.check_rows = (checked.x.to(self.device), checked.unit_index)
+        self.check_rows = checked
         self.check_rows_name = "held-out" if self.dataset.heldout is not None else "training"
         window = int(auto_settings(cfg.schedule)["window"])
         self.checks = {Phase.VAE: ProgressChecks(window), Phase.ALMOND: ProgressChecks(window)}
@@ -294,7 +294,7 @@ class TrainingRun:
         done = position.epoch + 1
         if position.phase == Phase.DONE or not check_due(schedule, position.phase.value, done):
             return {}
-        log_lik, mc_variance = evaluate_check(self.model, *self.check_rows, self.cfg)
+        log_lik, mc_variance = evaluate_check(self.task, self.model, self.check_rows, self.cfg, self.device)
         check = self.checks[position.phase].add(log_lik, done, mc_variance)
         if check.significant and position.phase == Phase.ALMOND and self._auto(Phase.ALMOND):
             self.almond_optimisers.restart_average()  # averaging under auto covers the plateau since the last gain
