@@ -168,13 +168,34 @@ AFTER_WARMUP = ("sgd", "adam")
 curvatures differ by orders of magnitude, where one SGD rate is too small for some and too large for others)."""
 
 
+AUTO = "auto"
+"""``schedule.vae_epochs`` / ``schedule.almond_epochs`` = auto: the phase runs until its held-out log-likelihood stops
+improving (``training/stopping.py``), up to ``schedule.auto.max_*_epochs``."""
+
+
+@dataclass
+class AutoScheduleConfig:
+    """``schedule.auto``: when a phase whose epoch count is ``auto`` is done (``training/stopping.py``). Every
+    ``every`` epochs the held-out rows' log-likelihood (the training rows' if none are held out) is estimated with
+    ``nll_samples`` importance draws per row from ``evaluation.seed`` (the same draws at every check, so successive
+    checks are paired); the phase stops once ``window`` checks in a row have not beaten the best so far by more than
+    the standard error of the paired gain, or at ``max_<phase>_epochs``. Fixed-epoch ALMOND runs make the same checks
+    over their last ``window`` x ``every`` epochs to say whether they were still improving at the end."""
+
+    every: int = 10
+    window: int = 5
+    max_vae_epochs: int = 1000
+    max_almond_epochs: int = 2000
+    nll_samples: int = 100
+
+
 @dataclass
 class ScheduleConfig:
     batch_size: Optional[int] = None
-    vae_epochs: int = 1000
+    vae_epochs: Any = 1000  # a whole number >= 0, or "auto" (validate checks it: OmegaConf 2.3 has no int | str)
     vae_lr: float = 0.01
     vae_draws: int = 10
-    almond_epochs: int = 1000
+    almond_epochs: Any = 1000  # a whole number >= 0, or "auto"
     warmup_epochs: int = 100
     adam_lr: float = 0.01
     sgd_lr: float = 0.01
@@ -182,6 +203,8 @@ class ScheduleConfig:
     weight_decay: float = 0.001
     after_warmup: str = "sgd"
     average_last: float = 0.0
+    collapse_ratio: float = 0.0  # paper.yaml sets 0.25; a run saved before the key starts ALMOND as it did
+    auto: AutoScheduleConfig = field(default_factory=AutoScheduleConfig)
 
 
 @dataclass
@@ -484,6 +507,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def is_epoch_count(value) -> bool:
+    """Whether ``value`` is what ``schedule.vae_epochs`` / ``schedule.almond_epochs`` may hold: ``auto`` or a whole
+    number >= 0 (not a bool, not 2.5)."""
+    if value == AUTO:
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def validate(cfg) -> None:
     """Checks ranges and cross-field rules of a composed config; raises ``ConfigError`` naming the key."""
     sampler, schedule = cfg.sampler, cfg.schedule
@@ -540,8 +571,22 @@ def validate(cfg) -> None:
     )
     _require(settings.table_nodes >= 2, "sampler.table_nodes", f"must be >= 2, got {settings.table_nodes}")
     _require(sampler.num_chains >= 1, "sampler.num_chains", f"must be >= 1, got {sampler.num_chains}")
-    _require(schedule.vae_epochs >= 0, "schedule.vae_epochs", f"must be >= 0, got {schedule.vae_epochs}")
-    _require(schedule.almond_epochs >= 0, "schedule.almond_epochs", f"must be >= 0, got {schedule.almond_epochs}")
+    for key in ("vae_epochs", "almond_epochs"):
+        _require(
+            is_epoch_count(schedule[key]),
+            f"schedule.{key}",
+            f"must be a whole number of epochs >= 0 or auto (train until the held-out log-likelihood stops improving, "
+            f"schedule.auto), got {schedule[key]!r}",
+        )
+    _require(
+        0.0 <= float(schedule.get("collapse_ratio", 0.0)) < 1.0,
+        "schedule.collapse_ratio",
+        f"must be in [0, 1) (0: no check of the warm start's spread), got {schedule.get('collapse_ratio')}",
+    )
+    auto = schedule.get("auto") or AutoScheduleConfig()  # a run saved before the key: the defaults
+    for key in ("every", "window", "max_vae_epochs", "max_almond_epochs", "nll_samples"):
+        value = getattr(auto, key)
+        _require(isinstance(value, int) and value >= 1, f"schedule.auto.{key}", f"must be >= 1, got {value!r}")
     _require(schedule.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {schedule.warmup_epochs}")
     _require(schedule.vae_draws >= 1, "schedule.vae_draws", f"must be >= 1, got {schedule.vae_draws}")
     for key in ("vae_lr", "adam_lr", "sgd_lr"):

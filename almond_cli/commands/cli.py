@@ -176,7 +176,7 @@ def run_train(args: list[str]) -> None:
         flag in flags
         for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
     )
-    overrides = drop_default_experiment(overrides)
+    overrides = auto_epochs_for_data(drop_default_experiment(overrides))
     if not informational:
         try:
             overrides = resolve_resume(overrides, multirun)
@@ -231,6 +231,26 @@ def drop_default_experiment(overrides: list[str]) -> list[str]:
     if not has_experiment and any(DEFAULT_EXPERIMENT_GROUPS[group] != option for group, option in chosen.items()):
         return [*overrides, "~experiment"]
     return overrides
+
+
+EPOCH_KEYS = ("schedule.vae_epochs", "schedule.almond_epochs")
+
+
+def auto_epochs_for_data(overrides: list[str]) -> list[str]:
+    """``data=<option>`` of an option that trains until done (``data=file``: ``DataOption.auto_epochs``) makes
+    ``schedule.vae_epochs`` and ``schedule.almond_epochs`` auto where the command gives neither of them.
+
+    An experiment's epoch count was chosen for the data it was published with; on a user's table only the checks
+    can say when training is done (``training/stopping.py``). Left alone: a resume or warm start (their run lengths
+    are their own), a ``debug=`` preset (its short counts are the point of it) and a sweep over data options.
+    """
+    from ..tasks.registry import trains_until_done
+
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    data = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    if not data or not trains_until_done(data[-1]) or any(k in ("resume", "warm_start", "debug") for k in keys):
+        return overrides
+    return [*overrides, *(f"{key}=auto" for key in EPOCH_KEYS if key not in keys)]
 
 
 def agree_with_other_ranks(overrides: list[str], multirun: bool) -> list[str]:

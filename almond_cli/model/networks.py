@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
@@ -129,3 +130,27 @@ class LinearDecoder(Decoder):
         """A Aᵀ, the covariance of u: (P, P)."""
         weight = self.linear.weight
         return weight @ weight.T
+
+
+@torch.no_grad()
+def scale_decoder_output(decoder: nn.Module, scale: Tensor, shift: Tensor) -> bool:
+    """Makes the decoder's output h'(z) = scale · h(z) + shift, exactly, by changing its output layer (W, b) to
+    (scale · W, scale · b + shift); returns False, changing nothing, for a decoder without one (not an MLP or linear
+    decoder).
+
+    Args:
+        decoder: the decoder.
+        scale: (P,) per output coordinate.
+        shift: (P,).
+    """
+    if isinstance(decoder, MLPDecoder):
+        layer = decoder.net[-1]
+    elif isinstance(decoder, LinearDecoder):
+        layer = decoder.linear
+    else:
+        return False
+    # in float64, then stored: scale · b and shift may nearly cancel (a collapsed h has b far from its small spread)
+    scale, shift = scale.double(), shift.double()
+    layer.weight.copy_(layer.weight.double() * scale.to(layer.weight.device).unsqueeze(1))
+    layer.bias.copy_(layer.bias.double() * scale.to(layer.bias.device) + shift.to(layer.bias.device))
+    return True

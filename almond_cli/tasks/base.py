@@ -35,6 +35,28 @@ class Task:
         """
         return {}
 
+    def check_log_lik(self, model, dataset: Dataset, cfg, device, num_samples: int) -> tuple:
+        """(log p̂ per independent unit (n,), its Monte Carlo variance (n,)) of ``dataset``'s rows, for the progress
+        checks of ``training/stopping.py``: importance sampling (``model.marginal``) with ``num_samples`` draws per
+        unit from ``evaluation.seed``, the same draws at every check."""
+        from ..model.marginal import estimate_log_marginal
+
+        estimate = estimate_log_marginal(
+            model,
+            dataset.x.to(device),
+            num_samples,
+            int(cfg.evaluation.seed),
+            int(cfg.evaluation.nll_chunk),
+            prior_fraction=float(cfg.evaluation.get("nll_prior_fraction", 0.0)),
+            unit_index=dataset.unit_index,
+        )
+        return estimate.log_marginal, estimate.mc_variance
+
+    def signal_moments(self, model, dataset: Dataset):
+        """(mean (P,), sd (P,)) of the data's signal u, estimated without the model's prior (for the check of a
+        collapsed VAE warm start, ``training/collapse.py``), or None where the task has no such estimate."""
+        return None
+
     def snapshot(self, model, dataset: Dataset, cfg, device) -> dict | None:
         """Small tensors kept in the checkpoint at the end of the VAE phase, for the final figures."""
         return None

@@ -237,6 +237,18 @@ class MixedTask(Task):
             scores["heldout_log_lik_se"] = held["log_lik_se"]
         return scores
 
+    def check_log_lik(self, model, dataset, cfg, device, num_samples):
+        """Each independent component's log-likelihood (``mixed_fit_statistics``' ``per_component``: the grid or
+        quadrature where exact, importance sampling otherwise), for the progress checks; a copy of the model, so
+        training's is left on its device."""
+        import copy
+
+        model = copy.deepcopy(model).cpu()
+        draws, _ = posterior_draws(model, dataset.x, seed=int(cfg.seed))
+        table = mixed_fit_statistics(model, dataset.x, draws, seed=int(cfg.seed))
+        per_component = table["per_component"].detach().double()
+        return per_component, torch.zeros_like(per_component)
+
     def trained_baselines(self, dataset, cfg):
         return {BASELINE: gaussian_baseline_config(cfg, LINEAR_DECODER, BASELINE)} if cfg.data.gaussian_baseline else {}
 

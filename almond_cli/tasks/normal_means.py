@@ -109,6 +109,15 @@ class GaussianBaselinesMixin:
             self._priors = baseline_priors(model.likelihood, dataset)
         return self._priors
 
+    def signal_moments(self, model, dataset: Dataset):
+        """The maximum-likelihood normal prior's (mean, sd) of Gaussian data with one measurement per row (the
+        ``normal_eb`` baseline's fit); None for other data."""
+        x = model.likelihood.observations(dataset.x)
+        if model.likelihood.noise_sd(dataset.x) is None or x.shape[1] != 1:
+            return None
+        prior = fit_normal_prior(x[:, 0], row_noise_sd(model.likelihood, dataset.x))
+        return [prior.mean], [prior.sd]
+
 
 class NormalMeansTask(GaussianBaselinesMixin, Task):
     """KS and W1 of the learned latent distribution to the true prior and to the true means; the normal

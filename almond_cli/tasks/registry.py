@@ -80,6 +80,8 @@ class DataOption:
         read_new: ``read_new(cfg, path, trained, command) -> Dataset``, a new table's rows laid out as the run's
             data set ``trained`` lays out its own (a formula's contrasts and transforms), for ``almond sample
             data=``; None: its ``check`` on the new file does (``read_new_rows``).
+        auto_epochs: whether choosing it on the command line makes both phases' epoch counts ``auto`` unless the
+            command gives them (a user's data: a preset's epoch count was chosen for its own data).
     """
 
     schema: type
@@ -91,6 +93,7 @@ class DataOption:
     likelihoods: tuple[str, ...] | None = None
     exclusive: bool = True
     read_new: Callable[[Any, str, Dataset, str], Dataset] | None = None
+    auto_epochs: bool = False
 
     def supplies(self, row_column: str) -> bool:
         """Whether its data rows can carry the per-row column ``row_column`` (its schema has the key)."""
@@ -110,6 +113,7 @@ DATA_SETS: dict[str, DataOption] = {
         validate=validate_file_config,
         check=check_data_file,
         path_keys=FILE_PATH_KEYS,
+        auto_epochs=True,
     ),
     "mnist": DataOption(
         MnistDataConfig,
@@ -143,6 +147,11 @@ DATA_SETS: dict[str, DataOption] = {
         read_new=read_new_groups,
     ),
 }
+
+
+def trains_until_done(name: str) -> bool:
+    """Whether data option ``name`` defaults to ``auto`` epoch counts (``DataOption.auto_epochs``)."""
+    return name in DATA_SETS and DATA_SETS[name].auto_epochs
 
 
 def _option(name: str) -> DataOption:

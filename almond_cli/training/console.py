@@ -84,6 +84,17 @@ class ProgressReporter:
                     _rate_text(rate),
                 )
 
+    def note(self, message: str) -> None:
+        """A line for ``train.log`` that the screen shows only with progress (``plain``, ``rich``): with ``quiet``
+        or ``silent`` it goes to the log file alone."""
+        if self.mode in ("plain", "rich"):
+            log.info(message)
+            return
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+        for handler in [*log.handlers, *logging.getLogger().handlers]:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

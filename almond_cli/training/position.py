@@ -32,6 +32,12 @@ class Position:
     vae_seconds: float = 0.0
     vae_epochs_done: int = 0
     almond_seconds: float = 0.0
+    # How the phases ended (training/stopping.py): {"vae" | "almond": "epochs" | "no_gain" | "cap"}, whether ALMOND
+    # was still improving at its end (None: not judged), and a collapsed VAE warm start found and repaired
+    # (training/collapse.py; None: none found).
+    stopped_because: dict = field(default_factory=dict)
+    still_improving: bool | None = None
+    vae_collapse: dict | None = None
 
     def to_state(self) -> dict:
         """Plain values for a checkpoint."""
@@ -41,4 +47,5 @@ class Position:
     def from_state(cls, state: dict) -> Position:
         # A copy of the running sums: the run adds to them, and the checkpoint it came from may be used again.
         sums = dict(state.get("diagnostics_sum", {}))
-        return cls(**{**state, "phase": Phase(state["phase"]), "diagnostics_sum": sums})
+        stopped = dict(state.get("stopped_because", {}))
+        return cls(**{**state, "phase": Phase(state["phase"]), "diagnostics_sum": sums, "stopped_because": stopped})

@@ -31,6 +31,7 @@ from .runtime import seed_streams
 RUN_LENGTH_KEYS = (
     "schedule.vae_epochs",
     "schedule.almond_epochs",
+    "schedule.auto",
     "checkpoint",
     "progress",
     "threads",

@@ -4,6 +4,10 @@
   max(s/10, s/sqrt(epoch + 1)).
 - Parameters: Adam for the first ``warmup_epochs`` ALMOND epochs, then SGD with momentum and weight decay
   at lr sgd_lr / sqrt(e − warmup + 1).
+
+Every rate depends on the epoch index alone, never on the epoch count, so each stays defined under
+``almond_epochs=auto``; Polyak-Ruppert averaging (``average_last`` > 0) then averages the parameters since the
+progress checks' last significant gain (``training/stopping.py``): the plateau over which the run stopped.
 """
 
 from __future__ import annotations
@@ -71,7 +75,14 @@ class AlmondOptimisers:
         fraction = float(getattr(self.cfg, "average_last", 0.0))  # a run saved before the key: no average
         if fraction <= 0:
             return None
+        if self.cfg.almond_epochs == "auto":  # the end is not known in advance: from the start, restarted at each gain
+            return 0
         return int(round(int(self.cfg.almond_epochs) * (1.0 - fraction)))
+
+    def restart_average(self) -> None:
+        """Forgets the running mean (under ``almond_epochs=auto``, at each significant gain of the progress checks:
+        the final average then covers the plateau since the last gain, the window that stopped the run)."""
+        self.average, self.averaged = None, 0
 
     @torch.no_grad()
     def after_step(self, epoch: int) -> None:

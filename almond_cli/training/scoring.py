@@ -27,6 +27,22 @@ def precision_record(model, cfg, device) -> dict:
     }
 
 
+def run_course(position) -> dict:
+    """How long each phase ran and why it stopped, beside its seconds in ``summary.json``'s ``timing``:
+    ``vae_epochs_run``, ``almond_epochs_run``, ``stopped_because`` ({phase: ``epochs`` (its fixed count), ``no_gain``
+    (auto: no gain above its standard error over the checks' window) or ``cap`` (auto: ``schedule.auto.max_*``)}),
+    ``still_improving`` (ALMOND's checks at its end; None where not judged) and ``vae_collapse`` (a collapsed VAE warm
+    start found and repaired, ``training/collapse.py``; None if none was found)."""
+    almond_epochs = position.epoch if position.phase.value != "vae" else 0
+    return {
+        "vae_epochs_run": position.vae_epochs_done if position.phase.value != "vae" else position.epoch,
+        "almond_epochs_run": almond_epochs,
+        "stopped_because": dict(position.stopped_because),
+        "still_improving": position.still_improving,
+        "vae_collapse": position.vae_collapse,
+    }
+
+
 def summarise(task, dataset, cfg, device, *, almond, vae, fitted_baselines: dict, position, precision: dict) -> dict:
     """A run's summary: ``vae``, ``almond`` and ``baselines`` scores, ``timing`` and ``precision``, in that order.
 
@@ -50,6 +66,10 @@ def summarise(task, dataset, cfg, device, *, almond, vae, fitted_baselines: dict
         summary["vae"] = vae if isinstance(vae, dict) else task.score(vae, dataset, cfg, device)
     summary["almond"] = task.score(almond, dataset, cfg, device)
     summary["baselines"] = task.baselines(almond, dataset, cfg, device, fitted_baselines)
-    summary["timing"] = {"vae_seconds": position.vae_seconds, "almond_seconds": position.almond_seconds}
+    summary["timing"] = {
+        "vae_seconds": position.vae_seconds,
+        "almond_seconds": position.almond_seconds,
+        **run_course(position),
+    }
     summary["precision"] = precision
     return summary

@@ -30,6 +30,7 @@ from . import phases
 from .baselines import fit_baselines
 from .build import build_model
 from .chain_checks import ChainTrajectory, periodic_rhat
+from .collapse import repair_collapsed_warm_start
 from .console import ProgressReporter, report_end
 from .distributed import DataParallel, local_processes
 from .loggers import NullLogger, build_logger
@@ -40,6 +41,17 @@ from .run_lock import RunFolderLock, held_here, record_holder
 from .runtime import configure_process, describe_threads, pick_device, seed_streams
 from .schedules import AlmondOptimisers, langevin_step_size
 from .scoring import precision_record, summarise
+from .stopping import (
+    CAP,
+    FIXED,
+    NO_GAIN,
+    ProgressChecks,
+    auto_settings,
+    check_due,
+    epoch_limit,
+    evaluate_check,
+    still_improving_message,
+)
 from .warm_start import warm_start_config
 
 log = logging.getLogger("almond")
@@ -144,6 +156,12 @@ class TrainingRun:
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
+        # What the progress checks score (training/stopping.py): the held-out rows, else the training rows.
+        checked = self.dataset.heldout if self.dataset.heldout is not None else self.dataset
+        self.check_rows = checked
+        self.check_rows_name = "held-out" if self.dataset.heldout is not None else "training"
+        window = int(auto_settings(cfg.schedule)["window"])
+        self.checks = {Phase.VAE: ProgressChecks(window), Phase.ALMOND: ProgressChecks(window)}
         self.vae_metrics: dict = {}
         self.vae_snapshot: dict | None = None
         # schedule.batch_size counts units: a batch is a set of units with all their rows.
@@ -173,6 +191,7 @@ class TrainingRun:
             },
             "vae_metrics": self.vae_metrics,
             "vae_snapshot": self.vae_snapshot,
+            "progress_checks": {phase.value: checks.state_dict() for phase, checks in self.checks.items()},
             "num_batches": self.num_batches,
             "data": self.data_fingerprint,
             # the thread count this run computes with: a resume without threads= keeps it, so the resumed run stays
@@ -197,6 +216,11 @@ class TrainingRun:
         torch.set_rng_state(state["rng"]["torch"])
         self.vae_metrics = state["vae_metrics"]
         self.vae_snapshot = state["vae_snapshot"]
+        saved_checks = state.get("progress_checks") or {}  # none in a checkpoint written before the checks
+        window = int(auto_settings(self.cfg.schedule)["window"])
+        self.checks = {
+            phase: ProgressChecks.from_state_dict(saved_checks.get(phase.value), window) for phase in self.checks
+        }
 
     def resume_from(self, state: dict) -> None:
         """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
@@ -209,13 +233,19 @@ class TrainingRun:
             )
         self.load_state_dict(state)
         position = self.position
-        if position.phase in (Phase.ALMOND, Phase.DONE) and position.vae_epochs_done != self.cfg.schedule.vae_epochs:
+        vae_epochs = self.cfg.schedule.vae_epochs
+        if (
+            position.phase in (Phase.ALMOND, Phase.DONE)
+            and vae_epochs != "auto"
+            and position.vae_epochs_done != vae_epochs
+        ):
             raise ckpt.CheckpointError(
                 f"schedule.vae_epochs: the VAE phase of this run is over after {position.vae_epochs_done} epochs "
                 f"and cannot be changed to {self.cfg.schedule.vae_epochs}; drop schedule.vae_epochs from the command"
             )
-        if position.phase == Phase.DONE and position.epoch < self.cfg.schedule.almond_epochs:
+        if position.phase == Phase.DONE and not self._phase_over(Phase.ALMOND):  # a longer schedule extends the run
             position.phase = Phase.ALMOND
+            position.still_improving = None
         if self.dist.is_writer:
             truncate_metrics(self.folder.metrics, position)
 
@@ -243,7 +273,35 @@ class TrainingRun:
 
     # ----- the loop ---------------------------------------------------------------------------------------
     def _epochs_in(self, phase: Phase) -> int:
-        return self.cfg.schedule.vae_epochs if phase == Phase.VAE else self.cfg.schedule.almond_epochs
+        """The most epochs ``phase`` runs: its fixed count, or under auto its cap."""
+        return epoch_limit(self.cfg.schedule, phase.value)
+
+    def _auto(self, phase: Phase) -> bool:
+        return self.cfg.schedule[f"{phase.value}_epochs"] == "auto"
+
+    def _phase_over(self, phase: Phase) -> bool:
+        """Whether ``phase`` has run its epochs, or under auto its checks say it is done (training/stopping.py)."""
+        return self.position.epoch >= self._epochs_in(phase) or (self._auto(phase) and self.checks[phase].done())
+
+    def _stopped_because(self, phase: Phase) -> str:
+        if not self._auto(phase):
+            return FIXED
+        return NO_GAIN if self.checks[phase].done() else CAP
+
+    def _progress_check(self) -> dict:
+        """The check due after the epoch that just ended (``stopping.check_due``), as metrics fields; {} if none."""
+        position, schedule = self.position, self.cfg.schedule
+        done = position.epoch + 1
+        if position.phase == Phase.DONE or not check_due(schedule, position.phase.value, done):
+            return {}
+        log_lik, mc_variance = evaluate_check(self.task, self.model, self.check_rows, self.cfg, self.device)
+        check = self.checks[position.phase].add(log_lik, done, mc_variance)
+        if check.significant and position.phase == Phase.ALMOND and self._auto(Phase.ALMOND):
+            self.almond_optimisers.restart_average()  # averaging under auto covers the plateau since the last gain
+        fields = {"check_nll": check.nll, "check_nll_se": check.nll_se}
+        if math.isfinite(check.gain):
+            fields.update(check_gain=check.gain, check_gain_se=check.gain_se)
+        return fields
 
     def _batch_indices(self) -> torch.Tensor:
         """The units of the current batch: an epoch permutes this rank's units."""
@@ -285,6 +343,7 @@ class TrainingRun:
         if not math.isfinite(loss_mean) or not chains_healthy:
             self._diverged(loss_mean, fields)
         diagnostics = {**diagnostics, **periodic_rhat(self)}  # chain checks every diagnostics.rhat_every_epochs
+        diagnostics.update(self._progress_check())  # the held-out log-likelihood when due (training/stopping.py)
         record = {
             "phase": position.phase.value,
             "epoch": position.epoch + 1,
@@ -307,7 +366,7 @@ class TrainingRun:
         position.epoch_seconds = 0.0
         self.order = None
         every = self.cfg.checkpoint.every_epochs
-        if every and position.epoch % every == 0 and position.epoch < self._epochs_in(position.phase):
+        if every and position.epoch % every == 0 and not self._phase_over(position.phase):
             self.save()
 
     def _diverged(self, loss_mean: float, fields: dict) -> None:
@@ -341,6 +400,7 @@ class TrainingRun:
 
     def _start_almond(self) -> None:
         """At the VAE/ALMOND boundary: score the VAE, keep its checkpoint, start chains from the encoder."""
+        self._end_phase(Phase.VAE)
         self.vae_metrics = self.task.score(self.model, self.dataset, self.cfg, self.device)
         self.vae_snapshot = self.task.snapshot(self.model, self.dataset, self.cfg, self.device)
         self.position.vae_epochs_done = self.position.epoch
@@ -392,10 +452,11 @@ class TrainingRun:
         position = self.position
         current_phase = None
         while position.phase != Phase.DONE:
-            if position.epoch >= self._epochs_in(position.phase):
+            if self._phase_over(position.phase):
                 if position.phase == Phase.VAE:
                     self._start_almond()
                 else:
+                    self._end_phase(Phase.ALMOND)
                     self.almond_optimisers.use_average()  # schedule.average_last: the averaged parameters
                     position.phase = Phase.DONE
                 continue
@@ -403,6 +464,9 @@ class TrainingRun:
                 current_phase = position.phase
                 self.reporter.start_phase(current_phase, self._epochs_in(current_phase), position.epoch)
             if position.phase == Phase.ALMOND and self.chains is None:
+                if position.epoch == 0 and position.batch == 0:  # a collapsed warm start is repaired, not passed on
+                    found = repair_collapsed_warm_start(self.model, self.task, self.dataset, self.cfg, self.device)
+                    position.vae_collapse = found if found is not None else position.vae_collapse
                 self.chains = phases.initial_chains(
                     self.model, self.x, self.sampler.num_chains, self.noise_generator, self.batch_size, self.unit_index
                 )
@@ -433,6 +497,23 @@ class TrainingRun:
                 if self.stop_signal is not None:
                     raise Interrupted(self.stop_signal, path)
 
+    def _end_phase(self, phase: Phase) -> None:
+        """Records how many epochs ``phase`` ran and why it stopped (summary.json ``timing``, train.log); at the end of
+        ALMOND, whether it was still improving (its checks over the last ``schedule.auto.window`` checks)."""
+        position = self.position
+        reason = self._stopped_because(phase)
+        position.stopped_because[phase.value] = reason
+        checks = self.checks[phase]
+        words = {
+            FIXED: f"its schedule.{phase.value}_epochs",
+            NO_GAIN: f"no gain in the {self.check_rows_name} rows' log-likelihood above its standard error over the "
+            f"last {checks.window} checks (the best at epoch {checks.incumbent_epoch})",
+            CAP: f"schedule.auto.max_{phase.value}_epochs (its cap under auto)",
+        }[reason]
+        self.reporter.note(f"{phase.value} phase: {position.epoch} epochs run; stopped by {words}")
+        if phase == Phase.ALMOND and checks.checks:  # a run stopped for want of a gain is not still improving
+            position.still_improving = reason != NO_GAIN and checks.still_improving()
+
     def _save_due_on_time(self) -> bool:
         minutes = self.cfg.checkpoint.every_minutes
         return self.dist.any(bool(minutes) and time.monotonic() - self.last_save_time >= 60.0 * minutes)
@@ -449,6 +530,12 @@ class TrainingRun:
     def _finish(self) -> dict:
         """Scores the final model, writes summary.json, the figures and the final checkpoint."""
         self.save()
+        if self.position.still_improving and self.dist.is_writer:
+            log.warning(
+                still_improving_message(
+                    self.run_dir, self.checks[Phase.ALMOND], self.position.epoch, self.check_rows_name
+                )
+            )
         self._stop_if_signalled()
         fitted = fit_baselines(self.task, self.dataset, self.cfg, self.run_dir, TrainingRun)
         self._stop_if_signalled()

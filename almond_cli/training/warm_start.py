@@ -35,6 +35,7 @@ ALMOND_KEYS = (
     "schedule.sgd_momentum",
     "schedule.weight_decay",
     "schedule.batch_size",
+    "schedule.collapse_ratio",
     "experiment_name",
 )
 # The VAE is over: its length is the warm start's, not a run-length key here.

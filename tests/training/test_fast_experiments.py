@@ -39,6 +39,7 @@ def differences(left, right, prefix=""):
                 "schedule.vae_epochs",
                 "schedule.almond_epochs",
                 "schedule.warmup_epochs",
+                "schedule.after_warmup",  # Adam on past the warm-up: reached only by auto or an extended run
                 "encoder.init",
                 "decoder.init",
             },
@@ -53,6 +54,7 @@ def differences(left, right, prefix=""):
                 "schedule.vae_epochs",
                 "schedule.almond_epochs",
                 "schedule.warmup_epochs",
+                "schedule.after_warmup",  # Adam on past the warm-up: reached only by auto or an extended run
                 "encoder.init",
                 "decoder.init",
             },

@@ -1,0 +1,301 @@
+"""When training is done (``training/stopping.py``): the auto stopping rule on synthetic check sequences, the
+checks' epochs, the still-improving warning, the repair of a collapsed VAE warm start (``training/collapse.py``),
+``auto`` in the config, and ``data=file`` defaulting to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_config
+
+from almond_cli.commands.cli import auto_epochs_for_data
+from almond_cli.config import ConfigError, validate
+from almond_cli.training.collapse import COLLAPSE_RATIO, is_collapsed, repair_collapsed_warm_start
+from almond_cli.training.schedules import AlmondOptimisers
+from almond_cli.training.stopping import (
+    ProgressChecks,
+    check_due,
+    check_epochs,
+    epoch_limit,
+    still_improving_message,
+    suggested_epochs,
+)
+
+ROWS = 400
+NOISE = 0.05  # per-row noise of a check's log p̂, independent between checks: the paired SE is NOISE·sqrt(2/ROWS)
+PAIRED_SE = NOISE * (2 / ROWS) ** 0.5  # 0.0035 nats per row
+
+
+def checks_of(means: list[float], window: int = 5, noise: float = NOISE, seed: int = 0) -> ProgressChecks:
+    """A ``ProgressChecks`` fed checks whose per-row log-likelihoods are a fixed spread of rows plus ``means[t]``
+    plus fresh noise of sd ``noise`` (the rows' spread cancels in the paired gain, as with real paired checks)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(ROWS, generator=generator, dtype=torch.float64)  # the rows' own spread, sd 1 >> NOISE
+    checks = ProgressChecks(window)
+    for index, mean in enumerate(means):
+        checks.add(rows + mean + noise * torch.randn(ROWS, generator=generator, dtype=torch.float64), 10 * (index + 1))
+    return checks
+
+
+def first_done(means: list[float], window: int = 5, noise: float = NOISE) -> int | None:
+    """The number of checks after which the rule first says done, or None."""
+    for count in range(1, len(means) + 1):
+        if checks_of(means[:count], window, noise).done():
+            return count
+    return None
+
+
+def test_a_plateau_stops_after_window_checks_without_a_gain():
+    # Rising for 6 checks, then exactly flat: the incumbent is the 6th; 5 flat checks later it is done.
+    rise = [10 * PAIRED_SE * t for t in range(6)]
+    means = rise + [rise[-1]] * 10
+    assert first_done(means, noise=0.0) == 6 + 5
+    checks = checks_of(means[:11], noise=0.0)
+    assert checks.incumbent_epoch == 60 and not checks.still_improving()
+
+
+def test_a_noisy_plateau_stops_too():
+    # On a plateau a check beats the incumbent by more than its SE by chance 16% of the time (a one-sided 1-SE
+    # test), which restarts the count: 5 in a row take about 9 checks on average; within 40 all but surely.
+    assert first_done([0.0] * 40) is not None
+
+
+def test_the_still_improving_verdict_rarely_fires_on_a_plateau():
+    # The verdict is one 2-SE test of the last check against the one 5 checks before it: on a plateau it should fire
+    # about 2% of the time (where "any of the last 5 checks beat the best by 1 SE" fired ~58%). Over 50 plateaus
+    # (seeds), expected ~1.1; at most 5 bounds a Binomial(50, 0.023) with probability > 0.998.
+    fired = sum(checks_of([0.0] * 12, seed=seed).still_improving() for seed in range(50))
+    assert fired <= 5
+
+
+def test_a_steady_rise_never_stops_even_below_one_se_per_check():
+    # 0.8 SE per check: a single interval often does not count, but the gain over the incumbent reaches 2.4-4 SE
+    # after 3-5 checks (significant with probability 0.92-0.9999), so 5 checks in a row without a gain have a chance
+    # near 1e-7 per incumbent: the comparison is with the incumbent, not the previous check.
+    means = [0.8 * PAIRED_SE * t for t in range(60)]
+    assert first_done(means) is None
+    checks = checks_of(means)
+    # over the last 5 checks it rose 4 x 0.8 = 3.2 SE: beyond the warning's 2 SE (with probability 0.89)
+    assert checks.gains >= 10 and checks.still_improving()
+
+
+def test_a_shorter_window_stops_where_a_longer_one_does_not():
+    means = [10 * PAIRED_SE * t for t in range(4)] + [30 * PAIRED_SE] * 3
+    assert first_done(means, window=3, noise=0.0) == 7
+    assert first_done(means, window=4, noise=0.0) is None
+
+
+def test_the_first_check_alone_is_neither_done_nor_improving():
+    checks = checks_of([0.0])
+    assert not checks.done() and not checks.still_improving() and checks.checks[0].significant is False
+
+
+def test_state_round_trip_continues_the_same_decisions():
+    means = [10 * PAIRED_SE * t for t in range(4)] + [30 * PAIRED_SE] * 2
+    checks = checks_of(means, noise=0.0)
+    again = ProgressChecks.from_state_dict(checks.state_dict(), 5)
+    assert again.state_dict()["since_gain"] == checks.since_gain == 2
+    assert torch.equal(again.incumbent, checks.incumbent) and again.checks == checks.checks
+
+
+def test_one_unit_uses_the_monte_carlo_standard_error():
+    checks = ProgressChecks(2)
+    checks.add(torch.tensor([-100.0]), 10, torch.tensor([0.01]))
+    gain = checks.add(torch.tensor([-99.9]), 20, torch.tensor([0.01]))  # +0.1 against an SE of sqrt(0.02) = 0.14
+    assert gain.gain_se == pytest.approx(0.02**0.5) and not gain.significant
+    assert checks.add(torch.tensor([-99.0]), 30, torch.tensor([0.01])).significant
+
+
+AUTO = {"every": 10, "window": 5, "max_vae_epochs": 300, "max_almond_epochs": 2000, "nll_samples": 100}
+
+
+def schedule(vae, almond):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"vae_epochs": vae, "almond_epochs": almond, "auto": AUTO})
+
+
+def test_the_cap_and_the_checks_epochs():
+    auto = schedule("auto", "auto")
+    assert epoch_limit(auto, "almond") == 2000 and epoch_limit(auto, "vae") == 300
+    assert check_due(auto, "almond", 20) and not check_due(auto, "almond", 25) and check_due(auto, "almond", 2000)
+    fixed = schedule(300, 200)
+    assert epoch_limit(fixed, "almond") == 200
+    assert check_epochs(fixed, "almond") == [150, 160, 170, 180, 190, 200]  # the last window for the verdict
+    assert check_epochs(schedule(300, 20), "almond") == [10, 20]
+    assert check_epochs(fixed, "vae") == [] and not check_due(fixed, "vae", 10)
+
+
+def test_the_still_improving_warning_says_how_to_extend_the_run():
+    means = [10 * PAIRED_SE * t for t in range(6)]
+    checks = checks_of(means, noise=0.0)
+    assert checks.still_improving()
+    text = still_improving_message("outputs/2026-12-02/07-00-00", checks, 200, "held-out")
+    assert "almond train resume=outputs/2026-12-02/07-00-00 schedule.almond_epochs=400" in text
+    assert "still improving" in text and "held-out rows" in text and "since epoch 10" in text
+    assert suggested_epochs(200) == 400 and suggested_epochs(1) == 100 and suggested_epochs(2000) == 4000
+
+
+def test_averaging_under_auto_restarts_at_each_gain():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {
+            "adam_lr": 0.01,
+            "sgd_lr": 0.01,
+            "sgd_momentum": 0.1,
+            "weight_decay": 0.0,
+            "warmup_epochs": 5,
+            "almond_epochs": "auto",
+            "average_last": 0.5,
+        }
+    )
+    optimisers = AlmondOptimisers([parameter], cfg)
+    assert optimisers.average_start() == 0
+    for value in (1.0, 2.0):
+        parameter.data.fill_(value)
+        optimisers.after_step(0)
+    optimisers.restart_average()
+    for value in (10.0, 20.0):
+        parameter.data.fill_(value)
+        optimisers.after_step(1)
+    optimisers.use_average()
+    assert float(parameter.detach()) == 15.0  # the mean since the restart only
+
+
+# ----- a collapsed warm start ---------------------------------------------------------------------------------
+
+
+def test_collapse_is_a_spread_far_below_the_signal():
+    assert is_collapsed(torch.tensor([0.003]), torch.tensor([0.03]))
+    assert not is_collapsed(torch.tensor([0.015]), torch.tensor([0.03]))  # half the signal: a VAE's usual shortfall
+    assert not is_collapsed(torch.tensor([0.0]), torch.tensor([0.0]))  # no signal to speak of
+    assert COLLAPSE_RATIO == 0.25
+
+
+def gaussian_model_and_data(output_scale: float):
+    """A tiny fitted-looking model (MLP decoder shrunk by ``output_scale``) and data of signal sd 0.5, noise 0.1."""
+    from almond_cli.model.likelihoods import Gaussian
+    from almond_cli.model.model import LatentVariableModel
+    from almond_cli.model.networks import MLPDecoder, MLPEncoder
+
+    torch.manual_seed(0)
+    decoder = MLPDecoder(1, 1, [8])
+    with torch.no_grad():
+        decoder.net[-1].weight.mul_(output_scale)
+    model = LatentVariableModel(MLPEncoder(1, 1, [8]), decoder, Gaussian(sigma=0.1))
+    generator = torch.Generator().manual_seed(1)
+    x = (2.0 + 0.5 * torch.randn(2000, 1, generator=generator)) + 0.1 * torch.randn(2000, 1, generator=generator)
+
+    class Rows:
+        pass
+
+    dataset = Rows()
+    dataset.x = x
+    return model, dataset
+
+
+def test_a_collapsed_decoder_is_rescaled_to_the_normal_prior_and_a_healthy_one_left_alone():
+    from omegaconf import OmegaConf
+
+    from almond_cli.tasks.empirical_bayes import fit_normal_prior
+    from almond_cli.tasks.metrics import latent_draws
+    from almond_cli.tasks.normal_means import NormalMeansTask
+
+    cfg = OmegaConf.create({"latent_dim": 1, "evaluation": {"num_draws": 5000, "seed": 3}})
+    model, data = gaussian_model_and_data(1e-3)
+    found = repair_collapsed_warm_start(model, NormalMeansTask(), data, cfg, "cpu")
+    assert found is not None and found["repaired"] and found["u_sd"][0] < 0.01
+    prior = fit_normal_prior(data.x[:, 0], 0.1)
+    draws = latent_draws(model, cfg, "cpu").double()[:, 0]
+    # the same z draws before and after: the affine rescale puts their mean and sd on the prior's, up to the float32
+    # rounding of the decoder's forward pass (relative 1e-6 of the collapsed spread's ~1e-4: far inside these bounds)
+    assert float(draws.mean()) == pytest.approx(prior.mean, abs=1e-3 * prior.sd)
+    assert float(draws.std()) == pytest.approx(prior.sd, rel=1e-3)
+    # the repaired model now spreads as the signal does: checked again, it is left alone, bitwise
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert repair_collapsed_warm_start(model, NormalMeansTask(), data, cfg, "cpu") is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ----- the config ---------------------------------------------------------------------------------------------
+
+
+def test_auto_is_accepted_and_nonsense_refused_naming_the_key():
+    validate(compose_config(["schedule.almond_epochs=auto", "schedule.vae_epochs=auto"]))
+    validate(compose_config(["schedule.almond_epochs=0"]))
+    for key in ("almond_epochs", "vae_epochs"):
+        for value in ("-3", "fast", "2.5", "true"):
+            with pytest.raises(ConfigError) as error:
+                validate(compose_config([f"schedule.{key}={value}"]))
+            assert error.value.key == f"schedule.{key}" and "or auto" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["schedule.auto.window=0"]))
+    assert error.value.key == "schedule.auto.window"
+
+
+def test_a_bad_epoch_count_exits_2_with_one_line(capsys):
+    from almond_cli.commands import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train", "schedule.almond_epochs=fast"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert stopped.value.code == 2 and len(lines) == 1 and "schedule.almond_epochs" in lines[0], err
+
+
+def test_data_file_trains_until_done_unless_told_otherwise():
+    file = ["experiment=mnn_mixture_fast", "data=file", "data.path=m.csv"]
+    assert auto_epochs_for_data(file) == [*file, "schedule.vae_epochs=auto", "schedule.almond_epochs=auto"]
+    assert auto_epochs_for_data([*file, "schedule.almond_epochs=300"])[-1] == "schedule.vae_epochs=auto"
+    for kept in (["debug=tiny"], ["resume=outputs/x"], ["warm_start=outputs/x"]):
+        assert auto_epochs_for_data([*file, *kept]) == [*file, *kept]
+    mixed = ["experiment=mixed", "data=mixed"]
+    assert auto_epochs_for_data(mixed) == mixed and auto_epochs_for_data([]) == []
+
+
+# ----- a run ----------------------------------------------------------------------------------------------------
+
+AUTO_RUN = [
+    "debug=tiny",
+    "progress=silent",
+    "threads=1",
+    "schedule.vae_epochs=4",
+    "schedule.almond_epochs=auto",
+    "schedule.auto.every=2",
+    "schedule.auto.window=2",
+    "schedule.auto.max_almond_epochs=12",
+    "schedule.auto.nll_samples=20",
+    "evaluation.nll_samples=50",
+    "diagnostics.rhat_every_epochs=0",
+    "checkpoint.every_minutes=0",
+]
+
+
+@pytest.mark.slow
+def test_an_auto_run_records_its_checks_and_a_finished_run_extends(tmp_path):
+    import json
+
+    from almond_cli.training.checkpoint import load_checkpoint
+    from almond_cli.training.trainer import train
+
+    summary = train(compose_config(AUTO_RUN), tmp_path)
+    timing = summary["timing"]
+    assert timing["vae_epochs_run"] == 4 and timing["stopped_because"]["vae"] == "epochs"
+    run = timing["almond_epochs_run"]
+    assert 2 * 3 <= run <= 12 and timing["stopped_because"]["almond"] == ("cap" if run == 12 else "no_gain")
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    checked = [r["epoch"] for r in records if r["phase"] == "almond" and "check_nll" in r]
+    assert checked == list(range(2, run + 1, 2))
+    assert not any("check_nll" in r for r in records if r["phase"] == "vae")  # a fixed VAE phase never checks
+    # resumed with a fixed, larger count, the finished run goes on from where it stopped
+    longer = train(
+        compose_config([*AUTO_RUN, f"schedule.almond_epochs={run + 4}"]),
+        tmp_path,
+        checkpoint=load_checkpoint(tmp_path / "checkpoints" / "last.pt"),
+    )
+    assert longer["timing"]["almond_epochs_run"] == run + 4
+    assert longer["timing"]["stopped_because"]["almond"] == "epochs"
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-(run + 4) :] == list(range(1, run + 5))
