@@ -102,6 +102,26 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _no_handlers_left_behind():
+    """A run trained in-process gets Hydra's job logging: handlers on the root logger bound to the captured stderr
+    of the test (or module fixture) that ran it, closed afterwards. Left there, a later warning (threads chosen under
+    load) writes to a closed file and logging prints its own traceback into that test's stderr."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("almond")]
+
+    def drop(keep) -> None:
+        for logger in loggers:
+            for handler in [h for h in logger.handlers if not keep(h)]:
+                logger.removeHandler(handler)
+
+    drop(lambda h: not getattr(getattr(h, "stream", None), "closed", False))  # a module fixture's, since closed
+    before = {id(h) for logger in loggers for h in logger.handlers}
+    yield
+    drop(lambda h: id(h) in before)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
