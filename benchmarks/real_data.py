@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -209,7 +210,11 @@ def distances_to_reference(reference: dict, record: dict) -> dict:
 
 
 def _estimate(pair) -> str:
-    return f"{pair[0]:.4f} ({pair[1]:.4f})"
+    return f"{pair[0]:.4f} ({pair[1]:.4f})".replace("-", "−")
+
+
+def _number(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}".replace("-", "−")
 
 
 def _signed(value: float, digits: int = 2) -> str:
@@ -249,12 +254,12 @@ def format_real_table(name: str, reference: dict, result: dict) -> list[str]:
                 cells += ["missing", ""]
         lines.append("| " + " | ".join(cells) + " |")
     lme4_log_lik = (
-        f"{reference['log_lik']:.2f} ({reference['log_lik_method']})" if reference["log_lik"] is not None else "–"
+        f"{_number(reference['log_lik'])} ({reference['log_lik_method']})" if reference["log_lik"] is not None else "–"
     )
     cells = ["log-likelihood", lme4_log_lik]
     for method in ("gaussian", "almond"):
         fit = fits[method]
-        cells += [f"{fit['log_lik']:.2f} ± {fit['log_lik_se']:.2f} ({fit['log_lik_method']})", ""]
+        cells += [f"{_number(fit['log_lik'])} ± {fit['log_lik_se']:.2f} ({fit['log_lik_method']})", ""]
     lines.append("| " + " | ".join(cells) + " |")
     gaussian, almond = fits["gaussian"], fits["almond"]
     difference = almond["log_lik"] - gaussian["log_lik"]
@@ -540,7 +545,7 @@ def print_merged(runs: list[dict]) -> None:
         print(f"{run_result['cpu']}; load {run_result['load_average_start']} -> {run_result.get('load_average_end')}")
     real = {name: result for run_result in runs for name, result in run_result["real"].items()}
     for name, result in real.items():
-        print(f"\n{name}: `almond {' '.join(result['command'])}`\n")
+        print(f"\n{name}: `almond {shlex.join(result['command'])}`\n")
         print("\n".join(format_real_table(name, DATASETS[name], result)))
     replicates = [record for run_result in runs for record in run_result["simulation"]["replicates"]]
     if replicates:
@@ -609,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_real(name, data_dir, workdir, args.seed, args.threads, args.overrides)
                 results["real"][name] = result
                 write_json(args.json, results)
-                print(f"\n{name}: `almond {' '.join(result['command'])}`\n")
+                print(f"\n{name}: `almond {shlex.join(result['command'])}`\n")
                 print("\n".join(format_real_table(name, {**DATASETS[name]}, result)), flush=True)
         if args.only in (None, "simulation") and args.reps > 0:
             jobs = [(LAWS[law], rep) for rep in range(args.first_rep, args.first_rep + args.reps) for law in args.laws]

@@ -157,6 +157,7 @@ def test_the_real_data_table_shows_each_fit_beside_lme4(bench):
     lines = bench.format_real_table("toy", reference, result)
     row = next(line for line in lines if line.startswith("| (Intercept)"))
     assert row == "| (Intercept) | 1.0000 (0.2000) | 1.0100 (0.1000) | +0.05 | 0.9000 (0.1000) | −0.50 |"
+    assert "| log-likelihood | −100.00 (Laplace) | −99.00 ± 0.05 (m) |" in "\n".join(lines)
     sd_row = next(line for line in lines if line.startswith("| sd g"))
     assert "| 0.6060 | +1.0 % |" in sd_row and "| 0.5500 | −8.3 % |" in sd_row
     text = "\n".join(lines)
