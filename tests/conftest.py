@@ -89,6 +89,15 @@ def almond_refuses(monkeypatch, capsys):
     trainer.pending_stop_signal()  # a signal a test left pending is not the next test's
 
 
+def assert_one_error_line(stderr: str, fragments: list[str]) -> None:
+    """A refusal as the user sees it: stderr is one ``almond: error:`` line holding every fragment, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("almond: error:")]
+    assert len(lines) == 1 and stderr.strip() == lines[0], stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

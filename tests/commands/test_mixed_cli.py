@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run_almond
+from conftest import assert_one_error_line, run_almond
 
 from almond_cli.commands import cli
 
@@ -128,14 +128,6 @@ REFUSALS = {
 }
 
 
-def _assert_one_error_line(stderr: str, fragments: list[str]) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("almond: error:")]
-    assert len(lines) == 1 and stderr.strip() == lines[0], stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 @needs_cbpp
 @pytest.mark.parametrize("name", sorted(REFUSALS))
 def test_bad_formulas_are_refused_before_the_run_folder_exists(name, tmp_path, capsys):
@@ -144,7 +136,7 @@ def test_bad_formulas_are_refused_before_the_run_folder_exists(name, tmp_path, c
     with pytest.raises(SystemExit) as stopped:
         cli.main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert stopped.value.code == 2
-    _assert_one_error_line(capsys.readouterr().err, fragments)
+    assert_one_error_line(capsys.readouterr().err, fragments)
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -155,7 +147,7 @@ def test_negative_counts_with_poisson_are_refused_naming_the_row(tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         cli.main([*args, 'data.formula="incidence ~ period + (1|herd)"', f"hydra.run.dir={tmp_path / 'run'}"])
     assert stopped.value.code == 2
-    _assert_one_error_line(capsys.readouterr().err, ["data.formula", "-1", "row 2"])
+    assert_one_error_line(capsys.readouterr().err, ["data.formula", "-1", "row 2"])
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -166,7 +158,7 @@ def test_the_installed_command_refuses_a_bad_formula_without_a_traceback(tmp_pat
     args = ["train", "experiment=mixed", "threads=1", f"data.path={CBPP}", *overrides]
     process = run_almond([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=120)
     assert process.returncode == 2
-    _assert_one_error_line(process.stderr, fragments)
+    assert_one_error_line(process.stderr, fragments)
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -280,7 +272,7 @@ def test_a_missing_formula_or_path_is_refused_naming_the_key(key, tmp_path, caps
     with pytest.raises(SystemExit) as stopped:
         cli.main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert stopped.value.code == 2
-    _assert_one_error_line(capsys.readouterr().err, [key])
+    assert_one_error_line(capsys.readouterr().err, [key])
     assert not (tmp_path / "run").exists()
 
 

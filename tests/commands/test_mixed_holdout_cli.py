@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_almond
+from conftest import assert_one_error_line, run_almond
 
 from almond_cli.commands import cli
 
@@ -35,14 +35,6 @@ def _table(groups: int = 24, per_group: int = 4, seed: int = 0, prefix: str = "g
     return pd.DataFrame({"y": rng.poisson(np.exp(0.5 + 0.4 * x + effect[g])), "x": x, "g": [f"{prefix}{k}" for k in g]})
 
 
-def _assert_one_error_line(stderr: str, fragments: list[str]) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("almond: error:")]
-    assert len(lines) == 1 and stderr.strip() == lines[0], stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
@@ -59,7 +51,7 @@ def test_a_hold_out_that_cannot_be_made_is_refused_before_the_run_folder_exists(
     with pytest.raises(SystemExit) as stopped:
         cli.main([*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert stopped.value.code == 2
-    _assert_one_error_line(capsys.readouterr().err, fragments)
+    assert_one_error_line(capsys.readouterr().err, fragments)
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
@@ -117,5 +109,5 @@ def test_sample_marks_the_held_out_groups_and_draws_a_new_tables_groups(heldout_
     with pytest.raises(SystemExit) as stopped:
         cli.main(["sample", str(run_dir), "what=posterior", f"data={bad}", f"out={bad_out}", "threads=1"])
     assert stopped.value.code == 2
-    _assert_one_error_line(capsys.readouterr().err, [f"data={bad}", "no column 'x'"])
+    assert_one_error_line(capsys.readouterr().err, [f"data={bad}", "no column 'x'"])
     assert not bad_out.exists()

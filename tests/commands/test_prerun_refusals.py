@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_almond
+from conftest import assert_one_error_line, compose_config, run_almond
 
 from almond_cli.commands import cli
 
@@ -93,14 +93,6 @@ def arguments(name: str, tmp_path) -> tuple[list[str], list[str]]:
     extra = [] if name.startswith("image") else TINY  # debug=tiny sets data.n, which images do not have
     overrides = [o.replace("FILE", str(path)) for o in overrides]
     return ["train", *extra, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], fragments
-
-
-def assert_one_error_line(stderr: str, fragments: list[str]) -> None:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("almond: error:")]
-    assert len(lines) == 1 and stderr.strip() == lines[0], stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
