@@ -36,19 +36,21 @@ class Task:
         return {}
 
     def check_log_lik(self, model, dataset: Dataset, cfg, device, num_samples: int) -> tuple:
-        """(log p̂ per independent unit (n,), its Monte Carlo variance (n,)) of ``dataset``'s rows, for the progress
-        checks of ``training/stopping.py``: importance sampling (``model.marginal``) with ``num_samples`` draws per
-        unit from ``evaluation.seed``, the same draws at every check."""
+        """(log p̂ per independent unit (n,), its Monte Carlo variance (n,)) of the training data set ``dataset``'s
+        held-out rows (its training rows where none are held out), for the progress checks of
+        ``training/stopping.py``: importance sampling (``model.marginal``) with ``num_samples`` draws per unit from
+        ``evaluation.seed``, the same draws at every check."""
         from ..model.marginal import estimate_log_marginal
 
+        rows = dataset.heldout if dataset.heldout is not None else dataset
         estimate = estimate_log_marginal(
             model,
-            dataset.x.to(device),
+            rows.x.to(device),
             num_samples,
             int(cfg.evaluation.seed),
             int(cfg.evaluation.nll_chunk),
             prior_fraction=float(cfg.evaluation.get("nll_prior_fraction", 0.0)),
-            unit_index=dataset.unit_index,
+            unit_index=rows.unit_index,
         )
         return estimate.log_marginal, estimate.mc_variance
 

@@ -192,7 +192,8 @@ def check_due(schedule, phase: str, done: int) -> bool:
 
 
 def evaluate_check(task, model, dataset, cfg, device) -> tuple[Tensor, Tensor]:
-    """(log p̂ per unit (n,), its Monte Carlo variance (n,)) of ``dataset``'s rows under ``model`` (``Task.check_log_lik``:
+    """(log p̂ per unit (n,), its Monte Carlo variance (n,)) of the training data set ``dataset``'s held-out rows (its
+    training rows where none are held out) under ``model`` (``Task.check_log_lik``:
     importance sampling with ``schedule.auto.nll_samples`` draws per row from ``evaluation.seed``, on its own generator,
     training's streams untouched; a mixed model's exact per-component log-likelihood)."""
     return task.check_log_lik(model, dataset, cfg, device, int(auto_settings(cfg.schedule)["nll_samples"]))

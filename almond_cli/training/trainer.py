@@ -156,9 +156,7 @@ class TrainingRun:
         self.order: torch.Tensor | None = None
         self.position = Position()
         self.task = task_for(self.dataset)
-        # What the progress checks score (training/stopping.py): the held-out rows, else the training rows.
-        checked = self.dataset.heldout if self.dataset.heldout is not None else self.dataset
-        self.check_rows = checked
+        # The progress checks (training/stopping.py) score the held-out rows, else the training rows.
         self.check_rows_name = "held-out" if self.dataset.heldout is not None else "training"
         window = int(auto_settings(cfg.schedule)["window"])
         self.checks = {Phase.VAE: ProgressChecks(window), Phase.ALMOND: ProgressChecks(window)}
@@ -294,7 +292,7 @@ class TrainingRun:
         done = position.epoch + 1
         if position.phase == Phase.DONE or not check_due(schedule, position.phase.value, done):
             return {}
-        log_lik, mc_variance = evaluate_check(self.task, self.model, self.check_rows, self.cfg, self.device)
+        log_lik, mc_variance = evaluate_check(self.task, self.model, self.dataset, self.cfg, self.device)
         check = self.checks[position.phase].add(log_lik, done, mc_variance)
         if check.significant and position.phase == Phase.ALMOND and self._auto(Phase.ALMOND):
             self.almond_optimisers.restart_average()  # averaging under auto covers the plateau since the last gain

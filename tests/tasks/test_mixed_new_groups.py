@@ -84,6 +84,25 @@ def test_held_out_log_lik_is_the_direct_integral_under_the_fitted_learned_law():
     assert abs(gaussian_part - expected) > 0.1
 
 
+def test_the_progress_checks_score_held_out_groups_as_new_groups():
+    """``MixedTask.check_log_lik`` (auto epochs, the still-improving warning) gets the training data set: with groups
+    held out it scores them under the fitted laws, as ``heldout_log_lik`` does, never as the training groups whose
+    latent indices the held-out table's renumbered levels would collide with; without, the training rows."""
+    from omegaconf import OmegaConf
+
+    from almond_cli.tasks.mixed import MixedTask
+
+    beta = [0.4, 0.3]
+    trained = mixed_dataset(build_design("y ~ x + (1|g)", _poisson_table(groups=9, seed=0)))
+    model = _fitted(MixedMLPDecoder, Poisson(), trained.layout, beta)
+    cfg = OmegaConf.create({"seed": 0})
+    training_rows, variance = MixedTask().check_log_lik(model, trained, cfg, "cpu", 100)
+    assert training_rows.shape == (9,) and torch.equal(variance, torch.zeros(9, dtype=torch.float64))
+    trained.heldout = mixed_dataset(build_design("y ~ x + (1|g)", _poisson_table(groups=12, seed=1)))
+    held_out, _ = MixedTask().check_log_lik(model, trained, cfg, "cpu", 100)
+    assert torch.equal(held_out, heldout_log_lik(model, trained.heldout)["per_component"])
+
+
 def test_for_groups_keeps_the_law_and_refuses_other_factors():
     layout = MixedLayout.of([("g", ("(Intercept)",), 9)], 2, 1)
     model = _fitted(MixedMLPDecoder, Poisson(), layout, [0.4, 0.3])
