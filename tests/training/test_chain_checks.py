@@ -17,7 +17,7 @@ from almond_cli.model.model import LatentVariableModel
 from almond_cli.model.networks import LinearDecoder
 from almond_cli.tasks.registry import build_dataset
 from almond_cli.training.build import build_model
-from almond_cli.training.chain_checks import RHAT_ALARM, ChainTrajectory
+from almond_cli.training.chain_checks import RHAT_ALARM, ChainTrajectory, trajectory_check
 
 
 def exact_posterior_draws(model, x, count, generator):
@@ -176,3 +176,19 @@ def test_chain_trajectory_keeps_the_last_window_and_survives_a_checkpoint():
     assert torch.equal(restored.draws(), draws)
     assert ChainTrajectory.from_state_dict(trajectory.state_dict(), points=3, window=2).draws().shape[2] == 2
     assert ChainTrajectory.from_state_dict(None, points=3, window=4).states == []  # an older checkpoint
+
+
+def test_a_table_of_levels_is_judged_per_level():
+    """A mixed model's one unit holds a coordinate per level: with 40 levels whose chains cross their law and 3 that
+    stay put, the worst coordinate is far above the alarm (the per-unit reading, which warned on every check of a
+    healthy grouseticks fit), while the median over levels is near 1 and the worst is still reported as rhat_max."""
+    moving = stuck_and_moving_chains(True, points=40, epochs=50)  # (levels, C, N, 1)
+    stuck = stuck_and_moving_chains(False, points=3, epochs=50)
+    levels = np.concatenate([moving, stuck])[..., 0].transpose(1, 2, 0)  # (C, N, 43): one unit's coordinates
+    trajectory = ChainTrajectory(points=1, window=50)
+    for epoch in range(50):
+        trajectory.record(PersistentChains(torch.from_numpy(levels[:, epoch]).float().unsqueeze(0)))
+    per_unit = trajectory_check(trajectory, 50)
+    assert per_unit["rhat_median"] > RHAT_ALARM
+    per_level = trajectory_check(trajectory, 50, per_coordinate=True)
+    assert per_level["rhat_median"] < 1.2 and per_level["rhat_max"] > RHAT_ALARM
