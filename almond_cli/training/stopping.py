@@ -18,8 +18,8 @@ estimates instead, ``MarginalEstimate.mc_variance``.)
 before it (``window`` x ``every`` epochs earlier) by more than twice the standard error of that paired gain. One
 test at two standard errors, not the rule's one, because it raises a warning: on a plateau it fires 2 % of the
 time, where "any of the last ``window`` checks beat the best by one SE" would fire about half the time. A
-fixed-epoch ALMOND phase makes the checks over its last ``window`` x ``every`` epochs for this verdict alone; a run
-that auto stopped for want of a gain is not still improving. The warning gives the command that extends the run
+fixed-epoch ALMOND phase makes two checks for this verdict alone, ``window`` x ``every`` epochs apart and the
+second at its end; a run that auto stopped for want of a gain is not still improving. The warning gives the command that extends the run
 (``still_improving_message``).
 
 Using the held-out rows to decide when to stop touches them once per check: ``heldout_nll`` is then a little
@@ -172,15 +172,17 @@ def auto_settings(schedule) -> dict:
 
 def check_epochs(schedule, phase: str) -> list[int] | None:
     """The epochs (counted from 1) after which phase ``phase`` checks, or None for every multiple of
-    ``schedule.auto.every`` (auto). A fixed ALMOND phase of N epochs checks at N − j·every, j = window..0 (those
-    >= 1), for the still-improving verdict; a fixed VAE phase never."""
+    ``schedule.auto.every`` (auto). A fixed ALMOND phase of N epochs checks twice, for the still-improving verdict
+    alone: at N − window·every (or the earliest N − j·every >= 1) and at N, the two checks that verdict compares (a
+    mixed model's check takes seconds); a fixed VAE phase never."""
     settings = auto_settings(schedule)
     if schedule[f"{phase}_epochs"] == AUTO:
         return None
     if phase != "almond":
         return []
     total, every, window = int(schedule.almond_epochs), int(settings["every"]), int(settings["window"])
-    return [total - j * every for j in range(window, -1, -1) if total - j * every >= 1]
+    epochs = [total - j * every for j in range(window, -1, -1) if total - j * every >= 1]
+    return sorted({epochs[0], epochs[-1]})
 
 
 def check_due(schedule, phase: str, done: int) -> bool:
