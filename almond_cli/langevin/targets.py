@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.model import LOG_2PI
-from ..model.networks import MLPDecoder
+from ..model.networks import MLPDecoder, fast_tanh
 from ..model.units import sum_over_rows
 from .precision import DTYPES, resolve_precision
 
@@ -122,7 +122,7 @@ def _activation_and_derivative(module: nn.Module, h: Tensor) -> Tensor:
             h.mul_(module.beta).sigmoid_()
         return a
     if isinstance(module, nn.Tanh):
-        a = torch.tanh(h)
+        a = fast_tanh(h)
         torch.mul(a, a, out=h)
         h.neg_().add_(1.0)
         return a

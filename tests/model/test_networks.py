@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from almond_cli.model.networks import MLPDecoder, MLPEncoder, make_mlp
+from almond_cli.model.networks import MLPDecoder, MLPEncoder, Tanh, make_mlp
 
 
 def linears(net):
@@ -45,3 +45,18 @@ def test_encoder_and_decoder_pass_the_init_on():
 def test_unknown_init_is_refused():
     with pytest.raises(ValueError, match="he_normal"):
         make_mlp(1, [4], 1, "softplus", init="he_normal")
+
+
+def test_the_tanh_activation_is_tanh_in_value_and_gradient():
+    """The tanh of make_mlp (computed through a sigmoid, for speed) is tanh: within 2e-7 in float32 (a few ulps of 1;
+    measured 1.8e-7), to rounding in float64, and its backward is tanh's derivative 1 − tanh²; it still is an
+    nn.Tanh, which the tabulated target's smoothness check and the MLP target look for."""
+    net = make_mlp(1, [4], 1, "tanh")
+    assert isinstance(net[1], nn.Tanh) and type(net[1]) is Tanh
+    x = torch.linspace(-20, 20, 400_001)
+    assert float((net[1](x) - torch.tanh(x)).abs().max()) < 2e-7
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64, requires_grad=True)
+    y = net[1](x)
+    assert float((y - torch.tanh(x)).abs().max()) < 1e-15
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(grad, 1 - torch.tanh(x.detach()) ** 2, atol=1e-15)
