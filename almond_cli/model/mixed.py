@@ -144,6 +144,14 @@ class MixedLinearDecoder(Decoder):
         """h_f of one block: z (..., q) -> u (..., q)."""
         return z @ self.scale_matrix(index).T
 
+    @torch.no_grad()
+    def spread_block(self, index: int, scale: Tensor, mean: Tensor) -> None:
+        """Makes block ``index``'s output mean + scale · (h_f(z) − mean), exactly: each term's effects spread by its
+        ``scale`` (q,) around ``mean`` (q,). L_f's rows are scaled (it stays lower triangular); the linear law has
+        no offset to carry the (1 − scale) · mean, so its ``mean`` must be 0 (it is: the law is centred)."""
+        factor = self.factors[index]
+        factor.copy_(factor.double() * scale.double().to(factor.device).unsqueeze(1))
+
     def forward(self, z: Tensor) -> Tensor:
         parts = self.layout.split(z)
         return self.layout.join([self.block_forward(i, part) for i, part in enumerate(parts)])
@@ -181,6 +189,16 @@ class MixedMLPDecoder(MixedLinearDecoder):
 
     def block_forward(self, index: int, z: Tensor) -> Tensor:
         return super().block_forward(index, z) + self.nets[index](z)
+
+    @torch.no_grad()
+    def spread_block(self, index: int, scale: Tensor, mean: Tensor) -> None:
+        """mean + scale · (L z + m(z) − mean) = (scale L) z + scale · m(z) + (1 − scale) · mean: L_f's rows and the
+        MLP's last layer scaled, the last layer's bias shifted (float64, then stored)."""
+        super().spread_block(index, scale, torch.zeros_like(mean))
+        layer = self.nets[index][-1]
+        scale, mean = scale.double().to(layer.weight.device), mean.double().to(layer.weight.device)
+        layer.weight.copy_(layer.weight.double() * scale.unsqueeze(1))
+        layer.bias.copy_(layer.bias.double() * scale + (1.0 - scale) * mean)
 
 
 class MixedTableEncoder(Encoder):

@@ -18,6 +18,10 @@ from ..data.dataset import Dataset
 class Task:
     """Scoring of a fitted model. The default scores nothing and draws nothing (data with no truth)."""
 
+    # Whether the child runs of ``trained_baselines`` are scored by this same Task object: a task that keeps what it
+    # computed of a child's fit (the mixed task: the baseline's scores, seconds each) then need not compute it again.
+    shares_with_baselines = False
+
     def score(self, model, dataset: Dataset, cfg, device) -> dict[str, float]:
         """Metrics of a fitted model, {name: float}."""
         return {}
@@ -53,6 +57,13 @@ class Task:
             unit_index=rows.unit_index,
         )
         return estimate.log_marginal, estimate.mc_variance
+
+    def finish_fit(self, model, dataset: Dataset, cfg, device) -> str | None:
+        """Called once the ALMOND phase is over (after any parameter averaging), before the final checkpoint and
+        scores: a task may move ``model``'s parameters, in place, to where its scores are meant to be read (a mixed
+        model: the maximum in its fixed effects and scales). Returns a line for ``train.log``, or None; by default
+        does nothing."""
+        return None
 
     def signal_moments(self, model, dataset: Dataset):
         """(mean (P,), sd (P,)) of the data's signal u, estimated without the model's prior (for the check of a

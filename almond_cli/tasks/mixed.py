@@ -15,6 +15,7 @@ random effects N(0, L Lᵀ)), fitted as a child run by the same machinery (``tra
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -30,6 +31,7 @@ from ..model.mixed_inference import (
     integrated_log_lik,
     mixed_fit_statistics,
     needs_draws,
+    polish_parameters,
     random_effect_laws,
 )
 from ..model.model import evaluation_mode
@@ -106,8 +108,9 @@ def posterior_draws(
 
 def rule_draws(model: MixedModel, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict | None]:
     """The posterior draws that centre ``model``'s integration rule (``posterior_draws``) and their sampling record;
-    none, and None, where the rule is the dense grid of one factor of one term, which needs none (``needs_draws``)."""
-    if not needs_draws(model):
+    none, and None, where the rule is a dense grid (one factor of one term, or two nested ones), which needs none
+    (``needs_draws``)."""
+    if not needs_draws(model, x):
         return torch.zeros(0, model.layout.latent_dim, dtype=torch.float64), None
     return posterior_draws(model, x, seed=seed)
 
@@ -148,7 +151,9 @@ def groups_model(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> Mix
 def heldout_log_lik(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> dict:
     """``integrated_log_lik`` of ``dataset``'s rows (held-out groups) under ``model`` fitted to other groups."""
     fresh = model.cpu().for_groups(dataset.layout)
-    if needs_draws(fresh):  # q fitted first: where the chains start; a dense grid of z has no posterior to find
+    if needs_draws(
+        fresh, dataset.x
+    ):  # q fitted first: where the chains start; a dense grid of z has no posterior to find
         fit_group_encoder(fresh, dataset.x, seed=seed)
     draws, _ = rule_draws(fresh, dataset.x, seed=seed)
     return integrated_log_lik(fresh, dataset.x, draws, seed=seed)
@@ -210,12 +215,27 @@ def fixed_effect_summary(model: MixedModel, dataset: MixedDataset, table: dict, 
 class MixedTask(Task):
     """lme4's summary of each fit, the Gaussian baseline and ALMOND's gain over it."""
 
+    shares_with_baselines = True  # the Gaussian child's scores, computed at its end, serve the parent's summary
+
     def __init__(self):
         self._log_liks: dict[int, dict] = {}
         self._heldout_log_liks: dict[int, dict] = {}
+        self._scores: dict[int, tuple[torch.Tensor, dict]] = {}  # id(model): (its parameters then, its scores)
 
     def score(self, model, dataset, cfg, device):
         model = model.cpu()
+        scores = self._score(model, dataset, cfg)
+        self._scores[id(model)] = (_parameter_values(model), copy.deepcopy(scores))
+        return scores
+
+    def _scored_before(self, model) -> dict | None:
+        """The scores ``score`` gave ``model`` with its parameters as they are now (a copy), or None."""
+        found = self._scores.get(id(model))
+        if found is None or not torch.equal(found[0], _parameter_values(model)):
+            return None
+        return copy.deepcopy(found[1])
+
+    def _score(self, model, dataset, cfg):
         x = dataset.x
         draws, sampling = rule_draws(model, x, seed=int(cfg.seed))  # none for the dense grid: seconds of MALA saved
         table = mixed_fit_statistics(model, x, draws, seed=int(cfg.seed))
@@ -240,6 +260,20 @@ class MixedTask(Task):
             scores["heldout_log_lik_se"] = held["log_lik_se"]
         return scores
 
+    def finish_fit(self, model, dataset, cfg, device):
+        """The fixed effects, each term's scale and the dispersion moved to the maximum of the log-likelihood with the
+        laws' shapes held (``polish_parameters``), on a CPU copy whose state is then loaded into ``model``."""
+        fitted = copy.deepcopy(model).cpu()
+        draws, _ = rule_draws(fitted, dataset.x, seed=int(cfg.seed))
+        found = polish_parameters(fitted, dataset.x, draws, seed=int(cfg.seed))
+        if not found["applied"]:
+            return f"final fit: already at the maximum of its log-likelihood ({found['log_lik_before']:.2f} nats)"
+        model.load_state_dict(fitted.state_dict())
+        return (
+            f"final fit: fixed effects, random-effect scales and dispersion moved to the maximum of the log-likelihood "
+            f"with each law's shape held: {found['log_lik_before']:.2f} -> {found['log_lik_after']:.2f} nats"
+        )
+
     def check_log_lik(self, model, dataset, cfg, device, num_samples):
         """Each independent component's log-likelihood, for the progress checks: the held-out groups' as new groups
         of the fitted laws (``heldout_log_lik``), else the training rows', by ``log_lik``'s rules (exact where the grid
@@ -262,8 +296,10 @@ class MixedTask(Task):
     def baselines(self, model, dataset, cfg, device, fitted):
         if BASELINE not in fitted:
             return {}
-        gaussian = fitted[BASELINE]
-        scores = self.score(gaussian, dataset, cfg, device)
+        gaussian = fitted[BASELINE].cpu()
+        scores = self._scored_before(gaussian)  # the child run scored it at its end, with this task
+        if scores is None:
+            scores = self.score(gaussian, dataset, cfg, device)
         mine = self._log_liks.get(id(model))
         if mine is None:
             self.score(model, dataset, cfg, device)
@@ -281,6 +317,11 @@ class MixedTask(Task):
             )
             scores["almond_heldout_gain"], scores["almond_heldout_gain_se"] = _paired_gain(difference)
         return {BASELINE: scores}
+
+
+def _parameter_values(model) -> torch.Tensor:
+    """All of ``model``'s parameters as one float64 vector: what a cached score is checked against."""
+    return torch.cat([p.detach().double().cpu().flatten() for p in model.parameters()])
 
 
 def _paired_gain(difference: torch.Tensor) -> tuple[float, float]:

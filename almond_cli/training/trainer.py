@@ -126,7 +126,7 @@ def truncate_metrics(path: Path, position: Position, source: Path | None = None)
 class TrainingRun:
     """Everything one run holds, and the loop that advances it."""
 
-    def __init__(self, cfg, run_dir: Path):
+    def __init__(self, cfg, run_dir: Path, task=None):
         self.cfg = cfg
         self.sampler = sampler_settings(cfg.sampler)
         self.run_dir = Path(run_dir)
@@ -155,7 +155,7 @@ class TrainingRun:
         self.trajectory = ChainTrajectory(int(cfg.diagnostics.rhat_points), int(cfg.diagnostics.trajectory_epochs))
         self.order: torch.Tensor | None = None
         self.position = Position()
-        self.task = task_for(self.dataset)
+        self.task = task if task is not None else task_for(self.dataset)  # a baseline child may share its parent's
         # The progress checks (training/stopping.py) score the held-out rows, else the training rows.
         self.check_rows_name = "held-out" if self.dataset.heldout is not None else "training"
         window = int(auto_settings(cfg.schedule)["window"])
@@ -456,6 +456,9 @@ class TrainingRun:
                 else:
                     self._end_phase(Phase.ALMOND)
                     self.almond_optimisers.use_average()  # schedule.average_last: the averaged parameters
+                    finished = self.task.finish_fit(self.model, self.dataset, self.cfg, self.device)
+                    if finished:
+                        self.reporter.note(finished)
                     position.phase = Phase.DONE
                 continue
             if current_phase != position.phase:
@@ -535,7 +538,10 @@ class TrainingRun:
                 )
             )
         self._stop_if_signalled()
-        fitted = fit_baselines(self.task, self.dataset, self.cfg, self.run_dir, TrainingRun)
+        shared = self.task if self.task.shares_with_baselines else None
+        fitted = fit_baselines(
+            self.task, self.dataset, self.cfg, self.run_dir, lambda cfg, folder: TrainingRun(cfg, folder, shared)
+        )
         self._stop_if_signalled()
         summary = summarise(
             self.task,

@@ -91,16 +91,18 @@ def test_random_effects_and_log_likelihood_are_reported(cbpp_run):
 def test_the_gaussian_baseline_is_near_lme4_and_the_gain_is_the_paired_difference(cbpp_run):
     run_dir, summary, process = cbpp_run
     gaussian = summary["baselines"]["gaussian"]
-    # An under-trained fit (20 VAE + 30 ALMOND epochs): within 1 lme4 SE of lme4's estimates (0.7 SE at worst when
-    # written), SEs and the herd sd within 25 % (4 % and 3 % when written), log-likelihood within 1 nat of lme4's
-    # -92.03 (-92.32 when written): bounds loose enough for training noise, tight enough for a wrong contrast,
-    # a swapped term, a sign or a missing binomial coefficient (log C(n, k) totals tens of nats here).
+    # A short fit (20 VAE + 30 ALMOND epochs, 0.7 lme4 SE off before its end) moved at its end to the maximum of
+    # the exact log-likelihood (``finish_fit``): lme4's estimates within the issue's 0.1 of lme4's SE, SEs within
+    # 5 % and the herd sd within 5 % (lme4 is a Laplace fit; 0.01 SE, 1.4 % and 1.6 % when written), log-likelihood
+    # within 0.5 nats of lme4's -92.03 (-91.98): bounds that a wrong contrast, a swapped term, a sign or a missing
+    # binomial coefficient (log C(n, k) totals tens of nats here) all break.
     for term, (estimate, se) in LME4.items():
         row = gaussian["fixed_effects"][term]
-        assert abs(row["estimate"] - estimate) < se, (term, row, estimate)
-        assert abs(row["se"] / se - 1) < 0.25, (term, row, se)
-    assert abs(gaussian["random_effects"]["herd"]["sd"] / 0.6421 - 1) < 0.25
-    assert abs(gaussian["log_lik"] - (-92.03)) < 1.0
+        assert abs(row["estimate"] - estimate) < 0.1 * se, (term, row, estimate)
+        assert abs(row["se"] / se - 1) < 0.05, (term, row, se)
+    assert abs(gaussian["random_effects"]["herd"]["sd"] / 0.6421 - 1) < 0.05
+    assert abs(gaussian["log_lik"] - (-92.03)) < 0.5
+    assert "final fit: fixed effects, random-effect scales and dispersion moved" in (run_dir / "train.log").read_text()
     # almond_gain: the mean over the 15 independent herds of log p_ALMOND(y_g) - log p_Gaussian(y_g), so
     # groups x gain is the difference of the two totals (same estimator on both sides)
     assert gaussian["almond_gain_groups"] == 15

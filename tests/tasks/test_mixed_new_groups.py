@@ -145,11 +145,9 @@ def test_new_groups_posteriors_are_the_gaussian_closed_form():
             assert abs(float((y - b0).mean()) - exact) > 0.3
 
 
-@pytest.mark.slow
-def test_held_out_nested_groups_are_integrated_by_importance_sampling_within_its_se():
-    """Two nested factors (``(1|a/b)``: 4 held-out levels of a, 2 of b:a in each): the rule that needs posterior
-    draws (q fitted to the held-out rows, MALA draws, a Student-t proposal per level of a) against a direct nested
-    quadrature of the fitted Gaussian laws (about 5 s)."""
+def _nested_case():
+    """A fitted Gaussian (1|a/b) law, 4 held-out levels of a with 2 of b:a in each, and log p(y) of those rows by a
+    direct nested trapezoid rule (spacing 0.02: smooth integrands, exact to far below 1e-6 nats)."""
     beta, scale_a, scale_b = [0.3], 0.5, 0.4
     layout = MixedLayout.of([("a", ("(Intercept)",), 6), ("b:a", ("(Intercept)",), 12)], 1, 1)
     model = _fitted(MixedLinearDecoder, Poisson(), layout, beta)
@@ -162,9 +160,6 @@ def test_held_out_nested_groups_are_integrated_by_importance_sampling_within_its
     u = rng.normal(0, scale_a, 4)[a] + rng.normal(0, scale_b, 8)[b]
     frame = pd.DataFrame({"y": rng.poisson(np.exp(beta[0] + u)), "a": [f"A{k}" for k in a], "b": [f"B{k}" for k in b]})
     held = mixed_dataset(build_design("y ~ 1 + (1|a/b)", frame))
-    result = heldout_log_lik(model, held)
-    assert result["method"] == "importance_sampling" and result["per_component"].shape == (4,)
-
     z = torch.linspace(-8.0, 8.0, 801, dtype=torch.float64)
     log_prior = -0.5 * (z.square() + math.log(2 * math.pi))
     expected = 0.0
@@ -178,6 +173,55 @@ def test_held_out_nested_groups_are_integrated_by_importance_sampling_within_its
             outer = outer + (peak[:, 0] + torch.log(torch.trapezoid((log_f - peak).exp(), z, dim=1)))
         peak = outer.max()
         expected += float(peak + torch.log(torch.trapezoid((outer - peak).exp(), z)))
-    # 4 SEs: a correct estimator fails about once in 16,000 runs; the grid (spacing 0.02, smooth integrands) is exact to far below 1e-6 nats
+    return model, held, expected
+
+
+def test_held_out_nested_groups_are_integrated_exactly_by_nested_grids():
+    """Two nested factors of one term each: a z-grid per factor, the inner integral once per outer node, no posterior
+    draws; the direct nested quadrature's value to 1e-6 nats (1e-9 apart when written)."""
+    model, held, expected = _nested_case()
+    result = heldout_log_lik(model, held)
+    assert result["method"] == "quadrature" and result["per_component"].shape == (4,)
+    assert abs(result["log_lik"] - expected) < 1e-6, (result["log_lik"], expected)
+    assert 0 <= result["log_lik_se"] < 1e-3
+
+
+@pytest.mark.slow
+def test_held_out_groups_without_a_grid_are_integrated_by_importance_sampling_within_its_se(monkeypatch):
+    """The same rows by the rule crossed factors get (the nested grid switched off): q fitted to the held-out rows,
+    MALA draws, a Student-t proposal per level of a, against the direct quadrature (about 5 s)."""
+    from almond_cli.model import mixed_inference
+
+    monkeypatch.setattr(mixed_inference, "nested_pair", lambda model, x: None)
+    model, held, expected = _nested_case()
+    result = heldout_log_lik(model, held)
+    assert result["method"] == "importance_sampling" and result["per_component"].shape == (4,)
+    # 4 SEs: a correct estimator fails about once in 16,000 runs
     assert 0 < result["log_lik_se"] < 0.05
     assert abs(result["log_lik"] - expected) < 4 * result["log_lik_se"], (result["log_lik"], expected)
+
+
+def test_the_baseline_its_child_run_scored_is_not_scored_again(monkeypatch):
+    """The Gaussian child run scores its fit with the parent's task at its end; the parent's summary reuses those
+    scores (seconds of posterior draws and a Hessian each) while the fit's parameters are unchanged, and scores it
+    anew once they change."""
+    from omegaconf import OmegaConf
+
+    from almond_cli.tasks.mixed import MixedTask
+
+    dataset = mixed_dataset(build_design("y ~ x + (1|g)", _poisson_table(groups=12, seed=1)))
+    task, cfg = MixedTask(), OmegaConf.create({"seed": 0})
+    gaussian = _fitted(MixedLinearDecoder, Poisson(), dataset.layout, [0.4, 0.3])
+    almond = _fitted(MixedMLPDecoder, Poisson(), dataset.layout, [0.4, 0.3])
+    child_scores = task.score(gaussian, dataset, cfg, "cpu")  # as the child run does at its end
+    scored, original = [], task._score
+    monkeypatch.setattr(task, "_score", lambda model, *rest: scored.append(model) or original(model, *rest))
+    task.score(almond, dataset, cfg, "cpu")
+    result = task.baselines(almond, dataset, cfg, "cpu", {"gaussian": gaussian})["gaussian"]
+    assert scored == [almond]
+    assert result["fixed_effects"] == child_scores["fixed_effects"] and result["log_lik"] == child_scores["log_lik"]
+    assert result["almond_gain_groups"] == 12 and "almond_gain" not in child_scores  # the cache hands out copies
+    with torch.no_grad():
+        gaussian.likelihood.beta += 0.1
+    moved = task.baselines(almond, dataset, cfg, "cpu", {"gaussian": gaussian})["gaussian"]
+    assert scored == [almond, gaussian] and moved["log_lik"] != child_scores["log_lik"]
