@@ -255,6 +255,16 @@ def test_data_file_trains_until_done_unless_told_otherwise():
     assert auto_epochs_for_data(mixed) == mixed and auto_epochs_for_data([]) == []
 
 
+def test_the_mixed_preset_trains_its_almond_phase_until_done_with_checks_50_epochs_apart():
+    """experiment=mixed brings auto itself (its VAE phase stays a fixed 300 epochs: a second or so)."""
+    cfg = compose_config(["experiment=mixed", "data.path=t.csv", 'data.formula="y ~ 1 + (1|g)"'])
+    validate(cfg)
+    assert cfg.schedule.almond_epochs == "auto" and cfg.schedule.vae_epochs == 300
+    assert check_epochs(cfg.schedule, "almond") is None
+    assert check_due(cfg.schedule, "almond", 50) and not check_due(cfg.schedule, "almond", 10)
+    assert epoch_limit(cfg.schedule, "almond") == 2000
+
+
 # ----- a run ----------------------------------------------------------------------------------------------------
 
 AUTO_RUN = [
