@@ -254,7 +254,9 @@ NESTED_MAX_NODES = 961
 # the finer one is tried. The trapezoid rule converges geometrically on these smooth integrands (grouseticks'
 # learned laws: 121 nodes 0.008 from 241, 241 within 4e-5 of 481), so the finer grid's value is the yardstick.
 NESTED_TOLERANCE = 0.01
-NESTED_ROWS_PER_PART = 64  # rows per part of the sum, as the autograd graphs of (nodes, nodes, rows) tensors weigh
+# Elements (nodes² × rows) of one part's (nodes, nodes, rows) tensors: their autograd graphs, a Hessian's included,
+# stay within a few hundred MB (121 nodes: 64 rows a part; 961: one outer level a part)
+NESTED_PART_ELEMENTS = 121 * 121 * 64
 
 
 @dataclass
@@ -273,7 +275,9 @@ class NestedEstimate:
 
 def _nested_estimate(
     model: MixedModel, x: Tensor, pair: tuple[int, int], row_component: Tensor, count: int, nodes: int
-):
+) -> NestedEstimate:
+    """The ``NestedEstimate`` of the rows ``x`` (float64) for ``nested_pair``'s (outer, inner) blocks on ``nodes``
+    z-nodes per factor; ``row_component`` (R,) and ``count`` as ``components`` gives them."""
     likelihood = model.likelihood
     layout = likelihood.layout
     outer, inner = pair
@@ -322,11 +326,12 @@ def _nested_estimate(
 
         return part
 
-    # parts of whole outer levels, about NESTED_ROWS_PER_PART rows each
+    # parts of whole outer levels, about NESTED_PART_ELEMENTS / nodes² rows each
+    rows_per_part = max(1, NESTED_PART_ELEMENTS // (nodes * nodes))
     order = torch.argsort(outer_level, stable=True)
     parts, start = [], 0
     while start < order.numel():
-        stop = min(start + NESTED_ROWS_PER_PART, order.numel())
+        stop = min(start + rows_per_part, order.numel())
         while stop < order.numel() and outer_level[order[stop]] == outer_level[order[stop - 1]]:
             stop += 1
         parts.append(part_for(order[start:stop]))
