@@ -151,9 +151,8 @@ def groups_model(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> Mix
 def heldout_log_lik(model: MixedModel, dataset: MixedDataset, seed: int = 0) -> dict:
     """``integrated_log_lik`` of ``dataset``'s rows (held-out groups) under ``model`` fitted to other groups."""
     fresh = model.cpu().for_groups(dataset.layout)
-    if needs_draws(
-        fresh, dataset.x
-    ):  # q fitted first: where the chains start; a dense grid of z has no posterior to find
+    # q fitted first: where the chains start; a dense grid of z has no posterior to find
+    if needs_draws(fresh, dataset.x):
         fit_group_encoder(fresh, dataset.x, seed=seed)
     draws, _ = rule_draws(fresh, dataset.x, seed=seed)
     return integrated_log_lik(fresh, dataset.x, draws, seed=seed)
