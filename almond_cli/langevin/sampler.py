@@ -36,7 +36,8 @@ class LangevinState(NamedTuple):
 
     Attributes:
         z: (B, C, d) chain positions.
-        log_joint: (B, C) log p(x, z) at ``z``.
+        log_joint: (B, C) log p(x, z) at ``z``; (B, C, K) per independent block where the target has blocks
+            (``blocks_of``).
         grad: (B, C, d) ∇_z log p(x, z) at ``z``.
     """
 
@@ -113,11 +114,27 @@ def step(
     return new_state, diagnose(new_state)
 
 
-def log_proposal_density(to: Tensor, start: LangevinState, step_size: float | Tensor) -> Tensor:
-    """log q(to | start) up to a constant: the Langevin proposal is N(z + s ∇, 2 s I). Returns (B, C).
+def blocks_of(target) -> tuple[Tensor, int] | None:
+    """(block of each latent coordinate (d,), number of blocks K) where ``target`` splits into independent blocks
+    (its ``block_of_coordinate``: log p(x, z) = Σ_k log p_k(x, z_k), each block's value in ``value_and_grad``'s
+    (B, C, K)), else None."""
+    blocks = getattr(target, "block_of_coordinate", None)
+    return None if blocks is None else (blocks, int(target.num_blocks))
+
+
+def log_proposal_density(
+    to: Tensor, start: LangevinState, step_size: float | Tensor, blocks: tuple[Tensor, int] | None = None
+) -> Tensor:
+    """log q(to | start) up to a constant: the Langevin proposal is N(z + s ∇, 2 s I). Returns (B, C), or (B, C, K)
+    summed within each of ``blocks``' K blocks (``blocks_of``): the proposal factorises over coordinates.
 
     ``step_size`` is one number, or (B, 1, 1) per-row steps (``adapt.warm_up``'s), as everywhere in this module."""
-    squared = (to - start.z - step_size * start.grad).square().sum(-1)
+    squared = (to - start.z - step_size * start.grad).square()  # (B, C, d)
+    if blocks is not None:
+        index, count = blocks
+        summed = squared.new_zeros(*squared.shape[:-1], count).index_add_(-1, index.to(squared.device), squared)
+        return -summed / (4.0 * step_size)  # a (B, 1, 1) step broadcasts against (B, C, K) as it is
+    squared = squared.sum(-1)
     if isinstance(step_size, Tensor):  # (B, 1, 1) -> (B, 1), against the (B, C) sums
         step_size = step_size.squeeze(-1)
     return -squared / (4.0 * step_size)
@@ -133,7 +150,11 @@ def mala_step(
 
     The Langevin move of ``propose`` is accepted chain by chain with probability
     min(1, exp(log p(z') − log p(z) + log q(z | z') − log q(z' | z))); a proposal whose log-joint is not
-    finite is rejected. Everything stays a tensor (no host synchronisation).
+    finite is rejected. Where the target splits into independent blocks (``blocks_of``: a mixed model's components)
+    each block of each chain is accepted on its own: the target and the proposal both factorise over the blocks,
+    so this is one MALA chain per block, run side by side, and exact; one test for hundreds of blocks at once would
+    reject a move whenever any one block's proposal is poor (a mixed model's training chains froze so, acceptance
+    0.02 to 0 over 500 levels). Everything stays a tensor (no host synchronisation).
 
     Args:
         state: current chains, z of shape (B, C, d), with log-joint and gradient.
@@ -142,18 +163,19 @@ def mala_step(
         generator: the source of the Gaussian noise and of the uniform acceptance draws.
 
     Returns:
-        (the new state, (B, C) boolean tensor of accepted proposals).
+        (the new state, (B, C) boolean tensor of accepted proposals; (B, C, K) with blocks).
     """
+    blocks = blocks_of(target)
     proposal = initial_state(propose(state, step_size, generator), target)
     log_ratio = (
         proposal.log_joint
         - state.log_joint
-        + log_proposal_density(state.z, proposal, step_size)
-        - log_proposal_density(proposal.z, state, step_size)
+        + log_proposal_density(state.z, proposal, step_size, blocks)
+        - log_proposal_density(proposal.z, state, step_size, blocks)
     )
     uniform = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device, dtype=log_ratio.dtype)
     accept = torch.log(uniform) < torch.nan_to_num(log_ratio, nan=-torch.inf)
-    mask = accept.unsqueeze(-1)
+    mask = accept.unsqueeze(-1) if blocks is None else accept[..., blocks[0].to(accept.device)]
     new_state = LangevinState(
         torch.where(mask, proposal.z, state.z),
         torch.where(accept, proposal.log_joint, state.log_joint),

@@ -108,6 +108,30 @@ class AutogradTarget(Target):
         return log_joint.detach(), grad
 
 
+class BlockTarget(AutogradTarget):
+    """A target of independent blocks of coordinates, log p(x, z) = Σ_k log p_k(x, z_k) (a mixed model's components:
+    rows linked through no shared level have independent latents), whose ``value_and_grad`` returns the per-block
+    values (B, C, K), so MALA accepts each block on its own (``sampler.mala_step``); ``target(z)`` is their sum.
+
+    Args:
+        log_joint_blocks_fn: z (B, C, d) -> (B, C, K), differentiable in z.
+        block_of_coordinate: (d,) each coordinate's block 0..K-1.
+    """
+
+    def __init__(self, log_joint_blocks_fn: Callable[[Tensor], Tensor], block_of_coordinate: Tensor):
+        super().__init__(lambda z: log_joint_blocks_fn(z).sum(-1))
+        self.log_joint_blocks_fn = log_joint_blocks_fn
+        self.block_of_coordinate = block_of_coordinate
+        self.num_blocks = int(block_of_coordinate.max()) + 1
+
+    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            blocks = self.log_joint_blocks_fn(z)
+            (grad,) = torch.autograd.grad(blocks.sum(), z)
+        return blocks.detach(), grad
+
+
 # Activations with a closed-form derivative computable from the pre-activation in place.
 _SUPPORTED = (nn.Softplus, nn.Tanh, nn.ReLU)
 
@@ -319,6 +343,9 @@ def target_for(model, x: Tensor, precision: str = "fp32", units: Tensor | None =
     layers = _fast_layers(model)
     if layers is not None:
         return MLPTarget(model, layers, x, resolve_precision(precision, x.device), units)
+    blocks = model.latent_blocks(x) if hasattr(model, "latent_blocks") else None
+    if blocks is not None:  # independent blocks of latents (a mixed model's components): MALA accepts each alone
+        return BlockTarget(lambda z: model.log_joint_blocks(x, z, units), blocks)
     if units is None:
         return AutogradTarget(lambda z: model.log_joint(x, z))
     return AutogradTarget(lambda z: model.log_joint(x, z, units))

@@ -51,6 +51,15 @@ class WhitenedTarget(Target):
     def __init__(self, target: Target, whitening: Whitening):
         self.target = target
         self.whitening = whitening
+        # a diagonal map, or a matrix with no entry across two blocks, keeps each w coordinate in its z coordinate's
+        # block; a matrix that mixes blocks makes the target one block again (MALA's joint test, still exact)
+        blocks = getattr(target, "block_of_coordinate", None)
+        if blocks is not None and whitening.is_matrix:
+            index = blocks.to(whitening.scale.device)
+            if bool(((whitening.scale != 0) & (index.unsqueeze(1) != index.unsqueeze(0))).any()):
+                blocks = None
+        self.block_of_coordinate = blocks
+        self.num_blocks = getattr(target, "num_blocks", None) if blocks is not None else None
 
     def __call__(self, w: Tensor) -> Tensor:
         return self.target(self.whitening.unwhiten(w))

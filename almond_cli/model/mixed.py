@@ -301,6 +301,38 @@ class MixedModel(LatentVariableModel):
         per_row = self.likelihood.log_prob_rows(x, self.decoder(z), units)
         return sum_over_rows(per_row, units, z.shape[0])
 
+    def latent_blocks(self, x: Tensor) -> Tensor | None:
+        """(d,) each latent coordinate's independent component given the rows ``x`` (``mixed_inference.components``:
+        levels linked through no shared row are independent a posteriori), or None where all are one component
+        (crossed factors). Kept for the last ``x`` seen: training asks for the same table at every update."""
+        key = (x.data_ptr(), tuple(x.shape), str(x.device))
+        cached = getattr(self, "_latent_blocks", None)
+        if cached is None or cached[0] != key:
+            from .mixed_inference import components  # that module builds on this one
+
+            row_component, parts = components(self, x)
+            block = torch.empty(self.layout.latent_dim, dtype=torch.long)
+            for index, coordinates in enumerate(parts):
+                block[coordinates] = index
+            found = None if len(parts) < 2 else (block.to(x.device), row_component.to(x.device), len(parts))
+            self._latent_blocks = cached = (key, found)
+        return None if cached[1] is None else cached[1][0]
+
+    def log_joint_blocks(self, x: Tensor, z: Tensor, units: Tensor | None = None) -> Tensor:
+        """log f + log N(z; 0, I) per unit, chain and independent component (``latent_blocks``): (B, C, K), summing
+        to ``log_joint``."""
+        if self.latent_blocks(x) is None:
+            raise ValueError("log_joint_blocks needs rows whose latents split into independent components")
+        block, row_component, count = self._latent_blocks[1]
+        if units is None:
+            units = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        batch, chains = z.shape[0], z.shape[1]
+        per_row = self.likelihood.log_prob_rows(x, self.decoder(z), units)  # (R, C)
+        rows = per_row.new_zeros(batch * count, chains).index_add(0, units * count + row_component, per_row)
+        prior = -0.5 * (z.square() + LOG_2PI)  # (B, C, d)
+        priors = prior.new_zeros(batch, chains, count).index_add(-1, block, prior)
+        return rows.reshape(batch, count, chains).transpose(1, 2) + priors
+
     def for_groups(self, layout: MixedLayout) -> MixedModel:
         """The fitted model laid out for other groups (held-out or new ones, ``layout``: the same factors and
         terms, other levels): each factor's fitted law h_f, the fixed effects and the family's parameters, copied,

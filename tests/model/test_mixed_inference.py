@@ -351,3 +351,27 @@ def test_spreading_a_learned_law_is_exact():
     scale, mean = torch.tensor([1.7, 0.6]), torch.tensor([0.3, -0.2])
     decoder.spread_block(0, scale, mean)
     torch.testing.assert_close(decoder.block_forward(0, z).detach(), mean + scale * (before - mean))
+
+
+def test_independent_components_are_blocks_of_the_langevin_target():
+    """Nested levels split into one block per level of a (its b levels with it), whose log-joints sum to the
+    model's; the Langevin target then tests each block alone. Crossed factors are one block: the plain target."""
+    from almond_cli.langevin.targets import AutogradTarget, BlockTarget, target_for
+
+    level_b = [b for b in range(6) for _ in range(2)]
+    level_a = [b // 2 for b in level_b]
+    nested, rows = (
+        _layout_model([("a", ("(Intercept)",), 3), ("b", ("(Intercept)",), 6)]),
+        _group_rows(level_a, level_b),
+    )
+    assert nested.latent_blocks(rows).tolist() == [0, 1, 2, 0, 0, 1, 1, 2, 2]
+    z = torch.randn(2, 4, nested.layout.latent_dim)
+    units = torch.tensor([0] * 6 + [1] * 6)  # two units of rows, as a batch of tables would be
+    per_block = nested.log_joint_blocks(rows, z, units)
+    assert per_block.shape == (2, 4, 3)
+    torch.testing.assert_close(per_block.sum(-1), nested.log_joint(rows, z, units))
+    assert isinstance(target_for(nested, rows), BlockTarget)
+    crossed = _layout_model([("a", ("(Intercept)",), 3), ("b", ("(Intercept)",), 4)])
+    crossed_rows = _group_rows([a for a in range(3) for _ in range(4)], [b for _ in range(3) for b in range(4)])
+    assert crossed.latent_blocks(crossed_rows) is None
+    assert type(target_for(crossed, crossed_rows)) is AutogradTarget
