@@ -11,7 +11,9 @@ model; ``MixedMLPDecoder`` (u = L z + an MLP of z) learns any smooth law (ALMOND
 
 Crossed and nested factors tie groups together (a row touches one level of each factor), so the whole data set is
 one unit (``model.units``): its latent is every level of every factor laid end to end, z (B=1, C, d) with
-d = Σ_f G_f q_f (``MixedLayout``), and the Langevin chains move all of them jointly. Rows carry everything the
+d = Σ_f G_f q_f (``MixedLayout``), and the Langevin chains move all of them jointly; MALA accepts the latents of
+each independent component (``components``: a factor's level, a location with its broods) on its own
+(``MixedModel.log_joint_blocks``). Rows carry everything the
 linear predictor needs (``MixedLayout`` lays the row out): the family's own row ([y] or [y, trials]), the offset,
 the fixed-effect covariates X, the random-effect covariates Z of each factor and each factor's level index.
 
@@ -26,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -308,8 +311,6 @@ class MixedModel(LatentVariableModel):
         key = (x.data_ptr(), tuple(x.shape), str(x.device))
         cached = getattr(self, "_latent_blocks", None)
         if cached is None or cached[0] != key:
-            from .mixed_inference import components  # that module builds on this one
-
             row_component, parts = components(self, x)
             block = torch.empty(self.layout.latent_dim, dtype=torch.long)
             for index, coordinates in enumerate(parts):
@@ -368,3 +369,44 @@ class MixedModel(LatentVariableModel):
             num_units = 1 if units is None else count(units, x.shape[0])
         encoder = self.encoder
         return encoder.mean.expand(num_units, -1), encoder.log_var.expand(num_units, -1)
+
+
+def components(model: MixedModel, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The independent parts of the posterior: rows linked through a shared level of any factor (a brood and the
+    location it lies in) form one component, and components' latents are independent given y.
+
+    Returns:
+        (component (R,) of each row, 0..K-1; the latent coordinates of each component, a list of K index tensors).
+    """
+    layout = model.layout
+    starts = layout.latent_starts()
+    # every (factor, level) is a node; a row joins the nodes it touches
+    node_of = [
+        x[:, layout.group_column(i)].long().cpu().numpy() + sum(b.num_groups for b in layout.blocks[:i])
+        for i in range(len(layout.blocks))
+    ]
+    parent = np.arange(sum(b.num_groups for b in layout.blocks))
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for row in range(x.shape[0]):
+        first = root(node_of[0][row])
+        for nodes in node_of[1:]:
+            other = root(nodes[row])
+            if other != first:
+                parent[other] = first
+    roots = np.array([root(node) for node in range(parent.shape[0])])
+    labels, component_of_node = np.unique(roots, return_inverse=True)
+    row_component = torch.from_numpy(component_of_node[node_of[0]]).long()
+    coordinates: list[list[int]] = [[] for _ in labels]
+    node = 0
+    for block, start in zip(layout.blocks, starts):
+        for level in range(block.num_groups):
+            first = start + level * block.size
+            coordinates[component_of_node[node]].extend(range(first, first + block.size))
+            node += 1
+    return row_component, [torch.tensor(c, dtype=torch.long) for c in coordinates]

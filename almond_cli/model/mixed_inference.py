@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mixed import MixedMLPDecoder, MixedModel
+from .mixed import MixedMLPDecoder, MixedModel, components
 from .model import evaluation_mode
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -149,47 +149,6 @@ def _family_log_prob(likelihood, dispersion_index: int):
         return family.log_prob(family_rows, eta.T.unsqueeze(-1)).T
 
     return log_prob
-
-
-def components(model: MixedModel, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """The independent parts of the posterior: rows linked through a shared level of any factor (a brood and the
-    location it lies in) form one component, and components' latents are independent given y.
-
-    Returns:
-        (component (R,) of each row, 0..K-1; the latent coordinates of each component, a list of K index tensors).
-    """
-    layout = model.layout
-    starts = layout.latent_starts()
-    # every (factor, level) is a node; a row joins the nodes it touches
-    node_of = [
-        x[:, layout.group_column(i)].long().cpu().numpy() + sum(b.num_groups for b in layout.blocks[:i])
-        for i in range(len(layout.blocks))
-    ]
-    parent = np.arange(sum(b.num_groups for b in layout.blocks))
-
-    def root(node):
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for row in range(x.shape[0]):
-        first = root(node_of[0][row])
-        for nodes in node_of[1:]:
-            other = root(nodes[row])
-            if other != first:
-                parent[other] = first
-    roots = np.array([root(node) for node in range(parent.shape[0])])
-    labels, component_of_node = np.unique(roots, return_inverse=True)
-    row_component = torch.from_numpy(component_of_node[node_of[0]]).long()
-    coordinates: list[list[int]] = [[] for _ in labels]
-    node = 0
-    for block, start in zip(layout.blocks, starts):
-        for level in range(block.num_groups):
-            first = start + level * block.size
-            coordinates[component_of_node[node]].extend(range(first, first + block.size))
-            node += 1
-    return row_component, [torch.tensor(c, dtype=torch.long) for c in coordinates]
 
 
 @dataclass
