@@ -66,4 +66,6 @@ class WhitenedTarget(Target):
 
     def value_and_grad(self, w: Tensor) -> tuple[Tensor, Tensor]:
         value, grad = self.target.value_and_grad(self.whitening.unwhiten(w))
+        if self.block_of_coordinate is None and value.dim() == 3:  # blocks the map mixes: one joint value
+            value = value.sum(-1)
         return value, self.whitening.gradient(grad)

@@ -133,3 +133,18 @@ def test_blockwise_mala_accepts_each_independent_block_alone_and_keeps_each_law(
     standardised = ((kept[-1, 0] - MEAN) / variances.sqrt())[:, wide]
     assert abs(float(standardised.mean())) < 0.03 and abs(float(standardised.var()) - 1) < 0.03
     assert float((kept[-1, 0] - start[0])[:, wide].abs().mean()) > 0.3  # and they did move
+
+
+def test_a_whitening_that_mixes_blocks_makes_the_target_one_block():
+    """Under a whitening matrix with entries across two blocks the blocks are no longer independent in w: the target
+    seen from w is one block again (one value per chain, MALA's joint test), and the sampler runs."""
+    from almond_cli.langevin.whitening import WhitenedTarget, Whitening
+
+    blockwise = targets.BlockTarget(lambda z: -0.5 * z**2, torch.arange(2))
+    mixing = WhitenedTarget(blockwise, Whitening(torch.zeros(2), torch.tensor([[1.0, 0.0], [0.5, 1.0]])))
+    diagonal = WhitenedTarget(blockwise, Whitening(torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, 2.0]])))
+    assert mixing.block_of_coordinate is None and diagonal.num_blocks == 2
+    value, _ = mixing.value_and_grad(torch.zeros(1, 3, 2))
+    assert value.shape == (1, 3)
+    _, info = sampler.run(torch.zeros(1, 3, 2), mixing, 0.1, 3, 0, torch.Generator().manual_seed(0), "mala")
+    assert 0 <= float(info.acceptance_rate) <= 1
