@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -211,35 +212,44 @@ def fixed_effect_summary(model: MixedModel, dataset: MixedDataset, table: dict, 
     return out
 
 
+@dataclass
+class Scored:
+    """One scoring of a fit: its ``parameters`` then (``_parameter_values``), its ``scores`` (summary.json's row), the
+    ``mixed_fit_statistics`` ``table`` and, with held-out groups, their ``heldout_log_lik`` (else None)."""
+
+    parameters: torch.Tensor
+    scores: dict
+    table: dict
+    heldout: dict | None
+
+
 class MixedTask(Task):
     """lme4's summary of each fit, the Gaussian baseline and ALMOND's gain over it."""
 
     shares_with_baselines = True  # the Gaussian child's scores, computed at its end, serve the parent's summary
 
     def __init__(self):
-        self._log_liks: dict[int, dict] = {}
-        self._heldout_log_liks: dict[int, dict] = {}
-        self._scores: dict[int, tuple[torch.Tensor, dict]] = {}  # id(model): (its parameters then, its scores)
+        self._scored: dict[int, Scored] = {}  # id(model): what scoring it found, with its parameters then
 
     def score(self, model, dataset, cfg, device):
+        return copy.deepcopy(self._scored_now(model, dataset, cfg).scores)
+
+    def _scored_now(self, model, dataset, cfg) -> Scored:
+        """``model`` (moved to the CPU) scored with its parameters as they are now: computed once per state, so the
+        Gaussian child run's scores serve its parent and a baseline's gain needs no second scoring."""
         model = model.cpu()
-        scores = self._score(model, dataset, cfg)
-        self._scores[id(model)] = (_parameter_values(model), copy.deepcopy(scores))
-        return scores
+        found = self._scored.get(id(model))
+        if found is None or not torch.equal(found.parameters, _parameter_values(model)):
+            found = self._score(model, dataset, cfg)
+            self._scored[id(model)] = found
+        return found
 
-    def _scored_before(self, model) -> dict | None:
-        """The scores ``score`` gave ``model`` with its parameters as they are now (a copy), or None."""
-        found = self._scores.get(id(model))
-        if found is None or not torch.equal(found[0], _parameter_values(model)):
-            return None
-        return copy.deepcopy(found[1])
-
-    def _score(self, model, dataset, cfg):
+    def _score(self, model, dataset, cfg) -> Scored:
         x = dataset.x
         draws, sampling = rule_draws(model, x, seed=int(cfg.seed))  # none for the dense grid: seconds of MALA saved
         table = mixed_fit_statistics(model, x, draws, seed=int(cfg.seed))
         laws = random_effect_laws(model)
-        self._log_liks[id(model)] = table
+        held = None
         scores = {
             "fixed_effects": fixed_effect_summary(model, dataset, table, laws),
             "random_effects": law_summary(laws),
@@ -254,10 +264,9 @@ class MixedTask(Task):
         scores["se_basis"] = table["se_basis"]
         if dataset.heldout is not None:  # whole groups kept out of training: scored as new groups of the fitted laws
             held = heldout_log_lik(model, dataset.heldout, seed=int(cfg.seed))
-            self._heldout_log_liks[id(model)] = held
             scores["heldout_log_lik"] = held["log_lik"]
             scores["heldout_log_lik_se"] = held["log_lik_se"]
-        return scores
+        return Scored(_parameter_values(model), scores, table, held)
 
     def finish_fit(self, model, dataset, cfg, device):
         """The fixed effects, each term's scale and the dispersion moved to the maximum of the log-likelihood with the
@@ -278,8 +287,6 @@ class MixedTask(Task):
         of the fitted laws (``heldout_log_lik``), else the training rows', by ``log_lik``'s rules (exact where the grid
         or quadrature is); on a CPU copy, so training's model stays on its device. No Monte Carlo variance is
         reported per component (the importance-sampling SE is the total's)."""
-        import copy
-
         model = copy.deepcopy(model).cpu()
         if dataset.heldout is not None:
             table = heldout_log_lik(model, dataset.heldout, seed=int(cfg.seed))
@@ -295,25 +302,14 @@ class MixedTask(Task):
     def baselines(self, model, dataset, cfg, device, fitted):
         if BASELINE not in fitted:
             return {}
-        gaussian = fitted[BASELINE].cpu()
-        scores = self._scored_before(gaussian)  # the child run scored it at its end, with this task
-        if scores is None:
-            scores = self.score(gaussian, dataset, cfg, device)
-        mine = self._log_liks.get(id(model))
-        if mine is None:
-            self.score(model, dataset, cfg, device)
-            mine = self._log_liks[id(model)]
-        theirs = self._log_liks[id(gaussian)]
-        difference = mine["per_component"] - theirs["per_component"]
+        theirs = self._scored_now(fitted[BASELINE], dataset, cfg)  # the child run scored it at its end, here
+        mine = self._scored_now(model, dataset, cfg)
+        scores = copy.deepcopy(theirs.scores)
+        difference = mine.table["per_component"] - theirs.table["per_component"]
         scores["almond_gain"], scores["almond_gain_se"] = _paired_gain(difference)
         scores["almond_gain_groups"] = difference.shape[0]
         if dataset.heldout is not None:  # the same pairing over the held-out groups' independent components
-            if id(model) not in self._heldout_log_liks:
-                self.score(model, dataset, cfg, device)
-            difference = (
-                self._heldout_log_liks[id(model)]["per_component"]
-                - self._heldout_log_liks[id(gaussian)]["per_component"]
-            )
+            difference = mine.heldout["per_component"] - theirs.heldout["per_component"]
             scores["almond_heldout_gain"], scores["almond_heldout_gain_se"] = _paired_gain(difference)
         return {BASELINE: scores}
 
