@@ -119,17 +119,12 @@ class BlockTarget(AutogradTarget):
     """
 
     def __init__(self, log_joint_blocks_fn: Callable[[Tensor], Tensor], block_of_coordinate: Tensor):
-        super().__init__(lambda z: log_joint_blocks_fn(z).sum(-1))
-        self.log_joint_blocks_fn = log_joint_blocks_fn
+        super().__init__(log_joint_blocks_fn)  # AutogradTarget.value_and_grad: the per-block values, ∇ of their sum
         self.block_of_coordinate = block_of_coordinate
         self.num_blocks = int(block_of_coordinate.max()) + 1
 
-    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            blocks = self.log_joint_blocks_fn(z)
-            (grad,) = torch.autograd.grad(blocks.sum(), z)
-        return blocks.detach(), grad
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.log_joint_fn(z).sum(-1)
 
 
 # Activations with a closed-form derivative computable from the pre-activation in place.
