@@ -124,7 +124,8 @@ def test_mixed_fit_statistics_importance_path_reports_its_se(monkeypatch):
     assert 0 < stats["log_lik_se"] < 0.5 and abs(stats["log_lik"] - expected) < 4 * stats["log_lik_se"]
 
 
-def test_standard_errors_match_the_hessian_of_the_exact_log_likelihood():
+def _mle() -> torch.Tensor:
+    """(b0, b1, log sd) maximising the exact log-likelihood (float64, L-BFGS)."""
     params = torch.tensor([0.4, 0.3, math.log(0.7)], dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -135,7 +136,11 @@ def test_standard_errors_match_the_hessian_of_the_exact_log_likelihood():
         return loss
 
     optimiser.step(closure)
-    mle = _float32_params(params.detach())
+    return params.detach()
+
+
+def test_standard_errors_match_the_hessian_of_the_exact_log_likelihood():
+    mle = _float32_params(_mle())
     hessian = torch.autograd.functional.hessian(exact_log_lik, mle)
     expected = torch.linalg.inv(-hessian).diagonal().sqrt()[:2]  # beta's SEs, the sd profiled in as lme4 does
     stats = mi.mixed_fit_statistics(_model(mle), ROWS, _posterior_draws(mle))
@@ -307,21 +312,6 @@ def test_quadrature_is_exact_for_a_learned_law():
     stats = mi.mixed_fit_statistics(model, ROWS, draws)
     assert stats["method"] == "quadrature"
     assert abs(stats["log_lik"] - exact) < 0.01, (stats["log_lik"], exact, stats["log_lik_se"])
-
-
-def _mle() -> torch.Tensor:
-    """(b0, b1, log sd) maximising the exact log-likelihood (float64, L-BFGS)."""
-    params = torch.tensor([0.4, 0.3, math.log(0.7)], dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimiser.zero_grad()
-        loss = -exact_log_lik(params)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    return params.detach()
 
 
 def test_polishing_moves_a_fit_that_ended_near_the_maximum_onto_it():
