@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from ..config import AUTO
+
 
 def langevin_step_size(sampler_cfg, epoch: int) -> float:
     """The step size in force during ALMOND epoch ``epoch`` (0-based), from ``sampler_cfg`` (a ``SamplerSettings``
@@ -75,7 +77,7 @@ class AlmondOptimisers:
         fraction = float(getattr(self.cfg, "average_last", 0.0))  # a run saved before the key: no average
         if fraction <= 0:
             return None
-        if self.cfg.almond_epochs == "auto":  # the end is not known in advance: from the start, restarted at each gain
+        if self.cfg.almond_epochs == AUTO:  # the end is not known in advance: from the start, restarted at each gain
             return 0
         return int(round(int(self.cfg.almond_epochs) * (1.0 - fraction)))
 

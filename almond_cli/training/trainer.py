@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..atomic import write_text_atomic
-from ..config import sampler_settings, validate
+from ..config import AUTO, sampler_settings, validate
 from ..data.dataset import check_same_data
 from ..langevin.chains import ESCAPE_BOUND, PersistentChains
 from ..model.units import UnitRows
@@ -234,7 +234,7 @@ class TrainingRun:
         vae_epochs = self.cfg.schedule.vae_epochs
         if (
             position.phase in (Phase.ALMOND, Phase.DONE)
-            and vae_epochs != "auto"
+            and vae_epochs != AUTO
             and position.vae_epochs_done != vae_epochs
         ):
             raise ckpt.CheckpointError(
@@ -275,7 +275,7 @@ class TrainingRun:
         return epoch_limit(self.cfg.schedule, phase.value)
 
     def _auto(self, phase: Phase) -> bool:
-        return self.cfg.schedule[f"{phase.value}_epochs"] == "auto"
+        return self.cfg.schedule[f"{phase.value}_epochs"] == AUTO
 
     def _phase_over(self, phase: Phase) -> bool:
         """Whether ``phase`` has run its epochs, or under auto its checks say it is done (training/stopping.py)."""
