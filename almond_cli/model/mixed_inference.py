@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .likelihoods import Poisson
 from .mixed import MixedMLPDecoder, MixedModel, components
 from .model import evaluation_mode
 
@@ -151,6 +152,51 @@ def _family_log_prob(likelihood, dispersion_index: int):
     return log_prob
 
 
+def _separable_sums(likelihood, dispersion_index: int):
+    """For random intercepts (eta_i = eta0_i + s, one s per node pair), Σ_{i in b} log f(y_i | eta0_i + s) per inner
+    level b from a few sums over its rows, where the family allows: the Poisson's
+    Y_b s − e^s Σ e^{eta0_i} + Σ (y_i eta0_i − log y_i!), the Gaussian's quadratic in s. Each node pair then costs a
+    level, not each of its rows, and no exp per row (grouseticks: 403 rows, 118 broods; the nested grids ~4x
+    faster). Returns (rows, inner_index (R,), B) -> ((eta0 (R,), c (v,), d (w,), θ) -> (v, w, B)), or None for
+    the other families (their log f(y | eta0 + s) does not separate)."""
+    family = likelihood.family
+    if likelihood.learns_sigma:
+
+        def gaussian(rows: Tensor, inner_index: Tensor, levels: int):
+            y = rows[:, 0]
+            n = y.new_zeros(levels).index_add(0, inner_index, torch.ones_like(y))
+
+            def per_inner(eta0: Tensor, c: Tensor, d: Tensor, theta: Tensor) -> Tensor:
+                residual = y - eta0
+                first = residual.new_zeros(levels).index_add(0, inner_index, residual)
+                second = residual.new_zeros(levels).index_add(0, inner_index, residual.square())
+                s = (c.view(-1, 1) + d.view(1, -1)).unsqueeze(-1)  # (v, w, 1)
+                log_sigma = theta[dispersion_index]
+                squares = second - 2.0 * s * first + n * s.square()  # Σ (y_i − eta0_i − s)²
+                return -0.5 * squares / (2.0 * log_sigma).exp() - n * (log_sigma + 0.5 * LOG_2PI)
+
+            return per_inner
+
+        return gaussian
+    if type(family) is not Poisson:
+        return None
+
+    def poisson(rows: Tensor, inner_index: Tensor, levels: int):
+        y = rows[:, 0]
+        total = y.new_zeros(levels).index_add(0, inner_index, y)
+        log_factorials = y.new_zeros(levels).index_add(0, inner_index, torch.lgamma(y + 1.0))
+
+        def per_inner(eta0: Tensor, c: Tensor, d: Tensor, theta: Tensor) -> Tensor:
+            linear = eta0.new_zeros(levels).index_add(0, inner_index, y * eta0) - log_factorials
+            rate = eta0.new_zeros(levels).index_add(0, inner_index, eta0.exp())
+            s = (c.view(-1, 1) + d.view(1, -1)).unsqueeze(-1)  # (v, w, 1)
+            return linear + total * s - rate * s.exp()
+
+        return per_inner
+
+    return poisson
+
+
 @dataclass
 class IntegrationRule:
     """How the latents are integrated out: log p(y_k) ≈ logsumexp_m [log f(y_k | z_m) + log_weights[m, k]] + const[k]
@@ -254,6 +300,8 @@ def _nested_estimate(
     inner_level = x[:, layout.group_column(inner)].long()
     zo, zi = x[:, layout.z_columns(outer)][:, 0], x[:, layout.z_columns(inner)][:, 0]
 
+    separable = _separable_sums(likelihood, p + 2) if bool((zo == 1).all() and (zi == 1).all()) else None
+
     def part_for(rows: Tensor):
         sub = x[rows]
         local_inner, inner_index = torch.unique(inner_level[rows], return_inverse=True)
@@ -264,18 +312,22 @@ def _nested_estimate(
         )
         fixed = sub[:, layout.offset_column], sub[:, layout.fixed_columns]
         z_outer, z_inner = zo[rows], zi[rows]
+        per_inner_of = separable(sub, inner_index, local_inner.numel()) if separable is not None else None
 
         def part(theta: Tensor) -> Tensor:
             eta0 = fixed[0] + fixed[1] @ theta[:p]  # (R,)
             c = means[outer][0] + theta[p + outer].exp() * (law[outer] - means[outer][0])  # (nodes,) outer effects
             d = means[inner][0] + theta[p + inner].exp() * (law[inner] - means[inner][0])  # (nodes,) inner effects
-            eta = (
-                eta0.view(1, 1, -1)
-                + c.view(-1, 1, 1) * z_outer.view(1, 1, -1)
-                + d.view(1, -1, 1) * z_inner.view(1, 1, -1)
-            )  # (v, w, R)
-            per_row = family_log_prob(sub, eta.reshape(-1, eta.shape[-1]), theta).reshape(eta.shape)
-            per_inner = per_row.new_zeros(nodes, nodes, local_inner.numel()).index_add(2, inner_index, per_row)
+            if per_inner_of is not None:
+                per_inner = per_inner_of(eta0, c, d, theta)
+            else:
+                eta = (
+                    eta0.view(1, 1, -1)
+                    + c.view(-1, 1, 1) * z_outer.view(1, 1, -1)
+                    + d.view(1, -1, 1) * z_inner.view(1, 1, -1)
+                )  # (v, w, R)
+                per_row = family_log_prob(sub, eta.reshape(-1, eta.shape[-1]), theta).reshape(eta.shape)
+                per_inner = per_row.new_zeros(nodes, nodes, local_inner.numel()).index_add(2, inner_index, per_row)
             inner_integral = torch.logsumexp(per_inner + log_w.view(1, -1, 1), 1)  # (v, B)
             per_outer = inner_integral.new_zeros(nodes, local_outer.numel()).index_add(
                 1, outer_of_inner, inner_integral
@@ -285,13 +337,16 @@ def _nested_estimate(
 
         return part
 
-    # parts of whole outer levels, about NESTED_PART_ELEMENTS / nodes² rows each
-    rows_per_part = max(1, NESTED_PART_ELEMENTS // (nodes * nodes))
-    order = torch.argsort(outer_level, stable=True)
+    # parts of whole outer levels, each about NESTED_PART_ELEMENTS / nodes² of the last axis of its (v, w, ·) tensors:
+    # rows, or inner levels where the family sums them
+    units_per_part = max(1, NESTED_PART_ELEMENTS // (nodes * nodes))
+    order = torch.argsort(outer_level * (int(inner_level.max()) + 1) + inner_level, stable=True)  # by outer, inner
+    outer_sorted, inner_sorted = outer_level[order].tolist(), inner_level[order].tolist()
     parts, start = [], 0
-    while start < order.numel():
-        stop = min(start + rows_per_part, order.numel())
-        while stop < order.numel() and outer_level[order[stop]] == outer_level[order[stop - 1]]:
+    while start < len(order):
+        stop, units = start, 0
+        while stop < len(order) and (units < units_per_part or outer_sorted[stop] == outer_sorted[stop - 1]):
+            units += separable is None or stop == start or inner_sorted[stop] != inner_sorted[stop - 1]
             stop += 1
         parts.append(part_for(order[start:stop]))
         start = stop

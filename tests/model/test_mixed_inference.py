@@ -365,3 +365,70 @@ def test_independent_components_are_blocks_of_the_langevin_target():
     crossed_rows = _group_rows([a for a in range(3) for _ in range(4)], [b for _ in range(3) for b in range(4)])
     assert crossed.latent_blocks(crossed_rows) is None
     assert type(target_for(crossed, crossed_rows)) is AutogradTarget
+
+
+def _nested_table(family: str, slope: bool, seed: int = 3):
+    """A nested design (12 broods inside 5 locations, 1-4 rows a brood) of the family's responses, laid out by the
+    formula machinery; with ``slope`` the inner factor's one term is a slope in x (its z column is x, not 1)."""
+    import pandas as pd
+
+    from almond_cli.data.formula import build_design
+    from almond_cli.data.mixed import mixed_dataset
+
+    rng = np.random.default_rng(seed)
+    brood = np.repeat(np.arange(12), rng.integers(1, 5, 12))
+    location = brood % 5
+    x = rng.normal(size=brood.size).round(3)
+    eta = 0.3 + 0.4 * x + rng.normal(0, 0.6, 5)[location] + rng.normal(0, 0.5, 12)[brood]
+    y = rng.poisson(np.exp(eta)) if family == "poisson" else eta + rng.normal(0, 0.8, brood.size)
+    frame = pd.DataFrame({"y": y, "x": x, "b": [f"B{k}" for k in brood], "a": [f"A{k}" for k in location]})
+    inner = "(0 + x|b)" if slope else "(1|b)"
+    return mixed_dataset(build_design(f"y ~ x + (1|a) + {inner}", frame))
+
+
+@pytest.mark.parametrize("family,slope", [("poisson", False), ("gaussian", False), ("poisson", True)])
+def test_nested_grids_sum_a_separable_familys_rows_per_level_without_changing_value_gradient_or_hessian(
+    family, slope, monkeypatch
+):
+    """The Poisson's and the Gaussian's random-intercept rows are summed per inner level before the node pairs
+    (``_separable_sums``); value, gradient and Hessian in θ equal the row-by-row grids' to rounding, for a learned
+    (bent) law. A slope's rows are not summed (its z varies by row): both routes agree there too."""
+    from almond_cli.model.likelihoods import Gaussian
+    from almond_cli.model.mixed import MixedMLPDecoder
+
+    dataset = _nested_table(family, slope)
+    layout = dataset.layout
+    torch.manual_seed(0)
+    decoder = MixedMLPDecoder(layout.plain(), init_scale=0.6)
+    with torch.no_grad():
+        for net in decoder.nets:
+            net[-1].weight.normal_(0.0, 0.4)
+    family_module = Poisson() if family == "poisson" else Gaussian()
+    likelihood = MixedLikelihood(family_module, layout, torch.tensor([0.2, 0.3]), 0.9)
+    model = mi.in_float64(MixedModel(MixedTableEncoder(layout.latent_dim), decoder, likelihood))
+    x = dataset.x.double()
+    pair = mi.nested_pair(model, x)
+    row_component, parts = mi.components(model, x)
+    theta, _ = mi._parameter_vector(model)
+    theta = theta + 0.05  # off the fit: every entry of θ moves the value
+
+    def value_gradient_hessian(estimate):
+        value = float(estimate(theta).sum())
+        gradient = torch.autograd.functional.jacobian(lambda t: estimate(t).sum(), theta)
+        hessian = torch.autograd.functional.hessian(lambda t: estimate(t).sum(), theta)
+        return value, gradient, hessian
+
+    used, separable_sums = [], mi._separable_sums
+
+    def recorded(*args):
+        sums = separable_sums(*args)
+        return None if sums is None else lambda *rows: used.append(True) or sums(*rows)
+
+    monkeypatch.setattr(mi, "_separable_sums", recorded)
+    summed = value_gradient_hessian(mi._nested_estimate(model, x, pair, row_component, len(parts), 61))
+    assert bool(used) == (not slope)  # the route under test is taken where it applies, and only there
+    monkeypatch.setattr(mi, "_separable_sums", lambda *args: None)
+    by_row = value_gradient_hessian(mi._nested_estimate(model, x, pair, row_component, len(parts), 61))
+    assert abs(summed[0] - by_row[0]) < 1e-9 * abs(by_row[0]), (summed[0], by_row[0])
+    torch.testing.assert_close(summed[1], by_row[1], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(summed[2], by_row[2], rtol=1e-8, atol=1e-8)
