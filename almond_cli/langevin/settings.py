@@ -72,8 +72,13 @@ def build_target(
     ``settings.table_nodes`` nodes over ``start``'s range widened by where ``num_steps`` steps can take the chains
     (``TabulatedTarget.around``; a chain that leaves it is evaluated exactly): build a new one for the next
     ``num_steps``. Otherwise ``targets.target_for(model, x, settings.precision)``, valid for any number of steps.
+    A mixed model whose laws are smooth MLPs of one random term each (``tabulated.laws_apply``) has them read from
+    tables over the same range (``tabulated.TabulatedLaws``) unless ``settings.tabulate`` is ``off``.
     Call it with the model's parameters frozen (``model.frozen()``).
     """
+    if settings.tabulate != "off" and tabulated.laws_apply(model):
+        laws = tabulated.TabulatedLaws.around(model.decoder, start, step_size, num_steps, settings.table_nodes)
+        return target_for(model, x, settings.precision, units, laws)
     if tabulated.wanted(model, settings.tabulate):
         return tabulated.TabulatedTarget.around(
             model, x, start, step_size, num_steps, settings.table_nodes, units=units

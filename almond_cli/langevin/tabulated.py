@@ -49,6 +49,7 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
+from ..model.mixed import MixedMLPDecoder
 from ..model.model import LOG_2PI
 from ..model.networks import MLPDecoder
 from ..model.units import sum_over_rows
@@ -123,32 +124,23 @@ def decoder_value_and_slope(decoder: nn.Module, z: Tensor, dtype: torch.dtype | 
     return u.detach(), torch.cat(slopes, dim=-1)
 
 
-class TabulatedTarget(Target):
-    """log p(x, z) and its z-gradient with h and h' from a cubic Hermite table, for a one-dimensional latent.
+class HermiteTable:
+    """A cubic Hermite interpolant p of h: R -> R^P on G uniform nodes over [lower, upper], from h and h' there
+    (module docstring): per cell the cubic's coefficients in t = (z − a)/Δ and those of its derivative.
 
     Args:
-        model: the ``LatentVariableModel``; latent_dim 1, its likelihood has ``value_and_grad_u``.
-        x: (R, D) the batch's rows.
-        lower, upper: the grid's ends, lower < upper (``around`` picks them from the chains).
-        num_nodes: G >= 2 grid nodes, spacing Δ = (upper − lower) / (G − 1).
-        units: (R,) each row's unit 0..B-1 (the chains are per unit, ``model.units``); None: row i is unit i.
+        lower, upper: the grid's ends, lower < upper.
+        num_nodes: G >= 2 nodes, spacing Δ = (upper − lower) / (G − 1).
+        values, slopes: (G, P) h and h' at the nodes (float64: the table's own rounding is then ``dtype``'s alone).
+        dtype: the table's dtype (the parameters').
     """
 
-    def __init__(self, model, x: Tensor, lower: float, upper: float, num_nodes: int, units: Tensor | None = None):
+    def __init__(self, lower: float, upper: float, num_nodes: int, values: Tensor, slopes: Tensor, dtype: torch.dtype):
         if num_nodes < 2 or not lower < upper:
             raise ValueError(f"need num_nodes >= 2 and lower < upper, got {num_nodes}, [{lower}, {upper}]")
-        self.model = model
-        self.decoder = model.decoder
-        self.likelihood = model.likelihood
-        self.x = x
-        self.units = units
         self.lower, self.upper, self.num_nodes = float(lower), float(upper), int(num_nodes)
         self.spacing = (self.upper - self.lower) / (self.num_nodes - 1)
         self.inverse_spacing = 1.0 / self.spacing
-        parameter = next(self.decoder.parameters())
-        nodes = torch.linspace(self.lower, self.upper, self.num_nodes, dtype=torch.float64, device=parameter.device)
-        # Nodes in float64, so the table's own rounding is float32's alone once cast.
-        values, slopes = decoder_value_and_slope(self.decoder, nodes.unsqueeze(-1), torch.float64)
         left, right = values[:-1], values[1:]
         left_slope, right_slope = slopes[:-1] * self.spacing, slopes[1:] * self.spacing  # per unit of t
         quadratic = 3.0 * (right - left) - 2.0 * left_slope - right_slope
@@ -167,7 +159,62 @@ class TabulatedTarget(Target):
             dim=1,
         )
         self.output_dim = values.shape[-1]
-        self.table = table.reshape(self.num_nodes - 1, -1).to(parameter.dtype).contiguous()
+        self.table = table.reshape(self.num_nodes - 1, -1).to(dtype).contiguous()
+
+    def nodes(self, device: torch.device | str | None = None) -> Tensor:
+        """The G nodes (G,), float64."""
+        return torch.linspace(self.lower, self.upper, self.num_nodes, dtype=torch.float64, device=device)
+
+    def locate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(cell (N,), t (N, 1), outside (M,)) for z (N,): each particle's cell (float, integral; 0 where outside)
+        and its position t = (z − a)/Δ ∈ [0, 1) in it (differentiable in z; 0 where outside), and the indices of
+        the M particles outside the grid or not finite, which the table never serves."""
+        position = z * self.inverse_spacing - self.lower * self.inverse_spacing  # in units of cells from ``lower``
+        # One reduction decides the common case, every particle strictly inside: cell = floor(position) is then a
+        # valid cell and t in [0, 1). NaN anywhere makes the comparison false and takes the careful path.
+        low, high = (float(end) for end in torch.aminmax(position.detach()))
+        cell = position.detach().floor()
+        if low >= 0.0 and high < self.num_nodes - 1:
+            outside = torch.empty(0, dtype=torch.long, device=z.device)
+        else:
+            clamped = cell.clamp(0.0, self.num_nodes - 2.0)
+            outside = (clamped != cell).nonzero().squeeze(1)  # NaN != NaN; z = upper exactly, harmlessly exact
+            cell = clamped.index_fill(0, outside, 0.0)
+        t = (position - cell).unsqueeze(-1)
+        if outside.numel():
+            t = t.index_fill(0, outside, 0.0)
+        return cell, t, outside
+
+    def cubic(self, cell: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(p(z) (N, P), p'(z) (N, P)) from ``locate``'s cell and t, differentiable in t."""
+        c0, c1, c2, c3, e1, e2, e3 = self.table.index_select(0, cell.long()).view(-1, 7, self.output_dim).unbind(1)
+        u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+        slope = torch.addcmul(e1, t, torch.addcmul(e2, t, e3))
+        return u, slope
+
+
+class TabulatedTarget(HermiteTable, Target):
+    """log p(x, z) and its z-gradient with h and h' from a cubic Hermite table, for a one-dimensional latent.
+
+    Args:
+        model: the ``LatentVariableModel``; latent_dim 1, its likelihood has ``value_and_grad_u``.
+        x: (R, D) the batch's rows.
+        lower, upper: the grid's ends, lower < upper (``around`` picks them from the chains).
+        num_nodes: G >= 2 grid nodes, spacing Δ = (upper − lower) / (G − 1).
+        units: (R,) each row's unit 0..B-1 (the chains are per unit, ``model.units``); None: row i is unit i.
+    """
+
+    def __init__(self, model, x: Tensor, lower: float, upper: float, num_nodes: int, units: Tensor | None = None):
+        self.model = model
+        self.decoder = model.decoder
+        self.likelihood = model.likelihood
+        self.x = x
+        self.units = units
+        parameter = next(self.decoder.parameters())
+        nodes = torch.linspace(float(lower), float(upper), int(num_nodes), dtype=torch.float64, device=parameter.device)
+        # Nodes in float64, so the table's own rounding is float32's alone once cast.
+        values, slopes = decoder_value_and_slope(self.decoder, nodes.unsqueeze(-1), torch.float64)
+        super().__init__(lower, upper, num_nodes, values, slopes, parameter.dtype)
 
     @classmethod
     def around(
@@ -191,33 +238,11 @@ class TabulatedTarget(Target):
         margin = NUM_SD * math.sqrt(2.0 * step_size * num_steps) + step_size * num_steps * drift_bound
         return cls(model, x, low - margin, high + margin, num_nodes, units)
 
-    def locate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(cell (N,), t (N, 1), outside (M,)) for z (N,): each particle's cell (float, integral; 0 where outside)
-        and its position t = (z − a)/Δ ∈ [0, 1) in it (differentiable in z; 0 where outside), and the indices of
-        the M particles outside the grid or not finite, which the table never serves."""
-        position = z * self.inverse_spacing - self.lower * self.inverse_spacing  # in units of cells from ``lower``
-        # One reduction decides the common case, every particle strictly inside: cell = floor(position) is then a
-        # valid cell and t in [0, 1). NaN anywhere makes the comparison false and takes the careful path.
-        low, high = (float(end) for end in torch.aminmax(position.detach()))
-        cell = position.detach().floor()
-        if low >= 0.0 and high < self.num_nodes - 1:
-            outside = torch.empty(0, dtype=torch.long, device=z.device)
-        else:
-            clamped = cell.clamp(0.0, self.num_nodes - 2.0)
-            outside = (clamped != cell).nonzero().squeeze(1)  # NaN != NaN; z = upper exactly, harmlessly exact
-            cell = clamped.index_fill(0, outside, 0.0)
-        t = (position - cell).unsqueeze(-1)
-        if outside.numel():
-            t = t.index_fill(0, outside, 0.0)
-        return cell, t, outside
-
     def interpolate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(u ≈ h(z) (N, P), p'(z) ≈ h'(z) (N, P), outside (M,)) for z (N,): the table inside the grid, the exact
         decoder at the M particles outside it or not finite, whose indices are ``outside``. Differentiable in z."""
         cell, t, outside = self.locate(z)
-        c0, c1, c2, c3, e1, e2, e3 = self.table.index_select(0, cell.long()).view(-1, 7, self.output_dim).unbind(1)
-        u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
-        slope = torch.addcmul(e1, t, torch.addcmul(e2, t, e3))
+        u, slope = self.cubic(cell, t)
         if outside.numel():
             exact_u, exact_slope = decoder_value_and_slope(self.decoder, z[outside].unsqueeze(-1))
             if torch.is_grad_enabled() and z.requires_grad:
@@ -336,3 +361,68 @@ def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor, 
     scale = 1.0 / (batch * count)
     # Value: the interpolated loss; gradient: θ and the outside particles through log_lik, β through node_term.
     return -log_lik.mean() - scale * (node_term - node_term.detach())
+
+
+def laws_apply(model) -> bool:
+    """Whether ``sampler.tabulate`` (``auto`` or ``on``) tabulates a mixed model's laws (``TabulatedLaws``): each
+    factor's law a smooth MLP of one random term (``model/mixed.py``'s ``MixedMLPDecoder``; a linear law costs a
+    product, nothing to save)."""
+    decoder = model.decoder
+    if not isinstance(decoder, MixedMLPDecoder) or any(block.size != 1 for block in decoder.layout.blocks):
+        return False
+    return all(isinstance(module, (nn.Linear, *SMOOTH_ACTIVATIONS)) for net in decoder.nets for module in net)
+
+
+class TabulatedLaws:
+    """A mixed model's decoder for one update, each factor's law u = h_f(z) of one random term read from a cubic
+    Hermite table instead of its network: the decoder of ``MixedModel.log_joint_blocks``, differentiable in z (the
+    gradient is the cubic's own, p'), with the same (B, C, d) -> (B, C, d) as the decoder. The chains of every level
+    of a factor share its table, so an update runs the networks once over G nodes per factor, not over
+    levels × chains at every step (grouseticks: 181 levels × 30 chains × 11 evaluations). A particle outside its
+    factor's grid, or not finite, reads the exact network. The parameter step stays exact (``model.log_lik``).
+
+    Args:
+        decoder: the ``MixedMLPDecoder`` (``laws_apply``), its parameters frozen for the update.
+        ranges: per factor (lower, upper), lower < upper.
+        num_nodes: G nodes per factor's grid.
+    """
+
+    def __init__(self, decoder, ranges: list[tuple[float, float]], num_nodes: int):
+        self.decoder = decoder
+        self.layout = decoder.layout
+        parameter = next(decoder.parameters())
+        self.tables = []
+        for index, (lower, upper) in enumerate(ranges):
+            # in the parameters' dtype: the table's rounding is then the network's own (a float64 copy of the
+            # network per update cost more than the sampling it saves)
+            nodes = torch.linspace(lower, upper, num_nodes, dtype=parameter.dtype, device=parameter.device)
+            values, slopes = decoder_value_and_slope(
+                lambda z, i=index: decoder.block_forward(i, z), nodes.unsqueeze(-1)
+            )
+            self.tables.append(HermiteTable(lower, upper, num_nodes, values, slopes, parameter.dtype))
+
+    @classmethod
+    def around(cls, decoder, z: Tensor, step_size: float, num_steps: int, num_nodes: int) -> TabulatedLaws:
+        """The laws tabulated over each factor's range of the chains ``z`` (B, C, d), widened as
+        ``TabulatedTarget.around`` widens its grid (the chains may move in whitened coordinates, ``z = m + sd · w``
+        with sd < 1 a level's posterior spread in the prior's units: the margin is then wider than needed)."""
+        margin = NUM_SD * math.sqrt(2.0 * step_size * num_steps) + step_size * num_steps * DRIFT_BOUND
+        ranges = []
+        for part in decoder.layout.split(z.detach()):
+            finite = part[torch.isfinite(part)]
+            low, high = (float(end) for end in torch.aminmax(finite)) if finite.numel() else (-1.0, 1.0)
+            ranges.append((low - margin, high + margin))
+        return cls(decoder, ranges, num_nodes)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        """u (B, C, d) for z (B, C, d): each factor's table at its levels' z, the network outside its grid."""
+        effects = []
+        for index, (table, part) in enumerate(zip(self.tables, self.layout.split(z))):
+            flat = part.reshape(-1)
+            cell, t, outside = table.locate(flat)
+            c0, c1, c2, c3 = table.table.index_select(0, cell.long()).view(-1, 7, 1)[:, :4].unbind(1)
+            u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+            if outside.numel():
+                u = u.index_put((outside,), self.decoder.block_forward(index, flat[outside].unsqueeze(-1)))
+            effects.append(u.view(part.shape))
+        return self.layout.join(effects)

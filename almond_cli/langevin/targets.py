@@ -325,10 +325,11 @@ def _fast_layers(model):
     return None
 
 
-def target_for(model, x: Tensor, precision: str = "fp32", units: Tensor | None = None) -> Target:
+def target_for(model, x: Tensor, precision: str = "fp32", units: Tensor | None = None, laws=None) -> Target:
     """The Langevin target of ``model`` on data ``x`` (R, D): the fused ``MLPTarget`` where the decoder and
     likelihood allow it, else ``AutogradTarget`` of z -> model.log_joint(x, z, units).
-    ``units`` (R,) maps each row to its unit 0..B-1 (z is (B, C, d)); None: row i is unit i.
+    ``units`` (R,) maps each row to its unit 0..B-1 (z is (B, C, d)); None: row i is unit i. ``laws``: a mixed
+    model's decoder read from tables (``tabulated.TabulatedLaws``) for its per-component target.
 
     ``precision`` is ``sampler.precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``, resolved for ``x``'s device by
     ``precision.resolve_precision``); it applies to the ``MLPTarget`` only: an ``AutogradTarget`` (conv or
@@ -340,7 +341,7 @@ def target_for(model, x: Tensor, precision: str = "fp32", units: Tensor | None =
         return MLPTarget(model, layers, x, resolve_precision(precision, x.device), units)
     blocks = model.latent_blocks(x) if hasattr(model, "latent_blocks") else None
     if blocks is not None:  # independent blocks of latents (a mixed model's components): MALA accepts each alone
-        return BlockTarget(lambda z: model.log_joint_blocks(x, z, units), blocks)
+        return BlockTarget(lambda z: model.log_joint_blocks(x, z, units, laws), blocks)
     if units is None:
         return AutogradTarget(lambda z: model.log_joint(x, z))
     return AutogradTarget(lambda z: model.log_joint(x, z, units))

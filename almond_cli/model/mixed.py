@@ -319,16 +319,17 @@ class MixedModel(LatentVariableModel):
             self._latent_blocks = cached = (key, found)
         return None if cached[1] is None else cached[1][0]
 
-    def log_joint_blocks(self, x: Tensor, z: Tensor, units: Tensor | None = None) -> Tensor:
+    def log_joint_blocks(self, x: Tensor, z: Tensor, units: Tensor | None = None, decoder=None) -> Tensor:
         """log f + log N(z; 0, I) per unit, chain and independent component (``latent_blocks``): (B, C, K), summing
-        to ``log_joint``."""
+        to ``log_joint``; ``decoder`` stands in for the model's own (a tabulated copy of its laws for one update,
+        ``langevin/tabulated.py``'s ``TabulatedLaws``)."""
         if self.latent_blocks(x) is None:
             raise ValueError("log_joint_blocks needs rows whose latents split into independent components")
         block, row_component, count = self._latent_blocks[1]
         if units is None:
             units = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         batch, chains = z.shape[0], z.shape[1]
-        per_row = self.likelihood.log_prob_rows(x, self.decoder(z), units)  # (R, C)
+        per_row = self.likelihood.log_prob_rows(x, (decoder or self.decoder)(z), units)  # (R, C)
         rows = per_row.new_zeros(batch * count, chains).index_add(0, units * count + row_component, per_row)
         prior = -0.5 * (z.square() + LOG_2PI)  # (B, C, d)
         priors = prior.new_zeros(batch, chains, count).index_add(-1, block, prior)
