@@ -401,7 +401,7 @@ def can_integrate_exactly(model: MixedModel) -> bool:
 def needs_draws(model: MixedModel, x: Tensor) -> bool:
     """Whether the integration rule for the rows ``x`` is centred by posterior draws: all but the dense grids (one
     factor of one random term; two nested factors of one term each, ``nested_pair``), whose points do not depend on
-    where the posterior lies."""
+    where the posterior lies. Reads ``model.layout`` alone: a ``MixedDataset`` answers for the models of its rows."""
     dense_grid = can_integrate_exactly(model) and model.layout.blocks[0].size == 1
     return not (dense_grid or nested_pair(model, x) is not None)
 

@@ -40,6 +40,7 @@ from .base import Task, gaussian_baseline_config
 
 BASELINE = "gaussian"
 LINEAR_DECODER = f"{MixedLinearDecoder.__module__}.{MixedLinearDecoder.__qualname__}"
+GAUSSIAN_EXACT_EPOCHS = 50  # ALMOND epochs of the Gaussian baseline whose log-likelihood is exact (trained_baselines)
 TARGET_ACCEPTANCE = 0.6
 
 
@@ -297,7 +298,16 @@ class MixedTask(Task):
         return per_component, torch.zeros_like(per_component)
 
     def trained_baselines(self, dataset, cfg):
-        return {BASELINE: gaussian_baseline_config(cfg, LINEAR_DECODER, BASELINE)} if cfg.data.gaussian_baseline else {}
+        if not cfg.data.gaussian_baseline:
+            return {}
+        child = gaussian_baseline_config(cfg, LINEAR_DECODER, BASELINE)
+        epochs = child.schedule.almond_epochs
+        shorter = not isinstance(epochs, int) or epochs > GAUSSIAN_EXACT_EPOCHS  # 'auto', or more epochs
+        if shorter and all(block.size == 1 for block in dataset.layout.blocks) and not needs_draws(dataset, dataset.x):
+            # lme4's model with an exact log-likelihood: the final polish (finish_fit) is its maximum-likelihood fit,
+            # so stochastic training only has to bring the warm start near it (a collapsed one repaired)
+            child.schedule.almond_epochs = GAUSSIAN_EXACT_EPOCHS
+        return {BASELINE: child}
 
     def baselines(self, model, dataset, cfg, device, fitted):
         if BASELINE not in fitted:
