@@ -96,11 +96,19 @@ def _parameter_vector(model: MixedModel) -> tuple[Tensor, list[str]]:
 
 
 def _log_lik_of_theta(
-    model: MixedModel, x: Tensor, effects: list[Tensor], means: list[Tensor], row_component: Tensor, count: int
+    model: MixedModel,
+    x: Tensor,
+    effects: list[Tensor],
+    means: list[Tensor],
+    row_component: Tensor,
+    count: int,
+    shapes: list | None = None,
+    base: int = 0,
 ):
     """theta (P,) -> (N, K) log f(y_k | eta(theta, z_n)) per component k for the draws behind ``effects``: the
     function Louis' identity differentiates. A term's log scale s spreads its centred effects:
-    u' = mean + exp(s) (u − mean)."""
+    u' = mean + exp(s) (u − mean); with ``shapes`` (``_law_shapes``) and a θ longer than ``base``, a shaped law's
+    tilt τ re-centres and re-scales them too (``LawShape.tilt``)."""
     likelihood = model.likelihood
     layout = likelihood.layout
     x = x.double().cpu()
@@ -113,13 +121,21 @@ def _log_lik_of_theta(
     p = layout.num_fixed
     family_log_prob = _family_log_prob(likelihood, p + sum(block.size for block in layout.blocks))
 
+    shapes = shapes if shapes is not None else [None] * len(per_block)
+
     def log_lik(theta: Tensor) -> Tensor:
         eta = (offset + fixed_x @ theta[:p]).unsqueeze(0)
         at = p
-        for (rows_effects, z), mean in zip(per_block, means):
+        for (rows_effects, z), mean, shape, tau in zip(
+            per_block, means, shapes, _shape_parameters(shapes, theta, base)
+        ):
             q = z.shape[1]
             scale = theta[at : at + q].exp()
-            spread = mean + scale * (rows_effects - mean)
+            if tau is None:
+                spread = mean + scale * (rows_effects - mean)
+            else:
+                _, shift, ratio = shape.tilt(tau)
+                spread = mean + scale * ratio * (rows_effects - mean - shift)
             eta = eta + (spread * z).sum(-1)
             at += q
         per_row = family_log_prob(x, eta, theta)
@@ -150,6 +166,86 @@ def _family_log_prob(likelihood, dispersion_index: int):
         return family.log_prob(family_rows, eta.T.unsqueeze(-1)).T
 
     return log_prob
+
+
+# Shape directions per learned law of one random term (LawShape): the tilt by v alone. With v² and v³ as well the
+# information was indefinite on grouseticks (a stochastic fit is not at a maximum of every shape direction: no SEs),
+# and epil's SEs moved by under 1 % more.
+SHAPE_DIRECTIONS = 1
+
+
+@dataclass
+class LawShape:
+    """Directions in which a learned law of one random term u = h(z) may change its shape, for the standard errors
+    (``mixed_fit_statistics``): the law of z tilted by exp(Σ_k τ_k v(z)^k), k = 1..``SHAPE_DIRECTIONS``, v the
+    standardised centred effect, then re-centred and re-scaled so that its mean and sd stay the fit's (location and
+    spread are the intercept's and the log scale's). τ = 0 is the fitted law. Tilting by v moves mass between a
+    law's modes: the least favourable direction for its mean, so the intercept's SE carries how well the data know
+    the law's shape there (held at the fit, a two-mode law's intercept SE was 0.4 of its error).
+
+    Attributes:
+        centred: (N,) h(z) − the law's mean on a dense z-grid; log_weights: (N,) log of trapezoid weight × N(z).
+        sd: the law's sd on that grid; mean0, var0, log_mass0: the grid's mean, variance and log mass at τ = 0.
+    """
+
+    centred: Tensor
+    log_weights: Tensor
+    sd: float
+    mean0: Tensor
+    var0: Tensor
+    log_mass0: Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: MixedModel, index: int, mean: Tensor, limit: float = 8.5) -> LawShape:
+        z = torch.linspace(-limit, limit, GRID_POINTS, dtype=torch.float64)
+        spacing = float(z[1] - z[0])
+        log_weights = math.log(spacing) - 0.5 * (z.square() + LOG_2PI)
+        log_weights[0] -= math.log(2.0)
+        log_weights[-1] -= math.log(2.0)
+        centred = model.decoder.block_forward(index, z.unsqueeze(1))[:, 0] - mean[0]
+        probability = torch.softmax(log_weights, 0)
+        mean0 = (probability * centred).sum()
+        var0 = (probability * centred.square()).sum() - mean0.square()
+        return cls(centred, log_weights, float(var0.sqrt()), mean0, var0, torch.logsumexp(log_weights, 0))
+
+    def basis(self, centred: Tensor) -> Tensor:
+        """(..., K) the powers v, v², ... of the standardised effects ``centred`` (...)."""
+        v = centred / self.sd
+        return torch.stack([v**k for k in range(1, SHAPE_DIRECTIONS + 1)], -1)
+
+    def tilt(self, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(the change of the law's log mass, of its mean, the ratio of its sd at τ = 0 to its sd at τ): a node's
+        log weight gains basis · τ − the first; effects move as mean + ratio · (ũ − shift)."""
+        tilted = self.log_weights + self.basis(self.centred) @ tau
+        probability = torch.softmax(tilted, 0)
+        mean = (probability * self.centred).sum()
+        var = (probability * self.centred.square()).sum() - mean.square()
+        ratio = (self.var0 / var).sqrt()
+        # ratio · (ũ − shift) = mean0 + ratio · (ũ − mean): the tilted law's mean is the fit's, its sd too
+        return torch.logsumexp(tilted, 0) - self.log_mass0, mean - self.mean0 / ratio, ratio
+
+
+def _law_shapes(model: MixedModel, x: Tensor) -> list:
+    """A ``LawShape`` per block whose law is learned and of one random term, where the log-likelihood is integrated
+    on grids of z (one factor's dense grid, a nested pair's), else None per block (those rules' SEs hold the shape)."""
+    blocks = model.layout.blocks
+    on_grids = (can_integrate_exactly(model) and blocks[0].size == 1) or nested_pair(model, x) is not None
+    if not on_grids or not isinstance(model.decoder, MixedMLPDecoder):
+        return [None] * len(blocks)
+    means = _law_means(model)
+    return [LawShape.of(model, i, means[i]) if block.size == 1 else None for i, block in enumerate(blocks)]
+
+
+def _shape_parameters(shapes: list, theta: Tensor, base: int) -> list:
+    """Each block's τ (K,) read from θ after its first ``base`` entries, or None (no shape, or a θ without τ)."""
+    if theta.numel() <= base:
+        return [None] * len(shapes)
+    found, at = [], base
+    for shape in shapes:
+        found.append(None if shape is None else theta[at : at + SHAPE_DIRECTIONS])
+        at += 0 if shape is None else SHAPE_DIRECTIONS
+    return found
 
 
 def _separable_sums(likelihood, dispersion_index: int):
@@ -279,10 +375,18 @@ class NestedEstimate:
 
 
 def _nested_estimate(
-    model: MixedModel, x: Tensor, pair: tuple[int, int], row_component: Tensor, count: int, nodes: int
+    model: MixedModel,
+    x: Tensor,
+    pair: tuple[int, int],
+    row_component: Tensor,
+    count: int,
+    nodes: int,
+    shapes: list | None = None,
+    base: int = 0,
 ) -> NestedEstimate:
     """The ``NestedEstimate`` of the rows ``x`` (float64) for ``nested_pair``'s (outer, inner) blocks on ``nodes``
-    z-nodes per factor; ``row_component`` (R,) and ``count`` as ``components`` gives them."""
+    z-nodes per factor; ``row_component`` (R,) and ``count`` as ``components`` gives them. With ``shapes``, θ may
+    carry the laws' tilts after its first ``base`` entries (``LawShape``)."""
     likelihood = model.likelihood
     layout = likelihood.layout
     outer, inner = pair
@@ -301,6 +405,17 @@ def _nested_estimate(
     zo, zi = x[:, layout.z_columns(outer)][:, 0], x[:, layout.z_columns(inner)][:, 0]
 
     separable = _separable_sums(likelihood, p + 2) if bool((zo == 1).all() and (zi == 1).all()) else None
+    shapes = shapes if shapes is not None else [None, None]
+    node_basis = [None if shape is None else shape.basis(law[i] - means[i][0]) for i, shape in enumerate(shapes)]
+
+    def effects_and_weights(index: int, theta: Tensor, tau: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A factor's effects at the nodes (spread by its log scale, tilted by τ) and the nodes' log weights."""
+        mean = means[index][0]
+        scale = theta[p + index].exp()
+        if tau is None:
+            return mean + scale * (law[index] - mean), log_w
+        log_mass, shift, ratio = shapes[index].tilt(tau)
+        return mean + scale * ratio * (law[index] - mean - shift), log_w + node_basis[index] @ tau - log_mass
 
     def part_for(rows: Tensor):
         sub = x[rows]
@@ -316,8 +431,9 @@ def _nested_estimate(
 
         def part(theta: Tensor) -> Tensor:
             eta0 = fixed[0] + fixed[1] @ theta[:p]  # (R,)
-            c = means[outer][0] + theta[p + outer].exp() * (law[outer] - means[outer][0])  # (nodes,) outer effects
-            d = means[inner][0] + theta[p + inner].exp() * (law[inner] - means[inner][0])  # (nodes,) inner effects
+            taus = _shape_parameters(shapes, theta, base)
+            c, outer_w = effects_and_weights(outer, theta, taus[outer])  # (nodes,) outer effects and log weights
+            d, inner_w = effects_and_weights(inner, theta, taus[inner])
             if per_inner_of is not None:
                 per_inner = per_inner_of(eta0, c, d, theta)
             else:
@@ -328,11 +444,11 @@ def _nested_estimate(
                 )  # (v, w, R)
                 per_row = family_log_prob(sub, eta.reshape(-1, eta.shape[-1]), theta).reshape(eta.shape)
                 per_inner = per_row.new_zeros(nodes, nodes, local_inner.numel()).index_add(2, inner_index, per_row)
-            inner_integral = torch.logsumexp(per_inner + log_w.view(1, -1, 1), 1)  # (v, B)
+            inner_integral = torch.logsumexp(per_inner + inner_w.view(1, -1, 1), 1)  # (v, B)
             per_outer = inner_integral.new_zeros(nodes, local_outer.numel()).index_add(
                 1, outer_of_inner, inner_integral
             )
-            outer_integral = torch.logsumexp(per_outer + log_w.view(-1, 1), 0)  # (L,)
+            outer_integral = torch.logsumexp(per_outer + outer_w.view(-1, 1), 0)  # (L,)
             return outer_integral.new_zeros(count).index_add(0, component_of_outer, outer_integral)
 
         return part
@@ -436,13 +552,31 @@ def _law_means(model: MixedModel) -> list[Tensor]:
     ]
 
 
-def _rule_estimate(model: MixedModel, x: Tensor, rule: IntegrationRule, row_component: Tensor, count: int):
-    """theta -> (K,) log p̂(y_k) under ``rule``, and the per-(m, k) log terms at the fitted theta (for the SE)."""
+def _rule_estimate(
+    model: MixedModel,
+    x: Tensor,
+    rule: IntegrationRule,
+    row_component: Tensor,
+    count: int,
+    shapes: list | None = None,
+    base: int = 0,
+):
+    """theta -> (K,) log p̂(y_k) under ``rule``, and the per-(m, k) log terms at the fitted theta (for the SE). With
+    ``shapes`` (one factor's dense grid: ``_grid_rule``, every level on the same nodes) θ may carry the law's tilt τ
+    after its first ``base`` entries: each node's weight is tilted too."""
     effects = _effects(model, rule.points)
-    log_f = _log_lik_of_theta(model, x, effects, _law_means(model), row_component, count)
+    means = _law_means(model)
+    log_f = _log_lik_of_theta(model, x, effects, means, row_component, count, shapes, base)
+    shape = shapes[0] if shapes is not None else None
+    node_basis = shape.basis(effects[0][:, 0, 0] - means[0][0]) if shape is not None else None  # (M, K)
 
     def estimate(theta: Tensor) -> Tensor:
-        return torch.logsumexp(log_f(theta) + rule.log_weights, 0) + rule.const
+        weights = rule.log_weights
+        tau = _shape_parameters(shapes, theta, base)[0] if shape is not None else None
+        if tau is not None:
+            log_mass, _, _ = shape.tilt(tau)
+            weights = weights + (node_basis @ tau - log_mass).unsqueeze(1)
+        return torch.logsumexp(log_f(theta) + weights, 0) + rule.const
 
     return estimate, log_f
 
@@ -470,7 +604,11 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
     estimate, theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed)
     # one double-backward pass per parameter (torch.autograd.functional.hessian) runs about twice as fast here as
     # torch.func.hessian's vectorised forward-over-reverse (0.68 against 1.49 s on grouseticks' nested grid)
-    information = -sum(torch.autograd.functional.hessian(lambda t, f=f: f(t).sum(), theta) for f in _parts_of(estimate))
+    shape_count = SHAPE_DIRECTIONS * sum(shape is not None for shape in _law_shapes(model, x))
+    point = torch.cat([theta, theta.new_zeros(shape_count)])  # the laws' tilts τ = 0: the fit itself
+    information = -sum(torch.autograd.functional.hessian(lambda t, f=f: f(t).sum(), point) for f in _parts_of(estimate))
+    if shape_count:  # the information left about θ once the laws' shapes are free: θ's block less what τ explains
+        information = _shape_profiled(information, theta.numel())
     p = model.layout.num_fixed
     # The joint information where it is positive definite; else (a learned law not at a maximum of its spread, or
     # too few samples for it) the fixed effects' block alone, SEs that hold every law's spread at its fit.
@@ -494,6 +632,17 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
     }
 
 
+def _shape_profiled(information: Tensor, count: int) -> Tensor:
+    """The information about the first ``count`` parameters with the rest (the laws' tilts) free: the Schur
+    complement A − B C⁺ Bᵀ, C⁺ over C's positive eigenvalues above 1e-10 of its largest (a tilt that leaves the
+    law unchanged, as a Gaussian-shaped law's does, carries no information and takes none)."""
+    a, b, c = information[:count, :count], information[:count, count:], information[count:, count:]
+    values, vectors = torch.linalg.eigh(0.5 * (c + c.T))
+    keep = values > 1e-10 * values.abs().max().clamp_min(1e-300)
+    inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
+    return a - b @ inverse @ b.T
+
+
 def _parts_of(estimate) -> list:
     """The terms an estimate is the sum of (a nested pair's parts), or the estimate itself."""
     return estimate.parts if isinstance(estimate, NestedEstimate) else [estimate]
@@ -507,20 +656,21 @@ def _integrate(
     the method's name). A nested pair's grids are refined up to ``max_nodes`` per factor."""
     row_component, parts = components(model, x)
     theta, _names = _parameter_vector(model)
+    shapes, base = _law_shapes(model, x), theta.numel()  # a θ of the estimate may carry the laws' tilts after base
     pair = nested_pair(model, x)
     if pair is not None:  # dense grids of both factors, the first whose value twice the nodes confirm
         nodes = NESTED_NODES
-        estimate = _nested_estimate(model, x, pair, row_component, len(parts), nodes)
+        estimate = _nested_estimate(model, x, pair, row_component, len(parts), nodes, shapes, base)
         with torch.no_grad():
             per_component = estimate(theta)
         while True:
             finer_nodes = 2 * nodes - 1
             if finer_nodes > max_nodes:  # no finer grid allowed: the change from half the nodes
-                coarse = _nested_estimate(model, x, pair, row_component, len(parts), nodes // 2 + 1)
+                coarse = _nested_estimate(model, x, pair, row_component, len(parts), nodes // 2 + 1, shapes, base)
                 with torch.no_grad():
                     se = abs(float(per_component.sum()) - float(coarse(theta).sum()))
                 return estimate, theta, per_component, se, "quadrature"
-            finer = _nested_estimate(model, x, pair, row_component, len(parts), finer_nodes)
+            finer = _nested_estimate(model, x, pair, row_component, len(parts), finer_nodes, shapes, base)
             with torch.no_grad():
                 finer_component = finer(theta)
             se = abs(float(per_component.sum()) - float(finer_component.sum()))
@@ -532,8 +682,8 @@ def _integrate(
             rule, coarse = _grid_rule(model, GRID_POINTS), _grid_rule(model, GRID_POINTS // 2 + 1)
         else:
             rule, coarse = _quadrature_rule(model, draws, 24), _quadrature_rule(model, draws, 12)
-        estimate, _ = _rule_estimate(model, x, rule, row_component, len(parts))
-        coarse_estimate, _ = _rule_estimate(model, x, coarse, row_component, len(parts))
+        estimate, _ = _rule_estimate(model, x, rule, row_component, len(parts), shapes, base)
+        coarse_estimate, _ = _rule_estimate(model, x, coarse, row_component, len(parts), shapes, base)
         with torch.no_grad():
             per_component = estimate(theta)
             se = abs(float(per_component.sum()) - float(coarse_estimate(theta).sum()))

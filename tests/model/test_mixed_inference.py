@@ -432,3 +432,73 @@ def test_nested_grids_sum_a_separable_familys_rows_per_level_without_changing_va
     assert abs(summed[0] - by_row[0]) < 1e-9 * abs(by_row[0]), (summed[0], by_row[0])
     torch.testing.assert_close(summed[1], by_row[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(summed[2], by_row[2], rtol=1e-8, atol=1e-8)
+
+
+def _two_mode_fit(groups: int = 150, rows: int = 20, seed: int = 5):
+    """A Gaussian-family model whose learned law is two modes, u = 0.05 z + tanh(5 z) (near ±1, weights 1/2), at
+    the truth, with data from it: y = 0.3 + u_g + N(0, 0.5²), ``rows`` rows per group."""
+    from almond_cli.model.likelihoods import Gaussian
+    from almond_cli.model.mixed import MixedMLPDecoder
+
+    layout = MixedLayout.of([("g", ("(Intercept)",), groups)], 1, 1)
+    decoder = MixedMLPDecoder(layout.plain(), hidden_sizes=[1], activation="tanh", init_scale=0.05)
+    with torch.no_grad():
+        first, last = decoder.nets[0][0], decoder.nets[0][-1]
+        first.weight.fill_(5.0), first.bias.zero_(), last.weight.fill_(1.0), last.bias.zero_()
+    likelihood = MixedLikelihood(Gaussian(), layout, torch.tensor([0.3]), 0.5)
+    model = MixedModel(MixedTableEncoder(layout.latent_dim), decoder, likelihood)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        u = decoder.block_forward(0, torch.randn(groups, 1, generator=generator))[:, 0]
+    group = torch.arange(groups).repeat_interleave(rows)
+    y = 0.3 + u[group] + 0.5 * torch.randn(group.numel(), generator=generator)
+    ones = torch.ones_like(y)
+    x = torch.stack([y, torch.zeros_like(y), ones, ones, group.float()], 1)
+    return model, x, u
+
+
+@pytest.mark.slow
+def test_a_learned_laws_intercept_se_frees_its_mass_between_modes():
+    """Each group's effect is nearly known (20 rows, residual sd 0.5), so the intercept (the law's mean absorbed) is
+    known as well as a mean of 150 effects: SE ≈ sqrt((var u + 0.5²/20) / 150) ≈ 0.08. Held at the fit, a two-mode
+    law's modes pin its location to their own narrow spread and the SE comes out ~5x smaller; with the law free to
+    move mass between its modes (``LawShape``'s tilt) it is the mean's. 25 %: one sample's observed information at
+    the true parameters, not its expectation (seeds 5, 6, 7: 1.09, 0.77 and 1.15 of the formula; held: 0.2)."""
+    model, x, u = _two_mode_fit()
+    expected = math.sqrt((float(u.var()) + 0.25 / 20) / 150)
+    free = mi.mixed_fit_statistics(model, x, torch.zeros(0, 150))
+    assert free["se_basis"] == "joint" and free["method"] == "quadrature"
+    assert abs(float(free["se"][0]) / expected - 1) < 0.25, (float(free["se"][0]), expected)
+    held = mi._law_shapes
+    try:
+        mi._law_shapes = lambda model, x: [None]
+        fixed = mi.mixed_fit_statistics(model, x, torch.zeros(0, 150))
+    finally:
+        mi._law_shapes = held
+    assert float(fixed["se"][0]) < 0.5 * expected, float(fixed["se"][0]) / expected  # what the held shape misses
+    assert free["log_lik"] == fixed["log_lik"]  # the tilt τ = 0 is the fit itself
+
+
+def test_a_tilted_law_keeps_its_mean_and_sd_and_moves_its_shape():
+    """``LawShape.tilt``: the tilted law re-centred and re-scaled has the fit's mean and sd (location and spread stay
+    β's and the log scale's), a different skewness; τ = 0 changes nothing."""
+    model, _, _ = _two_mode_fit()
+    model = mi.in_float64(model)
+    shape = mi.LawShape.of(model, 0, mi._law_means(model)[0])
+    log_mass, shift, ratio = shape.tilt(torch.zeros(mi.SHAPE_DIRECTIONS, dtype=torch.float64))
+    assert float(log_mass) == 0.0 and float(shift) == 0.0 and float(ratio) == 1.0
+    tau = torch.full((mi.SHAPE_DIRECTIONS,), 0.4, dtype=torch.float64)
+    log_mass, shift, ratio = shape.tilt(tau)
+    weights = torch.softmax(shape.log_weights + shape.basis(shape.centred) @ tau, 0)
+    effects = ratio * (shape.centred - shift)  # the tilted law's effects, around the fit's mean
+    baseline = torch.softmax(shape.log_weights, 0)
+
+    def moments(w, e):
+        mean = (w * e).sum()
+        sd = ((w * (e - mean).square()).sum()).sqrt()
+        return mean, sd, (w * ((e - mean) / sd) ** 3).sum()
+
+    mean, sd, skew = moments(weights, effects)
+    mean0, sd0, skew0 = moments(baseline, shape.centred)
+    assert abs(float(mean - mean0)) < 1e-12 and abs(float(sd - sd0)) < 1e-12
+    assert abs(float(skew - skew0)) > 0.1
