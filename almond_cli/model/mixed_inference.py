@@ -594,11 +594,13 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         {"log_lik", "log_lik_se" (nats, total over the rows), "method" ("quadrature" or "importance_sampling"),
         "per_component" ((K,) each independent component's log-likelihood, in a fixed order for given rows),
         "beta" (p,), "se" (p,), "covariance" (p, p), "information_ok", "se_basis" ("joint", "fixed_effects_only"
-        or "unavailable")}. The observed information is the Hessian of
-        the estimated log-likelihood in theta = (beta, one log scale per random term (the spread of its law, its
-        shape held at the fit), the family's dispersion); the fixed effects' SEs are the beta block of its inverse,
-        so they carry the uncertainty of the random effects' spread, as lme4's do. The quadrature's SE is its change
-        from half the nodes; importance sampling's is the delta-method SE of each component's mean weight.
+        or "unavailable"), "se_law_shape" ("tilt": the laws' tilts profiled out, ``LawShape``; "held": a learned
+        law's shape held at the fit; "gaussian": lme4's law, nothing to hold)}. The observed information is the
+        Hessian of the estimated log-likelihood in theta = (beta, one log scale per random term (the spread of its
+        law, its shape held at the fit but for its tilt), the family's dispersion); the fixed effects' SEs are the
+        beta block of its inverse, so they carry the uncertainty of the random effects' spread, as lme4's do. The
+        quadrature's SE is its change from half the nodes; importance sampling's is the delta-method SE of each
+        component's mean weight.
     """
     model, x, draws = in_float64(model), x.double().cpu(), draws.double().cpu()
     estimate, theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed)
@@ -629,6 +631,11 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         "covariance": covariance,
         "information_ok": ok,
         "se_basis": basis,
+        "se_law_shape": "gaussian"
+        if not isinstance(model.decoder, MixedMLPDecoder)
+        else "tilt"
+        if shape_count
+        else "held",
     }
 
 

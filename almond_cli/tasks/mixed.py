@@ -263,6 +263,7 @@ class MixedTask(Task):
         if model.likelihood.learns_sigma:
             scores["residual_sd"] = float(model.likelihood.log_sigma.exp())
         scores["se_basis"] = table["se_basis"]
+        scores["se_law_shape"] = table["se_law_shape"]
         if dataset.heldout is not None:  # whole groups kept out of training: scored as new groups of the fitted laws
             held = heldout_log_lik(model, dataset.heldout, seed=int(cfg.seed))
             scores["heldout_log_lik"] = held["log_lik"]

@@ -83,6 +83,8 @@ def test_random_effects_and_log_likelihood_are_reported(cbpp_run):
         assert math.isfinite(fit["log_lik"]) and fit["log_lik"] < 0 and fit["log_lik_se"] >= 0, (name, fit)
         assert fit["log_lik_method"] == "quadrature"  # one factor, one random term: exact by quadrature
         assert fit["se_basis"] in ("joint", "fixed_effects_only"), (name, fit["se_basis"])
+        # one factor of one term: a learned law's tilt is profiled out of its SEs; lme4's law has no shape to hold
+        assert fit["se_law_shape"] == ("gaussian" if name == "gaussian" else "tilt"), (name, fit["se_law_shape"])
     # lme4's model: a Gaussian law, skewness 0 up to the Monte Carlo error of 100k draws (sd sqrt(6/1e5) = 0.008)
     assert abs(summary["baselines"]["gaussian"]["random_effects"]["herd"]["skewness"]) < 0.04
 

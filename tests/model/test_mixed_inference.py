@@ -467,7 +467,7 @@ def test_a_learned_laws_intercept_se_frees_its_mass_between_modes():
     model, x, u = _two_mode_fit()
     expected = math.sqrt((float(u.var()) + 0.25 / 20) / 150)
     free = mi.mixed_fit_statistics(model, x, torch.zeros(0, 150))
-    assert free["se_basis"] == "joint" and free["method"] == "quadrature"
+    assert free["se_basis"] == "joint" and free["method"] == "quadrature" and free["se_law_shape"] == "tilt"
     assert abs(float(free["se"][0]) / expected - 1) < 0.25, (float(free["se"][0]), expected)
     held = mi._law_shapes
     try:
@@ -476,6 +476,7 @@ def test_a_learned_laws_intercept_se_frees_its_mass_between_modes():
     finally:
         mi._law_shapes = held
     assert float(fixed["se"][0]) < 0.5 * expected, float(fixed["se"][0]) / expected  # what the held shape misses
+    assert fixed["se_law_shape"] == "held"
     assert free["log_lik"] == fixed["log_lik"]  # the tilt τ = 0 is the fit itself
 
 
