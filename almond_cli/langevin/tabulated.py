@@ -185,6 +185,11 @@ class HermiteTable:
             t = t.index_fill(0, outside, 0.0)
         return cell, t, outside
 
+    def value(self, cell: Tensor, t: Tensor) -> Tensor:
+        """p(z) (N, P) alone from ``locate``'s cell (long) and t, differentiable in t."""
+        c0, c1, c2, c3 = self.table.index_select(0, cell).view(-1, 7, self.output_dim)[:, :4].unbind(1)
+        return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+
     def cubic(self, cell: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(p(z) (N, P), p'(z) (N, P)) from ``locate``'s cell and t, differentiable in t."""
         c0, c1, c2, c3, e1, e2, e3 = self.table.index_select(0, cell.long()).view(-1, 7, self.output_dim).unbind(1)
@@ -323,8 +328,7 @@ def tabulated_loss(model, table: TabulatedTarget, x: Tensor, particles: Tensor, 
     with torch.no_grad():
         cell, t, outside = table.locate(z)
         cell = cell.long()
-        c0, c1, c2, c3 = table.table.index_select(0, cell).view(-1, 7, outputs)[:, :4].unbind(1)
-        u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+        u = table.value(cell, t)
     # A leaf for the particles' u, so ∂log f/∂u comes from the loss's own graph; the particles outside the grid
     # replace their rows with the exact decoder's (its graph kept), and their g_p reads 0 on the leaf.
     interpolated = u.requires_grad_(True)
@@ -420,8 +424,7 @@ class TabulatedLaws:
         for index, (table, part) in enumerate(zip(self.tables, self.layout.split(z))):
             flat = part.reshape(-1)
             cell, t, outside = table.locate(flat)
-            c0, c1, c2, c3 = table.table.index_select(0, cell.long()).view(-1, 7, 1)[:, :4].unbind(1)
-            u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+            u = table.value(cell.long(), t)
             if outside.numel():
                 u = u.index_put((outside,), self.decoder.block_forward(index, flat[outside].unsqueeze(-1)))
             effects.append(u.view(part.shape))

@@ -329,7 +329,9 @@ class MixedModel(LatentVariableModel):
         if units is None:
             units = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         batch, chains = z.shape[0], z.shape[1]
-        per_row = self.likelihood.log_prob_rows(x, (decoder or self.decoder)(z), units)  # (R, C)
+        per_row = self.likelihood.log_prob_rows(
+            x, (decoder if decoder is not None else self.decoder)(z), units
+        )  # (R, C)
         rows = per_row.new_zeros(batch * count, chains).index_add(0, units * count + row_component, per_row)
         prior = -0.5 * (z.square() + LOG_2PI)  # (B, C, d)
         priors = prior.new_zeros(batch, chains, count).index_add(-1, block, prior)

@@ -168,6 +168,16 @@ def _family_log_prob(likelihood, dispersion_index: int):
     return log_prob
 
 
+def _normal_grid(points: int, limit: float = 8.5) -> tuple[Tensor, Tensor]:
+    """z (points,) uniform on [−limit, limit] and log(trapezoid weight × N(z; 0, 1)) there: the dense z-grids'
+    rule (``_grid_rule``, ``_nested_estimate``, ``LawShape``)."""
+    z = torch.linspace(-limit, limit, points, dtype=torch.float64)
+    log_w = math.log(float(z[1] - z[0])) - 0.5 * (z.square() + LOG_2PI)
+    log_w[0] -= math.log(2.0)
+    log_w[-1] -= math.log(2.0)
+    return z, log_w
+
+
 # Shape directions per learned law of one random term (LawShape): the tilt by v alone. With v² and v³ as well the
 # information was indefinite on grouseticks (a stochastic fit is not at a maximum of every shape direction: no SEs),
 # and epil's SEs moved by under 1 % more.
@@ -197,12 +207,8 @@ class LawShape:
 
     @classmethod
     @torch.no_grad()
-    def of(cls, model: MixedModel, index: int, mean: Tensor, limit: float = 8.5) -> LawShape:
-        z = torch.linspace(-limit, limit, GRID_POINTS, dtype=torch.float64)
-        spacing = float(z[1] - z[0])
-        log_weights = math.log(spacing) - 0.5 * (z.square() + LOG_2PI)
-        log_weights[0] -= math.log(2.0)
-        log_weights[-1] -= math.log(2.0)
+    def of(cls, model: MixedModel, index: int, mean: Tensor) -> LawShape:
+        z, log_weights = _normal_grid(GRID_POINTS)
         centred = model.decoder.block_forward(index, z.unsqueeze(1))[:, 0] - mean[0]
         probability = torch.softmax(log_weights, 0)
         mean0 = (probability * centred).sum()
@@ -337,13 +343,9 @@ def _grid_rule(model: MixedModel, points: int, limit: float = 8.5) -> Integratio
     level. A learned law u = h(z) may bend (even turn back), which no rule centred on a Gaussian follows; on a grid
     fine against the posterior's width the trapezoid rule of a smooth integrand is exact to far below a nat."""
     block = model.layout.blocks[0]
-    z = torch.linspace(-limit, limit, points, dtype=torch.float64)
-    spacing = float(z[1] - z[0])
-    log_w = torch.full((points,), math.log(spacing), dtype=torch.float64)
-    log_w[0] = log_w[-1] = math.log(spacing / 2)
-    log_prior = -0.5 * (z.square() + LOG_2PI)
+    z, log_w = _normal_grid(points, limit)
     grid = z.reshape(points, 1, 1).expand(points, block.num_groups, 1)
-    weights = (log_w + log_prior).unsqueeze(1).expand(points, block.num_groups)
+    weights = log_w.unsqueeze(1).expand(points, block.num_groups)
     return IntegrationRule(
         grid.reshape(points, -1), weights, torch.zeros(block.num_groups, dtype=torch.float64), "quadrature"
     )
@@ -391,11 +393,7 @@ def _nested_estimate(
     layout = likelihood.layout
     outer, inner = pair
     p = layout.num_fixed
-    z = torch.linspace(-8.5, 8.5, nodes, dtype=torch.float64)
-    spacing = float(z[1] - z[0])
-    log_w = math.log(spacing) - 0.5 * (z.square() + LOG_2PI)
-    log_w[0] -= math.log(2.0)
-    log_w[-1] -= math.log(2.0)
+    z, log_w = _normal_grid(nodes)
     with torch.no_grad():
         law = [model.decoder.block_forward(i, z.unsqueeze(1))[:, 0] for i in range(2)]  # u = h_f(z) at the nodes
     means = _law_means(model)
@@ -603,10 +601,11 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         component's mean weight.
     """
     model, x, draws = in_float64(model), x.double().cpu(), draws.double().cpu()
-    estimate, theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed)
+    shapes = _law_shapes(model, x)
+    estimate, theta, per_component, se, method = _integrate(model, x, draws, num_samples, seed, shapes=shapes)
     # one double-backward pass per parameter (torch.autograd.functional.hessian) runs about twice as fast here as
     # torch.func.hessian's vectorised forward-over-reverse (0.68 against 1.49 s on grouseticks' nested grid)
-    shape_count = SHAPE_DIRECTIONS * sum(shape is not None for shape in _law_shapes(model, x))
+    shape_count = SHAPE_DIRECTIONS * sum(shape is not None for shape in shapes)
     point = torch.cat([theta, theta.new_zeros(shape_count)])  # the laws' tilts τ = 0: the fit itself
     information = -sum(torch.autograd.functional.hessian(lambda t, f=f: f(t).sum(), point) for f in _parts_of(estimate))
     if shape_count:  # the information left about θ once the laws' shapes are free: θ's block less what τ explains
@@ -620,6 +619,10 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
             basis, covariance = name, torch.linalg.inv(block)[:p, :p]
             break
     ok = basis != "unavailable"
+    if not isinstance(model.decoder, MixedMLPDecoder):
+        law_shape = "gaussian"  # lme4's law: nothing but its spread
+    else:
+        law_shape = "tilt" if shape_count else "held"
     standard_errors = covariance.diagonal().clamp_min(0).sqrt() if ok else torch.full((p,), float("nan"))
     return {
         "log_lik": float(per_component.sum()),
@@ -631,11 +634,7 @@ def mixed_fit_statistics(model: MixedModel, x: Tensor, draws: Tensor, num_sample
         "covariance": covariance,
         "information_ok": ok,
         "se_basis": basis,
-        "se_law_shape": "gaussian"
-        if not isinstance(model.decoder, MixedMLPDecoder)
-        else "tilt"
-        if shape_count
-        else "held",
+        "se_law_shape": law_shape,
     }
 
 
@@ -656,14 +655,21 @@ def _parts_of(estimate) -> list:
 
 
 def _integrate(
-    model: MixedModel, x: Tensor, draws: Tensor, num_samples: int, seed: int, max_nodes: int = NESTED_MAX_NODES
+    model: MixedModel,
+    x: Tensor,
+    draws: Tensor,
+    num_samples: int,
+    seed: int,
+    max_nodes: int = NESTED_MAX_NODES,
+    shapes: list | None = None,
 ):
     """The integration rule of ``mixed_fit_statistics`` and ``integrated_log_lik`` (``model`` in float64, ``x`` and
     ``draws`` float64 on the CPU): (theta -> (K,) estimate, theta at the fit, (K,) per component at the fit, its SE,
-    the method's name). A nested pair's grids are refined up to ``max_nodes`` per factor."""
+    the method's name). A nested pair's grids are refined up to ``max_nodes`` per factor. With ``shapes``
+    (``_law_shapes``) the estimate also takes the laws' tilts τ after theta's entries."""
     row_component, parts = components(model, x)
     theta, _names = _parameter_vector(model)
-    shapes, base = _law_shapes(model, x), theta.numel()  # a θ of the estimate may carry the laws' tilts after base
+    base = theta.numel()  # where a θ of the estimate carries the laws' tilts
     pair = nested_pair(model, x)
     if pair is not None:  # dense grids of both factors, the first whose value twice the nodes confirm
         nodes = NESTED_NODES
