@@ -171,6 +171,7 @@ def mlp_layers(decoder: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] |
         index += 2
     if layers[-1][1] is not None:
         return None
+    layers[-1] = (decoder.output_layer(), None)
     return layers
 
 

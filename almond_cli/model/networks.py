@@ -8,7 +8,7 @@ Contract: networks return natural parameters, never samples.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,8 +112,21 @@ class MLPEncoder(Encoder):
         return mean, log_var
 
 
+class LayerNumbers(NamedTuple):
+    """A linear layer's weight (m, k) and bias (m,), without a module (no parameters, no initialisation drawn)."""
+
+    weight: Tensor
+    bias: Tensor
+
+
 class MLPDecoder(Decoder):
-    """An MLP from z to u = h(z).
+    """An MLP from z to u = h(z) = shift + scale · net(z).
+
+    ``output_shift`` and ``output_scale`` (buffers, (P,); 0 and 1 unless set) put the network's output in the data's
+    units, so that its weights work in standardised ones: Adam moves every weight by about its learning rate, which
+    on data whose signal sd is 0.03 (batting averages) would move u by a third of that sd per step if the output
+    layer carried the scale. ``collapse.reset_to_normal_prior`` sets them; a checkpoint saved before them loads with
+    the identity.
 
     Args:
         latent_dim: d.
@@ -134,9 +147,26 @@ class MLPDecoder(Decoder):
         super().__init__()
         self.latent_dim = latent_dim
         self.net = make_mlp(latent_dim, hidden_sizes, output_dim, activation, init)
+        self.register_buffer("output_shift", torch.zeros(output_dim))
+        self.register_buffer("output_scale", torch.ones(output_dim))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+        # shift + 1 · net(z) is net(z) exactly, so a decoder without an affine gives the same bits as before it
+        return torch.addcmul(self.output_shift, self.output_scale, self.net(z))
+
+    @torch.no_grad()
+    def output_layer(self) -> LayerNumbers:
+        """The network's last layer with the output affine folded in, detached (the same numbers as the layer where
+        there is no affine): the layer a fused forward sweep (``langevin.targets.mlp_layers``) multiplies by."""
+        last = self.net[-1]
+        weight = last.weight.detach() * self.output_scale.unsqueeze(1)
+        return LayerNumbers(weight, torch.addcmul(self.output_shift, self.output_scale, last.bias.detach()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint saved before the output affine: its network's output is u itself.
+        for name, default in (("output_shift", self.output_shift), ("output_scale", self.output_scale)):
+            state_dict.setdefault(prefix + name, torch.full_like(default, 0.0 if name == "output_shift" else 1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class LinearDecoder(Decoder):

@@ -44,9 +44,13 @@ def make_model(hidden, activation, latent_dim, data_dim, seed=0):
     return model
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "output-affine"])
 @pytest.mark.parametrize("hidden,activation,latent_dim,data_dim", CASES)
-def test_value_and_gradient_match_autograd(hidden, activation, latent_dim, data_dim):
+def test_value_and_gradient_match_autograd(hidden, activation, latent_dim, data_dim, affine):
     model = make_model(hidden, activation, latent_dim, data_dim)
+    if affine:  # a restarted decoder's output in the data's units (training/collapse.py): folded into the last layer
+        model.decoder.output_shift.copy_(torch.linspace(-1.0, 2.0, data_dim))
+        model.decoder.output_scale.copy_(torch.linspace(0.3, 1.7, data_dim))
     x = torch.randn(13, data_dim) * 2
     z = torch.randn(13, 9, latent_dim) * 2
     target = targets.target_for(model, x)

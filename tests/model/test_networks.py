@@ -60,3 +60,28 @@ def test_the_tanh_activation_is_tanh_in_value_and_gradient():
     assert float((y - torch.tanh(x)).abs().max().detach()) < 1e-15
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert torch.allclose(grad, 1 - torch.tanh(x.detach()) ** 2, atol=1e-15)
+
+
+def test_a_decoder_saved_before_the_output_affine_loads_as_the_identity():
+    """Checkpoints from before ``output_shift`` / ``output_scale`` keep loading (strictly) and give the same u."""
+    torch.manual_seed(0)
+    saved = MLPDecoder(1, 2, [6])
+    state = {k: v for k, v in saved.state_dict().items() if not k.startswith("output_")}
+    loaded = MLPDecoder(1, 2, [6])
+    loaded.output_shift.fill_(5.0)
+    loaded.output_scale.fill_(3.0)
+    loaded.load_state_dict(state)
+    z = torch.randn(7, 1)
+    assert torch.equal(loaded(z), saved(z)) and torch.equal(loaded(z), saved.net(z))
+
+
+def test_the_output_affine_is_applied_and_saved():
+    torch.manual_seed(0)
+    decoder = MLPDecoder(1, 2, [6])
+    decoder.output_shift.copy_(torch.tensor([0.5, -1.0]))
+    decoder.output_scale.copy_(torch.tensor([0.03, 2.0]))
+    z = torch.randn(7, 1)
+    torch.testing.assert_close(decoder(z), torch.tensor([0.5, -1.0]) + torch.tensor([0.03, 2.0]) * decoder.net(z))
+    copy = MLPDecoder(1, 2, [6])
+    copy.load_state_dict(decoder.state_dict())
+    assert torch.equal(copy(z), decoder(z))
