@@ -197,21 +197,24 @@ class LinearDecoder(Decoder):
 def scale_decoder_output(decoder: nn.Module, scale: Tensor, shift: Tensor) -> bool:
     """Makes the decoder's output h'(z) = scale · h(z) + shift, exactly, by changing its output layer (W, b) to
     (scale · W, scale · b + shift); returns False, changing nothing, for a decoder without one (not an MLP or linear
-    decoder).
+    decoder). Behind an MLP's output affine (m, s), u = m + s · (W a + b), the bias takes the shift in the network's
+    units: scale · b + (shift + (scale − 1) · m) / s.
 
     Args:
         decoder: the decoder.
         scale: (P,) per output coordinate.
         shift: (P,).
     """
+    # in float64, then stored: scale · b and shift may nearly cancel (a collapsed h has b far from its small spread)
+    scale, shift = scale.double(), shift.double()
     if isinstance(decoder, MLPDecoder):
         layer = decoder.net[-1]
+        affine_shift, affine_scale = decoder.output_shift.double().cpu(), decoder.output_scale.double().cpu()
+        shift = (shift + (scale - 1.0) * affine_shift) / affine_scale
     elif isinstance(decoder, LinearDecoder):
         layer = decoder.linear
     else:
         return False
-    # in float64, then stored: scale · b and shift may nearly cancel (a collapsed h has b far from its small spread)
-    scale, shift = scale.double(), shift.double()
     layer.weight.copy_(layer.weight.double() * scale.to(layer.weight.device).unsqueeze(1))
     layer.bias.copy_(layer.bias.double() * scale.to(layer.bias.device) + shift.to(layer.bias.device))
     return True

@@ -85,3 +85,21 @@ def test_the_output_affine_is_applied_and_saved():
     copy = MLPDecoder(1, 2, [6])
     copy.load_state_dict(decoder.state_dict())
     assert torch.equal(copy(z), decoder(z))
+
+
+def test_rescaling_a_decoder_behind_an_output_affine_is_exact():
+    """scale_decoder_output keeps h'(z) = scale · h(z) + shift whatever the output affine (training/collapse.py's
+    fallback rescale of a decoder that was restarted before)."""
+    from almond_cli.model.networks import scale_decoder_output
+
+    torch.manual_seed(0)
+    decoder = MLPDecoder(1, 2, [6])
+    decoder.output_shift.copy_(torch.tensor([0.5, -1.0]))
+    decoder.output_scale.copy_(torch.tensor([0.03, 2.0]))
+    z = torch.randn(9, 1)
+    with torch.no_grad():
+        before = decoder(z)
+    scale, shift = torch.tensor([4.0, 0.5]), torch.tensor([1.0, 3.0])
+    assert scale_decoder_output(decoder, scale, shift)
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(z), scale * before + shift, rtol=1e-5, atol=1e-5)
