@@ -245,7 +245,7 @@ def auto_epochs_for_data(overrides: list[str]) -> list[str]:
     An experiment's epoch count was chosen for the data it was published with; on a user's table only the checks
     can say when training is done (``training/stopping.py``). Its warm-up length too: a learning rate that starts to
     decay at a fixed epoch makes the checks stop on the decay rather than on the fit (batting averages: Adam decaying
-    from epoch 200 stopped at 380 epochs 0.019 nats per held-out row short of the NPMLE; held constant, 0.005).
+    from epoch 200 stopped at 380 epochs 0.019 nats per held-out row short of the NPMLE; held constant, 0.003).
     Left alone: a resume or warm start (their run lengths are their own), a ``debug=`` preset (its short counts are
     the point of it) and a sweep over data options.
     """

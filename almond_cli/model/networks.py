@@ -124,8 +124,8 @@ class MLPDecoder(Decoder):
 
     ``output_shift`` and ``output_scale`` (buffers, (P,); 0 and 1 unless set) put the network's output in the data's
     units, so that its weights work in standardised ones: Adam moves every weight by about its learning rate, which
-    on data whose signal sd is 0.03 (batting averages) would move u by a third of that sd per step if the output
-    layer carried the scale. ``collapse.reset_to_normal_prior`` sets them; a checkpoint saved before them loads with
+    on data whose signal sd is 0.03 (batting averages) moves u by several of those sds per step where the weights
+    carry the scale (tests/training/test_stopping.py). ``collapse.reset_to_normal_prior`` sets them; a checkpoint saved before them loads with
     the identity.
 
     Args:

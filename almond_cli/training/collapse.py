@@ -9,9 +9,10 @@ draws from ``evaluation.seed``) is compared with the data's signal spread, which
 ``COLLAPSE_RATIO`` of it, ALMOND starts from that normal prior instead, and a warning says so: an MLP decoder is
 restarted as it (``reset_to_normal_prior``: a fresh network fitted to the identity behind an output affine of the
 prior's mean and sd); a linear decoder, or an MLP with fewer latent than output coordinates, has its output layer
-rescaled to the prior's mean and sd (h'(z) = m + s · (h(z) − mean h) / sd h, the shape of h kept). ``schedule.collapse_ratio`` sets the share (0: no check; ``debug=tiny`` sets 0, as
-its 20-epoch VAE is always too narrow and its runs test other things). The VAE's own scores (summary.json ``vae``, ``vae.pt``) stay those of the VAE as
-trained. No random stream of training is used, so a run without a collapse is unchanged, bitwise.
+rescaled to the prior's mean and sd (h'(z) = m + s · (h(z) − mean h) / sd h, the shape of h kept).
+``schedule.collapse_ratio`` sets the share (0: no check; ``debug=tiny`` sets 0, as its 20-epoch VAE is always too
+narrow and its runs test other things). The VAE's own scores (summary.json ``vae``, ``vae.pt``) stay those of the
+VAE as trained. No random stream of training is used, so a run without a collapse is unchanged, bitwise.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ def reset_to_normal_prior(decoder, mean: torch.Tensor, sd: torch.Tensor, seed: i
 
 
 def repair_collapsed_warm_start(model, task, dataset, cfg, device) -> dict | None:
-    """Checks the VAE warm start (module docstring) and rescales a collapsed decoder's output to the signal's
-    moments; returns what it found ({"u_sd", "signal_sd", "repaired"}), or None where nothing was collapsed, the
+    """Checks the VAE warm start (module docstring) and starts a collapsed one over from the signal's normal prior
+    (``reset_to_normal_prior``, else a rescale to its moments); returns what it found ({"u_sd", "signal_sd", "repaired"}), or None where nothing was collapsed, the
     task knows no signal spread or ``schedule.collapse_ratio`` is 0 (a run saved before the key: no check)."""
     ratio = float(cfg.schedule.get("collapse_ratio", 0.0)) if "schedule" in cfg else COLLAPSE_RATIO
     if ratio <= 0:
