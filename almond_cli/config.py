@@ -179,7 +179,8 @@ class AutoScheduleConfig:
     ``every`` epochs the held-out rows' log-likelihood (the training rows' if none are held out) is estimated with
     ``nll_samples`` importance draws per row from ``evaluation.seed`` (the same draws at every check, so successive
     checks are paired); the phase stops once ``window`` checks in a row have not beaten the best so far by more than
-    the standard error of the paired gain, or at ``max_<phase>_epochs``. Fixed-epoch ALMOND runs make the same checks
+    the standard error of the paired gain, or at ``max_<phase>_epochs``; the ALMOND phase first halves its learning
+    rate at ``halvings`` such plateaus. Fixed-epoch ALMOND runs make the same checks
     over their last ``window`` x ``every`` epochs to say whether they were still improving at the end."""
 
     every: int = 10
@@ -187,6 +188,7 @@ class AutoScheduleConfig:
     max_vae_epochs: int = 1000
     max_almond_epochs: int = 2000
     nll_samples: int = 100
+    halvings: int = 2
 
 
 @dataclass
@@ -587,6 +589,12 @@ def validate(cfg) -> None:
     for key in ("every", "window", "max_vae_epochs", "max_almond_epochs", "nll_samples"):
         value = getattr(auto, key)
         _require(isinstance(value, int) and value >= 1, f"schedule.auto.{key}", f"must be >= 1, got {value!r}")
+    halvings = getattr(auto, "halvings", AutoScheduleConfig.halvings)
+    _require(
+        isinstance(halvings, int) and halvings >= 0,
+        "schedule.auto.halvings",
+        f"must be a whole number >= 0 (0: the ALMOND phase stops at its first plateau), got {halvings!r}",
+    )
     _require(schedule.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {schedule.warmup_epochs}")
     _require(schedule.vae_draws >= 1, "schedule.vae_draws", f"must be >= 1, got {schedule.vae_draws}")
     for key in ("vae_lr", "adam_lr", "sgd_lr"):

@@ -6,7 +6,8 @@
   at lr sgd_lr / sqrt(e − warmup + 1).
 
 Every rate depends on the epoch index alone, never on the epoch count, so each stays defined under
-``almond_epochs=auto``; Polyak-Ruppert averaging (``average_last`` > 0) then averages the parameters since the
+``almond_epochs=auto``; there the rates also carry a factor of 0.5 for each plateau the progress checks met by
+halving them (``schedule.auto.halvings``, ``AlmondOptimisers.rate_factor``); Polyak-Ruppert averaging (``average_last`` > 0) then averages the parameters since the
 progress checks' last significant gain (``training/stopping.py``): the plateau over which the run stopped.
 """
 
@@ -45,6 +46,9 @@ class AlmondOptimisers:
         # epochs, which replaces them at the end (``use_average``): the noise of stochastic gradients averages out.
         self.average: list[torch.Tensor] | None = None
         self.averaged = 0
+        # The factor on every rate after the plateaus the auto checks met with a smaller rate (0.5 ** halvings,
+        # ``stopping.ProgressChecks.rate_factor``; the trainer sets it, and restores it from the checks on resume).
+        self.rate_factor = 1.0
         self.adam = torch.optim.Adam(parameters, lr=schedule_cfg.adam_lr)
         self.sgd = torch.optim.SGD(
             parameters,
@@ -59,9 +63,9 @@ class AlmondOptimisers:
 
     def learning_rate(self, epoch: int) -> float:
         if epoch < self.cfg.warmup_epochs:
-            return float(self.cfg.adam_lr)
+            return float(self.cfg.adam_lr) * self.rate_factor
         base = self.cfg.adam_lr if self._adam_after_warmup else self.cfg.sgd_lr
-        return float(base) / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
+        return float(base) * self.rate_factor / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
 
     def for_epoch(self, epoch: int) -> torch.optim.Optimizer:
         """The optimiser of ALMOND epoch ``epoch`` with its learning rate set: Adam during warm-up, then SGD (or,

@@ -14,6 +14,12 @@ incumbent, not with the previous check, so a slow rise that no single interval s
 (With fewer than two units, as a mixed model's one table, the standard error is that of the two Monte Carlo
 estimates instead, ``MarginalEstimate.mc_variance``.)
 
+**Plateaus.** Under auto the ALMOND phase meets its first ``schedule.auto.halvings`` plateaus (``window`` checks
+without a significant gain) by halving its learning rate instead of stopping (``ProgressChecks.halve``), and stops at
+the next. A constant rate leaves the parameters jittering around the fit, and the checks then stop on the jitter:
+on batting averages (five held-out fifths) two halvings brought four of five fits within 0.01 nats of the NPMLE
+and the best hitter within 0.01 of its posterior mean, against three without. The VAE phase stops at its first.
+
 **Still improving.** A run was still improving at its end if its last check beats the check ``window`` checks
 before it (``window`` x ``every`` epochs earlier) by more than twice the standard error of that paired gain. One
 test at two standard errors, not the rule's one, because it raises a warning: on a plateau it fires 2 % of the
@@ -78,6 +84,7 @@ class ProgressChecks:
         self.incumbent_epoch = 0
         self.since_gain = 0  # checks since the incumbent was set
         self.gains = 0  # significant gains after the first check
+        self.halvings = 0  # plateaus met with a halved learning rate instead of a stop (``halve``)
         self.checks: list[Check] = []
         self.recent: list[tuple[Tensor, Tensor]] = []  # (log_lik, mc_variance) of the last window + 1 checks
 
@@ -112,6 +119,17 @@ class ProgressChecks:
         """Whether ``window`` checks in a row have brought no significant gain."""
         return self.incumbent is not None and self.since_gain >= self.window
 
+    def halve(self) -> None:
+        """Meets a plateau (``done``) with a halved learning rate instead of a stop: the next ``window`` checks get
+        their chance to beat the incumbent at the smaller rate."""
+        self.halvings += 1
+        self.since_gain = 0
+
+    @property
+    def rate_factor(self) -> float:
+        """The learning rate's factor after the plateaus met so far: 0.5 ** halvings."""
+        return 0.5**self.halvings
+
     def recent_gain(self) -> tuple[int, float, float] | None:
         """(epoch of the reference, gain, gain_se): the last check's paired gain over the check up to ``window``
         checks before it; None with fewer than two checks."""
@@ -134,6 +152,7 @@ class ProgressChecks:
             "incumbent_epoch": self.incumbent_epoch,
             "since_gain": self.since_gain,
             "gains": self.gains,
+            "halvings": self.halvings,
             "checks": [asdict(check) for check in self.checks],
             "recent": [torch.stack(pair) for pair in self.recent],
         }
@@ -146,6 +165,7 @@ class ProgressChecks:
             checks.incumbent, checks.incumbent_mc = state["incumbent"], state["incumbent_mc"]
             checks.incumbent_epoch, checks.since_gain = int(state["incumbent_epoch"]), int(state["since_gain"])
             checks.gains = int(state["gains"])
+            checks.halvings = int(state.get("halvings", 0))  # a checkpoint saved before halvings: none
             checks.checks = [Check(**check) for check in state["checks"]]
             checks.recent = [(pair[0], pair[1]) for pair in state.get("recent", [])][-(checks.window + 1) :]
         return checks

@@ -219,6 +219,7 @@ class TrainingRun:
         self.checks = {
             phase: ProgressChecks.from_state_dict(saved_checks.get(phase.value), window) for phase in self.checks
         }
+        self.almond_optimisers.rate_factor = self.checks[Phase.ALMOND].rate_factor  # the plateaus met before
 
     def resume_from(self, state: dict) -> None:
         """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
@@ -293,9 +294,18 @@ class TrainingRun:
         if position.phase == Phase.DONE or not check_due(schedule, position.phase.value, done):
             return {}
         log_lik, mc_variance = evaluate_check(self.task, self.model, self.dataset, self.cfg, self.device)
-        check = self.checks[position.phase].add(log_lik, done, mc_variance)
+        checks = self.checks[position.phase]
+        check = checks.add(log_lik, done, mc_variance)
         if check.significant and position.phase == Phase.ALMOND and self._auto(Phase.ALMOND):
             self.almond_optimisers.restart_average()  # averaging under auto covers the plateau since the last gain
+        if position.phase == Phase.ALMOND and self._auto(Phase.ALMOND) and checks.done():
+            if checks.halvings < int(auto_settings(schedule)["halvings"]):  # a plateau met by a smaller rate
+                checks.halve()
+                self.almond_optimisers.rate_factor = checks.rate_factor
+                self.reporter.note(
+                    f"almond epoch {done}: {checks.window} checks without a gain above its standard error; "
+                    f"the learning rate halved ({checks.halvings} of {auto_settings(schedule)['halvings']})"
+                )
         fields = {"check_nll": check.nll, "check_nll_se": check.nll_se}
         if math.isfinite(check.gain):
             fields.update(check_gain=check.gain, check_gain_se=check.gain_se)

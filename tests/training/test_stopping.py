@@ -98,6 +98,32 @@ def test_state_round_trip_continues_the_same_decisions():
     assert torch.equal(again.incumbent, checks.incumbent) and again.checks == checks.checks
 
 
+def test_a_halved_plateau_gets_a_new_window_and_the_halvings_survive_a_checkpoint():
+    rise = [10 * PAIRED_SE * t for t in range(6)]
+    checks = checks_of(rise + [rise[-1]] * 5, noise=0.0)
+    assert checks.done() and checks.rate_factor == 1.0
+    checks.halve()
+    assert not checks.done() and checks.halvings == 1 and checks.rate_factor == 0.5
+    again = ProgressChecks.from_state_dict(checks.state_dict(), 5)
+    assert again.halvings == 1 and again.rate_factor == 0.5 and not again.done()
+    old = checks.state_dict()
+    del old["halvings"]  # a checkpoint saved before halvings
+    assert ProgressChecks.from_state_dict(old, 5).rate_factor == 1.0
+
+
+def test_the_learning_rates_carry_the_plateaus_factor():
+    from omegaconf import OmegaConf
+
+    schedule = OmegaConf.create(
+        {"warmup_epochs": 3, "adam_lr": 0.01, "sgd_lr": 0.02, "sgd_momentum": 0.1, "weight_decay": 0.0}
+    )
+    optimisers = AlmondOptimisers([torch.nn.Parameter(torch.zeros(1))], schedule)
+    optimisers.rate_factor = 0.25
+    assert optimisers.learning_rate(0) == pytest.approx(0.0025)
+    assert optimisers.learning_rate(3) == pytest.approx(0.005)  # SGD's 0.02 / sqrt(1), quartered
+    assert optimisers.for_epoch(0).param_groups[0]["lr"] == pytest.approx(0.0025)
+
+
 def test_one_unit_uses_the_monte_carlo_standard_error():
     checks = ProgressChecks(2)
     checks.add(torch.tensor([-100.0]), 10, torch.tensor([0.01]))
@@ -288,6 +314,10 @@ def test_auto_is_accepted_and_nonsense_refused_naming_the_key():
     with pytest.raises(ConfigError) as error:
         validate(compose_config(["schedule.auto.window=0"]))
     assert error.value.key == "schedule.auto.window"
+    validate(compose_config(["schedule.auto.halvings=0"]))
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["schedule.auto.halvings=-1"]))
+    assert error.value.key == "schedule.auto.halvings"
 
 
 def test_a_bad_epoch_count_exits_2_with_one_line(capsys):
@@ -369,3 +399,29 @@ def test_an_auto_run_records_its_checks_and_a_finished_run_extends(tmp_path):
     assert longer["timing"]["stopped_because"]["almond"] == "epochs"
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-(run + 4) :] == list(range(1, run + 5))
+
+
+def test_an_auto_run_halves_its_rate_at_its_first_plateaus_and_a_resume_keeps_it(tmp_path):
+    """Checks every epoch, a window of 1, and a rate (1e-12) too small to move a float32 weight: every check after
+    the first is a plateau, exactly. Epoch 2's and 3's are met by halving the rate, epoch 4's stops the phase; extended
+    by resume, the run goes on at the last rate."""
+    import json
+
+    from almond_cli.training.checkpoint import load_checkpoint
+    from almond_cli.training.trainer import train
+
+    flat = [*AUTO_RUN, "schedule.auto.every=1", "schedule.auto.window=1", "schedule.warmup_epochs=100"]
+    flat.append("schedule.adam_lr=1e-12")
+    summary = train(compose_config(flat), tmp_path)
+    assert summary["timing"]["almond_epochs_run"] == 4 and summary["timing"]["stopped_because"]["almond"] == "no_gain"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records if r["phase"] == "almond"]
+    assert [rate / 1e-12 for rate in rates] == pytest.approx([1.0, 1.0, 0.5, 0.25])
+    longer = train(
+        compose_config([*flat, "schedule.almond_epochs=6"]),
+        tmp_path,
+        checkpoint=load_checkpoint(tmp_path / "checkpoints" / "last.pt"),
+    )
+    assert longer["timing"]["almond_epochs_run"] == 6
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] / 1e-12 for r in records if r["phase"] == "almond"][-2:] == pytest.approx([0.25, 0.25])
