@@ -164,8 +164,8 @@ class MLPDecoder(Decoder):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint saved before the output affine: its network's output is u itself.
-        for name, default in (("output_shift", self.output_shift), ("output_scale", self.output_scale)):
-            state_dict.setdefault(prefix + name, torch.full_like(default, 0.0 if name == "output_shift" else 1.0))
+        state_dict.setdefault(prefix + "output_shift", torch.zeros_like(self.output_shift))
+        state_dict.setdefault(prefix + "output_scale", torch.ones_like(self.output_scale))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

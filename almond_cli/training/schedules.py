@@ -7,8 +7,9 @@
 
 Every rate depends on the epoch index alone, never on the epoch count, so each stays defined under
 ``almond_epochs=auto``; there the rates also carry a factor of 0.5 for each plateau the progress checks met by
-halving them (``schedule.auto.halvings``, ``AlmondOptimisers.rate_factor``); Polyak-Ruppert averaging (``average_last`` > 0) then averages the parameters since the
-progress checks' last significant gain (``training/stopping.py``): the plateau over which the run stopped.
+halving them (``schedule.auto.halvings``, ``stopping.ProgressChecks.rate_factor``, passed in by the trainer);
+Polyak-Ruppert averaging (``average_last`` > 0) then averages the parameters since the progress checks' last
+significant gain (``training/stopping.py``): the plateau over which the run stopped.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ class AlmondOptimisers:
         # epochs, which replaces them at the end (``use_average``): the noise of stochastic gradients averages out.
         self.average: list[torch.Tensor] | None = None
         self.averaged = 0
-        # The factor on every rate after the plateaus the auto checks met with a smaller rate (0.5 ** halvings,
-        # ``stopping.ProgressChecks.rate_factor``; the trainer sets it, and restores it from the checks on resume).
-        self.rate_factor = 1.0
         self.adam = torch.optim.Adam(parameters, lr=schedule_cfg.adam_lr)
         self.sgd = torch.optim.SGD(
             parameters,
@@ -61,19 +59,21 @@ class AlmondOptimisers:
     def _adam_after_warmup(self) -> bool:
         return getattr(self.cfg, "after_warmup", "sgd") == "adam"  # a run saved before the key: the paper's SGD
 
-    def learning_rate(self, epoch: int) -> float:
+    def learning_rate(self, epoch: int, factor: float = 1.0) -> float:
+        """The rate of ALMOND epoch ``epoch`` times ``factor`` (the auto checks' ``rate_factor``: 0.5 per plateau met
+        by halving the rate)."""
         if epoch < self.cfg.warmup_epochs:
-            return float(self.cfg.adam_lr) * self.rate_factor
+            return float(self.cfg.adam_lr) * factor
         base = self.cfg.adam_lr if self._adam_after_warmup else self.cfg.sgd_lr
-        return float(base) * self.rate_factor / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
+        return float(base) * factor / math.sqrt(epoch - self.cfg.warmup_epochs + 1)
 
-    def for_epoch(self, epoch: int) -> torch.optim.Optimizer:
-        """The optimiser of ALMOND epoch ``epoch`` with its learning rate set: Adam during warm-up, then SGD (or,
-        with ``schedule.after_warmup=adam``, Adam on) at a rate decaying as 1/sqrt."""
+    def for_epoch(self, epoch: int, factor: float = 1.0) -> torch.optim.Optimizer:
+        """The optimiser of ALMOND epoch ``epoch`` with its learning rate set (``learning_rate(epoch, factor)``): Adam
+        during warm-up, then SGD (or, with ``schedule.after_warmup=adam``, Adam on) at a rate decaying as 1/sqrt."""
         warm = epoch < self.cfg.warmup_epochs
         optimiser = self.adam if warm or self._adam_after_warmup else self.sgd
         for group in optimiser.param_groups:
-            group["lr"] = self.learning_rate(epoch)
+            group["lr"] = self.learning_rate(epoch, factor)
         return optimiser
 
     def average_start(self) -> int | None:

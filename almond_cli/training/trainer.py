@@ -219,7 +219,6 @@ class TrainingRun:
         self.checks = {
             phase: ProgressChecks.from_state_dict(saved_checks.get(phase.value), window) for phase in self.checks
         }
-        self.almond_optimisers.rate_factor = self.checks[Phase.ALMOND].rate_factor  # the plateaus met before
 
     def resume_from(self, state: dict) -> None:
         """Continues from ``state``: restores everything and cuts ``metrics.jsonl`` back to its epochs."""
@@ -298,14 +297,13 @@ class TrainingRun:
         check = checks.add(log_lik, done, mc_variance)
         if check.significant and position.phase == Phase.ALMOND and self._auto(Phase.ALMOND):
             self.almond_optimisers.restart_average()  # averaging under auto covers the plateau since the last gain
-        if position.phase == Phase.ALMOND and self._auto(Phase.ALMOND) and checks.done():
-            if checks.halvings < int(auto_settings(schedule)["halvings"]):  # a plateau met by a smaller rate
-                checks.halve()
-                self.almond_optimisers.rate_factor = checks.rate_factor
-                self.reporter.note(
-                    f"almond epoch {done}: {checks.window} checks without a gain above its standard error; "
-                    f"the learning rate halved ({checks.halvings} of {auto_settings(schedule)['halvings']})"
-                )
+        halvings = int(auto_settings(schedule)["halvings"])
+        if position.phase == Phase.ALMOND and self._auto(Phase.ALMOND) and checks.done() and checks.halvings < halvings:
+            checks.halve()  # a plateau met by a smaller rate (the checks' rate_factor, read at every update)
+            self.reporter.note(
+                f"almond epoch {done}: {checks.window} checks without a gain above its standard error; "
+                f"the learning rate halved ({checks.halvings} of {halvings})"
+            )
         fields = {"check_nll": check.nll, "check_nll_se": check.nll_se}
         if math.isfinite(check.gain):
             fields.update(check_gain=check.gain, check_gain_se=check.gain_se)
@@ -336,13 +334,15 @@ class TrainingRun:
             )
             return loss, {}, {"lr": float(cfg.schedule.vae_lr)}
         step_size = langevin_step_size(self.sampler, position.epoch)
-        optimiser = self.almond_optimisers.for_epoch(position.epoch)
+        rate_factor = self.checks[Phase.ALMOND].rate_factor  # 0.5 per plateau the auto checks met by halving
+        optimiser = self.almond_optimisers.for_epoch(position.epoch, rate_factor)
         loss, info = phases.almond_update(
             self.model, optimiser, self.chains, indices, x, step_size, self.sampler, self.noise_generator, units=units
         )
         self.almond_optimisers.after_step(position.epoch)
         diagnostics = {name: value for name, value in info._asdict().items() if value is not None}
-        return loss, diagnostics, {"lr": self.almond_optimisers.learning_rate(position.epoch), "step_size": step_size}
+        lr = self.almond_optimisers.learning_rate(position.epoch, rate_factor)
+        return loss, diagnostics, {"lr": lr, "step_size": step_size}
 
     def _end_epoch(self, loss_mean: float, diagnostics: dict, fields: dict) -> None:
         position = self.position

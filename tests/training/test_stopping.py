@@ -118,10 +118,9 @@ def test_the_learning_rates_carry_the_plateaus_factor():
         {"warmup_epochs": 3, "adam_lr": 0.01, "sgd_lr": 0.02, "sgd_momentum": 0.1, "weight_decay": 0.0}
     )
     optimisers = AlmondOptimisers([torch.nn.Parameter(torch.zeros(1))], schedule)
-    optimisers.rate_factor = 0.25
-    assert optimisers.learning_rate(0) == pytest.approx(0.0025)
-    assert optimisers.learning_rate(3) == pytest.approx(0.005)  # SGD's 0.02 / sqrt(1), quartered
-    assert optimisers.for_epoch(0).param_groups[0]["lr"] == pytest.approx(0.0025)
+    assert optimisers.learning_rate(0, 0.25) == pytest.approx(0.0025)
+    assert optimisers.learning_rate(3, 0.25) == pytest.approx(0.005)  # SGD's 0.02 / sqrt(1), quartered
+    assert optimisers.for_epoch(0, 0.25).param_groups[0]["lr"] == pytest.approx(0.0025)
 
 
 def test_one_unit_uses_the_monte_carlo_standard_error():
