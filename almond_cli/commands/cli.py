@@ -190,9 +190,12 @@ def run_train(args: list[str]) -> None:
             overrides = overrides + fresh_output_dir(overrides, multirun)
             lock_run_folder(overrides, multirun)
         overrides = agree_with_other_ranks(overrides, multirun)
+    from ..training.distributed import launched_with_several_processes, run_then_exit
     from .app import hydra_app
 
     sys.argv = ["almond-train", *flags, *overrides]
+    if launched_with_several_processes():
+        run_then_exit(hydra_app)  # a rank must not finalise while gloo's threads release tensors (distributed.py)
     hydra_app()
 
 

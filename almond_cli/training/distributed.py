@@ -21,7 +21,11 @@ from __future__ import annotations
 import atexit
 import datetime
 import hashlib
+import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -66,6 +70,41 @@ def init_from_env() -> None:
 def _destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_then_exit(entry: Callable[[], object]) -> NoReturn:
+    """Runs ``entry`` (a rank's whole command) and ends the process with its exit status, without finalising the
+    interpreter.
+
+    Why: a gloo worker thread releases a finished collective (and the collectives a barrier waited on) a moment
+    after the caller has its result, and releasing a tensor that Python has seen takes the GIL. If the interpreter
+    is finalising by then, that thread cannot take the GIL and the process aborts ("terminate called without an
+    active exception"; a core dump showed ``~AsyncBarrierWork`` on a gloo worker while the main thread was in
+    ``Py_FinalizeEx``): about one resume in 15-50 beside busy processes. ``destroy_process_group`` does not join
+    those threads in torch 2.13 (only the process group's destructor does, and torch keeps other references to
+    it). Everything a rank writes is written atomically and flushed before ``entry`` returns; the logs and the
+    console are flushed here, and the run folder's lock is a ``flock`` the kernel releases.
+    """
+    try:
+        entry()
+        code = 0
+    except SystemExit as stop:
+        code = _exit_status(stop.code)
+    _destroy()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` gives: None is 0, an int is itself, anything else is printed and is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def agree_on_overrides(overrides: list[str], multirun: bool) -> list[str]:

@@ -97,6 +97,31 @@ def test_a_single_process_refuses_a_two_process_checkpoint():
     assert DataParallel().local_state(plain) is plain  # a one-process checkpoint resumes as before
 
 
+@pytest.mark.parametrize(
+    "body, status, stderr",
+    [
+        ("print('kept', end='')", 0, ""),
+        ("print('kept', end=''); sys.exit(3)", 3, ""),
+        ("print('kept', end=''); sys.exit('a usage message')", 1, "a usage message"),
+    ],
+)
+def test_a_rank_ends_with_its_exit_status_and_flushed_output(body, status, stderr):
+    # run_then_exit leaves by os._exit, skipping the interpreter's finalisation, so it must give the status
+    # sys.exit would have given and flush what the rank printed (to a pipe, print is block-buffered).
+    code = (
+        "import sys\n"
+        "from almond_cli.training.distributed import run_then_exit\n"
+        f"def entry():\n    {body}\n"
+        "run_then_exit(entry)\n"
+        "print('after', file=sys.stderr)\n"  # never reached
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert process.returncode == status
+    assert process.stdout == "kept"
+    assert process.stderr.strip() == stderr
+
+
 def torchrun(args, cwd, nproc=2, timeout=300):
     command = [
         sys.executable,
