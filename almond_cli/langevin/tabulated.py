@@ -63,6 +63,12 @@ NUM_SD = 6.0
 DRIFT_BOUND = 10.0
 # Activations with a smooth h (four continuous derivatives), where the error bound above holds; ReLU is not.
 SMOOTH_ACTIVATIONS = (nn.Softplus, nn.Tanh, nn.ELU, nn.GELU)
+# With one CPU thread a one-output table is read from its coefficient-major copy (``HermiteTable.columns``): each
+# coefficient then comes out of the gather as a contiguous vector, and the five multiply-adds run on contiguous
+# operands rather than on every seventh number (benchmarks/README.md, "The table's layout": 1.3x per lookup). torch
+# splits a gather along dim 0 between threads but not one along dim 1, so with more threads the cell-major table
+# is read, as before. Both give bitwise the same numbers.
+COLUMN_MAX_THREADS = 1
 
 
 def applies(model) -> bool:
@@ -160,6 +166,8 @@ class HermiteTable:
         )
         self.output_dim = values.shape[-1]
         self.table = table.reshape(self.num_nodes - 1, -1).to(dtype).contiguous()
+        # (7, G − 1) for one output: coefficient k of every cell in row k (COLUMN_MAX_THREADS).
+        self.columns = self.table.t().contiguous() if self.output_dim == 1 else None
 
     def nodes(self, device: torch.device | str | None = None) -> Tensor:
         """The G nodes (G,), float64."""
@@ -185,14 +193,21 @@ class HermiteTable:
             t = t.index_fill(0, outside, 0.0)
         return cell, t, outside
 
+    def coefficients(self, cell: Tensor, count: int = 7) -> tuple[Tensor, ...]:
+        """The first ``count`` of the coefficients c0, c1, c2, c3, e1, e2, e3 of each particle's cell (long, (N,)),
+        each (N, P): from ``columns`` with up to ``COLUMN_MAX_THREADS`` CPU threads, else from ``table``."""
+        if self.columns is not None and cell.device.type == "cpu" and torch.get_num_threads() <= COLUMN_MAX_THREADS:
+            return self.columns[:count].index_select(1, cell).unsqueeze(-1).unbind(0)
+        return self.table.index_select(0, cell).view(-1, 7, self.output_dim)[:, :count].unbind(1)
+
     def value(self, cell: Tensor, t: Tensor) -> Tensor:
         """p(z) (N, P) alone from ``locate``'s cell (long) and t, differentiable in t."""
-        c0, c1, c2, c3 = self.table.index_select(0, cell).view(-1, 7, self.output_dim)[:, :4].unbind(1)
+        c0, c1, c2, c3 = self.coefficients(cell, 4)
         return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
 
     def cubic(self, cell: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(p(z) (N, P), p'(z) (N, P)) from ``locate``'s cell and t, differentiable in t."""
-        c0, c1, c2, c3, e1, e2, e3 = self.table.index_select(0, cell.long()).view(-1, 7, self.output_dim).unbind(1)
+        c0, c1, c2, c3, e1, e2, e3 = self.coefficients(cell.long())
         u = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
         slope = torch.addcmul(e1, t, torch.addcmul(e2, t, e3))
         return u, slope

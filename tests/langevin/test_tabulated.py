@@ -484,3 +484,39 @@ def test_almond_updates_with_the_table_on_and_off_agree(likelihood, optimiser_na
         assert len(calls) == 5 * (mode == "on")
     torch.testing.assert_close(results["on"][0], results["off"][0], rtol=1e-5, atol=0)
     assert_gradients_close(results["on"][1], results["off"][1], relative)
+
+
+@pytest.mark.parametrize("hidden", [[10], [50, 100, 50]])
+def test_one_thread_reads_the_coefficient_major_table_with_bitwise_the_same_numbers(hidden, monkeypatch):
+    # One thread reads a one-output table from its coefficient-major copy (COLUMN_MAX_THREADS): the numbers must be
+    # those of the cell-major table bit for bit, so a run's results do not depend on which layout served them.
+    model = make_model(hidden)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 1, generator=generator)
+    z = torch.randn(40, 30, 1, generator=generator) * 2.0
+    table = TabulatedTarget.around(model, x, z, 0.01, 10, 2049)
+    read = []
+    monkeypatch.setattr(table, "columns", _Spy(table.columns, read))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    by_columns = table.value_and_grad(z)
+    cell, t, _ = table.locate(z.reshape(-1))
+    value_by_columns = table.value(cell.long(), t)
+    assert read, "one thread should read the coefficient-major table"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    count = len(read)
+    by_cells = table.value_and_grad(z)
+    value_by_cells = table.value(cell.long(), t)
+    assert len(read) == count, "two threads should read the cell-major table"
+    assert all(torch.equal(a, b) for a, b in zip(by_columns, by_cells))
+    assert torch.equal(value_by_columns, value_by_cells)
+
+
+class _Spy:
+    """A tensor stand-in that records each slice taken from it (the coefficient-major table being read)."""
+
+    def __init__(self, tensor, read):
+        self.tensor, self.read = tensor, read
+
+    def __getitem__(self, key):
+        self.read.append(key)
+        return self.tensor[key]
