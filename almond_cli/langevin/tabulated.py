@@ -65,9 +65,9 @@ DRIFT_BOUND = 10.0
 SMOOTH_ACTIVATIONS = (nn.Softplus, nn.Tanh, nn.ELU, nn.GELU)
 # With one CPU thread a one-output table is read from its coefficient-major copy (``HermiteTable.columns``): each
 # coefficient then comes out of the gather as a contiguous vector, and the five multiply-adds run on contiguous
-# operands rather than on every seventh number (benchmarks/README.md, "The table's layout": 1.3x per lookup). torch
-# splits a gather along dim 0 between threads but not one along dim 1, so with more threads the cell-major table
-# is read, as before. Both give bitwise the same numbers.
+# operands rather than on every seventh number (benchmarks/table_layout.py: 1.36x per lookup, 1.13x per default
+# update). torch splits a gather along dim 0 between threads but not one along dim 1, so with more threads the
+# cell-major table is read, as before. Both give bitwise the same numbers.
 COLUMN_MAX_THREADS = 1
 
 
