@@ -502,8 +502,8 @@ def test_one_thread_reads_the_coefficient_major_table_with_bitwise_the_same_numb
     cell, t, _ = table.locate(z.reshape(-1))
     value_by_columns = table.value(cell.long(), t)
     assert read, "one thread should read the coefficient-major table"
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     count = len(read)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     by_cells = table.value_and_grad(z)
     value_by_cells = table.value(cell.long(), t)
     assert len(read) == count, "two threads should read the cell-major table"
